@@ -1,0 +1,206 @@
+//! The `DgaModel` custom resource: what users write (spec) and what the operator reports (status).
+//!
+//! Doc comments on the spec fields become `kubectl explain` text, so they are written for users.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "dgaoperator.io";
+pub const FINALIZER: &str = "dgaoperator.io/cleanup";
+pub const DEFAULT_REPOSITORY: &str = "elastic/detection-rules";
+
+/// Release tags are `ML-DGA-YYYYMMDD-N`, e.g. `ML-DGA-20201129-25`.
+pub const RELEASE_TAG_PATTERN: &str = r"^ML-DGA-[0-9]{8}-[0-9]+$";
+
+/// Installs one release of Elastic's ML-DGA detection package (a supervised model that scores DNS
+/// questions for algorithmically generated domains, its painless scripts and enrichment ingest
+/// pipelines) into an Elasticsearch cluster, keeps it installed, and removes it when this object
+/// is deleted.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    doc = "A DgaModel installs one ML-DGA release into an Elasticsearch cluster (and its rules into Kibana) and keeps it there.",
+    group = "dgaoperator.io",
+    version = "v1alpha1",
+    kind = "DgaModel",
+    plural = "dgamodels",
+    shortname = "dga",
+    namespaced,
+    status = "DgaModelStatus",
+    printcolumn = r#"{"name":"Tag","type":"string","jsonPath":".spec.releaseTag"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.modelId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DgaModelSpec {
+    /// The ML-DGA release to install, `ML-DGA-YYYYMMDD-N` (for example `ML-DGA-20201129-25`).
+    /// Changing it upgrades the installed package without a gap in enrichment.
+    #[schemars(regex(pattern = r"^ML-DGA-[0-9]{8}-[0-9]+$"))]
+    pub release_tag: String,
+
+    /// Where the release comes from. When omitted, the tag is looked up in the GitHub releases of
+    /// `elastic/detection-rules`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ReleaseSource>,
+
+    /// The Elasticsearch cluster to install into: either `secretName` of a Secret in this
+    /// namespace holding the connection, or `name` (and optionally `namespace`) of an ECK
+    /// `Elasticsearch` resource.
+    pub cluster_ref: ClusterRef,
+
+    /// Replace objects with the package's ids that this DgaModel does not own (for example
+    /// left over from the old `setup-dga-model` tool). Without it such objects are reported as a
+    /// Conflict and left untouched.
+    #[serde(default)]
+    pub overwrite: bool,
+
+    /// Stop making changes to the cluster. The status still reports what the operator sees.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// What happens to the installed objects when this DgaModel is deleted: `Delete` (default)
+    /// removes the objects this DgaModel owns; `Retain` leaves them in the cluster.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Where to download the release zip from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSource {
+    /// GitHub repository (`owner/name`) whose releases hold the tag. Default
+    /// `elastic/detection-rules`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))]
+    pub repository: Option<String>,
+
+    /// Download the release zip from this URL (a mirror) instead of looking the tag up on GitHub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: Option<String>,
+
+    /// Expected sha256 of the release zip (64 hex digits). A download that does not match is
+    /// refused before anything is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// The cluster to install into. Set exactly one of `secretName` or `name`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = exactly_one_cluster_ref)]
+pub struct ClusterRef {
+    /// Name of a Secret in the DgaModel's namespace with the keys `url` (Elasticsearch URL),
+    /// `username` and `password`, or `api-key` (base64 `id:key` as Elasticsearch issues it);
+    /// optionally `ca.crt` (PEM CA for TLS) and `kibana-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// Name of an ECK `Elasticsearch` resource. The operator uses its `<name>-es-http` service,
+    /// the `<name>-es-elastic-user` Secret and the `<name>-es-http-certs-public` CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// Namespace of the ECK `Elasticsearch` resource. Default: the DgaModel's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Kubernetes 1.20 has no CEL, but it does enforce `oneOf` with `required` lists.
+fn exactly_one_cluster_ref(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        serde_json::json!([{"required": ["secretName"]}, {"required": ["name"]}]),
+    );
+}
+
+/// What to do with installed objects when the DgaModel is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Remove the objects this DgaModel owns.
+    #[default]
+    Delete,
+    /// Leave them installed.
+    Retain,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DgaModelStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// kstatus conditions (`Ready`, `Reconciling`, `Stalled`) and one per part of the install.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The release tag currently installed and serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_tag: Option<String>,
+
+    /// Id of the trained model currently installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+
+    /// `cluster_uuid` of the Elasticsearch cluster the package is installed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_uuid: Option<String>,
+
+    /// sha256 of the installed release zip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_sha256: Option<String>,
+
+    /// When the operator last compared the cluster with the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+}
+
+/// A condition in the standard `metav1.Condition` shape.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: ConditionStatus,
+    /// One CamelCase word saying why.
+    pub reason: String,
+    /// What happened, for a person.
+    pub message: String,
+    /// When `status` last changed.
+    pub last_transition_time: Time,
+    /// The generation this condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(b: bool) -> Self {
+        if b { Self::True } else { Self::False }
+    }
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = DgaModel::crd();
+    format!(
+        "# Generated by `dga-operator crd`; do not edit.\n{}",
+        serde_yaml::to_string(&crd).expect("CRD serializes")
+    )
+}

