@@ -1,5 +1,8 @@
 //! dga-operator: installs Elastic's ML-DGA detection package into Elasticsearch and Kibana and
-//! keeps it there. One engine (see `engine`) behind three front doors: the controller, the
-//! one-shot CLI and Plan mode.
+//! keeps it there. One engine behind three front doors: the controller, the one-shot CLI and
+//! Plan mode.
 
 pub mod api;
+pub mod bundle;
+pub mod error;
+pub mod http;

@@ -12,8 +12,11 @@ use support::{TestNs, wait_for};
 
 #[test]
 fn committed_crd_matches_the_code() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/dgamodels.dgaoperator.io.yaml"))
-        .expect("crds/dgamodels.dgaoperator.io.yaml exists");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/dgamodels.dgaoperator.io.yaml"
+    ))
+    .expect("crds/dgamodels.dgaoperator.io.yaml exists");
     assert!(
         committed == dga_operator::api::crd_yaml(),
         "crds/ is stale: run `cargo run -- crd > crds/dgamodels.dgaoperator.io.yaml`"
@@ -33,12 +36,22 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
     let ns = TestNs::new("crd").await;
     let api: Api<DgaModel> = ns.api();
     let created = api
-        .create(&PostParams::default(), &model("dga", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}})))
+        .create(
+            &PostParams::default(),
+            &model(
+                "dga",
+                json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}}),
+            ),
+        )
         .await
         .expect("create");
     assert!(!created.spec.overwrite);
     assert!(!created.spec.suspend);
-    assert_eq!(created.spec.deletion_policy, dga_operator::api::DeletionPolicy::Delete, "schema default applied");
+    assert_eq!(
+        created.spec.deletion_policy,
+        dga_operator::api::DeletionPolicy::Delete,
+        "schema default applied"
+    );
     let gen1 = created.metadata.generation.unwrap();
 
     // Status goes through the subresource and does not bump the generation.
@@ -46,20 +59,34 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
         "observedGeneration": gen1, "installedTag": "ML-DGA-20201129-25", "modelId": "dga_1611725_2.0",
         "conditions": [{"type": "Ready", "status": "True", "reason": "Installed", "message": "ok",
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-    let after = api.patch_status("dga", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status patch");
+    let after = api
+        .patch_status("dga", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status patch");
     let st: &DgaModelStatus = after.status.as_ref().unwrap();
     assert_eq!(st.conditions[0].status, ConditionStatus::True);
     assert_eq!(after.metadata.generation, Some(gen1));
     // A status sent through the main resource is ignored.
     let ignored = api
-        .patch("dga", &PatchParams::default(), &Patch::Merge(&json!({"status": {"modelId": "hijack"}})))
+        .patch(
+            "dga",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"modelId": "hijack"}})),
+        )
         .await
         .unwrap();
-    assert_eq!(ignored.status.unwrap().model_id.as_deref(), Some("dga_1611725_2.0"));
+    assert_eq!(
+        ignored.status.unwrap().model_id.as_deref(),
+        Some("dga_1611725_2.0")
+    );
 
     // A spec change bumps the generation.
     let bumped = api
-        .patch("dga", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"releaseTag": "ML-DGA-20210126-1"}})))
+        .patch(
+            "dga",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"releaseTag": "ML-DGA-20210126-1"}})),
+        )
         .await
         .unwrap();
     assert_eq!(bumped.metadata.generation, Some(gen1 + 1));
@@ -71,19 +98,38 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
     for col in ["NAME", "TAG", "MODEL", "READY", "REASON", "AGE"] {
         assert!(header.contains(col), "column {col} missing in {header:?}");
     }
-    assert!(text.contains("ML-DGA-20210126-1") && text.contains("dga_1611725_2.0") && text.contains("Installed"), "{text}");
+    assert!(
+        text.contains("ML-DGA-20210126-1")
+            && text.contains("dga_1611725_2.0")
+            && text.contains("Installed"),
+        "{text}"
+    );
 
     // A finalizer holds deletion until it is removed.
-    api.patch("dga", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": ["dgaoperator.io/cleanup"]}})))
-        .await
-        .unwrap();
+    api.patch(
+        "dga",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": ["dgaoperator.io/cleanup"]}})),
+    )
+    .await
+    .unwrap();
     api.delete("dga", &DeleteParams::default()).await.unwrap();
-    let held = api.get("dga").await.expect("still there while the finalizer is set");
-    assert!(held.metadata.deletion_timestamp.is_some());
-    api.patch("dga", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"finalizers": null}})))
+    let held = api
+        .get("dga")
         .await
-        .unwrap();
-    let gone = wait_for(Duration::from_secs(10), || async { api.get_opt("dga").await.unwrap().is_none().then_some(()) }).await;
+        .expect("still there while the finalizer is set");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "dga",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let gone = wait_for(Duration::from_secs(10), || async {
+        api.get_opt("dga").await.unwrap().is_none().then_some(())
+    })
+    .await;
     assert!(gone.is_some(), "object removed once the finalizer is gone");
     ns.cleanup().await;
 }
@@ -93,16 +139,56 @@ async fn schema_rejects_invalid_objects() {
     let ns = TestNs::new("crd-invalid").await;
     // Sent as raw JSON so the Rust types cannot pre-filter them.
     let cases = [
-        ("bad-tag", json!({"releaseTag": "ML-DGA-2020-1", "clusterRef": {"secretName": "es"}}), "releaseTag"),
-        ("lower-tag", json!({"releaseTag": "ml-dga-20201129-25", "clusterRef": {"secretName": "es"}}), "releaseTag"),
-        ("no-tag", json!({"clusterRef": {"secretName": "es"}}), "releaseTag"),
-        ("no-ref", json!({"releaseTag": "ML-DGA-20201129-25"}), "clusterRef"),
-        ("empty-ref", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {}}), "clusterRef"),
-        ("both-refs", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es", "name": "quickstart"}}), "clusterRef"),
-        ("bad-policy", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "deletionPolicy": "Orphan"}), "deletionPolicy"),
-        ("bad-sha", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "source": {"sha256": "abc"}}), "sha256"),
-        ("bad-url", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "source": {"url": "ftp://x"}}), "url"),
-        ("bad-type", json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "overwrite": "yes"}), "overwrite"),
+        (
+            "bad-tag",
+            json!({"releaseTag": "ML-DGA-2020-1", "clusterRef": {"secretName": "es"}}),
+            "releaseTag",
+        ),
+        (
+            "lower-tag",
+            json!({"releaseTag": "ml-dga-20201129-25", "clusterRef": {"secretName": "es"}}),
+            "releaseTag",
+        ),
+        (
+            "no-tag",
+            json!({"clusterRef": {"secretName": "es"}}),
+            "releaseTag",
+        ),
+        (
+            "no-ref",
+            json!({"releaseTag": "ML-DGA-20201129-25"}),
+            "clusterRef",
+        ),
+        (
+            "empty-ref",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {}}),
+            "clusterRef",
+        ),
+        (
+            "both-refs",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es", "name": "quickstart"}}),
+            "clusterRef",
+        ),
+        (
+            "bad-policy",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "deletionPolicy": "Orphan"}),
+            "deletionPolicy",
+        ),
+        (
+            "bad-sha",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "source": {"sha256": "abc"}}),
+            "sha256",
+        ),
+        (
+            "bad-url",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "source": {"url": "ftp://x"}}),
+            "url",
+        ),
+        (
+            "bad-type",
+            json!({"releaseTag": "ML-DGA-20201129-25", "clusterRef": {"secretName": "es"}, "overwrite": "yes"}),
+            "overwrite",
+        ),
     ];
     let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
         ns.client.clone(),
@@ -114,10 +200,19 @@ async fn schema_rejects_invalid_objects() {
             "apiVersion": "dgaoperator.io/v1alpha1", "kind": "DgaModel", "metadata": {"name": name}, "spec": spec
         }))
         .unwrap();
-        let err = raw.create(&PostParams::default(), &obj).await.expect_err(name);
+        let err = raw
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(name);
         let text = err.to_string();
-        assert!(text.contains("Invalid") || text.contains("invalid"), "{name}: {text}");
-        assert!(text.contains(field), "{name}: the error names {field}: {text}");
+        assert!(
+            text.contains("Invalid") || text.contains("invalid"),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains(field),
+            "{name}: the error names {field}: {text}"
+        );
     }
     // And a valid one with every field set is accepted.
     raw.create(

@@ -17,7 +17,9 @@ pub async fn client() -> Client {
         "these tests need a Kubernetes API server: run them through tests/run.sh, which starts one \
          (or set KUBECONFIG to an existing cluster)"
     );
-    Client::try_default().await.expect("kube client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG")
 }
 
 /// Installs (or updates) the DgaModel CRD and waits until the apiserver serves it.
@@ -25,21 +27,31 @@ pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = DgaModel::crd();
     let name = crd.name_any();
-    crds.patch(&name, &PatchParams::apply("dga-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("apply CRD");
+    crds.patch(
+        &name,
+        &PatchParams::apply("dga-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
     wait_for(Duration::from_secs(30), || async {
         let c = crds.get(&name).await.ok()?;
-        let established = c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        let established = c
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
         established.then_some(())
     })
     .await
     .expect("CRD established");
     // Discovery can trail the Established condition by a moment.
     let api: Api<DgaModel> = Api::all(client.clone());
-    wait_for(Duration::from_secs(30), || async { api.list(&Default::default()).await.ok().map(|_| ()) })
-        .await
-        .expect("DgaModel API served");
+    wait_for(Duration::from_secs(30), || async {
+        api.list(&Default::default()).await.ok().map(|_| ())
+    })
+    .await
+    .expect("DgaModel API served");
 }
 
 /// A fresh namespace for one test; deleted (best effort) by `TestNs::cleanup`.
@@ -58,7 +70,9 @@ impl TestNs {
             "metadata": {"name": name, "labels": {"dga-operator-test": "true"}}
         }))
         .unwrap();
-        ns.create(&PostParams::default(), &obj).await.expect("create namespace");
+        ns.create(&PostParams::default(), &obj)
+            .await
+            .expect("create namespace");
         TestNs { client, name }
     }
 
@@ -95,5 +109,8 @@ where
 }
 
 pub fn kubectl(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("kubectl").args(args).output().expect("run kubectl")
+    std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("run kubectl")
 }

@@ -1,0 +1,420 @@
+//! Getting a release onto local disk: resolve the tag (GitHub releases API, a mirror URL, or a
+//! local folder), download streamed into a cache keyed by sha256, verify, open.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::{Bundle, Limits};
+use crate::api::{DEFAULT_REPOSITORY, ReleaseSource};
+use crate::error::{Error, Service};
+use crate::http;
+
+/// Where releases come from, shared by every reconcile.
+pub struct Fetcher {
+    http: reqwest::Client,
+    /// GitHub API base, e.g. `https://api.github.com` (mirrors, GitHub Enterprise, tests).
+    pub github_api: String,
+    pub github_token: Option<String>,
+    /// Unpacked local releases, `<dir>/<tag>/` (air-gapped installs, the old CLI's `-d`).
+    pub bundle_dir: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub limits: Limits,
+    /// One open at a time per bundle folder.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What a DgaModel asks for.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub tag: &'a str,
+    pub source: Option<&'a ReleaseSource>,
+}
+
+impl Fetcher {
+    pub fn new(http: reqwest::Client, github_api: &str, cache_dir: PathBuf) -> Self {
+        Fetcher {
+            http,
+            github_api: github_api.trim_end_matches('/').to_string(),
+            github_token: None,
+            bundle_dir: None,
+            cache_dir,
+            limits: Limits::default(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("lock map")
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Returns the opened bundle, downloading only what the cache lacks.
+    pub async fn fetch(&self, req: Request<'_>) -> Result<Bundle, Error> {
+        if let Some(dir) = &self.bundle_dir {
+            let local = dir.join(req.tag);
+            if local.is_dir() {
+                return self.open_dir(&local).await;
+            }
+            let zip = dir.join(format!("{}.zip", req.tag));
+            if zip.is_file() {
+                let sha = sha256_file(&zip).await?;
+                return self.open_zip(&zip, &sha, req.tag).await;
+            }
+        }
+        let pinned = req
+            .source
+            .and_then(|s| s.sha256.as_deref())
+            .map(str::to_ascii_lowercase);
+        // A pinned sha256 already in the cache needs no network at all.
+        if let Some(sha) = &pinned {
+            let zip = self.zip_path(sha);
+            if zip.is_file() {
+                return self.open_zip(&zip, sha, req.tag).await;
+            }
+        }
+        let key = source_key(&req);
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        // A source we already downloaded (releases are immutable): reuse its zip.
+        if pinned.is_none() {
+            if let Ok(sha) = tokio::fs::read_to_string(self.index_path(&key)).await {
+                let sha = sha.trim().to_string();
+                let zip = self.zip_path(&sha);
+                if zip.is_file() {
+                    return self.open_zip(&zip, &sha, req.tag).await;
+                }
+            }
+        }
+        let (zip_url, manifest_url) = match req.source.and_then(|s| s.url.as_deref()) {
+            Some(url) => (url.to_string(), None),
+            None => self.resolve_github(&req).await?,
+        };
+        let sha = self.download(&zip_url, pinned.as_deref()).await?;
+        if let Some(url) = manifest_url {
+            self.check_manifest(&url, req.tag, &sha).await?;
+        }
+        write_atomic(&self.index_path(&key), sha.as_bytes()).await?;
+        let zip = self.zip_path(&sha);
+        self.open_zip(&zip, &sha, req.tag).await
+    }
+
+    fn zip_path(&self, sha: &str) -> PathBuf {
+        self.cache_dir.join("zips").join(format!("{sha}.zip"))
+    }
+
+    fn index_path(&self, key: &str) -> PathBuf {
+        let h = hex::encode(Sha256::digest(key.as_bytes()));
+        self.cache_dir.join("sources").join(&h[..32])
+    }
+
+    async fn open_zip(&self, zip: &Path, sha: &str, tag: &str) -> Result<Bundle, Error> {
+        let dir = self.cache_dir.join("bundles").join(sha);
+        let lock = self.lock_for(sha);
+        let _g = lock.lock().await;
+        let (zip, sha2, limits) = (zip.to_path_buf(), sha.to_string(), self.limits.clone());
+        let bundle =
+            tokio::task::spawn_blocking(move || super::open_zip(&zip, &sha2, &dir, &limits))
+                .await
+                .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
+        check_tag(&bundle, tag)?;
+        Ok(bundle)
+    }
+
+    async fn open_dir(&self, src: &Path) -> Result<Bundle, Error> {
+        let tag = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = self.cache_dir.join("bundles").join(format!(
+            "dir-{}",
+            hex::encode(Sha256::digest(src.as_os_str().as_encoded_bytes()))
+        ));
+        let lock = self.lock_for(&dir.to_string_lossy());
+        let _g = lock.lock().await;
+        let (src, limits) = (src.to_path_buf(), self.limits.clone());
+        let bundle = tokio::task::spawn_blocking(move || super::open_dir(&src, &dir, &limits))
+            .await
+            .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
+        check_tag(&bundle, &tag)?;
+        Ok(bundle)
+    }
+
+    fn github(&self, url: &str) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .get(url)
+            .header("Accept", "application/vnd.github+json")
+            .header("User-Agent", "dga-operator");
+        if let Some(t) = &self.github_token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn resolve_github(&self, req: &Request<'_>) -> Result<(String, Option<String>), Error> {
+        let repo = req
+            .source
+            .and_then(|s| s.repository.as_deref())
+            .unwrap_or(DEFAULT_REPOSITORY);
+        let url = format!("{}/repos/{repo}/releases/tags/{}", self.github_api, req.tag);
+        let what = format!("looking up release {} in {repo}", req.tag);
+        let resp = http::send(Service::Releases, &what, self.github(&url)).await?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Err(Error::ReleaseNotFound {
+                tag: req.tag.to_string(),
+                detail: format!("no such release in {repo}"),
+            });
+        }
+        if !resp.status().is_success() {
+            let detail = http::summarize(resp).await;
+            return Err(Error::Rejected {
+                service: Service::Releases,
+                what,
+                status,
+                detail,
+            });
+        }
+        let release = http::json(Service::Releases, &what, resp).await?;
+        let assets = release
+            .get("assets")
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let name_of = |a: &serde_json::Value| {
+            a.get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let url_of = |a: &serde_json::Value| {
+            a.get("browser_download_url")
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        };
+        let zips: Vec<&serde_json::Value> = assets
+            .iter()
+            .filter(|a| name_of(a).starts_with("ML-DGA") && name_of(a).ends_with(".zip"))
+            .collect();
+        let zip = match zips.as_slice() {
+            [one] => url_of(one).ok_or_else(|| {
+                Error::InvalidRelease(format!("asset {} has no download URL", name_of(one)))
+            })?,
+            [] => {
+                return Err(Error::InvalidRelease(format!(
+                    "release {} in {repo} has no ML-DGA*.zip asset",
+                    req.tag
+                )));
+            }
+            many => {
+                let names: Vec<String> = many.iter().map(|a| name_of(a)).collect();
+                return Err(Error::InvalidRelease(format!(
+                    "release {} in {repo} has {} ML-DGA*.zip assets ({}); expected one",
+                    req.tag,
+                    many.len(),
+                    names.join(", ")
+                )));
+            }
+        };
+        let manifest_name = format!("manifest-{}.json", req.tag);
+        let manifest = assets
+            .iter()
+            .find(|a| name_of(a) == manifest_name)
+            .and_then(url_of);
+        Ok((zip, manifest))
+    }
+
+    /// Streams `url` into the cache; returns its sha256. Nothing partial is ever left under the
+    /// final name.
+    async fn download(&self, url: &str, expected: Option<&str>) -> Result<String, Error> {
+        let what = "downloading the release";
+        let resp = http::send(
+            Service::Releases,
+            what,
+            self.github(url)
+                .header("Accept", "application/octet-stream"),
+        )
+        .await?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Err(Error::InvalidRelease(format!(
+                "{} answered 404",
+                redact_url(url)
+            )));
+        }
+        if !resp.status().is_success() {
+            let detail = http::summarize(resp).await;
+            return Err(Error::Rejected {
+                service: Service::Releases,
+                what: what.into(),
+                status,
+                detail,
+            });
+        }
+        let declared = resp.content_length();
+        if declared.is_some_and(|n| n > self.limits.max_total_bytes) {
+            return Err(Error::InvalidRelease(format!(
+                "the release zip is {} bytes, over the limit",
+                declared.unwrap()
+            )));
+        }
+        let tmp_dir = self.cache_dir.join("zips");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
+        let tmp = tmp_dir.join(format!(".download-{:016x}", rand::random::<u64>()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+            let mut hasher = Sha256::new();
+            let mut n: u64 = 0;
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk =
+                    chunk.map_err(|e| http::transport_error(Service::Releases, what, &e))?;
+                n += chunk.len() as u64;
+                if n > self.limits.max_total_bytes {
+                    return Err(Error::InvalidRelease(
+                        "the release zip is over the size limit".into(),
+                    ));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io_err)?;
+            }
+            if declared.is_some_and(|d| d != n) {
+                return Err(Error::Transient {
+                    service: Service::Releases,
+                    what: what.into(),
+                    detail: format!("truncated download: {n} of {} bytes", declared.unwrap()),
+                    retry_after: None,
+                });
+            }
+            file.sync_all().await.map_err(io_err)?;
+            let sha = hex::encode(hasher.finalize());
+            if let Some(want) = expected {
+                if !want.eq_ignore_ascii_case(&sha) {
+                    return Err(Error::ChecksumMismatch(format!(
+                        "the release zip has sha256 {sha}, but spec.source.sha256 is {want}"
+                    )));
+                }
+            }
+            tokio::fs::rename(&tmp, self.zip_path(&sha))
+                .await
+                .map_err(io_err)?;
+            Ok(sha)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn check_manifest(&self, url: &str, tag: &str, sha: &str) -> Result<(), Error> {
+        let what = "downloading the release manifest";
+        let resp = http::send(Service::Releases, what, self.github(url)).await?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let detail = http::summarize(resp).await;
+            return Err(Error::Rejected {
+                service: Service::Releases,
+                what: what.into(),
+                status,
+                detail,
+            });
+        }
+        let manifest = http::json(Service::Releases, what, resp).await?;
+        let expected = manifest_zip_sha(&manifest, tag).ok_or_else(|| {
+            Error::InvalidRelease(format!(
+                "manifest-{tag}.json names no zipped_sha256 for {tag}.zip"
+            ))
+        })?;
+        if !expected.eq_ignore_ascii_case(sha) {
+            let _ = tokio::fs::remove_file(self.zip_path(sha)).await;
+            return Err(Error::ChecksumMismatch(format!(
+                "the release zip has sha256 {sha}, but manifest-{tag}.json says {expected}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The zip's sha256 from a release manifest: `assets["<tag>.zip"].zipped_sha256` as the
+/// detection-rules release tooling wrote it, or a top-level `zipped_sha256`.
+pub fn manifest_zip_sha(manifest: &serde_json::Value, tag: &str) -> Option<String> {
+    manifest
+        .pointer(&format!("/assets/{tag}.zip/zipped_sha256"))
+        .or_else(|| manifest.get("zipped_sha256"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+fn check_tag(bundle: &Bundle, tag: &str) -> Result<(), Error> {
+    if bundle.tag != tag {
+        return Err(Error::InvalidBundle(crate::bundle::BundleError {
+            file: format!("{}/", bundle.tag),
+            problem: format!(
+                "the release folder is named {}, but the spec asks for {tag}",
+                bundle.tag
+            ),
+        }));
+    }
+    Ok(())
+}
+
+fn source_key(req: &Request<'_>) -> String {
+    match req.source.and_then(|s| s.url.as_deref()) {
+        Some(url) => format!("url {url}"),
+        None => {
+            let repo = req
+                .source
+                .and_then(|s| s.repository.as_deref())
+                .unwrap_or(DEFAULT_REPOSITORY);
+            format!("github {repo} {}", req.tag)
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::Internal(format!("bundle cache: {e}"))
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    if let Some(p) = path.parent() {
+        tokio::fs::create_dir_all(p).await.map_err(io_err)?;
+    }
+    let tmp = path.with_extension(format!("tmp{:08x}", rand::random::<u32>()));
+    tokio::fs::write(&tmp, bytes).await.map_err(io_err)?;
+    tokio::fs::rename(&tmp, path).await.map_err(io_err)
+}
+
+pub async fn sha256_file(path: &Path) -> Result<String, Error> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path).map_err(io_err)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).map_err(io_err)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// URLs in messages lose any userinfo and query (which may carry tokens).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".to_string(),
+    }
+}

@@ -1,0 +1,156 @@
+//! One error type for the engine. Each variant has a stable `reason()`: it is the condition
+//! reason, the Warning event's reason and the metric label.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    #[error("{0}")]
+    SecretNotFound(String),
+
+    #[error("{0}")]
+    SecretInvalid(String),
+
+    #[error("release {tag} not found: {detail}")]
+    ReleaseNotFound { tag: String, detail: String },
+
+    #[error("invalid release: {0}")]
+    InvalidRelease(String),
+
+    #[error("invalid bundle: {0}")]
+    InvalidBundle(#[from] crate::bundle::BundleError),
+
+    #[error("checksum mismatch: {0}")]
+    ChecksumMismatch(String),
+
+    #[error("{service} unreachable: {detail}")]
+    Unreachable { service: Service, detail: String },
+
+    #[error("{service} rejected the credentials ({status}): {detail}")]
+    Unauthorized {
+        service: Service,
+        status: u16,
+        detail: String,
+    },
+
+    #[error("{service} {version} is not supported: {detail}")]
+    VersionUnsupported {
+        service: Service,
+        version: String,
+        detail: String,
+    },
+
+    #[error(
+        "Elasticsearch licence `{0}` does not include machine learning inference (needs platinum, enterprise or trial)"
+    )]
+    LicenseInsufficient(String),
+
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    /// A request that may succeed later (429, 5xx, timeouts, a connection cut).
+    #[error("{service} {what}: {detail}")]
+    Transient {
+        service: Service,
+        what: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+
+    /// The service refused a request in a way retrying will not fix.
+    #[error("{service} {what}: {detail}")]
+    Rejected {
+        service: Service,
+        what: String,
+        status: u16,
+        detail: String,
+    },
+
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Elasticsearch,
+    Kibana,
+    Releases,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Elasticsearch => "Elasticsearch",
+            Service::Kibana => "Kibana",
+            Service::Releases => "release download",
+        })
+    }
+}
+
+impl Error {
+    /// Stable CamelCase label: condition reason, event reason, metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::SecretNotFound(_) => "SecretNotFound",
+            Error::SecretInvalid(_) => "SecretInvalid",
+            Error::ReleaseNotFound { .. } => "ReleaseNotFound",
+            Error::InvalidRelease(_) => "InvalidRelease",
+            Error::InvalidBundle(_) => "InvalidBundle",
+            Error::ChecksumMismatch(_) => "ChecksumMismatch",
+            Error::Unreachable { .. } => "Unreachable",
+            Error::Unauthorized { .. } => "Unauthorized",
+            Error::VersionUnsupported { .. } => "VersionUnsupported",
+            Error::LicenseInsufficient(_) => "LicenseInsufficient",
+            Error::Conflict(_) => "Conflict",
+            Error::Transient { .. } => "TransientError",
+            Error::Rejected { .. } => "RequestRejected",
+            Error::Kube(_) => "KubernetesError",
+            Error::Internal(_) => "InternalError",
+        }
+    }
+
+    /// Transient errors retry soon with backoff; the others need a change (spec, Secret,
+    /// cluster) and are retried only at a slow pace.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::Transient { .. }
+                | Error::Kube(_)
+                | Error::SecretNotFound(_)
+        )
+    }
+
+    /// Errors that need a human: kstatus `Stalled`.
+    pub fn is_stalled(&self) -> bool {
+        !self.is_transient()
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn service(&self) -> Option<Service> {
+        match self {
+            Error::Unreachable { service, .. }
+            | Error::Unauthorized { service, .. }
+            | Error::VersionUnsupported { service, .. }
+            | Error::Transient { service, .. }
+            | Error::Rejected { service, .. } => Some(*service),
+            Error::LicenseInsufficient(_) | Error::Conflict(_) => Some(Service::Elasticsearch),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

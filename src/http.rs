@@ -1,0 +1,134 @@
+//! What every outgoing HTTP call shares: mapping transport errors and status codes onto
+//! `Error`, with `Retry-After` honoured and response bodies summarised, never echoed whole.
+
+use std::time::Duration;
+
+use crate::error::{Error, Service};
+
+/// Sends a request; 401/403, 429 and 5xx become errors, every other status is returned.
+pub async fn send(
+    service: Service,
+    what: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, Error> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transport_error(service, what, &e))?;
+    let status = resp.status().as_u16();
+    match status {
+        401 | 403 => {
+            let detail = summarize(resp).await;
+            Err(Error::Unauthorized {
+                service,
+                status,
+                detail,
+            })
+        }
+        429 | 500..=599 => {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let detail = format!("HTTP {status}: {}", summarize(resp).await);
+            Err(Error::Transient {
+                service,
+                what: what.to_string(),
+                detail,
+                retry_after,
+            })
+        }
+        _ => Ok(resp),
+    }
+}
+
+pub fn transport_error(service: Service, what: &str, e: &reqwest::Error) -> Error {
+    // reqwest's Display names the URL; ours never carry credentials (see `Endpoint::parse`).
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    if e.is_connect() {
+        Error::Unreachable { service, detail }
+    } else {
+        let what = if e.is_timeout() {
+            format!("{what} timed out")
+        } else {
+            what.to_string()
+        };
+        Error::Transient {
+            service,
+            what,
+            detail,
+            retry_after: None,
+        }
+    }
+}
+
+/// A short, safe description of an error response: Elasticsearch's `error.type: reason`,
+/// Kibana's `message`, or the first bytes of the body.
+pub async fn summarize(resp: reqwest::Response) -> String {
+    let status = resp.status().as_u16();
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(_) => return format!("HTTP {status}"),
+    };
+    summarize_body(&bytes)
+}
+
+pub fn summarize_body(bytes: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        if let Some(err) = v.get("error") {
+            if let Some(reason) = err.get("reason").and_then(|r| r.as_str()) {
+                let ty = err.get("type").and_then(|t| t.as_str()).unwrap_or("error");
+                return truncate(&format!("{ty}: {reason}"), 400);
+            }
+            if let Some(s) = err.as_str() {
+                let msg = v
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default();
+                return truncate(&format!("{s}: {msg}"), 400);
+            }
+        }
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return truncate(m, 400);
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).replace(['\n', '\r'], " ");
+    if text.trim_start().starts_with('<') {
+        return "an HTML page (is the URL pointing at a proxy or login page?)".to_string();
+    }
+    truncate(&text, 200)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// Reads a JSON body, mapping a cut connection to a transient error.
+pub async fn json(
+    service: Service,
+    what: &str,
+    resp: reqwest::Response,
+) -> Result<serde_json::Value, Error> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| transport_error(service, what, &e))?;
+    serde_json::from_slice(&bytes).map_err(|_| Error::Rejected {
+        service,
+        what: what.to_string(),
+        status: 0,
+        detail: format!("the answer is not JSON: {}", summarize_body(&bytes)),
+    })
+}

@@ -1,0 +1,1614 @@
+//! The Elasticsearch imitation: spec check, then in-memory semantics of the endpoints the
+//! operator uses (info, license, trained models, stored scripts, ingest pipelines + simulate,
+//! index templates/settings, data streams, anomaly-detection jobs and datafeeds).
+
+use base64::Engine;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::server::{Job, Req, Resp, Shared, StoredModel};
+use crate::spec::{self, EsMatch};
+use crate::util::{self, es_error_body, wildcard_match};
+
+pub(crate) fn err(status: u16, typ: &str, reason: &str) -> Resp {
+    Resp::json(status, &es_error_body(status, typ, reason))
+}
+
+fn ack() -> Resp {
+    Resp::json(200, &json!({"acknowledged": true}))
+}
+
+fn not_found(reason: &str) -> Resp {
+    err(404, "resource_not_found_exception", reason)
+}
+
+/// Check the `Authorization` header against the configured credentials.
+pub(crate) fn authenticate(sh: &Shared, r: &Req) -> Result<(), String> {
+    let a = &sh.cfg.auth;
+    if a.basic.is_empty() && a.api_keys.is_empty() && a.bearer.is_empty() {
+        return Ok(());
+    }
+    let Some(h) = r.header("authorization") else {
+        return Err(format!(
+            "missing authentication credentials for REST request [{}]",
+            r.path
+        ));
+    };
+    let (scheme, val) = h.split_once(' ').unwrap_or((h, ""));
+    let val = val.trim();
+    let ok = match scheme.to_ascii_lowercase().as_str() {
+        "basic" => base64::engine::general_purpose::STANDARD
+            .decode(val)
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            })
+            .map(|(u, p)| a.basic.iter().any(|(bu, bp)| *bu == u && *bp == p))
+            .unwrap_or(false),
+        "apikey" => a.api_keys.iter().any(|k| k == val),
+        "bearer" => a.bearer.iter().any(|k| k == val),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "unable to authenticate with provided credentials and anonymous access is not allowed for this request [{}]",
+            r.path
+        ))
+    }
+}
+
+/// The authenticated identity named by an `Authorization` header (no secrets).
+pub(crate) fn principal(h: &hyper::HeaderMap) -> Option<String> {
+    let v = h.get("authorization")?.to_str().ok()?;
+    let (scheme, val) = v.split_once(' ')?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => {
+            let d = String::from_utf8(b64.decode(val.trim()).ok()?).ok()?;
+            Some(d.split_once(':').map(|(u, _)| u.to_string()).unwrap_or(d))
+        }
+        "apikey" => {
+            let d = String::from_utf8(b64.decode(val.trim()).ok()?).ok()?;
+            Some(format!(
+                "api_key:{}",
+                d.split_once(':').map(|(i, _)| i).unwrap_or("?")
+            ))
+        }
+        "bearer" => Some("bearer".into()),
+        _ => None,
+    }
+}
+
+pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
+    if let Err(reason) = authenticate(sh, r) {
+        return err(401, "security_exception", &reason)
+            .header(
+                "www-authenticate",
+                "Basic realm=\"security\", charset=\"UTF-8\"",
+            )
+            .header("www-authenticate", "ApiKey");
+    }
+    let m = match spec::es_check(&r.method, &r.path, &r.query, r.body.len()) {
+        Ok(m) => m,
+        Err(o) => {
+            let mut resp = err(400, "illegal_argument_exception", &o.reason);
+            resp.off_spec = Some(o.reason);
+            resp.api = o.api;
+            return resp;
+        }
+    };
+    let mut resp = route(sh, r, &m);
+    resp.api = Some(m.api.clone());
+    resp
+}
+
+fn body_json(r: &Req) -> Result<Value, Resp> {
+    if r.body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| {
+        err(
+            400,
+            "parse_exception",
+            &format!("failed to parse request body: {e}"),
+        )
+    })
+}
+
+fn part<'a>(m: &'a EsMatch, k: &str) -> &'a str {
+    m.parts.get(k).map(|s| s.as_str()).unwrap_or("")
+}
+
+fn route(sh: &Shared, r: &Req, m: &EsMatch) -> Resp {
+    let res = match m.api.as_str() {
+        "info" => Ok(info(sh)),
+        "license.get" => Ok(license(sh)),
+        "cluster.health" => Ok(Resp::json(
+            200,
+            &json!({"cluster_name": "dga-standin", "status": "green", "timed_out": false, "number_of_nodes": 1, "number_of_data_nodes": 1}),
+        )),
+        "ml.put_trained_model" => put_model(sh, r, part(m, "model_id")),
+        "ml.get_trained_models" => Ok(get_models(
+            sh,
+            r,
+            m.parts.get("model_id").map(|s| s.as_str()),
+        )),
+        "ml.get_trained_models_stats" => {
+            Ok(model_stats(sh, m.parts.get("model_id").map(|s| s.as_str())))
+        }
+        "ml.delete_trained_model" => Ok(delete_model(sh, r, part(m, "model_id"))),
+        "ml.infer_trained_model" => infer(sh, r, part(m, "model_id")),
+        "put_script" => put_script(sh, r, part(m, "id")),
+        "get_script" => Ok(get_script(sh, part(m, "id"))),
+        "delete_script" => Ok(delete_script(sh, part(m, "id"))),
+        "ingest.put_pipeline" => put_pipeline(sh, r, part(m, "id")),
+        "ingest.get_pipeline" => Ok(get_pipeline(sh, m.parts.get("id").map(|s| s.as_str()))),
+        "ingest.delete_pipeline" => Ok(delete_pipeline(sh, part(m, "id"))),
+        "ingest.simulate" => simulate(sh, r, m.parts.get("id").map(|s| s.as_str())),
+        "indices.put_index_template" => put_index_template(sh, r, part(m, "name"), false),
+        "indices.put_template" => put_index_template(sh, r, part(m, "name"), true),
+        "indices.get_index_template" => Ok(get_index_template(
+            sh,
+            m.parts.get("name").map(|s| s.as_str()),
+        )),
+        "indices.put_settings" => put_settings(sh, r, m.parts.get("index").map(|s| s.as_str())),
+        "indices.get_settings" => Ok(get_settings(sh, m.parts.get("index").map(|s| s.as_str()))),
+        "indices.get_data_stream" => {
+            Ok(get_data_stream(sh, m.parts.get("name").map(|s| s.as_str())))
+        }
+        "ml.put_job" => put_job(sh, r, part(m, "job_id")),
+        "ml.get_jobs" => Ok(get_jobs(
+            sh,
+            r,
+            m.parts.get("job_id").map(|s| s.as_str()),
+            false,
+        )),
+        "ml.get_job_stats" => Ok(get_jobs(
+            sh,
+            r,
+            m.parts.get("job_id").map(|s| s.as_str()),
+            true,
+        )),
+        "ml.delete_job" => Ok(delete_job(sh, r, part(m, "job_id"))),
+        "ml.open_job" => Ok(open_close_job(sh, part(m, "job_id"), true)),
+        "ml.close_job" => Ok(open_close_job(sh, part(m, "job_id"), false)),
+        "ml.put_datafeed" => put_datafeed(sh, r, part(m, "datafeed_id")),
+        "ml.get_datafeeds" => Ok(get_datafeeds(
+            sh,
+            r,
+            m.parts.get("datafeed_id").map(|s| s.as_str()),
+            false,
+        )),
+        "ml.get_datafeed_stats" => Ok(get_datafeeds(
+            sh,
+            r,
+            m.parts.get("datafeed_id").map(|s| s.as_str()),
+            true,
+        )),
+        "ml.delete_datafeed" => Ok(delete_datafeed(sh, r, part(m, "datafeed_id"))),
+        "ml.start_datafeed" => Ok(start_stop_datafeed(sh, part(m, "datafeed_id"), true)),
+        "ml.stop_datafeed" => Ok(start_stop_datafeed(sh, part(m, "datafeed_id"), false)),
+        other => Ok(err(
+            501,
+            "stand_in_not_implemented",
+            &format!("the dga-standin does not implement [{other}]"),
+        )),
+    };
+    res.unwrap_or_else(|e| e)
+}
+
+fn info(sh: &Shared) -> Resp {
+    Resp::json(
+        200,
+        &json!({
+            "name": "dga-standin-node",
+            "cluster_name": "dga-standin",
+            "cluster_uuid": sh.cfg.cluster_uuid,
+            "version": {
+                "number": sh.cfg.es_version,
+                "build_flavor": "default",
+                "build_type": "docker",
+                "build_hash": "0000000000000000000000000000000000000000",
+                "build_date": "2024-12-11T12:08:05.663969764Z",
+                "build_snapshot": false,
+                "lucene_version": "9.12.0",
+                "minimum_wire_compatibility_version": "7.17.0",
+                "minimum_index_compatibility_version": "7.0.0"
+            },
+            "tagline": "You Know, for Search"
+        }),
+    )
+}
+
+fn license(sh: &Shared) -> Resp {
+    let t = sh.st().license_type.clone();
+    Resp::json(
+        200,
+        &json!({"license": {
+            "status": "active",
+            "uid": "00000000-0000-4000-8000-00000000dga0",
+            "type": t,
+            "issue_date": "2024-01-01T00:00:00.000Z",
+            "issue_date_in_millis": 1_704_067_200_000u64,
+            "expiry_date_in_millis": 4_102_444_800_000u64,
+            "max_nodes": 1000,
+            "max_resource_units": null,
+            "issued_to": "dga-standin",
+            "issuer": "elasticsearch",
+            "start_date_in_millis": -1
+        }}),
+    )
+}
+
+// ---------------------------------------------------------------- trained models
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn check_trained_model_json(text: &str) -> Result<(), String> {
+    let m: HashMap<String, IgnoredAny> =
+        serde_json::from_str(text).map_err(|e| format!("failed to parse model definition: {e}"))?;
+    if !m.contains_key("trained_model") {
+        return Err("[trained_model] is required in the model definition".into());
+    }
+    Ok(())
+}
+
+fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    if !valid_id(id) {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "Invalid model_id; '{id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or underscores; must start and end with alphanumeric"
+            ),
+        ));
+    }
+    // Keep the definition as raw JSON text: no full Value tree of a 100 MB definition.
+    let mut top: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(&r.body).map_err(|e| {
+            err(
+                400,
+                "parse_exception",
+                &format!("failed to parse trained model config: {e}"),
+            )
+        })?;
+    let def_raw = top.remove("definition");
+    let comp_raw = top.remove("compressed_definition");
+    const GENERATED: &[&str] = &[
+        "created_by",
+        "version",
+        "create_time",
+        "estimated_operations",
+        "estimated_heap_memory_usage_bytes",
+        "model_size_bytes",
+        "license_level",
+    ];
+    const SETTABLE: &[&str] = &[
+        "model_id",
+        "description",
+        "tags",
+        "metadata",
+        "input",
+        "inference_config",
+        "default_field_map",
+        "location",
+        "model_type",
+        "platform_architecture",
+        "prefix_strings",
+    ];
+    if let Some(k) = top
+        .keys()
+        .find(|k| !GENERATED.contains(&k.as_str()) && !SETTABLE.contains(&k.as_str()))
+    {
+        return Err(err(
+            400,
+            "x_content_parse_exception",
+            &format!("[1:2] [trained_model_config] unknown field [{k}]"),
+        ));
+    }
+    if let Some(k) = top.keys().find(|k| GENERATED.contains(&k.as_str())) {
+        return Err(err(
+            400,
+            "action_request_validation_exception",
+            &format!("Validation Failed: 1: illegal to set [{k}] at inference model creation;"),
+        ));
+    }
+    let mut cfg = Map::new();
+    for (k, v) in top {
+        let val: Value = serde_json::from_str(v.get())
+            .map_err(|e| err(400, "parse_exception", &e.to_string()))?;
+        cfg.insert(k, val);
+    }
+    if let Some(body_id) = cfg.get("model_id").and_then(|v| v.as_str())
+        && body_id != id
+    {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "Inconsistent model_id; '{body_id}' specified in the body differs from '{id}' specified as a URL argument"
+            ),
+        ));
+    }
+    let fields_ok = cfg
+        .get("input")
+        .and_then(|i| i.get("field_names"))
+        .and_then(|f| f.as_array())
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x.is_string()));
+    if !fields_ok {
+        return Err(err(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: [input.field_names] must not be empty;",
+        ));
+    }
+    if !cfg.get("inference_config").is_some_and(|v| v.is_object()) {
+        return Err(err(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: [inference_config] must not be null.;",
+        ));
+    }
+    let definition: Arc<str> = match (def_raw, comp_raw) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                400,
+                "illegal_argument_exception",
+                "both [definition] and [compressed_definition] may not be set simultaneously",
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                400,
+                "action_request_validation_exception",
+                "Validation Failed: 1: [definition] or [compressed_definition] must be provided;",
+            ));
+        }
+        (Some(d), None) => {
+            let text: Box<str> = d.into();
+            check_trained_model_json(&text).map_err(|e| err(400, "parse_exception", &e))?;
+            Arc::from(text)
+        }
+        (None, Some(c)) => {
+            let b64: String = serde_json::from_str(c.get()).map_err(|_| {
+                err(
+                    400,
+                    "parse_exception",
+                    "[compressed_definition] must be a base64 string",
+                )
+            })?;
+            let gz = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    err(
+                        400,
+                        "illegal_argument_exception",
+                        &format!("[compressed_definition] is not valid base64: {e}"),
+                    )
+                })?;
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .map_err(|e| {
+                    err(
+                        400,
+                        "parse_exception",
+                        &format!("[compressed_definition] is not gzipped JSON: {e}"),
+                    )
+                })?;
+            check_trained_model_json(&text).map_err(|e| err(400, "parse_exception", &e))?;
+            Arc::from(text)
+        }
+    };
+    let mut st = sh.st();
+    if st.models.contains_key(id) {
+        return Err(err(
+            400,
+            "resource_already_exists_exception",
+            &format!("Trained machine learning model [{id}] already exists"),
+        ));
+    }
+    let def_len = definition.len();
+    cfg.insert("model_id".into(), json!(id));
+    cfg.insert("model_type".into(), json!("tree_ensemble"));
+    cfg.insert("created_by".into(), json!("api_user"));
+    cfg.insert("version".into(), json!(sh.cfg.es_version));
+    cfg.insert("create_time".into(), json!(util::now_millis()));
+    cfg.insert("estimated_operations".into(), json!((def_len / 64).max(1)));
+    cfg.insert("model_size_bytes".into(), json!(def_len * 10));
+    cfg.entry("tags").or_insert_with(|| json!([]));
+    cfg.entry("metadata").or_insert_with(|| json!({}));
+    cfg.entry("description").or_insert_with(|| json!(""));
+    cfg.insert("license_level".into(), json!("platinum"));
+    let config = Value::Object(cfg);
+    st.models.insert(
+        id.into(),
+        StoredModel {
+            config: config.clone(),
+            definition: Some(definition),
+            parsed: None,
+        },
+    );
+    Ok(Resp::json(200, &config))
+}
+
+fn select_ids<'a, I: Iterator<Item = &'a String>>(
+    ids: I,
+    expr: Option<&str>,
+) -> (Vec<String>, Vec<String>) {
+    let all: Vec<String> = ids.cloned().collect();
+    let expr = expr.unwrap_or("_all");
+    if expr == "_all" || expr == "*" || expr.is_empty() {
+        return (all, vec![]);
+    }
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for pat in expr.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let hits: Vec<&String> = all.iter().filter(|i| wildcard_match(pat, i)).collect();
+        if hits.is_empty() && !pat.contains('*') {
+            missing.push(pat.to_string());
+        }
+        for h in hits {
+            if !out.contains(h) {
+                out.push(h.clone());
+            }
+        }
+    }
+    out.sort();
+    (out, missing)
+}
+
+fn get_models(sh: &Shared, r: &Req, id: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.models.keys(), id);
+    let allow_no_match = r.param("allow_no_match") != Some("false");
+    if !missing.is_empty() || (ids.is_empty() && !allow_no_match && id.is_some()) {
+        return not_found(&format!(
+            "Could not find trained model [{}]",
+            id.unwrap_or("_all")
+        ));
+    }
+    let from: usize = r.param("from").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let size: usize = r.param("size").and_then(|v| v.parse().ok()).unwrap_or(100);
+    let include_def = r
+        .param("include")
+        .is_some_and(|i| i.split(',').any(|x| x == "definition"));
+    let tags: Vec<&str> = r
+        .param("tags")
+        .map(|t| t.split(',').collect())
+        .unwrap_or_default();
+    let mut configs = Vec::new();
+    let mut count = 0;
+    for mid in &ids {
+        let m = &st.models[mid];
+        let mtags: Vec<&str> = m.config["tags"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if !tags.iter().all(|t| mtags.contains(t)) {
+            continue;
+        }
+        count += 1;
+        if count <= from || configs.len() >= size {
+            continue;
+        }
+        let mut c = m.config.clone();
+        if r.flag("exclude_generated")
+            && let Some(o) = c.as_object_mut()
+        {
+            for k in [
+                "created_by",
+                "version",
+                "create_time",
+                "estimated_operations",
+                "model_size_bytes",
+                "license_level",
+                "model_type",
+            ] {
+                o.remove(k);
+            }
+        }
+        if include_def && let Some(d) = &m.definition {
+            let v: Value = serde_json::from_str(d).unwrap_or(Value::Null);
+            c["definition"] = v;
+        }
+        configs.push(c);
+    }
+    Resp::json(
+        200,
+        &json!({"count": count, "trained_model_configs": configs}),
+    )
+}
+
+fn model_stats(sh: &Shared, id: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.models.keys(), id);
+    if !missing.is_empty() {
+        return not_found(&format!(
+            "Could not find trained model [{}]",
+            id.unwrap_or("_all")
+        ));
+    }
+    let stats: Vec<Value> = ids
+        .iter()
+        .map(|mid| {
+            let pipelines = st.pipelines.values().filter(|p| references_model(p, mid)).count();
+            json!({"model_id": mid, "pipeline_count": pipelines, "model_size_stats": {"model_size_bytes": st.models[mid].config["model_size_bytes"], "required_native_memory_bytes": 0}, "inference_stats": {"failure_count": 0, "inference_count": 0, "cache_miss_count": 0, "missing_all_fields_count": 0, "timestamp": util::now_millis()}})
+        })
+        .collect();
+    Resp::json(
+        200,
+        &json!({"count": stats.len(), "trained_model_stats": stats}),
+    )
+}
+
+/// Does a pipeline hold an `inference` processor (anywhere, including on_failure/foreach) for `model_id`?
+pub(crate) fn references_model(v: &Value, model_id: &str) -> bool {
+    match v {
+        Value::Object(o) => {
+            if let Some(inf) = o.get("inference")
+                && inf.get("model_id").and_then(|m| m.as_str()) == Some(model_id)
+            {
+                return true;
+            }
+            o.values().any(|x| references_model(x, model_id))
+        }
+        Value::Array(a) => a.iter().any(|x| references_model(x, model_id)),
+        _ => false,
+    }
+}
+
+fn delete_model(sh: &Shared, r: &Req, id: &str) -> Resp {
+    let mut st = sh.st();
+    if !st.models.contains_key(id) {
+        return not_found(&format!("Could not find trained model [{id}]"));
+    }
+    if !r.flag("force") && st.pipelines.values().any(|p| references_model(p, id)) {
+        return err(
+            409,
+            "status_exception",
+            &format!(
+                "Cannot delete model [{id}] as it is still referenced by ingest processors; use force to delete the model"
+            ),
+        );
+    }
+    st.models.remove(id);
+    ack()
+}
+
+/// Parse (and cache) a stored model's definition.
+fn model_definition(sh: &Shared, id: &str) -> Result<Arc<Value>, String> {
+    let text = {
+        let st = sh.st();
+        let m = st
+            .models
+            .get(id)
+            .ok_or_else(|| format!("Could not find trained model [{id}]"))?;
+        if let Some(p) = &m.parsed {
+            return Ok(p.clone());
+        }
+        m.definition
+            .clone()
+            .ok_or_else(|| format!("model [{id}] has no definition"))?
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let v = Arc::new(v);
+    if let Some(m) = sh.st().models.get_mut(id) {
+        m.parsed = Some(v.clone());
+    }
+    Ok(v)
+}
+
+fn infer(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    let def = model_definition(sh, id).map_err(|e| not_found(&e))?;
+    let cfg = body.get("inference_config").cloned().unwrap_or_else(|| {
+        sh.st()
+            .models
+            .get(id)
+            .map(|m| m.config["inference_config"].clone())
+            .unwrap_or(json!({}))
+    });
+    let docs = body
+        .get("docs")
+        .and_then(|d| d.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for d in docs {
+        out.push(
+            crate::model::evaluate_with_config(&def, &d, &cfg)
+                .map_err(|e| err(400, "illegal_argument_exception", &e))?,
+        );
+    }
+    Ok(Resp::json(200, &json!({"inference_results": out})))
+}
+
+// ---------------------------------------------------------------- scripts
+
+fn put_script(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    let Some(script) = body.get("script").and_then(|s| s.as_object()) else {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            "must specify [script] for storing a script",
+        ));
+    };
+    let lang = script.get("lang").and_then(|l| l.as_str()).unwrap_or("");
+    if lang.is_empty() {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            "must specify lang for stored script",
+        ));
+    }
+    if lang != "painless" && lang != "mustache" && lang != "expression" {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!("unable to get script engine for lang [{lang}]"),
+        ));
+    }
+    let source = script.get("source").cloned().unwrap_or(Value::Null);
+    if source
+        .as_str()
+        .map(|s| s.trim().is_empty())
+        .unwrap_or(source.is_null())
+    {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            "must specify source for stored script",
+        ));
+    }
+    let mut stored = json!({"lang": lang, "source": source});
+    if let Some(o) = script.get("options") {
+        stored["options"] = o.clone();
+    }
+    sh.st().scripts.insert(id.into(), stored);
+    Ok(ack())
+}
+
+fn get_script(sh: &Shared, id: &str) -> Resp {
+    match sh.st().scripts.get(id) {
+        Some(s) => Resp::json(200, &json!({"_id": id, "found": true, "script": s})),
+        None => Resp::json(404, &json!({"_id": id, "found": false})),
+    }
+}
+
+fn delete_script(sh: &Shared, id: &str) -> Resp {
+    match sh.st().scripts.remove(id) {
+        Some(_) => ack(),
+        None => not_found(&format!("stored script [{id}] does not exist")),
+    }
+}
+
+// ---------------------------------------------------------------- pipelines
+
+fn collect_inference_models(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(m) = o
+                .get("inference")
+                .and_then(|i| i.get("model_id"))
+                .and_then(|m| m.as_str())
+            {
+                out.push(m.to_string());
+            }
+            o.values().for_each(|x| collect_inference_models(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_inference_models(x, out)),
+        _ => {}
+    }
+}
+
+fn put_pipeline(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    if !body.is_object() {
+        return Err(err(
+            400,
+            "parse_exception",
+            "pipeline body must be an object",
+        ));
+    }
+    if let Some(p) = body.get("processors") {
+        let Some(a) = p.as_array() else {
+            return Err(err(
+                400,
+                "parse_exception",
+                "[processors] required property is missing or not a list",
+            ));
+        };
+        for proc_ in a {
+            if proc_.as_object().is_none_or(|o| o.len() != 1) {
+                return Err(err(
+                    400,
+                    "parse_exception",
+                    "processor definition must be an object with exactly one processor type",
+                ));
+            }
+        }
+    } else {
+        return Err(err(
+            400,
+            "parse_exception",
+            "[processors] required property is missing",
+        ));
+    }
+    let mut st = sh.st();
+    let mut models = Vec::new();
+    collect_inference_models(&body, &mut models);
+    for m in models {
+        if !st.models.contains_key(&m) {
+            return Err(not_found(&format!("Could not find trained model [{m}]")));
+        }
+    }
+    if let Some(v) = r.param("if_version") {
+        let cur = st
+            .pipelines
+            .get(id)
+            .and_then(|p| p.get("version"))
+            .and_then(|x| x.as_i64());
+        if cur.map(|c| c.to_string()) != Some(v.to_string()) {
+            return Err(err(
+                400,
+                "illegal_argument_exception",
+                &format!(
+                    "version conflict, required version [{v}] for pipeline [{id}] but current version is [{}]",
+                    cur.map(|c| c.to_string()).unwrap_or("none".into())
+                ),
+            ));
+        }
+    }
+    st.pipelines.insert(id.into(), body);
+    Ok(ack())
+}
+
+fn get_pipeline(sh: &Shared, id: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, _) = select_ids(st.pipelines.keys(), id);
+    if ids.is_empty() && id.is_some() {
+        return Resp::json(404, &json!({}));
+    }
+    let out: Map<String, Value> = ids
+        .into_iter()
+        .map(|i| (i.clone(), st.pipelines[&i].clone()))
+        .collect();
+    Resp::json(200, &Value::Object(out))
+}
+
+fn delete_pipeline(sh: &Shared, id: &str) -> Resp {
+    let mut st = sh.st();
+    let (ids, _) = select_ids(st.pipelines.keys(), Some(id));
+    if ids.is_empty() {
+        return not_found(&format!("pipeline [{id}] is missing"));
+    }
+    for i in ids {
+        st.pipelines.remove(&i);
+    }
+    ack()
+}
+
+// ---------------------------------------------------------------- simulate
+
+struct Sim<'a> {
+    sh: &'a Shared,
+    skipped: Vec<String>,
+    depth: u32,
+}
+
+/// Evaluate the simple `if` forms: `ctx.a.b == 'x'`, `!=`, `== null`, joined by `&&`.
+/// None = cannot evaluate.
+pub(crate) fn eval_if(cond: &str, doc: &Value) -> Option<bool> {
+    let mut result = true;
+    for clause in cond.split("&&") {
+        let c = clause
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .trim();
+        let (lhs, op, rhs) = if let Some((l, r)) = c.split_once("!=") {
+            (l, "!=", r)
+        } else if let Some((l, r)) = c.split_once("==") {
+            (l, "==", r)
+        } else {
+            return None;
+        };
+        let lhs = lhs.trim().replace("?.", ".");
+        let path = lhs.strip_prefix("ctx.")?.to_string();
+        if !path
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.')
+        {
+            return None;
+        }
+        let rhs = rhs.trim();
+        let want = if rhs == "null" {
+            Value::Null
+        } else if (rhs.starts_with('\'') && rhs.ends_with('\'')
+            || rhs.starts_with('"') && rhs.ends_with('"'))
+            && rhs.len() >= 2
+        {
+            Value::String(rhs[1..rhs.len() - 1].to_string())
+        } else {
+            return None;
+        };
+        let got = util::get_field(doc, &path).cloned().unwrap_or(Value::Null);
+        let eq = got == want;
+        result &= if op == "==" { eq } else { !eq };
+    }
+    Some(result)
+}
+
+impl Sim<'_> {
+    fn run_processors(
+        &mut self,
+        procs: &[Value],
+        on_failure: Option<&Vec<Value>>,
+        doc: &mut Value,
+    ) -> Result<(), String> {
+        for p in procs {
+            if let Err(e) = self.run_processor(p, doc) {
+                match on_failure {
+                    Some(of) if !of.is_empty() => {
+                        if let Some(ingest) = doc.get_mut("_ingest") {
+                            ingest["on_failure_message"] = json!(e);
+                        } else {
+                            util::set_field(doc, "_ingest.on_failure_message", json!(e));
+                        }
+                        return self.run_processors(of, None, doc);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_processor(&mut self, p: &Value, doc: &mut Value) -> Result<(), String> {
+        let Some((kind, conf)) = p.as_object().and_then(|o| o.iter().next()) else {
+            return Ok(());
+        };
+        let tag = conf
+            .get("tag")
+            .and_then(|t| t.as_str())
+            .map(|t| format!(",tag={t}"))
+            .unwrap_or_default();
+        if let Some(cond) = conf.get("if").and_then(|c| {
+            c.as_str()
+                .or_else(|| c.get("source").and_then(|s| s.as_str()))
+        }) {
+            match eval_if(cond, &doc["_source"]) {
+                Some(true) => {}
+                Some(false) => return Ok(()),
+                None => {
+                    self.skipped.push(format!("{kind}(if={cond}{tag})"));
+                    return Ok(());
+                }
+            }
+        }
+        let ignore_failure = conf
+            .get("ignore_failure")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false);
+        let res = self.exec(kind, conf, &tag, doc);
+        match res {
+            Err(e) if !ignore_failure => {
+                let local: Vec<Value> = conf
+                    .get("on_failure")
+                    .and_then(|o| o.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                if local.is_empty() {
+                    Err(e)
+                } else {
+                    util::set_field(doc, "_ingest.on_failure_message", json!(e));
+                    self.run_processors(&local, None, doc)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn exec(&mut self, kind: &str, conf: &Value, tag: &str, doc: &mut Value) -> Result<(), String> {
+        let src = &mut doc["_source"];
+        let field = conf.get("field").and_then(|f| f.as_str());
+        let ignore_missing = conf
+            .get("ignore_missing")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false);
+        match kind {
+            "set" => {
+                let f = field.ok_or("[field] required property is missing")?;
+                let over = conf
+                    .get("override")
+                    .and_then(|b| b.as_bool())
+                    .unwrap_or(true);
+                if !over && util::get_field(src, f).is_some_and(|v| !v.is_null()) {
+                    return Ok(());
+                }
+                let v = if let Some(cf) = conf.get("copy_from").and_then(|c| c.as_str()) {
+                    util::get_field(src, cf).cloned().unwrap_or(Value::Null)
+                } else {
+                    let v = conf.get("value").cloned().unwrap_or(Value::Null);
+                    match v.as_str() {
+                        Some(s) if s.contains("{{") => {
+                            self.skipped.push(format!("set(field={f},template{tag})"));
+                            return Ok(());
+                        }
+                        _ => v,
+                    }
+                };
+                util::set_field(src, f, v);
+                Ok(())
+            }
+            "remove" => {
+                let fields: Vec<String> = match conf.get("field") {
+                    Some(Value::String(s)) => vec![s.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
+                    _ => return Err("[field] required property is missing".into()),
+                };
+                for f in fields {
+                    if util::remove_field(src, &f).is_none() && !ignore_missing {
+                        return Err(format!("field [{f}] not present as part of path [{f}]"));
+                    }
+                }
+                Ok(())
+            }
+            "rename" => {
+                let f = field.ok_or("[field] required property is missing")?;
+                let t = conf
+                    .get("target_field")
+                    .and_then(|t| t.as_str())
+                    .ok_or("[target_field] required property is missing")?;
+                match util::remove_field(src, f) {
+                    Some(v) => {
+                        if util::get_field(src, t).is_some() {
+                            return Err(format!("field [{t}] already exists"));
+                        }
+                        util::set_field(src, t, v);
+                        Ok(())
+                    }
+                    None if ignore_missing => Ok(()),
+                    None => Err(format!("field [{f}] doesn't exist")),
+                }
+            }
+            "pipeline" => {
+                let name = conf
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .ok_or("[name] required property is missing")?;
+                let ignore_missing_pipeline = conf
+                    .get("ignore_missing_pipeline")
+                    .and_then(|b| b.as_bool())
+                    .unwrap_or(false);
+                let p = self.sh.st().pipelines.get(name).cloned();
+                match p {
+                    None if ignore_missing_pipeline => Ok(()),
+                    None => Err(format!(
+                        "Pipeline processor configured for non-existent pipeline [{name}]"
+                    )),
+                    Some(p) => {
+                        if self.depth > 20 {
+                            return Err("Cycle detected for pipeline".into());
+                        }
+                        self.depth += 1;
+                        let r = self.run_pipeline(&p, doc);
+                        self.depth -= 1;
+                        r
+                    }
+                }
+            }
+            "inference" => {
+                let mid = conf
+                    .get("model_id")
+                    .and_then(|m| m.as_str())
+                    .ok_or("[model_id] required property is missing")?;
+                let target = conf
+                    .get("target_field")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("ml.inference")
+                    .to_string();
+                let def = model_definition(self.sh, mid)?;
+                let mut input = doc["_source"].clone();
+                if let Some(fm) = conf.get("field_map").and_then(|f| f.as_object()) {
+                    for (from, to) in fm {
+                        if let (Some(v), Some(to)) =
+                            (util::get_field(&input, from).cloned(), to.as_str())
+                        {
+                            util::set_field(&mut input, to, v);
+                        }
+                    }
+                }
+                let model_cfg = self
+                    .sh
+                    .st()
+                    .models
+                    .get(mid)
+                    .map(|m| m.config["inference_config"].clone())
+                    .unwrap_or(json!({}));
+                let cfg = match conf.get("inference_config") {
+                    Some(c) => merge_inference_config(&model_cfg, c),
+                    None => model_cfg,
+                };
+                let mut result = crate::model::evaluate_with_config(&def, &input, &cfg)?;
+                if let Some(o) = result.as_object_mut() {
+                    o.entry("model_id").or_insert_with(|| json!(mid));
+                }
+                util::set_field(&mut doc["_source"], &target, result);
+                Ok(())
+            }
+            other => {
+                let what = match other {
+                    "script" => conf
+                        .get("id")
+                        .and_then(|i| i.as_str())
+                        .map(|i| format!("script(id={i}{tag})"))
+                        .unwrap_or_else(|| format!("script(inline{tag})")),
+                    _ => format!(
+                        "{other}({}{tag})",
+                        field.map(|f| format!("field={f}")).unwrap_or_default()
+                    ),
+                };
+                self.skipped.push(what);
+                Ok(())
+            }
+        }
+    }
+
+    fn run_pipeline(&mut self, p: &Value, doc: &mut Value) -> Result<(), String> {
+        let procs = p
+            .get("processors")
+            .and_then(|x| x.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let of = p.get("on_failure").and_then(|x| x.as_array()).cloned();
+        self.run_processors(&procs, of.as_ref(), doc)
+    }
+}
+
+fn merge_inference_config(model: &Value, over: &Value) -> Value {
+    let mut out = model.clone();
+    if let (Some(o), Some(m)) = (over.as_object(), out.as_object_mut()) {
+        for (k, v) in o {
+            match (m.get_mut(k), v) {
+                (Some(Value::Object(dst)), Value::Object(src)) => {
+                    for (a, b) in src {
+                        dst.insert(a.clone(), b.clone());
+                    }
+                }
+                _ => {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn simulate(sh: &Shared, r: &Req, id: Option<&str>) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    let pipeline = match (id, body.get("pipeline")) {
+        (Some(id), _) => sh
+            .st()
+            .pipelines
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(&format!("pipeline [{id}] does not exist")))?,
+        (None, Some(p)) => p.clone(),
+        (None, None) => {
+            return Err(err(
+                400,
+                "parse_exception",
+                "[pipeline] required property is missing",
+            ));
+        }
+    };
+    let Some(docs) = body.get("docs").and_then(|d| d.as_array()) else {
+        return Err(err(
+            400,
+            "parse_exception",
+            "[docs] required property is missing",
+        ));
+    };
+    let mut out = Vec::new();
+    for d in docs {
+        let mut doc = json!({
+            "_index": d.get("_index").cloned().unwrap_or(json!("_index")),
+            "_id": d.get("_id").cloned().unwrap_or(json!("_id")),
+            "_version": "-3",
+            "_source": d.get("_source").cloned().unwrap_or(json!({})),
+            "_ingest": {"timestamp": util::now_iso()},
+        });
+        let mut sim = Sim {
+            sh,
+            skipped: vec![],
+            depth: 0,
+        };
+        let res = sim.run_pipeline(&pipeline, &mut doc);
+        let mut entry = match res {
+            Ok(()) => json!({"doc": doc}),
+            Err(e) => {
+                json!({"error": es_error_body(400, "illegal_argument_exception", &e)["error"]})
+            }
+        };
+        if !sim.skipped.is_empty() {
+            entry["_standin_skipped"] = json!(sim.skipped);
+        }
+        out.push(entry);
+    }
+    Ok(Resp::json(200, &json!({"docs": out})))
+}
+
+// ---------------------------------------------------------------- templates, settings, data streams
+
+fn put_index_template(sh: &Shared, r: &Req, name: &str, legacy: bool) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    let mut st = sh.st();
+    let map = if legacy {
+        &mut st.legacy_templates
+    } else {
+        &mut st.index_templates
+    };
+    if r.flag("create") && map.contains_key(name) {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!("index template [{name}] already exists"),
+        ));
+    }
+    map.insert(name.into(), body);
+    Ok(ack())
+}
+
+fn get_index_template(sh: &Shared, name: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, _) = select_ids(st.index_templates.keys(), name);
+    if ids.is_empty() && name.is_some_and(|n| !n.contains('*')) {
+        return not_found(&format!(
+            "index template matching [{}] not found",
+            name.unwrap_or("")
+        ));
+    }
+    let list: Vec<Value> = ids
+        .iter()
+        .map(|i| json!({"name": i, "index_template": st.index_templates[i]}))
+        .collect();
+    Resp::json(200, &json!({"index_templates": list}))
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+fn put_settings(sh: &Shared, r: &Req, index: Option<&str>) -> Result<Resp, Resp> {
+    let body = body_json(r)?;
+    let settings = body.get("settings").cloned().unwrap_or(body);
+    let mut flat = Map::new();
+    flatten("", &settings, &mut flat);
+    let mut flat2 = Map::new();
+    for (k, v) in flat {
+        let k = if k.starts_with("index.") {
+            k
+        } else {
+            format!("index.{k}")
+        };
+        flat2.insert(k, v);
+    }
+    let mut st = sh.st();
+    let targets: Vec<String> = match index {
+        None | Some("_all") => st.index_settings.keys().cloned().collect(),
+        Some(expr) => {
+            let mut t = Vec::new();
+            for pat in expr.split(',') {
+                let hits: Vec<String> = st
+                    .index_settings
+                    .keys()
+                    .chain(st.data_streams.keys())
+                    .filter(|k| wildcard_match(pat, k))
+                    .cloned()
+                    .collect();
+                if hits.is_empty() && !pat.contains('*') {
+                    return Err(err(
+                        404,
+                        "index_not_found_exception",
+                        &format!("no such index [{pat}]"),
+                    ));
+                }
+                t.extend(hits);
+            }
+            t
+        }
+    };
+    for t in targets {
+        let entry = st.index_settings.entry(t).or_insert_with(|| json!({}));
+        let o = entry.as_object_mut().expect("object");
+        for (k, v) in &flat2 {
+            if v.is_null() {
+                o.remove(k);
+            } else {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(ack())
+}
+
+fn nest(flat: &Value) -> Value {
+    let mut out = json!({});
+    if let Some(o) = flat.as_object() {
+        for (k, v) in o {
+            util::set_field(&mut out, k, v.clone());
+        }
+    }
+    out
+}
+
+fn get_settings(sh: &Shared, index: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.index_settings.keys(), index);
+    if let Some(m) = missing.first() {
+        return err(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{m}]"),
+        );
+    }
+    let out: Map<String, Value> = ids
+        .iter()
+        .map(|i| (i.clone(), json!({"settings": nest(&st.index_settings[i])})))
+        .collect();
+    Resp::json(200, &Value::Object(out))
+}
+
+fn get_data_stream(sh: &Shared, name: Option<&str>) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.data_streams.keys(), name);
+    if let Some(m) = missing.first() {
+        return err(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{m}]"),
+        );
+    }
+    let list: Vec<Value> = ids
+        .iter()
+        .map(|i| {
+            let mut d = st.data_streams[i].clone();
+            if let Some(o) = d.as_object_mut() {
+                o.entry("name").or_insert_with(|| json!(i));
+                o.entry("status").or_insert_with(|| json!("GREEN"));
+            }
+            d
+        })
+        .collect();
+    Resp::json(200, &json!({"data_streams": list}))
+}
+
+// ---------------------------------------------------------------- anomaly detection jobs / datafeeds
+
+fn put_job(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    let mut body = body_json(r)?;
+    if !valid_id(id) {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "Invalid job_id; '{id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or underscores; must start and end with alphanumeric"
+            ),
+        ));
+    }
+    let detectors_ok = body
+        .get("analysis_config")
+        .and_then(|a| a.get("detectors"))
+        .and_then(|d| d.as_array())
+        .is_some_and(|d| !d.is_empty());
+    if !detectors_ok {
+        return Err(err(400, "status_exception", "No detectors configured"));
+    }
+    if body.get("data_description").is_none() {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            "[data_description] must not be null",
+        ));
+    }
+    let mut st = sh.st();
+    if st.jobs.contains_key(id) {
+        return Err(err(
+            400,
+            "resource_already_exists_exception",
+            &format!("The job cannot be created with the Id '{id}'. The Id is already used."),
+        ));
+    }
+    let o = body
+        .as_object_mut()
+        .ok_or_else(|| err(400, "parse_exception", "job must be an object"))?;
+    o.insert("job_id".into(), json!(id));
+    o.insert("job_type".into(), json!("anomaly_detector"));
+    o.insert("job_version".into(), json!(sh.cfg.es_version));
+    o.insert("create_time".into(), json!(util::now_millis()));
+    o.entry("groups").or_insert_with(|| json!([]));
+    o.entry("results_index_name")
+        .or_insert_with(|| json!("shared"));
+    o.entry("allow_lazy_open").or_insert_with(|| json!(false));
+    o.insert(
+        "model_snapshot_retention_days".into(),
+        o.get("model_snapshot_retention_days")
+            .cloned()
+            .unwrap_or(json!(10)),
+    );
+    st.jobs.insert(
+        id.into(),
+        Job {
+            config: body.clone(),
+            state: "closed".into(),
+        },
+    );
+    Ok(Resp::json(200, &body))
+}
+
+fn get_jobs(sh: &Shared, r: &Req, id: Option<&str>, stats: bool) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.jobs.keys(), id);
+    let allow_no_match = r.param("allow_no_match") != Some("false");
+    if let Some(m) = missing.first() {
+        return not_found(&format!("No known job with id '{m}'"));
+    }
+    if ids.is_empty() && !allow_no_match && id.is_some() {
+        return not_found(&format!("No known job with id '{}'", id.unwrap_or("")));
+    }
+    if stats {
+        let list: Vec<Value> = ids
+            .iter()
+            .map(|i| {
+                json!({"job_id": i, "state": st.jobs[i].state, "data_counts": {"job_id": i, "processed_record_count": 0}, "model_size_stats": {"job_id": i, "result_type": "model_size_stats", "model_bytes": 0, "memory_status": "ok"}, "forecasts_stats": {"total": 0}, "timing_stats": {"job_id": i, "bucket_count": 0}})
+            })
+            .collect();
+        return Resp::json(200, &json!({"count": list.len(), "jobs": list}));
+    }
+    let list: Vec<Value> = ids.iter().map(|i| st.jobs[i].config.clone()).collect();
+    Resp::json(200, &json!({"count": list.len(), "jobs": list}))
+}
+
+fn delete_job(sh: &Shared, r: &Req, id: &str) -> Resp {
+    let mut st = sh.st();
+    let Some(job) = st.jobs.get(id) else {
+        return not_found(&format!("No known job with id '{id}'"));
+    };
+    let force = r.flag("force");
+    if job.state == "opened" && !force {
+        return err(
+            409,
+            "status_exception",
+            &format!("Cannot delete job [{id}] because the job is opened"),
+        );
+    }
+    let feed = st
+        .datafeeds
+        .iter()
+        .find(|(_, d)| d.config["job_id"] == json!(id));
+    if let Some((df, _)) = feed
+        && !force
+    {
+        return err(
+            409,
+            "status_exception",
+            &format!("Cannot delete job [{id}] because datafeed [{df}] refers to it"),
+        );
+    }
+    if force {
+        st.datafeeds.retain(|_, d| d.config["job_id"] != json!(id));
+    }
+    st.jobs.remove(id);
+    ack()
+}
+
+fn open_close_job(sh: &Shared, id: &str, open: bool) -> Resp {
+    let mut st = sh.st();
+    if open {
+        if let Some(j) = st.jobs.get_mut(id) {
+            j.state = "opened".into();
+            return Resp::json(200, &json!({"opened": true, "node": "dga-standin-node"}));
+        }
+        return not_found(&format!("No known job with id '{id}'"));
+    }
+    let (ids, missing) = select_ids(st.jobs.keys(), Some(id));
+    if let Some(m) = missing.first() {
+        return not_found(&format!("No known job with id '{m}'"));
+    }
+    for i in ids {
+        if st
+            .datafeeds
+            .values()
+            .any(|d| d.config["job_id"] == json!(i) && d.state == "started")
+        {
+            return err(
+                409,
+                "status_exception",
+                &format!("cannot close job [{i}], datafeed hasn't been stopped"),
+            );
+        }
+        if let Some(j) = st.jobs.get_mut(&i) {
+            j.state = "closed".into();
+        }
+    }
+    Resp::json(200, &json!({"closed": true}))
+}
+
+fn put_datafeed(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    let mut body = body_json(r)?;
+    let job_id = body
+        .get("job_id")
+        .and_then(|j| j.as_str())
+        .map(String::from);
+    let Some(job_id) = job_id else {
+        return Err(err(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: a job_id must be set;",
+        ));
+    };
+    let indices_ok = body
+        .get("indices")
+        .or_else(|| body.get("indexes"))
+        .and_then(|i| i.as_array())
+        .is_some_and(|a| !a.is_empty());
+    if !indices_ok {
+        return Err(err(
+            400,
+            "illegal_argument_exception",
+            "[indices] must not be empty",
+        ));
+    }
+    let mut st = sh.st();
+    if !st.jobs.contains_key(&job_id) {
+        return Err(not_found(&format!("No known job with id '{job_id}'")));
+    }
+    if st.datafeeds.contains_key(id) {
+        return Err(err(
+            400,
+            "resource_already_exists_exception",
+            &format!("A datafeed with id [{id}] already exists"),
+        ));
+    }
+    if let Some((other, _)) = st
+        .datafeeds
+        .iter()
+        .find(|(_, d)| d.config["job_id"] == json!(job_id))
+    {
+        return Err(err(
+            409,
+            "resource_already_exists_exception",
+            &format!("A datafeed [{other}] already exists for job [{job_id}]"),
+        ));
+    }
+    let o = body
+        .as_object_mut()
+        .ok_or_else(|| err(400, "parse_exception", "datafeed must be an object"))?;
+    o.insert("datafeed_id".into(), json!(id));
+    o.entry("query").or_insert_with(|| json!({"match_all": {}}));
+    o.entry("scroll_size").or_insert_with(|| json!(1000));
+    st.datafeeds.insert(
+        id.into(),
+        Job {
+            config: body.clone(),
+            state: "stopped".into(),
+        },
+    );
+    Ok(Resp::json(200, &body))
+}
+
+fn get_datafeeds(sh: &Shared, r: &Req, id: Option<&str>, stats: bool) -> Resp {
+    let st = sh.st();
+    let (ids, missing) = select_ids(st.datafeeds.keys(), id);
+    let allow_no_match = r.param("allow_no_match") != Some("false");
+    if let Some(m) = missing.first() {
+        return not_found(&format!("No datafeed with id [{m}] exists"));
+    }
+    if ids.is_empty() && !allow_no_match && id.is_some() {
+        return not_found(&format!(
+            "No datafeed with id [{}] exists",
+            id.unwrap_or("")
+        ));
+    }
+    if stats {
+        let list: Vec<Value> = ids
+            .iter()
+            .map(|i| json!({"datafeed_id": i, "state": st.datafeeds[i].state}))
+            .collect();
+        return Resp::json(200, &json!({"count": list.len(), "datafeeds": list}));
+    }
+    let list: Vec<Value> = ids.iter().map(|i| st.datafeeds[i].config.clone()).collect();
+    Resp::json(200, &json!({"count": list.len(), "datafeeds": list}))
+}
+
+fn delete_datafeed(sh: &Shared, r: &Req, id: &str) -> Resp {
+    let mut st = sh.st();
+    let Some(df) = st.datafeeds.get(id) else {
+        return not_found(&format!("No datafeed with id [{id}] exists"));
+    };
+    if df.state == "started" && !r.flag("force") {
+        return err(
+            409,
+            "status_exception",
+            &format!("Cannot delete datafeed [{id}] while its status is started"),
+        );
+    }
+    st.datafeeds.remove(id);
+    ack()
+}
+
+fn start_stop_datafeed(sh: &Shared, id: &str, start: bool) -> Resp {
+    let mut st = sh.st();
+    let Some(df) = st.datafeeds.get(id).cloned() else {
+        return not_found(&format!("No datafeed with id [{id}] exists"));
+    };
+    if start {
+        let job_id = df.config["job_id"].as_str().unwrap_or("").to_string();
+        if st.jobs.get(&job_id).map(|j| j.state.as_str()) != Some("opened") {
+            return err(
+                409,
+                "status_exception",
+                &format!("cannot start datafeed [{id}] because job [{job_id}] is closed"),
+            );
+        }
+        st.datafeeds.get_mut(id).expect("exists").state = "started".into();
+        Resp::json(200, &json!({"started": true, "node": "dga-standin-node"}))
+    } else {
+        st.datafeeds.get_mut(id).expect("exists").state = "stopped".into();
+        Resp::json(200, &json!({"stopped": true}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn if_forms() {
+        let d = json!({"type": "dns", "dns": {"question": {"type": "A"}}});
+        assert_eq!(
+            eval_if("ctx.type=='dns' && ctx.dns.question.type != 'PTR'", &d),
+            Some(true)
+        );
+        assert_eq!(eval_if("ctx.type == 'http'", &d), Some(false));
+        assert_eq!(eval_if("ctx?.dns?.question?.type == \"A\"", &d), Some(true));
+        assert_eq!(eval_if("ctx.x == null", &d), Some(true));
+        assert_eq!(eval_if("ctx.a || ctx.b", &d), None);
+        assert_eq!(eval_if("ctx.type.contains('d')", &d), None);
+    }
+}

@@ -1,0 +1,116 @@
+//! `dga-standin`: run the TEST STAND-IN (Elasticsearch + Kibana + GitHub releases imitation).
+
+use clap::Parser;
+use dga_standin::{Auth, Standin, StandinConfig};
+use std::path::PathBuf;
+
+/// TEST STAND-IN for Elasticsearch, Kibana's detection-engine API and the GitHub releases API.
+///
+/// This is NOT Elasticsearch or Kibana: it is an in-memory imitation for dga-operator's tests
+/// and quickstart. Every request is checked against the official API specs embedded in it;
+/// off-spec requests are answered 400 and listed by the admin API (`GET /requests`). Every
+/// response carries `X-Standin: dga-standin`.
+#[derive(Parser, Debug)]
+#[command(name = "dga-standin", version, about, long_about)]
+struct Args {
+    /// Address to bind all listeners to.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Elasticsearch port (0 = any free port).
+    #[arg(long, default_value_t = 9200)]
+    es_port: u16,
+    /// Kibana port (0 = any free port).
+    #[arg(long, default_value_t = 5601)]
+    kibana_port: u16,
+    /// GitHub API port (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    github_port: u16,
+    /// Admin API port (0 = any free port): GET /requests, GET /state, POST|DELETE /faults,
+    /// POST /license/{type}.
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+    /// License type reported by GET /_license.
+    #[arg(long, default_value = "platinum")]
+    license: String,
+    /// Basic-auth user.
+    #[arg(long, default_value = "elastic")]
+    user: String,
+    /// Basic-auth password.
+    #[arg(long, default_value = "changeme")]
+    password: String,
+    /// Accepted API key: the base64 `id:key` value sent as `Authorization: ApiKey <value>` (repeatable).
+    #[arg(long)]
+    api_key: Vec<String>,
+    /// Disable authentication entirely.
+    #[arg(long)]
+    no_auth: bool,
+    /// Elasticsearch version reported by GET /.
+    #[arg(long, default_value = "8.17.0")]
+    es_version: String,
+    /// Kibana version reported by GET /api/status.
+    #[arg(long, default_value = "8.17.0")]
+    kibana_version: String,
+    /// Publish a release: TAG=PATH (asset named after the file). Repeatable. A `manifest-<tag>.json`
+    /// next to the zip is published as a second asset when present.
+    #[arg(long, value_name = "TAG=PATH")]
+    publish: Vec<String>,
+    /// Repository for --publish.
+    #[arg(long, default_value = "elastic/detection-rules")]
+    repo: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let auth = if a.no_auth {
+        Auth {
+            basic: vec![],
+            api_keys: vec![],
+            bearer: vec![],
+        }
+    } else {
+        Auth {
+            basic: vec![(a.user.clone(), a.password.clone())],
+            api_keys: a.api_key.clone(),
+            bearer: vec![],
+        }
+    };
+    let cfg = StandinConfig {
+        license_type: a.license.clone(),
+        es_version: a.es_version.clone(),
+        kibana_version: a.kibana_version.clone(),
+        auth,
+        ..Default::default()
+    };
+    let s = Standin::start_on_host(cfg, &a.host, a.es_port, a.kibana_port, a.github_port).await?;
+    for p in &a.publish {
+        let (tag, path) = p.split_once('=').ok_or("--publish wants TAG=PATH")?;
+        let path = PathBuf::from(path);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("bad path")?
+            .to_string();
+        let mut assets = vec![(name, path.clone())];
+        let manifest = path.with_file_name(format!("manifest-{tag}.json"));
+        if manifest.exists() {
+            assets.push((format!("manifest-{tag}.json"), manifest));
+        }
+        s.publish_release_files(&a.repo, tag, assets)?;
+    }
+    let admin = s.start_admin(&a.host, a.admin_port).await?;
+    println!("STANDIN=dga-standin (TEST STAND-IN, not Elasticsearch/Kibana/GitHub)");
+    println!("ES_URL={}", s.es_url());
+    println!("KIBANA_URL={}", s.kibana_url());
+    println!("GITHUB_URL={}", s.github_url());
+    println!("ADMIN_URL={admin}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    s.shutdown();
+    Ok(())
+}

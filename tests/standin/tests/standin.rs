@@ -1,0 +1,997 @@
+//! Integration tests of the stand-in over real HTTP.
+
+use dga_standin::model::{ModelEncoding, ModelSpec, write_model_json};
+use dga_standin::{Auth, Fault, FaultAction, Service, Standin, StandinConfig};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+struct T {
+    s: Standin,
+    c: Client,
+}
+
+impl T {
+    async fn new() -> T {
+        Self::with(StandinConfig::default()).await
+    }
+    async fn with(cfg: StandinConfig) -> T {
+        let s = Standin::start(cfg).await.unwrap();
+        T {
+            s,
+            c: Client::new(),
+        }
+    }
+    async fn raw(
+        &self,
+        base: &str,
+        m: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut rb = self
+            .c
+            .request(m, format!("{base}{path}"))
+            .basic_auth("elastic", Some("changeme"))
+            .header("kbn-xsrf", "true");
+        if let Some(b) = body {
+            rb = rb.header("content-type", "application/json").body(b);
+        }
+        let r = rb.send().await.unwrap();
+        let st = r.status();
+        let h = r.headers().clone();
+        let bytes = r.bytes().await.unwrap();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (st, h, v)
+    }
+    async fn es(&self, m: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (s, _, v) = self
+            .raw(
+                &self.s.es_url(),
+                m,
+                path,
+                body.map(|b| b.to_string().into_bytes()),
+            )
+            .await;
+        (s.as_u16(), v)
+    }
+    async fn kb(&self, m: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (s, _, v) = self
+            .raw(
+                &self.s.kibana_url(),
+                m,
+                path,
+                body.map(|b| b.to_string().into_bytes()),
+            )
+            .await;
+        (s.as_u16(), v)
+    }
+}
+
+fn model_body(id: &str, bytes: usize, enc: ModelEncoding) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_model_json(&ModelSpec::new(id, bytes, 7), enc, &mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn info_license_and_standin_header() {
+    let t = T::new().await;
+    let (st, h, v) = t.raw(&t.s.es_url(), Method::GET, "/", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(h["x-standin"], "dga-standin");
+    assert_eq!(v["version"]["number"], "8.17.0");
+    assert_eq!(v["version"]["build_flavor"], "default");
+    assert_eq!(v["tagline"], "You Know, for Search");
+    let (_, v) = t.es(Method::GET, "/_license", None).await;
+    assert_eq!(v["license"]["type"], "platinum");
+    assert_eq!(v["license"]["status"], "active");
+    t.s.set_license("basic");
+    let (_, v) = t.es(Method::GET, "/_license", None).await;
+    assert_eq!(v["license"]["type"], "basic");
+    assert!(t.s.off_spec_requests().is_empty());
+}
+
+#[tokio::test]
+async fn spec_rejections_are_counted() {
+    let t = T::new().await;
+    let (s, v) = t.es(Method::GET, "/_no_such_api/x", None).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["type"], "illegal_argument_exception");
+    assert_eq!(v["status"], 400);
+    let (s, v) = t
+        .es(Method::POST, "/_ml/trained_models/x", Some(json!({})))
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Incorrect HTTP method")
+    );
+    let (s, v) = t.es(Method::GET, "/_ml/trained_models/x?foo=1", None).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["error"]["root_cause"][0]["reason"],
+        "request [/_ml/trained_models/x] contains unrecognized parameter: [foo]"
+    );
+    let (s, _) = t.es(Method::PUT, "/_ingest/pipeline/p", None).await;
+    assert_eq!(s, 400);
+    // known request with a common param passes
+    let (s, _) = t
+        .es(Method::GET, "/_ml/trained_models?pretty&size=5", None)
+        .await;
+    assert_eq!(s, 200);
+    let off = t.s.off_spec_requests();
+    assert_eq!(off.len(), 4, "{off:?}");
+    assert!(
+        off.iter()
+            .all(|r| r.service == Service::Es && r.status == 400)
+    );
+    assert_eq!(off[2].api.as_deref(), Some("ml.get_trained_models"));
+    // Kibana: unknown path, unknown query param
+    let (s, _) = t.kb(Method::GET, "/api/nope", None).await;
+    assert_eq!(s, 404);
+    let (s, v) = t
+        .kb(Method::GET, "/api/detection_engine/rules?foo=1", None)
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["message"],
+        "[request query.foo]: definition for this key is missing"
+    );
+    assert_eq!(t.s.off_spec_requests().len(), 6);
+    t.s.clear_requests();
+    assert!(t.s.requests().is_empty());
+}
+
+#[tokio::test]
+async fn auth_is_enforced() {
+    let cfg = StandinConfig {
+        auth: Auth {
+            basic: vec![("elastic".into(), "changeme".into())],
+            api_keys: vec!["aWQ6a2V5".into()],
+            bearer: vec![],
+        },
+        ..Default::default()
+    };
+    let t = T::with(cfg).await;
+    let r = t.c.get(t.s.es_url()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "security_exception");
+    let r =
+        t.c.get(t.s.es_url())
+            .basic_auth("elastic", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401);
+    let r =
+        t.c.get(t.s.es_url())
+            .header("authorization", "ApiKey aWQ6a2V5")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let r =
+        t.c.get(format!("{}/api/status", t.s.kibana_url()))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["statusCode"], 401);
+    assert_eq!(v["error"], "Unauthorized");
+}
+
+#[tokio::test]
+async fn trained_model_lifecycle() {
+    let t = T::new().await;
+    let body = model_body("dga_1", 200_000, ModelEncoding::Plain);
+    let (s, _, v) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_1",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model_id"], "dga_1");
+    assert_eq!(v["model_type"], "tree_ensemble");
+    assert_eq!(v["license_level"], "platinum");
+    assert!(v.get("definition").is_none());
+    assert!(t.s.model_definition_len("dga_1").unwrap() > 150_000);
+    // duplicate
+    let (s, _, v) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_1",
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["type"], "resource_already_exists_exception");
+    assert_eq!(
+        v["error"]["reason"],
+        "Trained machine learning model [dga_1] already exists"
+    );
+    // compressed
+    let body = model_body("dga_2", 100_000, ModelEncoding::Compressed);
+    let (s, _, v) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_2",
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // bad inputs
+    let (s, v) = t.es(Method::PUT, "/_ml/trained_models/bad", Some(json!({"input": {"field_names": ["a"]}, "inference_config": {"classification": {}}, "compressed_definition": "!!notbase64"}))).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = t.es(Method::PUT, "/_ml/trained_models/bad", Some(json!({"input": {"field_names": []}, "inference_config": {}, "definition": {"trained_model": {}}}))).await;
+    assert_eq!(s, 400);
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/_ml/trained_models/bad",
+            Some(json!({"input": {"field_names": ["a"]}, "inference_config": {}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = t.es(Method::PUT, "/_ml/trained_models/bad", Some(json!({"input": {"field_names": ["a"]}, "inference_config": {}, "definition": {"x": 1}}))).await;
+    assert_eq!(s, 400);
+    // GET
+    let (s, v) = t.es(Method::GET, "/_ml/trained_models/dga_1", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["trained_model_configs"][0]["model_id"], "dga_1");
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/_ml/trained_models/dga_1?exclude_generated=true",
+            None,
+        )
+        .await;
+    assert!(v["trained_model_configs"][0].get("created_by").is_none());
+    let (_, v) = t.es(Method::GET, "/_ml/trained_models/dga*", None).await;
+    assert_eq!(v["count"], 2);
+    let (_, v) = t.es(Method::GET, "/_ml/trained_models/_all", None).await;
+    assert_eq!(v["count"], 2);
+    let (_, v) = t
+        .es(Method::GET, "/_ml/trained_models/dga_1,dga_2", None)
+        .await;
+    assert_eq!(v["count"], 2);
+    let (s, v) = t.es(Method::GET, "/_ml/trained_models/nope", None).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["type"], "resource_not_found_exception");
+    assert_eq!(t.s.models().len(), 2);
+    // referenced by a pipeline (nested in on_failure) -> 409
+    let pipe = json!({"processors": [{"set": {"field": "a", "value": 1}}], "on_failure": [{"inference": {"model_id": "dga_1", "target_field": "x"}}]});
+    let (s, v) = t.es(Method::PUT, "/_ingest/pipeline/p1", Some(pipe)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = t
+        .es(Method::DELETE, "/_ml/trained_models/dga_1", None)
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(v["error"]["type"], "status_exception");
+    assert!(v["error"]["reason"].as_str().unwrap().contains("use force"));
+    let (s, _) = t
+        .es(Method::DELETE, "/_ml/trained_models/dga_1?force=true", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = t
+        .es(Method::DELETE, "/_ml/trained_models/dga_1", None)
+        .await;
+    assert_eq!(s, 404);
+    // inference processor naming a missing model is refused at PUT
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            "/_ingest/pipeline/p2",
+            Some(json!({"processors": [{"inference": {"model_id": "missing"}}]})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"]["type"], "resource_not_found_exception");
+    assert!(t.s.off_spec_requests().is_empty());
+    // writes are countable
+    let writes = t.s.requests().iter().filter(|r| r.is_write()).count();
+    assert!(writes >= 10);
+}
+
+#[tokio::test]
+async fn pipelines_and_scripts_crud() {
+    let t = T::new().await;
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            "/_scripts/dga_ngrams_create",
+            Some(json!({"script": {"lang": "painless", "source": "ctx.f = 1"}})),
+        )
+        .await;
+    assert_eq!((s, &v), (200, &json!({"acknowledged": true})));
+    let (s, v) = t.es(Method::GET, "/_scripts/dga_ngrams_create", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!({"_id": "dga_ngrams_create", "found": true, "script": {"lang": "painless", "source": "ctx.f = 1"}})
+    );
+    let (s, v) = t.es(Method::GET, "/_scripts/missing", None).await;
+    assert_eq!((s, v), (404, json!({"_id": "missing", "found": false})));
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/_scripts/x",
+            Some(json!({"script": {"source": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = t
+        .es(Method::DELETE, "/_scripts/dga_ngrams_create", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = t
+        .es(Method::DELETE, "/_scripts/dga_ngrams_create", None)
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["type"], "resource_not_found_exception");
+
+    let p = json!({"description": "d", "_meta": {"managed_by": "dga-operator"}, "version": 3, "processors": [{"pipeline": {"name": "not_there_yet"}}]});
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/_ingest/pipeline/dns_enrich_pipeline",
+            Some(p.clone()),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = t
+        .es(Method::GET, "/_ingest/pipeline/dns_enrich_pipeline", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["dns_enrich_pipeline"], p);
+    let (_, v) = t.es(Method::GET, "/_ingest/pipeline/dns*", None).await;
+    assert_eq!(v.as_object().unwrap().len(), 1);
+    let (_, v) = t.es(Method::GET, "/_ingest/pipeline", None).await;
+    assert_eq!(v.as_object().unwrap().len(), 1);
+    let (s, v) = t.es(Method::GET, "/_ingest/pipeline/none", None).await;
+    assert_eq!((s, v), (404, json!({})));
+    t.s.put_pipeline("hand", json!({"processors": []}));
+    assert_eq!(t.s.pipelines().len(), 2);
+    let (s, _) = t.es(Method::DELETE, "/_ingest/pipeline/hand", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = t.es(Method::DELETE, "/_ingest/pipeline/hand", None).await;
+    assert_eq!(s, 404);
+    t.s.put_script("s1", json!({"script": {"lang": "painless", "source": "1"}}));
+    assert_eq!(t.s.scripts()["s1"]["source"], "1");
+}
+
+#[tokio::test]
+async fn simulate_runs_modelled_processors() {
+    let t = T::new().await;
+    let body = model_body("dga_sim", 50_000, ModelEncoding::Plain);
+    let (s, _, _) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_sim",
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let inner = json!({"processors": [
+        {"script": {"id": "dga_ngrams_create", "tag": "feat"}},
+        {"inference": {"model_id": "dga_sim", "target_field": "ml_is_dga", "inference_config": {"classification": {"num_top_classes": 1}}}},
+        {"rename": {"field": "a", "target_field": "b"}},
+        {"remove": {"field": "tmp", "ignore_missing": true}}
+    ]});
+    t.es(Method::PUT, "/_ingest/pipeline/inner", Some(inner))
+        .await;
+    let router = json!({"processors": [
+        {"set": {"field": "routed", "value": true}},
+        {"pipeline": {"name": "inner", "if": "ctx.type=='dns' && ctx.dns.question.type != 'PTR'"}}
+    ], "on_failure": [{"set": {"field": "error.message", "value": "failed"}}]});
+    t.es(Method::PUT, "/_ingest/pipeline/router", Some(router))
+        .await;
+    let docs = json!({"docs": [
+        {"_source": {"type": "dns", "a": 1, "dns": {"question": {"type": "A", "name": "xjqkw3vbz.biz"}}}},
+        {"_source": {"type": "dns", "dns": {"question": {"type": "PTR"}}}}
+    ]});
+    let (s, v) = t
+        .es(
+            Method::POST,
+            "/_ingest/pipeline/router/_simulate",
+            Some(docs),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let d0 = &v["docs"][0];
+    assert_eq!(d0["doc"]["_source"]["routed"], true, "{v}");
+    assert_eq!(d0["doc"]["_source"]["b"], 1);
+    assert!(d0["doc"]["_source"]["ml_is_dga"].is_object(), "{v}");
+    assert!(d0["doc"]["_ingest"]["timestamp"].is_string());
+    assert_eq!(
+        d0["_standin_skipped"],
+        json!(["script(id=dga_ngrams_create,tag=feat)"])
+    );
+    let d1 = &v["docs"][1];
+    assert!(d1["doc"]["_source"].get("ml_is_dga").is_none());
+    assert!(d1.get("_standin_skipped").is_none());
+    // inline pipeline, failing processor -> on_failure
+    let (s, v) = t
+        .es(Method::POST, "/_ingest/pipeline/_simulate", Some(json!({"pipeline": {"processors": [{"rename": {"field": "nope", "target_field": "x"}}], "on_failure": [{"set": {"field": "error.message", "value": "bad"}}]}, "docs": [{"_source": {}}]})))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["docs"][0]["doc"]["_source"]["error"]["message"], "bad");
+}
+
+fn rule(rule_id: &str, tag: &str) -> Value {
+    json!({"rule_id": rule_id, "type": "query", "language": "kuery", "name": format!("DGA {rule_id}"), "description": "d",
+           "risk_score": 21, "severity": "low", "query": "ml_is_dga.malicious_prediction:1", "index": ["logs-*"], "tags": [tag]})
+}
+
+#[tokio::test]
+async fn kibana_rules() {
+    let t = T::new().await;
+    let (s, v) = t.kb(Method::GET, "/api/status", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["status"]["overall"]["level"], "available");
+    let (s, v) = t
+        .kb(
+            Method::POST,
+            "/api/detection_engine/rules",
+            Some(rule("r1", "ML-DGA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], true);
+    assert_eq!(v["revision"], 0);
+    assert_eq!(v["created_by"], "elastic");
+    assert_eq!(
+        t.s.requests().last().unwrap().principal.as_deref(),
+        Some("elastic")
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let (s, v) = t
+        .kb(
+            Method::POST,
+            "/api/detection_engine/rules",
+            Some(rule("r1", "ML-DGA")),
+        )
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        v,
+        json!({"status_code": 409, "message": "rule_id: \"r1\" already exists"})
+    );
+    t.kb(
+        Method::POST,
+        "/api/detection_engine/rules",
+        Some(rule("r2", "other")),
+    )
+    .await;
+    t.kb(
+        Method::POST,
+        "/s/sec/api/detection_engine/rules",
+        Some(rule("r3", "ML-DGA")),
+    )
+    .await;
+    let (s, v) = t
+        .kb(Method::GET, "/api/detection_engine/rules?rule_id=zz", None)
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        v,
+        json!({"status_code": 404, "message": "rule_id: \"zz\" not found"})
+    );
+    let (s, v) = t
+        .kb(
+            Method::GET,
+            &format!("/api/detection_engine/rules?id={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["rule_id"], "r1");
+    let (s, v) = t.kb(Method::GET, "/api/detection_engine/rules/_find?filter=alert.attributes.tags:%22ML-DGA%22&per_page=100", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["data"][0]["rule_id"], "r1");
+    assert_eq!(t.s.rules("sec").len(), 1);
+    // patch + put bump revision
+    let (s, v) = t
+        .kb(
+            Method::PATCH,
+            "/api/detection_engine/rules",
+            Some(json!({"rule_id": "r1", "enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["revision"].as_i64(),
+            v["enabled"].as_bool(),
+            v["name"].as_str()
+        ),
+        (Some(1), Some(false), Some("DGA r1"))
+    );
+    let (s, v) = t
+        .kb(
+            Method::PUT,
+            "/api/detection_engine/rules",
+            Some(rule("r1", "ML-DGA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["revision"], 2);
+    assert_eq!(v["id"], json!(id));
+    // xsrf missing
+    let r =
+        t.c.post(format!("{}/api/detection_engine/rules", t.s.kibana_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .json(&rule("r9", "x"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 400);
+    // invalid body
+    let mut bad = rule("r9", "x");
+    bad["severity"] = json!("huge");
+    let (s, v) = t
+        .kb(Method::POST, "/api/detection_engine/rules", Some(bad))
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("[request body]: severity"),
+        "{v}"
+    );
+    let off = t.s.off_spec_requests();
+    assert_eq!(off.len(), 2, "{off:?}");
+    // bulk delete by query and by ids
+    let (s, v) = t
+        .kb(
+            Method::POST,
+            "/api/detection_engine/rules/_bulk_action",
+            Some(json!({"action": "delete", "query": "alert.attributes.tags:\"other\""})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["attributes"]["summary"]["succeeded"], 1);
+    let (s, v) = t
+        .kb(
+            Method::POST,
+            "/api/detection_engine/rules/_bulk_action",
+            Some(json!({"action": "disable", "ids": [id]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = t
+        .kb(
+            Method::DELETE,
+            "/api/detection_engine/rules?rule_id=r1",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(t.s.rules("default").is_empty());
+}
+
+#[tokio::test]
+async fn faults_status_cut_close_delay() {
+    let t = T::new().await;
+    t.s.add_fault(Fault {
+        service: Some(Service::Es),
+        method: Some("GET".into()),
+        path_regex: "^/_license$".into(),
+        nth: 2,
+        times: 1,
+        action: FaultAction::Status {
+            code: 503,
+            retry_after: Some(7),
+            body: None,
+        },
+    });
+    let (s, _, _) = t.raw(&t.s.es_url(), Method::GET, "/_license", None).await;
+    assert_eq!(s, 200);
+    let (s, h, v) = t.raw(&t.s.es_url(), Method::GET, "/_license", None).await;
+    assert_eq!(s, 503);
+    assert_eq!(h["retry-after"], "7");
+    assert_eq!(v["status"], 503);
+    let (s, _, _) = t.raw(&t.s.es_url(), Method::GET, "/_license", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        t.s.requests().iter().filter(|r| r.fault.is_some()).count(),
+        1
+    );
+
+    t.s.publish_release(
+        "elastic/detection-rules",
+        "ML-DGA-20201129-25",
+        vec![("ML-DGA-20201129-25.zip".into(), vec![7u8; 100_000])],
+    );
+    t.s.add_fault(Fault::new("^/download/", FaultAction::CutBody));
+    let url = format!(
+        "{}/download/elastic/detection-rules/ML-DGA-20201129-25/ML-DGA-20201129-25.zip",
+        t.s.github_url()
+    );
+    let r = t.c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "cut body must fail");
+    let r = t.c.get(&url).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+
+    t.s.add_fault(Fault::new("^/$", FaultAction::Close));
+    assert!(
+        t.c.get(t.s.es_url())
+            .basic_auth("elastic", Some("changeme"))
+            .send()
+            .await
+            .is_err()
+    );
+    t.s.clear_faults();
+    t.s.add_fault(Fault::new(
+        "^/$",
+        FaultAction::Delay(Duration::from_millis(300)),
+    ));
+    let t0 = std::time::Instant::now();
+    let (s, _) = t.es(Method::GET, "/", None).await;
+    assert_eq!(s, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn github_release_and_downloads() {
+    let t = T::new().await;
+    let dir = std::env::temp_dir().join(format!("dga-standin-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zip = dir.join("ML-DGA-20201129-25.zip");
+    let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&zip, &data).unwrap();
+    t.s.publish_release_files(
+        "elastic/detection-rules",
+        "ML-DGA-20201129-25",
+        vec![
+            ("ML-DGA-20201129-25.zip".into(), zip.clone()),
+            ("manifest-ML-DGA-20201129-25.json".into(), zip.clone()),
+        ],
+    )
+    .unwrap();
+    let r =
+        t.c.get(format!(
+            "{}/repos/elastic/detection-rules/releases/tags/ML-DGA-20201129-25",
+            t.s.github_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["tag_name"], "ML-DGA-20201129-25");
+    assert_eq!(v["draft"], false);
+    let a = &v["assets"][0];
+    assert_eq!(a["name"], "ML-DGA-20201129-25.zip");
+    assert_eq!(a["size"], 1_000_003);
+    assert_eq!(a["content_type"], "application/zip");
+    let r =
+        t.c.get(a["browser_download_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.content_length(), Some(1_000_003));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
+    let r =
+        t.c.get(a["url"].as_str().unwrap())
+            .header("accept", "application/octet-stream")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 1_000_003);
+    let r =
+        t.c.get(format!(
+            "{}/repos/elastic/detection-rules/releases/tags/nope",
+            t.s.github_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "Not Found");
+    t.s.publish_file("x.zip", zip.clone()).unwrap();
+    let r =
+        t.c.get(format!("{}/mirror/x.zip", t.s.github_url()))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), 1_000_003);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn interceptor_and_down() {
+    let t = T::new().await;
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    t.s.set_interceptor(Some(Arc::new(move |_rec| {
+        let n = n2.clone();
+        Box::pin(async move {
+            n.fetch_add(1, Ordering::SeqCst);
+        })
+    })));
+    t.es(Method::GET, "/", None).await;
+    t.kb(Method::GET, "/api/status", None).await;
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+    t.s.set_interceptor(None);
+    t.s.set_es_down(true);
+    let fresh = Client::new();
+    assert!(fresh.get(t.s.es_url()).send().await.is_err());
+    t.s.set_es_down(false);
+    let (s, _) = t.es(Method::GET, "/", None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn ml_jobs_and_templates() {
+    let t = T::new().await;
+    let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "high_sum", "field_name": "ml_is_dga.malicious_probability", "over_field_name": "source.ip"}]}, "data_description": {"time_field": "@timestamp"}});
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            "/_ml/anomaly_detectors/dga_high_sum_probability",
+            Some(job.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            "/_ml/anomaly_detectors/dga_high_sum_probability",
+            Some(job),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["type"], "resource_already_exists_exception");
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/_ml/datafeeds/datafeed-dga",
+            Some(json!({"job_id": "dga_high_sum_probability", "indices": ["logs-*"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = t
+        .es(
+            Method::POST,
+            "/_ml/anomaly_detectors/dga_high_sum_probability/_open",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = t
+        .es(Method::POST, "/_ml/datafeeds/datafeed-dga/_start", None)
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = t
+        .es(Method::GET, "/_ml/datafeeds/datafeed-dga/_stats", None)
+        .await;
+    assert_eq!(v["datafeeds"][0]["state"], "started");
+    let (s, _) = t
+        .es(
+            Method::DELETE,
+            "/_ml/anomaly_detectors/dga_high_sum_probability",
+            None,
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, _) = t.es(Method::GET, "/_ml/anomaly_detectors/nope", None).await;
+    assert_eq!(s, 404);
+    t.es(Method::POST, "/_ml/datafeeds/datafeed-dga/_stop", None)
+        .await;
+    t.es(
+        Method::POST,
+        "/_ml/anomaly_detectors/dga_high_sum_probability/_close",
+        None,
+    )
+    .await;
+    let (s, _) = t
+        .es(Method::DELETE, "/_ml/datafeeds/datafeed-dga", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = t
+        .es(
+            Method::DELETE,
+            "/_ml/anomaly_detectors/dga_high_sum_probability",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    let (s, _) = t.es(Method::PUT, "/_index_template/logs-dns", Some(json!({"index_patterns": ["logs-dns-*"], "template": {"settings": {"index.default_pipeline": "p"}}}))).await;
+    assert_eq!(s, 200);
+    let (_, v) = t.es(Method::GET, "/_index_template/logs-dns", None).await;
+    assert_eq!(v["index_templates"][0]["name"], "logs-dns");
+    t.s.put_index_settings("packetbeat-1", json!({}));
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/packetbeat-1/_settings",
+            Some(json!({"index": {"default_pipeline": "dns_enrich_pipeline"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = t.es(Method::GET, "/packetbeat-1/_settings", None).await;
+    assert_eq!(
+        v["packetbeat-1"]["settings"]["index"]["default_pipeline"],
+        "dns_enrich_pipeline"
+    );
+    assert_eq!(
+        t.s.index_settings()["packetbeat-1"]["index.default_pipeline"],
+        "dns_enrich_pipeline"
+    );
+    assert!(
+        t.s.off_spec_requests().is_empty(),
+        "{:?}",
+        t.s.off_spec_requests()
+    );
+}
+
+/// Large-body throughput: `cargo test -p dga-standin --test standin -- --ignored big_model --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn big_model_put() {
+    let t = T::new().await;
+    let mb: usize = std::env::var("STANDIN_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90);
+    let t0 = std::time::Instant::now();
+    let body = model_body("dga_big", mb * 1_000_000, ModelEncoding::Plain);
+    eprintln!("generated {} bytes in {:?}", body.len(), t0.elapsed());
+    let t1 = std::time::Instant::now();
+    let (s, _, v) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_big",
+            Some(body),
+        )
+        .await;
+    eprintln!("PUT took {:?}", t1.elapsed());
+    assert_eq!(s, 200, "{v}");
+    let t2 = std::time::Instant::now();
+    let (s, _) = t.es(Method::GET, "/_ml/trained_models/dga_big", None).await;
+    assert_eq!(s, 200);
+    eprintln!("GET took {:?}", t2.elapsed());
+}
+
+#[tokio::test]
+async fn model_put_field_rules_and_gzip_bodies() {
+    let t = T::new().await;
+    let base = json!({"input": {"field_names": ["a"]}, "inference_config": {"classification": {}}, "definition": {"trained_model": {"tree": {}}}});
+    let mut b = base.clone();
+    b["created_by"] = json!("api_user");
+    let (s, v) = t.es(Method::PUT, "/_ml/trained_models/m1", Some(b)).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("illegal to set [created_by]"),
+        "{v}"
+    );
+    let mut b = base.clone();
+    b["foo"] = json!(1);
+    let (s, v) = t.es(Method::PUT, "/_ml/trained_models/m1", Some(b)).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["type"], "x_content_parse_exception");
+    // gzip-compressed request body
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(base.to_string().as_bytes()).unwrap();
+    let r =
+        t.c.put(format!("{}/_ml/trained_models/m1", t.s.es_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(gz.finish().unwrap())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t.s.models().contains_key("m1"));
+}
+
+#[test]
+fn standin_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Standin>();
+}
+
+#[test]
+fn is_write_and_fault_json() {
+    use dga_standin::RequestRecord;
+    let rec = |m: &str, p: &str| RequestRecord {
+        seq: 1,
+        service: Service::Es,
+        method: m.into(),
+        path: p.into(),
+        query: String::new(),
+        status: 200,
+        off_spec: None,
+        api: None,
+        body_len: 0,
+        fault: None,
+        principal: None,
+    };
+    assert!(!rec("GET", "/_ml/trained_models").is_write());
+    assert!(!rec("POST", "/_ingest/pipeline/x/_simulate").is_write());
+    assert!(!rec("POST", "/_ingest/pipeline/_simulate").is_write());
+    assert!(rec("PUT", "/_ingest/pipeline/x").is_write());
+    assert!(rec("POST", "/api/detection_engine/rules").is_write());
+    assert!(rec("POST", "/api/detection_engine/rules/_bulk_action").is_write());
+    assert!(rec("DELETE", "/_scripts/x").is_write());
+    let f: Fault =
+        serde_json::from_str(r#"{"path_regex":"^/$","action":{"Status":{"code":503}}}"#).unwrap();
+    assert_eq!((f.nth, f.times), (1, 1));
+    let f: Fault = serde_json::from_str(
+        r#"{"service":"Es","method":"PUT","path_regex":"x","nth":2,"times":3,"action":"CutBody"}"#,
+    )
+    .unwrap();
+    assert_eq!(f.action, FaultAction::CutBody);
+}
+
+#[tokio::test]
+async fn kibana_import_rules() {
+    let t = T::new().await;
+    let nd = format!(
+        "{}\n{}\n{{\"exported_count\":2}}\n",
+        rule("i1", "ML-DGA"),
+        rule("i2", "ML-DGA")
+    );
+    let body = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"rules.ndjson\"\r\nContent-Type: application/ndjson\r\n\r\n{nd}\r\n--XyZ--\r\n"
+    );
+    let send = |q: &'static str, body: String| {
+        t.c.post(format!(
+            "{}/api/detection_engine/rules/_import{q}",
+            t.s.kibana_url()
+        ))
+        .basic_auth("elastic", Some("changeme"))
+        .header("kbn-xsrf", "true")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+    };
+    let v: Value = send("", body.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (
+            v["success"].as_bool(),
+            v["success_count"].as_u64(),
+            v["rules_count"].as_u64()
+        ),
+        (Some(true), Some(2), Some(2)),
+        "{v}"
+    );
+    let v: Value = send("", body.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(v["success"], false);
+    assert_eq!(v["errors"][0]["error"]["status_code"], 409);
+    let v: Value = send("?overwrite=true", body)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["success_count"], 2, "{v}");
+    assert_eq!(t.s.rules("default").len(), 2);
+    assert_eq!(t.s.rules("default")[0]["revision"], 1);
+    assert!(t.s.off_spec_requests().is_empty());
+}
