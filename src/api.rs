@@ -157,9 +157,32 @@ pub struct DgaModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,
 
-    /// When the operator last compared the cluster with the release.
+    /// When the operator last brought the cluster in line with the release (its last write,
+    /// or the pass that first found everything in place). Quiet resyncs do not change it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+
+    /// The objects this DgaModel installed and owns; removed on delete.
+    #[serde(default, skip_serializing_if = "InstalledObjects::is_empty")]
+    pub objects: InstalledObjects,
+}
+
+/// Ids of the objects a DgaModel owns in Elasticsearch.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledObjects {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelines: Vec<String>,
+}
+
+impl InstalledObjects {
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty() && self.scripts.is_empty() && self.pipelines.is_empty()
+    }
 }
 
 /// A condition in the standard `metav1.Condition` shape.

@@ -4,5 +4,11 @@
 
 pub mod api;
 pub mod bundle;
+pub mod controller;
+pub mod elasticsearch;
+pub mod engine;
 pub mod error;
 pub mod http;
+pub mod kibana;
+pub mod status;
+pub mod target;

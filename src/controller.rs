@@ -1,0 +1,708 @@
+//! kube-runtime wiring: watch DgaModels, run the engine, write status and events, back off per
+//! object. Knows nothing of Elasticsearch beyond calling the engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::api::{
+    DeletionPolicy, DgaModel, DgaModelStatus, FINALIZER, InstalledObjects, RELEASE_TAG_PATTERN,
+};
+use crate::bundle::fetch::{Fetcher, Request};
+use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
+use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
+use crate::error::{Error, Service};
+use crate::status::{self, ES_REACHABLE, LICENSE, MODEL, PIPELINES, READY, RECONCILING, STALLED};
+use crate::target::{self, Target};
+
+/// Operator settings (flags of `dga-operator run`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub resync: Duration,
+    pub request_timeout: Duration,
+    /// How long a deleted DgaModel waits for an unreachable cluster before its finalizer is
+    /// released anyway.
+    pub delete_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub concurrency: u16,
+    pub per_cluster_concurrency: usize,
+    pub namespace: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            resync: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(120),
+            delete_timeout: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            concurrency: 16,
+            per_cluster_concurrency: 1,
+            namespace: None,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub fetcher: Fetcher,
+    pub settings: Settings,
+    /// Consecutive failures per object uid.
+    failures: Mutex<HashMap<String, u32>>,
+    cluster_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, fetcher: Fetcher, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: "dga-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            fetcher,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+            cluster_slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cluster_slot(&self, key: &str) -> Arc<Semaphore> {
+        let n = self.settings.per_cluster_concurrency.max(1);
+        self.cluster_slots
+            .lock()
+            .expect("slots")
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(n)))
+            .clone()
+    }
+
+    /// Exponential backoff with jitter and a cap, honouring `Retry-After`.
+    fn backoff(&self, uid: &str, retry_after: Option<Duration>) -> Duration {
+        let n = {
+            let mut f = self.failures.lock().expect("failures");
+            let n = f.entry(uid.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << (n - 1).min(16));
+        let capped = exp.min(self.settings.backoff_cap);
+        let jitter = rand::random_range(0.8..1.2);
+        capped
+            .mul_f64(jitter)
+            .max(retry_after.unwrap_or_default())
+            .min(
+                self.settings
+                    .backoff_cap
+                    .max(retry_after.unwrap_or_default()),
+            )
+    }
+
+    fn succeeded(&self, uid: &str) {
+        self.failures.lock().expect("failures").remove(uid);
+    }
+}
+
+/// Runs the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let api: Api<DgaModel> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let concurrency = ctx.settings.concurrency;
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(obj: Arc<DgaModel>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    let uid = obj.uid().unwrap_or_default();
+    let delay = ctx.backoff(&uid, err.retry_after());
+    warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), reason = err.reason(), error = %err, "reconcile error, retrying in {delay:?}");
+    Requeue::requeue(delay)
+}
+
+fn owner_of(obj: &DgaModel) -> Owner {
+    Owner {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+    }
+}
+
+/// Well-known package ids (both layouts): checked on delete even when the status was lost.
+const KNOWN_PIPELINES: [&str; 4] = [
+    "dns_enrich_pipeline",
+    "dns_dga_inference_enrich_pipeline",
+    "ml_dga_ingest_pipeline",
+    "ml_dga_inference_pipeline",
+];
+const KNOWN_SCRIPTS: [&str; 4] = [
+    "dga_ngrams_create",
+    "dga_ngrams_transform_delete",
+    "ml_dga_ngrams_create_script",
+    "ml_dga_ngrams_transform_delete_script",
+];
+
+/// What the status records as ours. Only these (and objects carrying our marker) count as ours.
+fn recorded_ids(status: Option<&DgaModelStatus>) -> Ids {
+    let objects = status.map(|s| s.objects.clone()).unwrap_or_default();
+    Ids {
+        models: objects.models.into_iter().collect(),
+        scripts: objects.scripts.into_iter().collect(),
+        pipelines: objects.pipelines.into_iter().collect(),
+    }
+}
+
+/// Ids worth reading: the recorded ones plus the package's well-known ids, whose markers then
+/// tell whether they are ours.
+fn ids_to_observe(recorded: &Ids) -> Ids {
+    let mut ids = recorded.clone();
+    ids.scripts
+        .extend(KNOWN_SCRIPTS.iter().map(|s| s.to_string()));
+    ids.pipelines
+        .extend(KNOWN_PIPELINES.iter().map(|s| s.to_string()));
+    ids
+}
+
+pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let api: Api<DgaModel> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    if obj.meta().deletion_timestamp.is_some() {
+        return finalize(&api, &obj, &ctx).await;
+    }
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        // resourceVersion makes this a compare-and-swap: a 409 retries with fresh data.
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        // The update event triggers the next pass.
+        return Ok(Requeue::await_change());
+    }
+
+    let uid = obj.uid().unwrap_or_default();
+    let mut report = Report::new(&obj);
+    let outcome = pass(&obj, &ctx, &mut report).await;
+    let requeue = match &outcome {
+        Ok(()) => {
+            ctx.succeeded(&uid);
+            Requeue::requeue(ctx.settings.resync)
+        }
+        Err(e) if e.is_transient() => Requeue::requeue(ctx.backoff(&uid, e.retry_after())),
+        // Needs a change from a person: retry slowly, a spec change triggers a pass at once.
+        Err(_) => {
+            ctx.succeeded(&uid);
+            Requeue::requeue(ctx.settings.resync)
+        }
+    };
+    report.finish(outcome.as_ref().err());
+    report.publish(&api, &obj, &ctx).await?;
+    Ok(requeue)
+}
+
+/// What a pass learnt, turned into status and events at the end.
+struct Report {
+    status: DgaModelStatus,
+    generation: Option<i64>,
+    now: Time,
+    events: Vec<Event>,
+    applied_something: bool,
+    suspended: Option<Plan>,
+}
+
+impl Report {
+    fn new(obj: &DgaModel) -> Self {
+        Report {
+            status: obj.status.clone().unwrap_or_default(),
+            generation: obj.metadata.generation,
+            now: Time(jiff::Timestamp::now()),
+            events: Vec::new(),
+            applied_something: false,
+            suspended: None,
+        }
+    }
+
+    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        status::set(
+            &mut self.status.conditions,
+            type_,
+            ok,
+            reason,
+            message,
+            self.generation,
+            &self.now,
+        );
+    }
+
+    fn event(&mut self, warning: bool, reason: &str, action: &str, note: String) {
+        self.events.push(Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.to_string(),
+            secondary: None,
+        });
+    }
+
+    fn finish(&mut self, err: Option<&Error>) {
+        let old_ready = status::get(&self.status.conditions, READY)
+            .map(|c| (c.reason.clone(), c.message.clone()));
+        match err {
+            None => {
+                let (reason, message) = match &self.suspended {
+                    Some(plan) if !plan.is_empty() => (
+                        "Suspended",
+                        format!("suspended; pending changes not applied: {}", plan.summary()),
+                    ),
+                    Some(_) => (
+                        "Suspended",
+                        "suspended; the installed release is current".to_string(),
+                    ),
+                    None => (
+                        "Installed",
+                        format!(
+                            "release {} installed (model {})",
+                            self.status.installed_tag.clone().unwrap_or_default(),
+                            self.status.model_id.clone().unwrap_or_default()
+                        ),
+                    ),
+                };
+                let ready = self.suspended.as_ref().is_none_or(Plan::is_empty);
+                self.set(READY, ready, reason, message);
+                self.set(RECONCILING, false, "Idle", "");
+                self.set(STALLED, false, "Idle", "");
+                if self.applied_something || self.status.last_sync_time.is_none() {
+                    self.status.last_sync_time = Some(self.now.clone());
+                }
+                self.status.observed_generation = self.generation;
+            }
+            Some(e) => {
+                let msg = e.to_string();
+                self.set(READY, false, e.reason(), msg.clone());
+                self.set(
+                    RECONCILING,
+                    e.is_transient(),
+                    e.reason(),
+                    if e.is_transient() {
+                        msg.clone()
+                    } else {
+                        String::new()
+                    },
+                );
+                self.set(
+                    STALLED,
+                    e.is_stalled(),
+                    e.reason(),
+                    if e.is_stalled() {
+                        msg.clone()
+                    } else {
+                        String::new()
+                    },
+                );
+                self.status.observed_generation = self.generation;
+                // One Warning per new problem, not one per retry.
+                if old_ready != Some((e.reason().to_string(), msg.clone())) {
+                    self.event(true, e.reason(), "Reconcile", msg);
+                }
+            }
+        }
+        status::sort(&mut self.status.conditions);
+    }
+
+    async fn publish(
+        &self,
+        api: &Api<DgaModel>,
+        obj: &DgaModel,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        if obj.status.as_ref() != Some(&self.status) {
+            let patch = json!({"status": self.status});
+            api.patch_status(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+        let reference = obj.object_ref(&());
+        for ev in &self.events {
+            if let Err(e) = ctx.recorder.publish(ev, &reference).await {
+                warn!(error = %e, "could not publish event");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One reconcile pass for a live DgaModel: dereference, validate, fetch, build, observe, diff,
+/// apply. Conditions are set as each stage is passed.
+async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
+    let spec = &obj.spec;
+    let tag_re = regex::Regex::new(RELEASE_TAG_PATTERN).expect("pattern");
+    if !tag_re.is_match(&spec.release_tag) {
+        return Err(Error::InvalidSpec(format!(
+            "spec.releaseTag `{}` is not of the form ML-DGA-YYYYMMDD-N",
+            spec.release_tag
+        )));
+    }
+    let target = target::resolve(
+        &ctx.client,
+        &obj.namespace().unwrap_or_default(),
+        &spec.cluster_ref,
+    )
+    .await?;
+    let bundle = ctx
+        .fetcher
+        .fetch(Request {
+            tag: &spec.release_tag,
+            source: spec.source.as_ref(),
+        })
+        .await?;
+
+    let slot = ctx.cluster_slot(target.key());
+    let _permit = slot
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let es = Elasticsearch::new(target.elasticsearch.clone(), ctx.settings.request_timeout)?;
+    let info = connect(&es, report).await?;
+    report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
+
+    let owner = owner_of(obj);
+    let desired = engine::build(&bundle, &owner);
+    let known = recorded_ids(obj.status.as_ref());
+    let mut ids = known.clone();
+    ids.models.insert(desired.model_id.clone());
+    ids.scripts
+        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
+    ids.pipelines
+        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+    let observed = engine::observe(&es, &ids).await?;
+    let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
+
+    if spec.suspend {
+        record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
+        report.suspended = Some(plan);
+        return Ok(());
+    }
+    if !plan.conflicts.is_empty() {
+        report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
+        return Err(Error::Conflict(plan.conflicts.join("; ")));
+    }
+    let result = engine::apply(&es, &desired, &plan).await;
+    let (applied, err) = match result {
+        Ok(a) => (a, None),
+        Err((a, e)) => (a, Some(e)),
+    };
+    // What is installed now, whether or not the pass finished.
+    let now_owned = {
+        let mut o = engine::diff::owned_ids(&observed, &owner, &known);
+        for a in &applied.done {
+            match a {
+                engine::Action::PutModel { id, .. } => drop(o.models.insert(id.clone())),
+                engine::Action::PutScript { id, .. } => drop(o.scripts.insert(id.clone())),
+                engine::Action::PutPipeline { id, .. } => drop(o.pipelines.insert(id.clone())),
+                engine::Action::DeleteModel { id, .. } => drop(o.models.remove(id)),
+                engine::Action::DeleteScript { id, .. } => drop(o.scripts.remove(id)),
+                engine::Action::DeletePipeline { id, .. } => drop(o.pipelines.remove(id)),
+            }
+        }
+        o
+    };
+    record_objects(report, &now_owned);
+    if !applied.done.is_empty() {
+        report.applied_something = true;
+        let done = Plan {
+            actions: applied.done.clone(),
+            conflicts: vec![],
+        };
+        let (reason, verb) = if done.has(Reason::Upgrade) {
+            (
+                "Upgraded",
+                format!("upgraded to release {}", desired.release),
+            )
+        } else if done.has(Reason::Adopt) {
+            (
+                "Adopted",
+                format!("took over existing objects for release {}", desired.release),
+            )
+        } else if done.has(Reason::Repair) {
+            (
+                "DriftRepaired",
+                "repaired objects changed or deleted outside the operator".to_string(),
+            )
+        } else if done.has(Reason::Create) {
+            (
+                "Installed",
+                format!("installed release {}", desired.release),
+            )
+        } else {
+            (
+                "Cleaned",
+                "removed objects no longer part of the release".to_string(),
+            )
+        };
+        info!(
+            namespace = owner.namespace,
+            name = owner.name,
+            reason,
+            actions = done.summary(),
+            "applied"
+        );
+        report.event(
+            false,
+            reason,
+            "Apply",
+            format!("{verb}: {}", done.summary()),
+        );
+    }
+    let model_in = now_owned.models.contains(&desired.model_id);
+    let pipes_in = desired
+        .pipelines
+        .iter()
+        .all(|(id, _)| now_owned.pipelines.contains(id))
+        && desired
+            .scripts
+            .iter()
+            .all(|(id, _)| now_owned.scripts.contains(id));
+    if let Some(e) = err {
+        report.set(
+            MODEL,
+            model_in,
+            if model_in { "Installed" } else { e.reason() },
+            if model_in {
+                String::new()
+            } else {
+                e.to_string()
+            },
+        );
+        report.set(PIPELINES, false, e.reason(), e.to_string());
+        return Err(e);
+    }
+    report.set(
+        MODEL,
+        model_in,
+        "Installed",
+        format!("trained model {}", desired.model_id),
+    );
+    report.set(
+        PIPELINES,
+        pipes_in,
+        "Installed",
+        format!(
+            "pipelines {}",
+            desired
+                .pipelines
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    if !applied.warnings.is_empty() {
+        report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
+    }
+    report.status.installed_tag = Some(desired.release.clone());
+    report.status.model_id = Some(desired.model_id.clone());
+    report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
+    Ok(())
+}
+
+fn record_objects(report: &mut Report, ids: &Ids) {
+    report.status.objects = InstalledObjects {
+        models: ids.models.iter().cloned().collect(),
+        scripts: ids.scripts.iter().cloned().collect(),
+        pipelines: ids.pipelines.iter().cloned().collect(),
+    };
+}
+
+/// Version and licence checks, reported as conditions.
+async fn connect(es: &Elasticsearch, report: &mut Report) -> Result<ClusterInfo, Error> {
+    let info = match es.info().await {
+        Ok(i) => i,
+        Err(e) => {
+            if e.service() == Some(Service::Elasticsearch) {
+                report.set(ES_REACHABLE, false, e.reason(), e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    report.set(
+        ES_REACHABLE,
+        true,
+        "Reachable",
+        format!("Elasticsearch {} at {}", info.version, es.url()),
+    );
+    let license = es.license().await?;
+    if !ML_LICENSES.contains(&license.as_str()) {
+        let e = Error::LicenseInsufficient(license);
+        report.set(LICENSE, false, "LicenseInsufficient", e.to_string());
+        return Err(e);
+    }
+    report.set(
+        LICENSE,
+        true,
+        "LicenseSufficient",
+        format!("licence {license}"),
+    );
+    Ok(info)
+}
+
+/// Deletion: remove what this DgaModel owns (unless `Retain`), then release the finalizer. A
+/// target that stays unreachable past `delete_timeout` does not hold the object forever.
+async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<Requeue, Error> {
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Requeue::await_change());
+    }
+    let owner = owner_of(obj);
+    let status = obj.status.clone().unwrap_or_default();
+    let left = describe_objects(&status.objects);
+    let mut report = Report::new(obj);
+    let (event_type_warning, reason, note) = if obj.spec.deletion_policy == DeletionPolicy::Retain {
+        (
+            false,
+            "Retained",
+            format!("deletionPolicy Retain: left installed: {left}"),
+        )
+    } else {
+        match cleanup(obj, ctx, &owner).await {
+            Ok(removed) => (
+                false,
+                "Removed",
+                if removed.is_empty() {
+                    "nothing to remove".to_string()
+                } else {
+                    format!("removed {}", removed.join(", "))
+                },
+            ),
+            Err(e) => {
+                let since = obj
+                    .meta()
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or_else(jiff::Timestamp::now);
+                let waited = jiff::Timestamp::now().duration_since(since).unsigned_abs();
+                if waited < ctx.settings.delete_timeout {
+                    report.finish(Some(&e));
+                    report.publish(api, obj, ctx).await?;
+                    let delay = ctx.backoff(&owner.uid, e.retry_after());
+                    return Ok(Requeue::requeue(
+                        delay.min(
+                            ctx.settings
+                                .delete_timeout
+                                .saturating_sub(waited)
+                                .max(Duration::from_secs(1)),
+                        ),
+                    ));
+                }
+                (
+                    true,
+                    "CleanupAbandoned",
+                    format!(
+                        "could not clean up for {}s ({e}); released the finalizer and left behind: {left}",
+                        waited.as_secs()
+                    ),
+                )
+            }
+        }
+    };
+    report.event(event_type_warning, reason, "Delete", note);
+    // Events first: the object may be gone right after the finalizer goes.
+    let reference = obj.object_ref(&());
+    for ev in &report.events {
+        let _ = ctx.recorder.publish(ev, &reference).await;
+    }
+    let finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.succeeded(&owner.uid);
+    info!(
+        namespace = owner.namespace,
+        name = owner.name,
+        reason,
+        "finalized"
+    );
+    Ok(Requeue::await_change())
+}
+
+async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
+    let target: Target = target::resolve(
+        &ctx.client,
+        &obj.namespace().unwrap_or_default(),
+        &obj.spec.cluster_ref,
+    )
+    .await?;
+    let slot = ctx.cluster_slot(target.key());
+    let _permit = slot
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let es = Elasticsearch::new(target.elasticsearch, ctx.settings.request_timeout)?;
+    let recorded = recorded_ids(obj.status.as_ref());
+    engine::cleanup(&es, owner, &recorded, &ids_to_observe(&recorded)).await
+}
+
+fn describe_objects(o: &InstalledObjects) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(o.pipelines.iter().map(|p| format!("ingest pipeline {p}")));
+    parts.extend(o.scripts.iter().map(|p| format!("stored script {p}")));
+    parts.extend(o.models.iter().map(|p| format!("trained model {p}")));
+    if parts.is_empty() {
+        "nothing recorded".into()
+    } else {
+        parts.join(", ")
+    }
+}

@@ -1,0 +1,337 @@
+//! A typed Elasticsearch client for the objects the package installs: trained models (streamed
+//! from disk), stored scripts, ingest pipelines. Errors map onto `Error` via `http`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::bundle::ModelFile;
+use crate::error::{Error, Service};
+use crate::http;
+use crate::target::Endpoint;
+
+const ES: Service = Service::Elasticsearch;
+
+/// The oldest Elasticsearch with `/_ml/trained_models` (7.9 and older used `/_ml/inference`).
+pub const MIN_VERSION: (u64, u64) = (7, 10);
+pub const ML_LICENSES: [&str; 3] = ["platinum", "enterprise", "trial"];
+
+#[derive(Clone)]
+pub struct Elasticsearch {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterInfo {
+    pub version: String,
+    pub cluster_uuid: String,
+}
+
+impl Elasticsearch {
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Result<Self, Error> {
+        Ok(Elasticsearch {
+            http: endpoint.http_client(timeout)?,
+            endpoint,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.endpoint.url
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.endpoint.url))
+            .header("Accept", "application/json");
+        self.endpoint.auth.apply(r)
+    }
+
+    async fn call(&self, what: &str, req: reqwest::RequestBuilder) -> Result<(u16, Value), Error> {
+        let resp = http::send(ES, what, req).await?;
+        let status = resp.status().as_u16();
+        let body = http::json(ES, what, resp).await?;
+        Ok((status, body))
+    }
+
+    fn rejected(what: &str, status: u16, body: &Value) -> Error {
+        Error::Rejected {
+            service: ES,
+            what: what.to_string(),
+            status,
+            detail: http::summarize_body(body.to_string().as_bytes()),
+        }
+    }
+
+    /// `GET /`: version and cluster uuid; refuses versions without the trained models API.
+    pub async fn info(&self) -> Result<ClusterInfo, Error> {
+        let what = "reading cluster info";
+        let (status, body) = self.call(what, self.req(Method::GET, "/")).await?;
+        if status != 200 {
+            return Err(Self::rejected(what, status, &body));
+        }
+        let version = body
+            .pointer("/version/number")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let cluster_uuid = body
+            .get("cluster_uuid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if version.is_empty() {
+            return Err(Error::Rejected {
+                service: ES,
+                what: what.into(),
+                status,
+                detail: "the answer has no version.number: is this Elasticsearch?".into(),
+            });
+        }
+        let mut parts = version
+            .split(['.', '-'])
+            .map(|p| p.parse::<u64>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < MIN_VERSION {
+            return Err(Error::VersionUnsupported {
+                service: ES,
+                version,
+                detail: format!(
+                    "trained models need Elasticsearch {}.{} or later",
+                    MIN_VERSION.0, MIN_VERSION.1
+                ),
+            });
+        }
+        Ok(ClusterInfo {
+            version,
+            cluster_uuid,
+        })
+    }
+
+    /// `GET /_license`: the licence type when it is active.
+    pub async fn license(&self) -> Result<String, Error> {
+        let what = "reading the licence";
+        let (status, body) = self.call(what, self.req(Method::GET, "/_license")).await?;
+        if status != 200 {
+            return Err(Self::rejected(what, status, &body));
+        }
+        let ty = body
+            .pointer("/license/type")
+            .and_then(Value::as_str)
+            .unwrap_or("none")
+            .to_string();
+        let st = body
+            .pointer("/license/status")
+            .and_then(Value::as_str)
+            .unwrap_or("active");
+        if st != "active" {
+            return Ok(format!("{ty} ({st})"));
+        }
+        Ok(ty)
+    }
+
+    /// Trained model configs (without definitions) for the ids; missing ids are simply absent.
+    pub async fn get_models(&self, ids: &[String]) -> Result<BTreeMap<String, Value>, Error> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.models_at(&format!(
+            "/_ml/trained_models/{}?allow_no_match=true&size=1000",
+            ids.join(",")
+        ))
+        .await
+    }
+
+    /// Trained models carrying a tag.
+    pub async fn get_models_tagged(&self, tag: &str) -> Result<BTreeMap<String, Value>, Error> {
+        self.models_at(&format!(
+            "/_ml/trained_models/_all?allow_no_match=true&size=1000&tags={tag}"
+        ))
+        .await
+    }
+
+    async fn models_at(&self, path: &str) -> Result<BTreeMap<String, Value>, Error> {
+        let what = "listing trained models";
+        let (status, body) = self.call(what, self.req(Method::GET, path)).await?;
+        if status == 404 {
+            return Ok(BTreeMap::new());
+        }
+        if status != 200 {
+            return Err(Self::rejected(what, status, &body));
+        }
+        let mut out = BTreeMap::new();
+        for m in body
+            .get("trained_model_configs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = m.get("model_id").and_then(Value::as_str) {
+                out.insert(id.to_string(), m.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Uploads a model, streaming its definition from disk. `head` replaces the file's small
+    /// fields (so ownership metadata can be added without rewriting the definition).
+    pub async fn put_model(
+        &self,
+        id: &str,
+        head: &serde_json::Map<String, Value>,
+        model: &ModelFile,
+    ) -> Result<(), Error> {
+        let what = format!("uploading trained model {id}");
+        let mut prefix = serde_json::to_vec(head).map_err(|e| Error::Internal(e.to_string()))?;
+        prefix.pop(); // the closing brace: the definition follows
+        if head.is_empty() {
+            prefix.extend_from_slice(b"\"");
+        } else {
+            prefix.extend_from_slice(b",\"");
+        }
+        prefix.extend_from_slice(model.definition_key.as_bytes());
+        prefix.extend_from_slice(b"\":");
+        let file = tokio::fs::File::open(&model.definition_path)
+            .await
+            .map_err(|e| Error::Internal(format!("bundle cache: {e}")))?;
+        let len = prefix.len() as u64 + model.definition_len + 1;
+        let body =
+            futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(prefix)) })
+                .chain(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    256 * 1024,
+                ))
+                .chain(futures::stream::once(async {
+                    Ok(Bytes::from_static(b"}"))
+                }));
+        let req = self
+            .req(Method::PUT, &format!("/_ml/trained_models/{id}"))
+            .header("Content-Type", "application/json")
+            .header("Content-Length", len)
+            .body(reqwest::Body::wrap_stream(body));
+        let (status, body) = self.call(&what, req).await?;
+        if status == 200 {
+            return Ok(());
+        }
+        if body.pointer("/error/type").and_then(Value::as_str)
+            == Some("resource_already_exists_exception")
+        {
+            return Err(Error::Conflict(format!(
+                "trained model {id} already exists"
+            )));
+        }
+        Err(Self::rejected(&what, status, &body))
+    }
+
+    pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting trained model {id}");
+        let (status, body) = self
+            .call(
+                &what,
+                self.req(Method::DELETE, &format!("/_ml/trained_models/{id}")),
+            )
+            .await?;
+        match status {
+            200 | 404 => Ok(()),
+            _ => Err(Self::rejected(&what, status, &body)),
+        }
+    }
+
+    /// A stored script (`{"lang","source"}`), or None.
+    pub async fn get_script(&self, id: &str) -> Result<Option<Value>, Error> {
+        let what = format!("reading stored script {id}");
+        let (status, body) = self
+            .call(&what, self.req(Method::GET, &format!("/_scripts/{id}")))
+            .await?;
+        match status {
+            200 if body.get("found") != Some(&Value::Bool(false)) => {
+                Ok(body.get("script").cloned())
+            }
+            200 | 404 => Ok(None),
+            _ => Err(Self::rejected(&what, status, &body)),
+        }
+    }
+
+    pub async fn put_script(&self, id: &str, body: &Value) -> Result<(), Error> {
+        let what = format!("writing stored script {id}");
+        let (status, resp) = self
+            .call(
+                &what,
+                self.req(Method::PUT, &format!("/_scripts/{id}")).json(body),
+            )
+            .await?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(Self::rejected(&what, status, &resp))
+        }
+    }
+
+    pub async fn delete_script(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting stored script {id}");
+        let (status, body) = self
+            .call(&what, self.req(Method::DELETE, &format!("/_scripts/{id}")))
+            .await?;
+        match status {
+            200 | 404 => Ok(()),
+            _ => Err(Self::rejected(&what, status, &body)),
+        }
+    }
+
+    /// Pipelines by id (ids may be wildcards); missing ones are absent.
+    pub async fn get_pipelines(&self, ids: &[String]) -> Result<BTreeMap<String, Value>, Error> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let what = "reading ingest pipelines";
+        let (status, body) = self
+            .call(
+                what,
+                self.req(Method::GET, &format!("/_ingest/pipeline/{}", ids.join(","))),
+            )
+            .await?;
+        match status {
+            200 => Ok(body
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()),
+            404 => Ok(BTreeMap::new()),
+            _ => Err(Self::rejected(what, status, &body)),
+        }
+    }
+
+    pub async fn put_pipeline(&self, id: &str, body: &Value) -> Result<(), Error> {
+        let what = format!("writing ingest pipeline {id}");
+        let (status, resp) = self
+            .call(
+                &what,
+                self.req(Method::PUT, &format!("/_ingest/pipeline/{id}"))
+                    .json(body),
+            )
+            .await?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(Self::rejected(&what, status, &resp))
+        }
+    }
+
+    pub async fn delete_pipeline(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting ingest pipeline {id}");
+        let (status, body) = self
+            .call(
+                &what,
+                self.req(Method::DELETE, &format!("/_ingest/pipeline/{id}")),
+            )
+            .await?;
+        match status {
+            200 | 404 => Ok(()),
+            _ => Err(Self::rejected(&what, status, &body)),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Executes a plan in order, and removes what an owner installed. Every step is idempotent, so
+//! a pass interrupted anywhere (crash, fault) is finished by simply running the next pass.
+
+use serde_json::Value;
+
+use super::diff::{Action, Plan, owned_ids};
+use super::observe::{Ids, observe};
+use super::{Desired, Holder, Marker, Owner, holder};
+use crate::elasticsearch::Elasticsearch;
+use crate::error::Error;
+
+/// What a pass did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    pub done: Vec<Action>,
+    /// Things left alone, for the status message (e.g. a stale model still in use elsewhere).
+    pub warnings: Vec<String>,
+}
+
+pub async fn apply(
+    es: &Elasticsearch,
+    d: &Desired,
+    plan: &Plan,
+) -> Result<Applied, (Applied, Error)> {
+    let mut out = Applied::default();
+    if !plan.conflicts.is_empty() {
+        return Err((out, Error::Conflict(plan.conflicts.join("; "))));
+    }
+    for action in &plan.actions {
+        if let Err(e) = step(es, d, action, &mut out.warnings).await {
+            return Err((out, e));
+        }
+        out.done.push(action.clone());
+    }
+    Ok(out)
+}
+
+async fn step(
+    es: &Elasticsearch,
+    d: &Desired,
+    action: &Action,
+    warnings: &mut Vec<String>,
+) -> Result<(), Error> {
+    match action {
+        Action::PutModel { id, .. } => match es.put_model(id, &d.model_head, &d.model).await {
+            Err(Error::Conflict(msg)) => {
+                // Already there: ours if an earlier, interrupted pass uploaded it.
+                let seen = es.get_models(std::slice::from_ref(id)).await?;
+                let marker = seen
+                    .get(id)
+                    .and_then(|m| Marker::from_meta(m.get("metadata")));
+                if holder(marker.as_ref(), &d.owner) == Holder::Us {
+                    Ok(())
+                } else {
+                    Err(Error::Conflict(msg))
+                }
+            }
+            other => other,
+        },
+        Action::PutScript { id, .. } => {
+            let body = d
+                .scripts
+                .iter()
+                .find(|(s, _)| s == id)
+                .map(|(_, b)| b)
+                .expect("planned from desired");
+            es.put_script(id, body).await
+        }
+        Action::PutPipeline { id, .. } => {
+            let body = d
+                .pipelines
+                .iter()
+                .find(|(p, _)| p == id)
+                .map(|(_, b)| b)
+                .expect("planned from desired");
+            es.put_pipeline(id, body).await
+        }
+        Action::DeletePipeline { id, .. } => es.delete_pipeline(id).await,
+        Action::DeleteScript { id, .. } => es.delete_script(id).await,
+        Action::DeleteModel { id, .. } => match es.delete_model(id).await {
+            // Still referenced by a pipeline that is not ours: leave it, say so.
+            Err(Error::Rejected { status: 409, .. }) => {
+                warnings.push(format!("trained model {id} is still used by another ingest pipeline and was left in place"));
+                Ok(())
+            }
+            other => other,
+        },
+    }
+}
+
+/// Removes every object the owner installed: pipelines (routers first), scripts, then models.
+/// Objects whose marker names someone else are never touched. Returns what was removed.
+pub async fn cleanup(
+    es: &Elasticsearch,
+    owner: &Owner,
+    recorded: &Ids,
+    to_observe: &Ids,
+) -> Result<Vec<String>, Error> {
+    let observed = observe(es, to_observe).await?;
+    let ours = owned_ids(&observed, owner, recorded);
+    let mut removed = Vec::new();
+    let mut pipelines: Vec<&String> = ours.pipelines.iter().collect();
+    // Routers (pipelines that call another pipeline) go first, so nothing calls a missing one.
+    pipelines.sort_by_key(|id| !calls_pipeline(&observed.pipelines[*id]));
+    for id in pipelines {
+        es.delete_pipeline(id).await?;
+        removed.push(format!("ingest pipeline {id}"));
+    }
+    for id in &ours.scripts {
+        es.delete_script(id).await?;
+        removed.push(format!("stored script {id}"));
+    }
+    for id in &ours.models {
+        es.delete_model(id).await?;
+        removed.push(format!("trained model {id}"));
+    }
+    Ok(removed)
+}
+
+fn calls_pipeline(body: &Value) -> bool {
+    crate::bundle::processors_of(body)
+        .iter()
+        .any(|p| p.get("pipeline").is_some())
+}

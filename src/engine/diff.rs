@@ -1,0 +1,292 @@
+//! Desired vs observed: an ordered plan. Order is what keeps the enrichment chain whole: the
+//! model first, then scripts, then the inference pipeline, then the router; deletions last, so
+//! no pipeline ever points at a missing model.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::build::referenced_models;
+use super::observe::{Ids, Observed};
+use super::{Desired, Holder, Marker, holder};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not there yet.
+    Create,
+    /// A different release is installed.
+    Upgrade,
+    /// Ours, same release, but changed or deleted by hand.
+    Repair,
+    /// Not ours; taken over because `overwrite` is set.
+    Adopt,
+    /// Ours, but no longer part of the release.
+    Stale,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Create => "create",
+            Reason::Upgrade => "upgrade",
+            Reason::Repair => "repair",
+            Reason::Adopt => "adopt",
+            Reason::Stale => "remove stale",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    PutModel { id: String, reason: Reason },
+    PutScript { id: String, reason: Reason },
+    PutPipeline { id: String, reason: Reason },
+    DeletePipeline { id: String, reason: Reason },
+    DeleteScript { id: String, reason: Reason },
+    DeleteModel { id: String, reason: Reason },
+}
+
+impl Action {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Action::PutModel { reason, .. }
+            | Action::PutScript { reason, .. }
+            | Action::PutPipeline { reason, .. }
+            | Action::DeletePipeline { reason, .. }
+            | Action::DeleteScript { reason, .. }
+            | Action::DeleteModel { reason, .. } => *reason,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::PutModel { id, reason } => write!(f, "{reason} trained model {id}"),
+            Action::PutScript { id, reason } => write!(f, "{reason} stored script {id}"),
+            Action::PutPipeline { id, reason } => write!(f, "{reason} ingest pipeline {id}"),
+            Action::DeletePipeline { id, reason } => {
+                write!(f, "{reason}: delete ingest pipeline {id}")
+            }
+            Action::DeleteScript { id, reason } => write!(f, "{reason}: delete stored script {id}"),
+            Action::DeleteModel { id, reason } => write!(f, "{reason}: delete trained model {id}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Objects in the way that the owner may not take: nothing is applied while any remain.
+    pub conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty() && self.conflicts.is_empty()
+    }
+
+    /// A one-line summary, e.g. "create trained model x; update ingest pipeline y".
+    pub fn summary(&self) -> String {
+        if self.actions.is_empty() {
+            return "no changes".into();
+        }
+        self.actions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn has(&self, reason: Reason) -> bool {
+        self.actions.iter().any(|a| a.reason() == reason)
+    }
+}
+
+fn describe(kind: &str, id: &str, h: &Holder) -> String {
+    match h {
+        Holder::OtherOwner(o) => format!("{kind} {id} is managed by DgaModel {o}"),
+        _ => format!(
+            "{kind} {id} exists and was not installed by this DgaModel (set overwrite: true to replace it)"
+        ),
+    }
+}
+
+/// `owned` lists what the status says this owner installed: an object there whose marker was
+/// removed by hand is still ours.
+pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
+    let mut plan = Plan::default();
+    let put_reason = |marker: Option<&Marker>| match marker {
+        Some(m) if m.bundle_sha256 == d.bundle_sha256 => Reason::Repair,
+        _ => Reason::Upgrade,
+    };
+
+    // Model.
+    match o.models.get(&d.model_id) {
+        None => plan.actions.push(Action::PutModel {
+            id: d.model_id.clone(),
+            reason: Reason::Create,
+        }),
+        Some(m) => {
+            let marker = Marker::from_meta(m.get("metadata"));
+            let h = holder(marker.as_ref(), &d.owner);
+            if h != Holder::Us {
+                // A model cannot be replaced in place; a foreign one with our exact id is not
+                // ours to delete even with overwrite.
+                plan.conflicts
+                    .push(describe("trained model", &d.model_id, &h));
+            }
+        }
+    }
+
+    // Scripts.
+    for (id, body) in &d.scripts {
+        match o.scripts.get(id) {
+            None => plan.actions.push(Action::PutScript {
+                id: id.clone(),
+                reason: Reason::Create,
+            }),
+            Some(seen) => {
+                let src = seen
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let marker = Marker::from_script_source(src);
+                let mut h = holder(marker.as_ref(), &d.owner);
+                if h == Holder::Foreign && owned.scripts.contains(id) {
+                    h = Holder::Us;
+                }
+                let same = seen.get("source") == body.pointer("/script/source")
+                    && seen.get("lang") == body.pointer("/script/lang");
+                match h {
+                    Holder::Us if same => {}
+                    Holder::Us => plan.actions.push(Action::PutScript {
+                        id: id.clone(),
+                        reason: put_reason(marker.as_ref()),
+                    }),
+                    Holder::Foreign if overwrite => plan.actions.push(Action::PutScript {
+                        id: id.clone(),
+                        reason: Reason::Adopt,
+                    }),
+                    _ => plan.conflicts.push(describe("stored script", id, &h)),
+                }
+            }
+        }
+    }
+
+    // Pipelines, inference before router.
+    let mut adopted_models = Vec::new();
+    for (id, body) in &d.pipelines {
+        match o.pipelines.get(id) {
+            None => plan.actions.push(Action::PutPipeline {
+                id: id.clone(),
+                reason: Reason::Create,
+            }),
+            Some(seen) => {
+                let marker = Marker::from_meta(seen.get("_meta"));
+                let mut h = holder(marker.as_ref(), &d.owner);
+                if h == Holder::Foreign && owned.pipelines.contains(id) {
+                    h = Holder::Us;
+                }
+                match h {
+                    Holder::Us if seen == body => {}
+                    Holder::Us => plan.actions.push(Action::PutPipeline {
+                        id: id.clone(),
+                        reason: put_reason(marker.as_ref()),
+                    }),
+                    Holder::Foreign if overwrite => {
+                        adopted_models.extend(referenced_models(seen));
+                        plan.actions.push(Action::PutPipeline {
+                            id: id.clone(),
+                            reason: Reason::Adopt,
+                        });
+                    }
+                    _ => plan.conflicts.push(describe("ingest pipeline", id, &h)),
+                }
+            }
+        }
+    }
+
+    // Deletions, after the switch: pipelines, scripts, then models.
+    let desired_pipelines: Vec<&String> = d.pipelines.iter().map(|(id, _)| id).collect();
+    for (id, body) in o.pipelines.iter().rev() {
+        if desired_pipelines.contains(&id) {
+            continue;
+        }
+        let marker = Marker::from_meta(body.get("_meta"));
+        if holder(marker.as_ref(), &d.owner) == Holder::Us
+            || (marker.is_none() && owned.pipelines.contains(id))
+        {
+            plan.actions.push(Action::DeletePipeline {
+                id: id.clone(),
+                reason: Reason::Stale,
+            });
+        }
+    }
+    for (id, seen) in &o.scripts {
+        if d.scripts.iter().any(|(s, _)| s == id) {
+            continue;
+        }
+        let marker = seen
+            .get("source")
+            .and_then(Value::as_str)
+            .and_then(Marker::from_script_source);
+        if holder(marker.as_ref(), &d.owner) == Holder::Us
+            || (marker.is_none() && owned.scripts.contains(id))
+        {
+            plan.actions.push(Action::DeleteScript {
+                id: id.clone(),
+                reason: Reason::Stale,
+            });
+        }
+    }
+    for (id, m) in &o.models {
+        if *id == d.model_id {
+            continue;
+        }
+        let marker = Marker::from_meta(m.get("metadata"));
+        if holder(marker.as_ref(), &d.owner) == Holder::Us {
+            plan.actions.push(Action::DeleteModel {
+                id: id.clone(),
+                reason: Reason::Stale,
+            });
+        } else if marker.is_none() && adopted_models.contains(id) && *id == d.release_model_id {
+            // The old CLI's copy of this release's model, freed by adopting its pipelines.
+            plan.actions.push(Action::DeleteModel {
+                id: id.clone(),
+                reason: Reason::Adopt,
+            });
+        }
+    }
+    plan
+}
+
+/// What the owner holds, from the observed markers: used for status and for cleanup.
+pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
+    let mut ids = Ids::default();
+    for (id, m) in &o.models {
+        if holder(Marker::from_meta(m.get("metadata")).as_ref(), owner) == Holder::Us {
+            ids.models.insert(id.clone());
+        }
+    }
+    for (id, s) in &o.scripts {
+        let marker = s
+            .get("source")
+            .and_then(Value::as_str)
+            .and_then(Marker::from_script_source);
+        if holder(marker.as_ref(), owner) == Holder::Us
+            || (marker.is_none() && known.scripts.contains(id))
+        {
+            ids.scripts.insert(id.clone());
+        }
+    }
+    for (id, p) in &o.pipelines {
+        let marker = Marker::from_meta(p.get("_meta"));
+        if holder(marker.as_ref(), owner) == Holder::Us
+            || (marker.is_none() && known.pipelines.contains(id))
+        {
+            ids.pipelines.insert(id.clone());
+        }
+    }
+    ids
+}

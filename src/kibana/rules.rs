@@ -1,0 +1,895 @@
+//! The ML-DGA detection rules: what should be in Kibana ([`desired_rules`]) and what to do about
+//! what is there ([`diff`]). Both are pure; [`observe`] and [`apply`] do the I/O.
+//!
+//! Ownership. Every rule the operator writes carries the [`DGA_TAG`] tag and an ownership tag
+//! [`owner_tag`]`(namespace/name)`. Only rules with our ownership tag are ever updated or
+//! deleted. A rule that has one of our `rule_id`s but not our ownership tag (made by hand, by the
+//! old CLI, by another `DgaPackage`, or an Elastic prebuilt rule) is reported as
+//! [`RuleAction::Conflict`]; the caller turns it into an update only when the user asked to
+//! overwrite ([`overwrite_conflicts`]). Rules tagged `ML-DGA` without our ownership tag and with
+//! a `rule_id` we do not want are never touched.
+//!
+//! Drift. An existing rule is updated only when a field of our desired body differs from what
+//! Kibana holds, after normalisation ([`field_matches`]): fields Kibana adds on its own are
+//! ignored, `null`/empty values equal a missing field, numbers compare by value, the string
+//! arrays `tags`, `index`, `author`, `references`, `false_positives` and
+//! `machine_learning_job_id` compare as sets (a lone job id string equals a one-element array),
+//! and nested objects compare on the keys we set.
+//!
+//! Enabled. **The user's enable/disable wins over `spec.rules.enabled`, which only applies to
+//! newly created rules.** `enabled` is never compared for an existing rule, and every update
+//! carries Kibana's current `enabled` value, so a rule switched off by hand in Kibana stays off
+//! (and one switched on stays on). Updates are full replacements (`PUT`), so they also carry
+//! over the user's `exceptions_list` and `actions` when our body does not set them.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Error;
+use crate::kibana::DGA_TAG;
+use crate::kibana::client::{KibanaClient, kql_quote};
+
+/// Prefix of the ownership tag.
+pub const OWNER_TAG_PREFIX: &str = "dga-operator:owner:";
+
+/// The ownership tag of a `DgaPackage` named `owner` (`"namespace/name"`).
+pub fn owner_tag(owner: &str) -> String {
+    format!("{OWNER_TAG_PREFIX}{owner}")
+}
+
+/// The index patterns query rules search when the spec names none.
+pub const DEFAULT_INDEX: [&str; 3] = [
+    "packetbeat-*",
+    "logs-network_traffic.dns-*",
+    "logs-endpoint.events.network-*",
+];
+
+/// The ML job the `machine_learning` rule watches (created in Elasticsearch, not by this module).
+pub const ML_JOB_ID: &str = "dga_high_sum_probability";
+
+/// Current rule_ids of the package's rules.
+pub const RULE_PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
+pub const RULE_PROBABILITY: &str = "da7f5803-1cd4-42fd-a890-0173ae80ac69";
+pub const RULE_SUNBURST: &str = "bcaa15ce-2d41-44d7-a322-918f9db77766";
+pub const RULE_ML_HIGH_SUM: &str = "ff0d807d-869b-4a0d-a493-52bc46d2f1b1";
+
+/// Fields Kibana manages itself; removed from rules shipped in a release (an export) before
+/// they are sent back.
+const SERVER_FIELDS: &[&str] = &[
+    "id",
+    "created_at",
+    "updated_at",
+    "created_by",
+    "updated_by",
+    "revision",
+    "immutable",
+    "rule_source",
+    "execution_summary",
+    "outcome",
+    "alias_target_id",
+    "alias_purpose",
+];
+
+/// String arrays whose order carries no meaning.
+const SET_FIELDS: &[&str] = &[
+    "tags",
+    "index",
+    "author",
+    "references",
+    "false_positives",
+    "machine_learning_job_id",
+];
+
+/// What the desired rule set is computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulesInput {
+    /// Rules shipped in the release (Kibana rule JSON with a `rule_id`); empty → the built-in set.
+    pub source_rules: Vec<Value>,
+    /// `rule_id`s to install; `None` = all.
+    pub selected: Option<Vec<String>>,
+    /// Index patterns for query rules; empty → [`DEFAULT_INDEX`].
+    pub index: Vec<String>,
+    /// Whether newly created rules start enabled (existing rules keep their state).
+    pub enabled: bool,
+    /// `"namespace/name"` of the owning resource.
+    pub owner: String,
+}
+
+impl Default for RulesInput {
+    fn default() -> Self {
+        RulesInput {
+            source_rules: Vec::new(),
+            selected: None,
+            index: default_index(),
+            enabled: true,
+            owner: String::new(),
+        }
+    }
+}
+
+pub fn default_index() -> Vec<String> {
+    DEFAULT_INDEX.iter().map(|s| s.to_string()).collect()
+}
+
+fn threat() -> Value {
+    json!([{
+        "framework": "MITRE ATT&CK",
+        "tactic": {
+            "id": "TA0011",
+            "name": "Command and Control",
+            "reference": "https://attack.mitre.org/tactics/TA0011/"
+        },
+        "technique": [
+            {
+                "id": "T1071",
+                "name": "Application Layer Protocol",
+                "reference": "https://attack.mitre.org/techniques/T1071/",
+                "subtechnique": [{
+                    "id": "T1071.004",
+                    "name": "DNS",
+                    "reference": "https://attack.mitre.org/techniques/T1071/004/"
+                }]
+            },
+            {
+                "id": "T1568",
+                "name": "Dynamic Resolution",
+                "reference": "https://attack.mitre.org/techniques/T1568/",
+                "subtechnique": [{
+                    "id": "T1568.002",
+                    "name": "Domain Generation Algorithms",
+                    "reference": "https://attack.mitre.org/techniques/T1568/002/"
+                }]
+            }
+        ]
+    }])
+}
+
+const QUERY_SETUP: &str = "Needs DNS events enriched by the ML-DGA ingest pipeline (fields \
+ml_is_dga.malicious_prediction and ml_is_dga.malicious_probability), which dga-operator installs \
+into Elasticsearch; the pipeline must run on the indices this rule searches.";
+
+fn query_rule(
+    rule_id: &str,
+    name: &str,
+    description: &str,
+    query: &str,
+    risk: u8,
+    severity: &str,
+) -> Value {
+    json!({
+        "rule_id": rule_id,
+        "type": "query",
+        "language": "kuery",
+        "query": query,
+        "name": name,
+        "description": description,
+        "risk_score": risk,
+        "severity": severity,
+        "from": "now-10m",
+        "interval": "5m",
+        "tags": [DGA_TAG, "Domain: Network", "Use Case: Domain Generation Algorithm Detection", "Tactic: Command and Control"],
+        "author": ["dga-operator"],
+        "threat": threat(),
+        "setup": QUERY_SETUP,
+    })
+}
+
+/// The package's four rules as this operator writes them (before tags/index/enabled are set
+/// by [`desired_rules`]).
+pub fn builtin_rules() -> Vec<Value> {
+    vec![
+        query_rule(
+            RULE_PREDICTION,
+            "DGA model classified a DNS lookup as malicious",
+            "The ML-DGA classifier labelled the domain in a DNS question as generated by a \
+             domain generation algorithm. Malware uses such domains to find its command and \
+             control server. Lookups of avsvmcloud.com subdomains are left to the SUNBURST rule.",
+            "ml_is_dga.malicious_prediction:1 and not dns.question.registered_domain:avsvmcloud.com",
+            21,
+            "low",
+        ),
+        query_rule(
+            RULE_PROBABILITY,
+            "DNS lookup with a DGA probability above 0.98",
+            "The ML-DGA classifier gave the domain in a DNS question a probability above 0.98 of \
+             having been produced by a domain generation algorithm.",
+            "ml_is_dga.malicious_probability > 0.98",
+            21,
+            "low",
+        ),
+        query_rule(
+            RULE_SUNBURST,
+            "DGA-looking avsvmcloud.com subdomain (SUNBURST)",
+            "The ML-DGA classifier flagged a subdomain of avsvmcloud.com. The SUNBURST backdoor \
+             in trojanised SolarWinds Orion builds encoded victim data in generated subdomains of \
+             this domain; a hit deserves immediate investigation of the querying host.",
+            "ml_is_dga.malicious_prediction:1 and dns.question.registered_domain:avsvmcloud.com",
+            73,
+            "high",
+        ),
+        json!({
+            "rule_id": RULE_ML_HIGH_SUM,
+            "type": "machine_learning",
+            "machine_learning_job_id": [ML_JOB_ID],
+            "anomaly_threshold": 70,
+            "name": "Host with an unusual volume of likely DGA lookups",
+            "description": "The anomaly detection job dga_high_sum_probability found a source IP \
+                whose summed DGA probability over its DNS lookups is unusually high for a \
+                15-minute bucket: a host resolving many generated domains, as infected hosts \
+                searching for their command and control server do.",
+            "risk_score": 21,
+            "severity": "low",
+            "from": "now-10m",
+            "interval": "5m",
+            "tags": [DGA_TAG, "Domain: Network", "Use Case: Domain Generation Algorithm Detection", "Tactic: Command and Control", "Rule Type: ML"],
+            "author": ["dga-operator"],
+            "threat": threat(),
+            "setup": "Needs the ML-DGA ingest pipeline on DNS events and the anomaly detection \
+                job dga_high_sum_probability (high_sum of ml_is_dga.malicious_probability over \
+                source.ip, 15m buckets) with its datafeed started.",
+        }),
+    ]
+}
+
+fn rule_id(rule: &Value) -> Option<&str> {
+    rule.get("rule_id").and_then(Value::as_str)
+}
+
+fn tags(rule: &Value) -> Vec<&str> {
+    rule.get("tags")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn has_tag(rule: &Value, tag: &str) -> bool {
+    tags(rule).contains(&tag)
+}
+
+/// `rule_id`s in `input.selected` that the rule set (release or built-in) does not have.
+pub fn unknown_selected(input: &RulesInput) -> Vec<String> {
+    let Some(sel) = &input.selected else {
+        return Vec::new();
+    };
+    let source = source(input);
+    sel.iter()
+        .filter(|id| !source.iter().any(|r| rule_id(r) == Some(id.as_str())))
+        .cloned()
+        .collect()
+}
+
+fn source(input: &RulesInput) -> Vec<Value> {
+    if input.source_rules.is_empty() {
+        builtin_rules()
+    } else {
+        input.source_rules.clone()
+    }
+}
+
+/// The rule bodies (Kibana create shape) the owner wants in Kibana. Rules without a `rule_id`
+/// are skipped (they could not be found again), as are duplicates of an earlier `rule_id`.
+pub fn desired_rules(input: &RulesInput) -> Vec<Value> {
+    let own = owner_tag(&input.owner);
+    let index: Vec<Value> = if input.index.is_empty() {
+        default_index()
+    } else {
+        input.index.clone()
+    }
+    .into_iter()
+    .map(Value::String)
+    .collect();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for rule in source(input) {
+        let Value::Object(mut r) = rule else { continue };
+        let Some(id) = r.get("rule_id").and_then(Value::as_str).map(String::from) else {
+            continue;
+        };
+        if input
+            .selected
+            .as_ref()
+            .is_some_and(|sel| !sel.contains(&id))
+        {
+            continue;
+        }
+        if !seen.insert(id) {
+            continue;
+        }
+        for k in SERVER_FIELDS {
+            r.remove(*k);
+        }
+        // Tags: theirs, minus any other owner's tag, plus ML-DGA and ours.
+        let mut t: Vec<Value> = Vec::new();
+        let old = r
+            .get("tags")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for x in old.into_iter().chain([json!(DGA_TAG), json!(own)]) {
+            if let Some(s) = x.as_str()
+                && (s == own || !s.starts_with(OWNER_TAG_PREFIX))
+                && !t.contains(&x)
+            {
+                t.push(x);
+            }
+        }
+        r.insert("tags".into(), Value::Array(t));
+        let ty = r.get("type").and_then(Value::as_str).unwrap_or("");
+        if !matches!(ty, "machine_learning" | "esql") {
+            r.insert("index".into(), Value::Array(index.clone()));
+            r.remove("data_view_id");
+        }
+        r.entry("author").or_insert_with(|| json!(["dga-operator"]));
+        r.insert("enabled".into(), Value::Bool(input.enabled));
+        out.push(Value::Object(r));
+    }
+    out
+}
+
+/// One step towards the desired rule set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleAction {
+    /// `POST` this body.
+    Create(Value),
+    /// `PUT` this body (Kibana's current `enabled` already carried in).
+    Update {
+        rule_id: String,
+        body: Value,
+        reason: String,
+    },
+    /// Remove a rule we own that is no longer wanted.
+    Delete { rule_id: String },
+    /// A rule with one of our `rule_id`s that we do not own: left alone.
+    Conflict { rule_id: String, detail: String },
+}
+
+impl RuleAction {
+    pub fn rule_id(&self) -> &str {
+        match self {
+            RuleAction::Create(b) => rule_id(b).unwrap_or_default(),
+            RuleAction::Update { rule_id, .. }
+            | RuleAction::Delete { rule_id }
+            | RuleAction::Conflict { rule_id, .. } => rule_id,
+        }
+    }
+
+    /// A short description for plans, logs and events.
+    pub fn describe(&self) -> String {
+        match self {
+            RuleAction::Create(b) => format!(
+                "create rule {} ({})",
+                self.rule_id(),
+                b.get("name").and_then(Value::as_str).unwrap_or("")
+            ),
+            RuleAction::Update {
+                rule_id, reason, ..
+            } => format!("update rule {rule_id}: {reason}"),
+            RuleAction::Delete { rule_id } => format!("delete rule {rule_id}"),
+            RuleAction::Conflict { rule_id, detail } => {
+                format!("rule {rule_id} conflicts: {detail}")
+            }
+        }
+    }
+}
+
+/// What to do so that Kibana holds `desired`, given the rules `observed` in the space (our
+/// owned rules plus any rule with a desired `rule_id`; see [`observe`]). See the module comment
+/// for what is compared.
+pub fn diff(desired: &[Value], observed: &[Value], owner_tag: &str) -> Vec<RuleAction> {
+    let mut out = Vec::new();
+    for want in desired {
+        let Some(id) = rule_id(want) else { continue };
+        match observed.iter().find(|o| rule_id(o) == Some(id)) {
+            None => out.push(RuleAction::Create(want.clone())),
+            Some(have) if !has_tag(have, owner_tag) => out.push(RuleAction::Conflict {
+                rule_id: id.to_string(),
+                detail: conflict_detail(have, owner_tag),
+            }),
+            Some(have) => {
+                let differing = differing_fields(want, have);
+                if !differing.is_empty() {
+                    out.push(RuleAction::Update {
+                        rule_id: id.to_string(),
+                        body: update_body(want, have),
+                        reason: format!(
+                            "differs from the desired rule in {}",
+                            differing.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let mut deleted = BTreeSet::new();
+    for have in observed {
+        let Some(id) = rule_id(have) else { continue };
+        if has_tag(have, owner_tag)
+            && !desired.iter().any(|d| rule_id(d) == Some(id))
+            && deleted.insert(id)
+        {
+            out.push(RuleAction::Delete {
+                rule_id: id.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// For a user who asked to overwrite: each [`RuleAction::Conflict`] becomes an
+/// [`RuleAction::Update`] that takes the rule over (its `enabled` state kept).
+pub fn overwrite_conflicts(
+    actions: Vec<RuleAction>,
+    desired: &[Value],
+    observed: &[Value],
+) -> Vec<RuleAction> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            RuleAction::Conflict {
+                rule_id: id,
+                detail,
+            } => {
+                let want = desired.iter().find(|d| rule_id(d) == Some(id.as_str()));
+                let have = observed.iter().find(|o| rule_id(o) == Some(id.as_str()));
+                match (want, have) {
+                    (Some(w), Some(h)) => RuleAction::Update {
+                        body: update_body(w, h),
+                        reason: format!("overwriting a rule we do not own ({detail})"),
+                        rule_id: id,
+                    },
+                    _ => RuleAction::Conflict {
+                        rule_id: id,
+                        detail,
+                    },
+                }
+            }
+            other => other,
+        })
+        .collect()
+}
+
+fn conflict_detail(have: &Value, owner_tag: &str) -> String {
+    let other_owner = tags(have)
+        .into_iter()
+        .find_map(|t| t.strip_prefix(OWNER_TAG_PREFIX));
+    let name = have.get("name").and_then(Value::as_str).unwrap_or("");
+    if let Some(o) = other_owner {
+        format!("rule \"{name}\" is managed by the DgaPackage {o}")
+    } else if have.get("immutable").and_then(Value::as_bool) == Some(true)
+        || have.pointer("/rule_source/type").and_then(Value::as_str) == Some("external")
+    {
+        format!("rule \"{name}\" is an Elastic prebuilt rule; set overwrite to take it over")
+    } else {
+        format!(
+            "rule \"{name}\" exists without the ownership tag {owner_tag} (made by hand or by \
+             other tooling); set overwrite to take it over"
+        )
+    }
+}
+
+/// The `PUT` body: our desired rule, with Kibana's current `enabled` and the user's
+/// `exceptions_list` / `actions` carried over.
+fn update_body(want: &Value, have: &Value) -> Value {
+    let mut body = want.as_object().cloned().unwrap_or_default();
+    if let Some(e) = have.get("enabled").and_then(Value::as_bool) {
+        body.insert("enabled".into(), Value::Bool(e));
+    }
+    for k in ["exceptions_list", "actions"] {
+        if !body.contains_key(k)
+            && let Some(v) = have.get(k)
+            && v.as_array().is_some_and(|a| !a.is_empty())
+        {
+            body.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(body)
+}
+
+/// Top-level fields of `want` (except `enabled` and `rule_id`) whose value Kibana does not hold.
+pub fn differing_fields(want: &Value, have: &Value) -> Vec<String> {
+    let empty = Map::new();
+    let w = want.as_object().unwrap_or(&empty);
+    let mut out = Vec::new();
+    for (k, v) in w {
+        if k == "enabled" || k == "rule_id" {
+            continue;
+        }
+        if !field_matches(k, v, have.get(k)) {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+fn string_set(v: &Value) -> Option<BTreeSet<String>> {
+    match v {
+        Value::String(s) => Some(BTreeSet::from([s.clone()])),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
+        _ => None,
+    }
+}
+
+/// Whether Kibana's value `have` for field `key` satisfies our value `want`.
+pub fn field_matches(key: &str, want: &Value, have: Option<&Value>) -> bool {
+    let have = have.unwrap_or(&Value::Null);
+    if is_empty(want) && is_empty(have) {
+        return true;
+    }
+    if SET_FIELDS.contains(&key)
+        && let (Some(a), Some(b)) = (string_set(want), string_set(have))
+    {
+        return a == b;
+    }
+    value_matches(want, have)
+}
+
+fn value_matches(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Object(a), Value::Object(b)) => a.iter().all(|(k, v)| match b.get(k) {
+            Some(h) => value_matches(v, h) || (is_empty(v) && is_empty(h)),
+            None => is_empty(v),
+        }),
+        (Value::Object(a), Value::Null) => a.values().all(is_empty),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| value_matches(x, y))
+        }
+        (a, b) => a == b || (is_empty(a) && is_empty(b)),
+    }
+}
+
+/// The rules [`diff`] needs from one space: every rule carrying `owner_tag`, and every rule
+/// whose `rule_id` is desired (to see conflicts), in one `_find` per 25 desired rules.
+pub async fn observe(
+    client: &KibanaClient,
+    space: &str,
+    desired: &[Value],
+    owner_tag: &str,
+) -> Result<Vec<Value>, Error> {
+    let ids: Vec<&str> = desired.iter().filter_map(rule_id).collect();
+    let owned = format!("alert.attributes.tags:{}", kql_quote(owner_tag));
+    let mut out: Vec<Value> = Vec::new();
+    let chunks: Vec<&[&str]> = if ids.is_empty() {
+        vec![&[]]
+    } else {
+        ids.chunks(25).collect()
+    };
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut terms: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("alert.attributes.params.ruleId:{}", kql_quote(id)))
+            .collect();
+        if i == 0 {
+            terms.insert(0, owned.clone());
+        }
+        for r in client.find_rules(space, &terms.join(" OR ")).await? {
+            if !out.iter().any(|o| o.get("id") == r.get("id")) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Carries out one action. A [`RuleAction::Conflict`] is returned as [`Error::Conflict`].
+pub async fn apply(client: &KibanaClient, space: &str, action: &RuleAction) -> Result<(), Error> {
+    match action {
+        RuleAction::Create(body) => client.create_rule(space, body).await.map(|_| ()),
+        RuleAction::Update { body, .. } => client.update_rule(space, body).await.map(|_| ()),
+        RuleAction::Delete { rule_id } => client.delete_rule(space, rule_id).await,
+        RuleAction::Conflict { rule_id, detail } => Err(Error::Conflict(format!(
+            "Kibana detection rule {rule_id}: {detail}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: &str = "security/dga";
+
+    fn input() -> RulesInput {
+        RulesInput {
+            owner: OWNER.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What Kibana would hold after creating `body`: its own fields added, arrays reordered.
+    fn as_stored(body: &Value) -> Value {
+        let mut r = body.clone();
+        let o = r.as_object_mut().unwrap();
+        o.insert("id".into(), json!(format!("so-{}", rule_id(body).unwrap())));
+        o.insert("created_at".into(), json!("2025-01-01T00:00:00.000Z"));
+        o.insert("revision".into(), json!(0));
+        o.insert("immutable".into(), json!(false));
+        o.insert("max_signals".into(), json!(100));
+        o.insert("exceptions_list".into(), json!([]));
+        o.insert("actions".into(), json!([]));
+        o.insert("related_integrations".into(), json!([]));
+        o.insert("references".into(), json!([]));
+        if let Some(t) = o.get_mut("tags").and_then(Value::as_array_mut) {
+            t.reverse();
+        }
+        if let Some(j) = o
+            .get("machine_learning_job_id")
+            .and_then(Value::as_array)
+            .cloned()
+        {
+            // Older Kibana answers a single job id as a string.
+            o.insert("machine_learning_job_id".into(), j[0].clone());
+        }
+        if let Some(n) = o.get("risk_score").and_then(Value::as_u64) {
+            o.insert("risk_score".into(), json!(n as f64));
+        }
+        r
+    }
+
+    #[test]
+    fn builtin_set_is_complete() {
+        let d = desired_rules(&input());
+        let ids: Vec<&str> = d.iter().filter_map(rule_id).collect();
+        assert_eq!(
+            ids,
+            [
+                RULE_PREDICTION,
+                RULE_PROBABILITY,
+                RULE_SUNBURST,
+                RULE_ML_HIGH_SUM
+            ]
+        );
+        for r in &d {
+            assert!(has_tag(r, DGA_TAG));
+            assert!(has_tag(r, "dga-operator:owner:security/dga"));
+            assert_eq!(r["from"], "now-10m");
+            assert_eq!(r["interval"], "5m");
+            assert_eq!(r["enabled"], true);
+            let t = r["threat"].to_string();
+            assert!(t.contains("T1071.004") && t.contains("T1568.002"));
+        }
+        assert_eq!(d[0]["language"], "kuery");
+        assert_eq!(d[0]["index"], json!(DEFAULT_INDEX));
+        assert_eq!(d[2]["risk_score"], 73);
+        assert_eq!(d[2]["severity"], "high");
+        assert_eq!(
+            d[3]["machine_learning_job_id"],
+            json!(["dga_high_sum_probability"])
+        );
+        assert_eq!(d[3]["anomaly_threshold"], 70);
+        assert!(d[3].get("index").is_none());
+    }
+
+    /// Every property a schema declares, following `$ref` and `allOf`.
+    fn declared(doc: &Value, schema: &Value, out: &mut BTreeSet<String>) {
+        let mut s = schema;
+        while let Some(r) = s.get("$ref").and_then(Value::as_str) {
+            s = doc.pointer(&r[1..]).unwrap();
+        }
+        if let Some(p) = s.get("properties").and_then(Value::as_object) {
+            out.extend(p.keys().cloned());
+        }
+        for sub in s
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            declared(doc, sub, out);
+        }
+    }
+
+    #[test]
+    fn desired_rules_send_only_declared_fields() {
+        let doc = &dga_standin::spec::kibana_spec().doc;
+        for r in desired_rules(&input()) {
+            let ty = match r["type"].as_str().unwrap() {
+                "query" => "QueryRule",
+                "machine_learning" => "MachineLearningRule",
+                t => panic!("{t}"),
+            };
+            for op in ["CreateProps", "UpdateProps"] {
+                let mut keys = BTreeSet::new();
+                declared(
+                    doc,
+                    &json!({"$ref": format!("#/components/schemas/{ty}{op}")}),
+                    &mut keys,
+                );
+                for k in r.as_object().unwrap().keys() {
+                    assert!(keys.contains(k), "{ty}{op} does not declare {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn desired_rules_validate_against_the_kibana_spec() {
+        let spec = dga_standin::spec::kibana_spec();
+        let create = json!({"$ref": "#/components/schemas/RuleCreateProps"});
+        let update = json!({"$ref": "#/components/schemas/RuleUpdateProps"});
+        let mut inp = input();
+        for enabled in [true, false] {
+            inp.enabled = enabled;
+            for r in desired_rules(&inp) {
+                dga_standin::spec::validate(&spec.doc, &create, &r)
+                    .unwrap_or_else(|e| panic!("{}: {e}", r["rule_id"]));
+                let stored = as_stored(&r);
+                let body = update_body(&r, &stored);
+                dga_standin::spec::validate(&spec.doc, &update, &body)
+                    .unwrap_or_else(|e| panic!("{}: {e}", r["rule_id"]));
+            }
+        }
+    }
+
+    #[test]
+    fn selection_index_enabled_and_source_rules() {
+        let mut inp = input();
+        inp.selected = Some(vec![RULE_SUNBURST.into(), "nope".into()]);
+        inp.index = vec!["dns-*".into()];
+        inp.enabled = false;
+        let d = desired_rules(&inp);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0]["index"], json!(["dns-*"]));
+        assert_eq!(d[0]["enabled"], false);
+        assert_eq!(unknown_selected(&inp), ["nope"]);
+
+        let release = json!({
+            "id": "abc", "created_at": "x", "immutable": true, "rule_id": "64116bb2-0f2c-4cf6-9df4-9973452b4d4b",
+            "type": "query", "language": "kuery", "name": "n", "description": "d", "risk_score": 21,
+            "severity": "low", "query": "ml_is_dga.malicious_prediction:1",
+            "tags": ["Elastic", "dga-operator:owner:other/pkg"], "index": ["old-*"],
+        });
+        let inp = RulesInput {
+            source_rules: vec![
+                release.clone(),
+                release,
+                json!({"type": "query", "name": "no id"}),
+            ],
+            ..input()
+        };
+        let d = desired_rules(&inp);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].get("id").is_none() && d[0].get("immutable").is_none());
+        assert_eq!(
+            d[0]["tags"],
+            json!(["Elastic", DGA_TAG, "dga-operator:owner:security/dga"])
+        );
+        assert_eq!(d[0]["index"], json!(DEFAULT_INDEX));
+    }
+
+    #[test]
+    fn nothing_to_do_when_kibana_holds_the_rules() {
+        let d = desired_rules(&input());
+        assert_eq!(diff(&d, &[], &owner_tag(OWNER)).len(), 4);
+        assert!(
+            diff(&d, &[], &owner_tag(OWNER))
+                .iter()
+                .all(|a| matches!(a, RuleAction::Create(_)))
+        );
+        let observed: Vec<Value> = d.iter().map(as_stored).collect();
+        assert_eq!(diff(&d, &observed, &owner_tag(OWNER)), vec![]);
+    }
+
+    #[test]
+    fn drift_is_repaired_and_enabled_kept() {
+        let d = desired_rules(&input());
+        let mut observed: Vec<Value> = d.iter().map(as_stored).collect();
+        observed[1]["query"] = json!("ml_is_dga.malicious_probability > 0.5");
+        observed[1]["enabled"] = json!(false);
+        observed[1]["exceptions_list"] =
+            json!([{"id": "x", "list_id": "l", "namespace_type": "single", "type": "detection"}]);
+        observed[3]["enabled"] = json!(false); // only disabled: no update
+        let a = diff(&d, &observed, &owner_tag(OWNER));
+        assert_eq!(a.len(), 1, "{a:?}");
+        let RuleAction::Update {
+            rule_id,
+            body,
+            reason,
+        } = &a[0]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(rule_id, RULE_PROBABILITY);
+        assert!(reason.contains("query"), "{reason}");
+        assert_eq!(body["query"], "ml_is_dga.malicious_probability > 0.98");
+        assert_eq!(body["enabled"], false);
+        assert_eq!(body["exceptions_list"][0]["list_id"], "l");
+    }
+
+    #[test]
+    fn tags_compare_as_sets_and_extra_tags_differ() {
+        let d = desired_rules(&input());
+        let mut observed: Vec<Value> = d.iter().map(as_stored).collect();
+        observed[0]["tags"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("mine"));
+        let a = diff(&d, &observed, &owner_tag(OWNER));
+        assert!(
+            matches!(&a[..], [RuleAction::Update { reason, .. }] if reason.contains("tags")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn conflicts_deletes_and_foreign_rules() {
+        let d = desired_rules(&input());
+        let own = owner_tag(OWNER);
+        let mut observed: Vec<Value> = d.iter().map(as_stored).collect();
+        // Rule 0 made by hand: same rule_id, no ownership tag.
+        observed[0]["tags"] = json!([DGA_TAG]);
+        // Rule 1 owned by another package.
+        observed[1]["tags"] = json!([DGA_TAG, "dga-operator:owner:other/pkg"]);
+        // Rule 2 is an Elastic prebuilt rule.
+        observed[2]["tags"] = json!(["Use Case: Domain Generation Algorithm Detection"]);
+        observed[2]["immutable"] = json!(true);
+        // A stale owned rule, and a foreign ML-DGA rule.
+        observed.push(json!({"rule_id": "stale", "id": "s", "tags": [DGA_TAG, own]}));
+        observed.push(json!({"rule_id": "foreign", "id": "f", "tags": [DGA_TAG]}));
+        let a = diff(&d, &observed, &own);
+        assert_eq!(a.len(), 4, "{a:?}");
+        assert!(
+            matches!(&a[0], RuleAction::Conflict { rule_id, detail } if rule_id == RULE_PREDICTION && detail.contains("ownership tag"))
+        );
+        assert!(
+            matches!(&a[1], RuleAction::Conflict { detail, .. } if detail.contains("other/pkg"))
+        );
+        assert!(
+            matches!(&a[2], RuleAction::Conflict { detail, .. } if detail.contains("prebuilt"))
+        );
+        assert_eq!(
+            a[3],
+            RuleAction::Delete {
+                rule_id: "stale".into()
+            }
+        );
+
+        let o = overwrite_conflicts(a, &d, &observed);
+        assert!(matches!(&o[0], RuleAction::Update { body, .. } if has_tag(body, &own)));
+        assert!(matches!(&o[3], RuleAction::Delete { .. }));
+    }
+
+    #[test]
+    fn normalisation() {
+        assert!(field_matches("risk_score", &json!(21), Some(&json!(21.0))));
+        assert!(field_matches(
+            "machine_learning_job_id",
+            &json!(["j"]),
+            Some(&json!("j"))
+        ));
+        assert!(field_matches(
+            "index",
+            &json!(["a", "b"]),
+            Some(&json!(["b", "a"]))
+        ));
+        assert!(!field_matches(
+            "index",
+            &json!(["a", "b"]),
+            Some(&json!(["a"]))
+        ));
+        assert!(field_matches("references", &json!([]), None));
+        assert!(field_matches("note", &json!(null), Some(&json!(""))));
+        assert!(!field_matches("query", &json!("a"), None));
+        assert!(field_matches(
+            "threat",
+            &json!([{"a": 1}]),
+            Some(&json!([{"a": 1, "extra": 2}]))
+        ));
+        assert!(!field_matches(
+            "threat",
+            &json!([{"a": 1}]),
+            Some(&json!([]))
+        ));
+    }
+}

@@ -1,0 +1,108 @@
+//! Conditions: kstatus (`Ready`, `Reconciling`, `Stalled`) plus one per part of the install.
+//! A condition's `lastTransitionTime` moves only when its status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{Condition, ConditionStatus};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const ES_REACHABLE: &str = "ElasticsearchReachable";
+pub const LICENSE: &str = "LicenseSufficient";
+pub const MODEL: &str = "ModelInstalled";
+pub const PIPELINES: &str = "PipelinesInstalled";
+
+/// Sets a condition, keeping its transition time when the status is unchanged.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: impl Into<ConditionStatus>,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = status.into();
+    // kube-apiserver 1.20 reads an empty string inside a merge-patched list as null and then
+    // refuses it as "must be of type string"; a condition always says something anyway.
+    let mut message = truncate(message.into(), 1024);
+    if message.is_empty() {
+        message = reason.to_string();
+    }
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now.clone();
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time: now.clone(),
+            observed_generation: generation,
+        }),
+    }
+}
+
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+fn truncate(s: String, n: usize) -> String {
+    if s.len() <= n {
+        return s;
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Keeps conditions in a stable order so equal statuses compare equal.
+pub fn sort(conditions: &mut [Condition]) {
+    const ORDER: [&str; 7] = [
+        READY,
+        RECONCILING,
+        STALLED,
+        ES_REACHABLE,
+        LICENSE,
+        MODEL,
+        PIPELINES,
+    ];
+    conditions.sort_by_key(|c| {
+        ORDER
+            .iter()
+            .position(|o| *o == c.type_)
+            .unwrap_or(ORDER.len())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_on_change() {
+        let t1 = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        let t2 = Time("2026-01-02T00:00:00Z".parse().unwrap());
+        let mut c = Vec::new();
+        set(&mut c, READY, false, "Installing", "a", Some(1), &t1);
+        set(&mut c, READY, false, "Conflict", "b", Some(2), &t2);
+        assert_eq!(c[0].last_transition_time, t1);
+        assert_eq!(c[0].reason, "Conflict");
+        set(&mut c, READY, true, "Installed", "c", Some(2), &t2);
+        assert_eq!(c[0].last_transition_time, t2);
+    }
+}

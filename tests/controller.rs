@@ -1,0 +1,512 @@
+//! The controller end to end: a real kube-apiserver, the stand-in stack, the operator running.
+
+mod support;
+
+use std::time::Duration;
+
+use dga_operator::controller::Settings;
+use dga_standin::StandinConfig;
+use dga_standin::bundle::Layout;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::{Env, wait_for};
+
+fn spec(tag: &str) -> Value {
+    json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
+}
+
+fn marker_owner(meta: Option<&Value>) -> Option<String> {
+    meta?
+        .get("dga_operator")?
+        .get("owner")?
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn install_is_ready_owned_quiet_and_removed_in_order() {
+    let env = Env::start("ctl-install").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env.wait_ready("dga").await;
+    let st = m.status.unwrap();
+    let owner = format!("{}/dga", env.ns.name);
+
+    // Model, scripts, pipelines present and marked as ours.
+    let model_id = st.model_id.clone().unwrap();
+    assert!(model_id.starts_with(&rel.model_id), "{model_id}");
+    let models = env.standin.models();
+    assert_eq!(
+        marker_owner(models[&model_id].get("metadata")),
+        Some(owner.clone())
+    );
+    let pipelines = env.standin.pipelines();
+    for id in &rel.pipeline_ids {
+        assert_eq!(
+            marker_owner(pipelines[id].get("_meta")),
+            Some(owner.clone()),
+            "{id}"
+        );
+    }
+    let inference = &pipelines[&rel.inference_pipeline];
+    assert!(
+        inference
+            .to_string()
+            .contains(&format!("\"model_id\":\"{model_id}\"")),
+        "pipeline uses the installed model"
+    );
+    let scripts = env.standin.scripts();
+    for id in &rel.script_ids {
+        assert!(scripts[id].to_string().contains(&owner), "{id} marked");
+    }
+    assert_eq!(st.installed_tag.as_deref(), Some(rel.tag.as_str()));
+    assert_eq!(st.bundle_sha256.as_deref(), Some(rel.zip_sha256.as_str()));
+    assert_eq!(
+        st.cluster_uuid.as_deref(),
+        Some(env.standin.config().cluster_uuid.as_str())
+    );
+    for c in [
+        "ElasticsearchReachable",
+        "LicenseSufficient",
+        "ModelInstalled",
+        "PipelinesInstalled",
+    ] {
+        assert!(
+            dga_operator::status::is_true(&st.conditions, c),
+            "{c}: {:?}",
+            st.conditions
+        );
+    }
+    assert!(!dga_operator::status::is_true(&st.conditions, "Stalled"));
+    assert!(!dga_operator::status::is_true(
+        &st.conditions,
+        "Reconciling"
+    ));
+    env.wait_event("dga", "Installed").await;
+
+    // Installed in order: model, scripts, inference pipeline, router.
+    let writes = env.es_writes();
+    let pos = |needle: &str| {
+        writes
+            .iter()
+            .position(|w| w.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in {writes:?}"))
+    };
+    assert!(pos("/_ml/trained_models/") < pos("/_scripts/"));
+    assert!(pos("/_scripts/") < pos(&format!("/_ingest/pipeline/{}", rel.inference_pipeline)));
+    assert!(
+        pos(&rel.inference_pipeline) < pos(&format!("/_ingest/pipeline/{}", rel.router_pipeline))
+    );
+
+    // A pass with nothing to do writes nothing, not even status.
+    env.standin.clear_requests();
+    let rv = env
+        .models_api()
+        .get("dga")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    env.models_api()
+        .patch(
+            "dga",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        env.standin.requests().iter().any(|r| r.method == "GET"),
+        "a pass ran"
+    );
+    assert!(
+        env.es_writes().is_empty(),
+        "no writes: {:?}",
+        env.es_writes()
+    );
+    let after = env.models_api().get("dga").await.unwrap();
+    assert_eq!(after.status.as_ref().unwrap(), &st, "status unchanged");
+    assert_ne!(
+        after.metadata.resource_version, rv,
+        "(only our annotation changed it)"
+    );
+
+    // Delete: routers, pipelines, scripts, then the model; finalizer released.
+    env.standin.clear_requests();
+    env.models_api()
+        .delete("dga", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("dga").await;
+    let writes = env.es_writes();
+    let pos = |needle: &str| {
+        writes
+            .iter()
+            .position(|w| w.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in {writes:?}"))
+    };
+    assert!(
+        pos(&format!("DELETE /_ingest/pipeline/{}", rel.router_pipeline))
+            < pos(&format!(
+                "DELETE /_ingest/pipeline/{}",
+                rel.inference_pipeline
+            ))
+    );
+    assert!(pos("DELETE /_ingest/pipeline/") < pos("DELETE /_scripts/"));
+    assert!(pos("DELETE /_scripts/") < pos("DELETE /_ml/trained_models/"));
+    assert!(
+        env.standin.models().is_empty()
+            && env.standin.pipelines().is_empty()
+            && env.standin.scripts().is_empty()
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn retain_leaves_objects_and_releases_the_finalizer() {
+    let env = Env::start("ctl-retain").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    let mut s = spec(&rel.tag);
+    s["deletionPolicy"] = "Retain".into();
+    env.apply("dga", s).await;
+    env.wait_ready("dga").await;
+    env.models_api()
+        .delete("dga", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("dga").await;
+    assert_eq!(env.standin.pipelines().len(), 2);
+    assert_eq!(env.standin.scripts().len(), 2);
+    assert_eq!(env.standin.models().len(), 1);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn tag_bump_installs_new_model_switches_and_removes_old() {
+    let env = Env::start("ctl-upgrade").await;
+    let old = env.publish("ML-DGA-20210126-1", Layout::V2);
+    let mut new_spec = dga_standin::bundle::BundleSpec::small("ML-DGA-20210301-2", Layout::V2);
+    new_spec.model.seed += 1;
+    let new = env.publish_spec(new_spec);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&old.tag)).await;
+    let old_model = env
+        .wait_ready("dga")
+        .await
+        .status
+        .unwrap()
+        .model_id
+        .unwrap();
+    env.apply("dga", spec(&new.tag)).await;
+    let m = env.wait_condition("dga", "Ready", "True", None).await;
+    let wait = wait_for(Duration::from_secs(30), || async {
+        let st = env.status("dga").await?;
+        (st.installed_tag.as_deref() == Some(new.tag.as_str())).then_some(st)
+    })
+    .await
+    .unwrap_or_else(|| panic!("not upgraded: {:?}", m.status));
+    let new_model = wait.model_id.unwrap();
+    assert_ne!(new_model, old_model);
+    let models = env.standin.models();
+    assert!(
+        models.contains_key(&new_model) && !models.contains_key(&old_model),
+        "{:?}",
+        models.keys()
+    );
+    let inference = &env.standin.pipelines()[&new.inference_pipeline];
+    assert!(inference.to_string().contains(&new_model));
+    env.wait_event("dga", "Upgraded").await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_on_resync() {
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-drift", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let good_router = env.standin.pipelines()[&rel.router_pipeline].clone();
+    let good_script = env.standin.scripts()[&rel.script_ids[0]].clone();
+    // Hand edits: a pipeline deleted, a script changed (marker kept).
+    env.standin.delete_pipeline(&rel.router_pipeline);
+    let mut edited = good_script.clone();
+    let inner = if edited.get("script").is_some() {
+        &mut edited["script"]
+    } else {
+        &mut edited
+    };
+    let src = inner["source"].as_str().unwrap().to_string();
+    inner["source"] = format!("{src}\n// edited by hand").into();
+    env.standin.put_script(&rel.script_ids[0], edited);
+    let repaired = wait_for(Duration::from_secs(20), || async {
+        let p = env.standin.pipelines();
+        let s = env.standin.scripts();
+        (p.get(&rel.router_pipeline) == Some(&good_router)
+            && s.get(&rel.script_ids[0]) == Some(&good_script))
+        .then_some(())
+    })
+    .await;
+    assert!(repaired.is_some(), "drift not repaired");
+    env.wait_event("dga", "DriftRepaired").await;
+    // And then quiet again: a resync with nothing drifted writes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        env.standin.requests().iter().any(|r| r.method == "GET"),
+        "resyncs ran"
+    );
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn foreign_objects_conflict_until_overwrite_adopts_them() {
+    let env = Env::start("ctl-conflict").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    // What the old CLI left: the release's model and pipelines, unmarked.
+    let foreign_pipeline = json!({"description": "installed by hand", "processors": [{"set": {"field": "x", "value": 1}}]});
+    env.standin
+        .put_pipeline(&rel.router_pipeline, foreign_pipeline.clone());
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "Stalled", "True", Some("Conflict"))
+        .await;
+    let ready = dga_operator::status::get(&m.status.as_ref().unwrap().conditions, "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready.reason, "Conflict");
+    assert!(
+        ready.message.contains(&rel.router_pipeline),
+        "{}",
+        ready.message
+    );
+    assert!(
+        env.es_writes().is_empty(),
+        "nothing touched: {:?}",
+        env.es_writes()
+    );
+    assert_eq!(
+        env.standin.pipelines()[&rel.router_pipeline],
+        foreign_pipeline
+    );
+    env.wait_event("dga", "Conflict").await;
+
+    let mut s = spec(&rel.tag);
+    s["overwrite"] = true.into();
+    env.apply("dga", s).await;
+    env.wait_ready("dga").await;
+    let p = &env.standin.pipelines()[&rel.router_pipeline];
+    assert!(marker_owner(p.get("_meta")).is_some(), "adopted: {p}");
+    env.wait_event("dga", "Adopted").await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_second_dgamodel_on_the_same_cluster_conflicts() {
+    let env = Env::start("ctl-two").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("first", spec(&rel.tag)).await;
+    env.wait_ready("first").await;
+    let mut s = spec(&rel.tag);
+    s["overwrite"] = true.into(); // even overwrite does not take another DgaModel's objects
+    env.apply("second", s).await;
+    let m = env
+        .wait_condition("second", "Stalled", "True", Some("Conflict"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains(&format!("managed by DgaModel {}/first", env.ns.name)),
+        "{msg}"
+    );
+    env.wait_ready("first").await;
+    // Deleting the second removes nothing of the first's.
+    env.models_api()
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("second").await;
+    assert_eq!(env.standin.pipelines().len(), 2);
+    assert_eq!(env.standin.models().len(), 1);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn suspend_writes_nothing_but_reports() {
+    let env = Env::start("ctl-suspend").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let mut s = spec(&rel.tag);
+    s["suspend"] = true.into();
+    env.apply("dga", s).await;
+    let m = env
+        .wait_condition("dga", "Ready", "False", Some("Suspended"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("create trained model"), "{msg}");
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+    env.apply("dga", spec(&rel.tag)).await; // suspend: false
+    env.wait_ready("dga").await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_get_the_right_condition_and_upload_nothing() {
+    let env = Env::start("ctl-bad").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.secret("wrong-password", "not-the-password").await;
+    env.secret_with(
+        "unreachable",
+        json!({"url": "http://127.0.0.1:9", "username": "elastic", "password": "x"}),
+    )
+    .await;
+    env.secret_with("no-creds", json!({"url": env.standin.es_url()}))
+        .await;
+    // A healthy DgaModel alongside is unaffected.
+    env.apply("good", spec(&rel.tag)).await;
+
+    let zip_bomb = dga_standin::bundle::write_bad_release(
+        &dga_standin::bundle::BundleSpec::small("ML-DGA-20210126-9", Layout::V1),
+        dga_standin::bundle::Defect::ParentTraversal,
+        &env.dir.path().join("bad"),
+    )
+    .unwrap();
+    env.standin
+        .publish_release_files(
+            support::REPO,
+            "ML-DGA-20210126-9",
+            vec![("ML-DGA-20210126-9.zip".into(), zip_bomb)],
+        )
+        .unwrap();
+
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "missing-secret",
+            json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "nope"}}),
+            "Ready",
+            "SecretNotFound",
+        ),
+        (
+            "secret-keys",
+            json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "no-creds"}}),
+            "Stalled",
+            "SecretInvalid",
+        ),
+        (
+            "unauthorized",
+            json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "wrong-password"}}),
+            "Stalled",
+            "Unauthorized",
+        ),
+        (
+            "unreachable",
+            json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "unreachable"}}),
+            "Reconciling",
+            "Unreachable",
+        ),
+        (
+            "sha-mismatch",
+            json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "es"}, "source": {"sha256": "0".repeat(64)}}),
+            "Stalled",
+            "ChecksumMismatch",
+        ),
+        (
+            "unknown-tag",
+            json!({"releaseTag": "ML-DGA-20990101-1", "clusterRef": {"secretName": "es"}}),
+            "Stalled",
+            "ReleaseNotFound",
+        ),
+        (
+            "invalid-bundle",
+            json!({"releaseTag": "ML-DGA-20210126-9", "clusterRef": {"secretName": "es"}}),
+            "Stalled",
+            "InvalidBundle",
+        ),
+    ];
+    for (name, s, _, _) in &cases {
+        env.apply(name, s.clone()).await;
+    }
+    for (name, _, cond, reason) in &cases {
+        let status = if *cond == "Ready" { "False" } else { "True" };
+        let m = env.wait_condition(name, cond, status, Some(reason)).await;
+        let msg = dga_operator::status::get(&m.status.unwrap().conditions, "Ready")
+            .unwrap()
+            .message
+            .clone();
+        assert!(
+            !msg.contains("changeme") && !msg.contains("not-the-password"),
+            "{name}: no secret in {msg}"
+        );
+    }
+    env.wait_ready("good").await;
+    // Only the good one wrote anything: one model, from `good`.
+    assert_eq!(env.standin.models().len(), 1);
+    let conds = env
+        .wait_condition(
+            "unreachable",
+            "ElasticsearchReachable",
+            "False",
+            Some("Unreachable"),
+        )
+        .await;
+    assert!(conds.status.is_some());
+    env.wait_condition(
+        "unauthorized",
+        "ElasticsearchReachable",
+        "False",
+        Some("Unauthorized"),
+    )
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn basic_licence_is_refused_with_nothing_uploaded() {
+    let cfg = StandinConfig {
+        license_type: "basic".into(),
+        ..StandinConfig::default()
+    };
+    let env = Env::start_with("ctl-licence", cfg, Settings::default()).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_condition(
+        "dga",
+        "LicenseSufficient",
+        "False",
+        Some("LicenseInsufficient"),
+    )
+    .await;
+    env.wait_condition("dga", "Stalled", "True", Some("LicenseInsufficient"))
+        .await;
+    assert!(env.es_writes().is_empty());
+    // A trial licence is enough (the old CLI wrongly refused it).
+    env.standin.set_license("trial");
+    env.models_api()
+        .patch(
+            "dga",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"retry": "1"}}})),
+        )
+        .await
+        .unwrap();
+    env.wait_ready("dga").await;
+    env.finish().await;
+}
