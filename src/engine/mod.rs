@@ -87,7 +87,17 @@ pub enum Holder {
 pub fn holder(marker: Option<&Marker>, owner: &Owner) -> Holder {
     match marker {
         Some(m) if m.owner == owner.key() => Holder::Us,
+        // Installed by the one-shot CLI: a DgaModel may take it over with `overwrite`.
+        Some(m) if m.owner.starts_with('/') && !owner.namespace.is_empty() => Holder::Foreign,
         Some(m) => Holder::OtherOwner(m.owner.clone()),
         None => Holder::Foreign,
+    }
+}
+
+impl Owner {
+    /// The pseudo-owner of objects installed by `dga-operator setup` (no namespace, so no
+    /// DgaModel can collide with it).
+    pub fn cli() -> Owner {
+        Owner { namespace: String::new(), name: "dga-operator-cli".into(), uid: String::new() }
     }
 }
