@@ -32,6 +32,7 @@ pub const RELEASE_TAG_PATTERN: &str = r"^ML-DGA-[0-9]{8}-[0-9]+$";
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.modelId"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Rules","type":"string","jsonPath":".status.rules"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +66,41 @@ pub struct DgaModelSpec {
     /// removes the objects this DgaModel owns; `Retain` leaves them in the cluster.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// The detection rules that alert on the enrichment, installed into Kibana.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesSpec>,
+}
+
+/// Which detection rules to install into Kibana, and how.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RulesSpec {
+    /// Install the rules. Default: yes when a Kibana URL is known (the Secret's `kibana-url`).
+    /// `false` removes rules this DgaModel installed earlier; `true` makes a missing Kibana an
+    /// error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// `rule_id`s to install (default: all of the package's rules). The package's
+    /// machine-learning rule also gets its anomaly detection job and datafeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_ids: Option<Vec<String>>,
+
+    /// Index patterns the rules search. Default `packetbeat-*`,
+    /// `logs-network_traffic.dns-*` and `logs-endpoint.events.network-*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Vec<String>>,
+
+    /// Kibana space to install into. Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9_-]+$"))]
+    pub space: Option<String>,
+
+    /// Whether rules start enabled when first created (default `true`). A rule someone enabled
+    /// or disabled by hand in Kibana keeps that choice: the operator never flips it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_new_rules: Option<bool>,
 }
 
 /// Where to download the release zip from.
@@ -162,6 +198,10 @@ pub struct DgaModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
 
+    /// Detection rules installed / wanted, e.g. `4/4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
+
     /// The objects this DgaModel installed and owns; removed on delete.
     #[serde(default, skip_serializing_if = "InstalledObjects::is_empty")]
     pub objects: InstalledObjects,
@@ -177,11 +217,21 @@ pub struct InstalledObjects {
     pub scripts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<String>,
+    /// Anomaly detection jobs (with their datafeeds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
+    /// Kibana space of the installed rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_space: Option<String>,
 }
 
 impl InstalledObjects {
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty() && self.scripts.is_empty() && self.pipelines.is_empty()
+        self.models.is_empty()
+            && self.scripts.is_empty()
+            && self.pipelines.is_empty()
+            && self.jobs.is_empty()
+            && self.rules_space.is_none()
     }
 }
 

@@ -23,7 +23,10 @@ use crate::bundle::fetch::{Fetcher, Request};
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
-use crate::status::{self, ES_REACHABLE, LICENSE, MODEL, PIPELINES, READY, RECONCILING, STALLED};
+use crate::status::{
+    self, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, READY, RECONCILING, RULES,
+    STALLED,
+};
 use crate::target::{self, Target};
 
 /// Operator settings (flags of `dga-operator run`).
@@ -61,12 +64,20 @@ pub struct Context {
     pub recorder: Recorder,
     pub fetcher: Fetcher,
     pub settings: Settings,
+    /// Prometheus metrics and health (set with `with_metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per object uid.
     failures: Mutex<HashMap<String, u32>>,
     cluster_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Context {
+    /// Reports into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     pub fn new(client: Client, fetcher: Fetcher, settings: Settings) -> Self {
         let reporter = Reporter {
             controller: "dga-operator".into(),
@@ -77,6 +88,7 @@ impl Context {
             client,
             fetcher,
             settings,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             failures: Mutex::new(HashMap::new()),
             cluster_slots: Mutex::new(HashMap::new()),
         }
@@ -128,7 +140,9 @@ pub async fn run(ctx: Arc<Context>) {
         None => Api::all(ctx.client.clone()),
     };
     let concurrency = ctx.settings.concurrency;
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    ctx.metrics.watch(controller.store()); // metrics: objects gauge + readiness
+    controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -143,6 +157,7 @@ pub async fn run(ctx: Arc<Context>) {
 fn error_policy(obj: Arc<DgaModel>, err: &Error, ctx: Arc<Context>) -> Requeue {
     let uid = obj.uid().unwrap_or_default();
     let delay = ctx.backoff(&uid, err.retry_after());
+    ctx.metrics.failed(err.reason()); // metrics
     warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), reason = err.reason(), error = %err, "reconcile error, retrying in {delay:?}");
     Requeue::requeue(delay)
 }
@@ -191,6 +206,7 @@ fn ids_to_observe(recorded: &Ids) -> Ids {
 }
 
 pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now(); // metrics
     let api: Api<DgaModel> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if obj.meta().deletion_timestamp.is_some() {
@@ -228,6 +244,12 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
     };
     report.finish(outcome.as_ref().err());
     report.publish(&api, &obj, &ctx).await?;
+    ctx.metrics.reconciled(
+        &obj,
+        &report.status,
+        outcome.as_ref().err(),
+        started.elapsed(),
+    ); // metrics
     Ok(requeue)
 }
 
@@ -239,6 +261,8 @@ struct Report {
     events: Vec<Event>,
     applied_something: bool,
     suspended: Option<Plan>,
+    /// Suspended with Kibana-side changes pending.
+    rules_pending: bool,
 }
 
 impl Report {
@@ -250,6 +274,7 @@ impl Report {
             events: Vec::new(),
             applied_something: false,
             suspended: None,
+            rules_pending: false,
         }
     }
 
@@ -302,7 +327,8 @@ impl Report {
                         ),
                     ),
                 };
-                let ready = self.suspended.as_ref().is_none_or(Plan::is_empty);
+                let ready =
+                    self.suspended.as_ref().is_none_or(Plan::is_empty) && !self.rules_pending;
                 self.set(READY, ready, reason, message);
                 self.set(RECONCILING, false, "Idle", "");
                 self.set(STALLED, false, "Idle", "");
@@ -451,6 +477,12 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             actions: applied.done.clone(),
             conflicts: vec![],
         };
+        ctx.metrics.drift_repaired(
+            done.actions
+                .iter()
+                .filter(|a| a.reason() == Reason::Repair)
+                .count(),
+        ); // metrics
         let (reason, verb) = if done.has(Reason::Upgrade) {
             (
                 "Upgraded",
@@ -540,15 +572,189 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.installed_tag = Some(desired.release.clone());
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
+    rules_pass(
+        obj,
+        ctx,
+        &target,
+        &bundle,
+        &es,
+        &owner,
+        &desired.marker,
+        report,
+    )
+    .await
+}
+
+/// The Kibana side: the detection rules, and the anomaly job the ML rule needs. Runs after the
+/// Elasticsearch side converged, so a Kibana outage never holds back the enrichment.
+#[allow(clippy::too_many_arguments)]
+async fn rules_pass(
+    obj: &DgaModel,
+    ctx: &Context,
+    target: &Target,
+    bundle: &crate::bundle::Bundle,
+    es: &Elasticsearch,
+    owner: &Owner,
+    marker: &engine::Marker,
+    report: &mut Report,
+) -> Result<(), Error> {
+    use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
+    let spec = obj.spec.rules.clone().unwrap_or_default();
+    let space = spec.space.clone().unwrap_or_else(|| "default".into());
+    let Some(kb) = &target.kibana else {
+        report.status.rules = None;
+        if spec.enabled == Some(true) {
+            let e = Error::InvalidSpec(
+                "spec.rules.enabled is true but no Kibana is known: add `kibana-url` to the cluster Secret".into(),
+            );
+            report.set(RULES, false, "NoKibana", e.to_string());
+            return Err(e);
+        }
+        report.set(
+            RULES,
+            false,
+            "NoKibana",
+            "no Kibana URL known (add `kibana-url` to the cluster Secret); rules not installed",
+        );
+        return Ok(());
+    };
+    let wanted = spec.enabled.unwrap_or(true);
+    let http = kb.http_client(ctx.settings.request_timeout)?;
+    let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
+    let status = match client.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());
+            report.set(RULES, false, e.reason(), format!("Kibana: {e}"));
+            return Err(e);
+        }
+    };
+    report.set(
+        KIBANA_REACHABLE,
+        true,
+        "Reachable",
+        format!("Kibana {} ({})", status.version, status.level),
+    );
+
+    let input = RulesInput {
+        source_rules: bundle.rules.clone(),
+        selected: spec.rule_ids.clone(),
+        index: spec
+            .index
+            .clone()
+            .unwrap_or_else(kibana::rules::default_index),
+        enabled: spec.enable_new_rules.unwrap_or(true),
+        owner: owner.key(),
+    };
+    let unknown = kibana::rules::unknown_selected(&input);
+    if !unknown.is_empty() {
+        let e = Error::InvalidSpec(format!(
+            "spec.rules.ruleIds: unknown rule_id {}",
+            unknown.join(", ")
+        ));
+        report.set(RULES, false, "InvalidSpec", e.to_string());
+        return Err(e);
+    }
+    let desired = if wanted {
+        kibana::desired_rules(&input)
+    } else {
+        Vec::new()
+    };
+    let own_tag = kibana::owner_tag(&owner.key());
+    let observed = kibana::rules::observe(&client, &space, &desired, &own_tag).await?;
+    let mut actions = kibana::diff(&desired, &observed, &own_tag);
+    if obj.spec.overwrite {
+        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
+    }
+    let conflicts: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            RuleAction::Conflict { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        let e = Error::Conflict(conflicts.join("; "));
+        report.set(RULES, false, "Conflict", e.to_string());
+        return Err(e);
+    }
+    let needs_job = desired
+        .iter()
+        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
+    let suspended = obj.spec.suspend;
+    let mut done = Vec::new();
+    for a in &actions {
+        done.push(a.describe());
+        if !suspended {
+            kibana::rules::apply(&client, &space, a)
+                .await
+                .inspect_err(|e| {
+                    report.set(RULES, false, e.reason(), e.to_string());
+                })?;
+        }
+    }
+    // The ML rule is useless without its job: install it alongside, remove it when unselected.
+    if needs_job {
+        let ch = engine::mljob::ensure(
+            es,
+            owner,
+            marker,
+            &input.index,
+            obj.spec.overwrite,
+            suspended,
+        )
+        .await?;
+        done.extend(ch.done);
+        report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
+    } else if !report.status.objects.jobs.is_empty() && !suspended {
+        done.extend(
+            engine::mljob::remove(es, owner)
+                .await?
+                .into_iter()
+                .map(|d| format!("remove {d}")),
+        );
+        report.status.objects.jobs.clear();
+    }
+    if suspended {
+        report.rules_pending = !done.is_empty();
+        let msg = if done.is_empty() {
+            "suspended; rules are current".to_string()
+        } else {
+            format!("suspended; pending: {}", done.join("; "))
+        };
+        report.set(RULES, done.is_empty(), "Suspended", msg);
+        return Ok(());
+    }
+    report.status.objects.rules_space = wanted.then(|| space.clone());
+    report.status.rules = Some(format!("{}/{}", desired.len(), desired.len()));
+    if !done.is_empty() {
+        report.applied_something = true;
+        report.event(false, "RulesSynced", "Apply", done.join("; "));
+    }
+    let msg = if wanted {
+        let skipped = if needs_job {
+            String::new()
+        } else {
+            " (the machine_learning rule is not selected: no anomaly job)".to_string()
+        };
+        format!("{} rules in space {space}{skipped}", desired.len())
+    } else {
+        "rules disabled by spec.rules.enabled".to_string()
+    };
+    report.set(
+        RULES,
+        true,
+        if wanted { "Installed" } else { "Disabled" },
+        msg,
+    );
     Ok(())
 }
 
 fn record_objects(report: &mut Report, ids: &Ids) {
-    report.status.objects = InstalledObjects {
-        models: ids.models.iter().cloned().collect(),
-        scripts: ids.scripts.iter().cloned().collect(),
-        pipelines: ids.pipelines.iter().cloned().collect(),
-    };
+    let o = &mut report.status.objects;
+    o.models = ids.models.iter().cloned().collect();
+    o.scripts = ids.scripts.iter().cloned().collect();
+    o.pipelines = ids.pipelines.iter().cloned().collect();
 }
 
 /// Version and licence checks, reported as conditions.
@@ -691,8 +897,29 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
     let es = Elasticsearch::new(target.elasticsearch, ctx.settings.request_timeout)?;
+    let mut removed = Vec::new();
+    // Rules first (they alert on the enrichment), then the job, then the enrichment itself.
+    let status = obj.status.clone().unwrap_or_default();
+    if let (Some(space), Some(kb)) = (&status.objects.rules_space, &target.kibana) {
+        use crate::kibana::{self, KibanaClient};
+        let client = KibanaClient::new(
+            kb.http_client(ctx.settings.request_timeout)?,
+            &kb.url,
+            kb.auth.clone(),
+        );
+        let own_tag = kibana::owner_tag(&owner.key());
+        let observed = kibana::rules::observe(&client, space, &[], &own_tag).await?;
+        for a in kibana::diff(&[], &observed, &own_tag) {
+            kibana::rules::apply(&client, space, &a).await?;
+            removed.push(format!("rule {}", a.rule_id()));
+        }
+    }
+    if !status.objects.jobs.is_empty() {
+        removed.extend(engine::mljob::remove(&es, owner).await?);
+    }
     let recorded = recorded_ids(obj.status.as_ref());
-    engine::cleanup(&es, owner, &recorded, &ids_to_observe(&recorded)).await
+    removed.extend(engine::cleanup(&es, owner, &recorded, &ids_to_observe(&recorded)).await?);
+    Ok(removed)
 }
 
 fn describe_objects(o: &InstalledObjects) -> String {

@@ -334,4 +334,185 @@ impl Elasticsearch {
             _ => Err(Self::rejected(&what, status, &body)),
         }
     }
+
+    /// A request whose success statuses are given; anything else is an error.
+    async fn simple(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+        ok: &[u16],
+    ) -> Result<(u16, Value), Error> {
+        let (status, body) = self.call(what, req).await?;
+        if ok.contains(&status) {
+            Ok((status, body))
+        } else {
+            Err(Self::rejected(what, status, &body))
+        }
+    }
+
+    /// An anomaly detection job's config, or None.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Value>, Error> {
+        let (status, body) = self
+            .simple(
+                &format!("reading anomaly detection job {id}"),
+                self.req(Method::GET, &format!("/_ml/anomaly_detectors/{id}")),
+                &[200, 404],
+            )
+            .await?;
+        Ok(if status == 404 {
+            None
+        } else {
+            body.pointer("/jobs/0").cloned()
+        })
+    }
+
+    /// `opened`, `closed`, ... or None when the job does not exist.
+    pub async fn job_state(&self, id: &str) -> Result<Option<String>, Error> {
+        let (status, body) = self
+            .simple(
+                &format!("reading job stats {id}"),
+                self.req(Method::GET, &format!("/_ml/anomaly_detectors/{id}/_stats")),
+                &[200, 404],
+            )
+            .await?;
+        Ok(if status == 404 {
+            None
+        } else {
+            body.pointer("/jobs/0/state")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+
+    pub async fn put_job(&self, id: &str, body: &Value) -> Result<(), Error> {
+        let what = format!("creating anomaly detection job {id}");
+        self.simple(
+            &what,
+            self.req(Method::PUT, &format!("/_ml/anomaly_detectors/{id}"))
+                .json(body),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn open_job(&self, id: &str) -> Result<(), Error> {
+        let what = format!("opening anomaly detection job {id}");
+        self.simple(
+            &what,
+            self.req(Method::POST, &format!("/_ml/anomaly_detectors/{id}/_open")),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn close_job(&self, id: &str) -> Result<(), Error> {
+        let what = format!("closing anomaly detection job {id}");
+        self.simple(
+            &what,
+            self.req(
+                Method::POST,
+                &format!("/_ml/anomaly_detectors/{id}/_close?force=true"),
+            ),
+            &[200, 404],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_job(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting anomaly detection job {id}");
+        self.simple(
+            &what,
+            self.req(
+                Method::DELETE,
+                &format!("/_ml/anomaly_detectors/{id}?force=true"),
+            ),
+            &[200, 404],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn get_datafeed(&self, id: &str) -> Result<Option<Value>, Error> {
+        let (status, body) = self
+            .simple(
+                &format!("reading datafeed {id}"),
+                self.req(Method::GET, &format!("/_ml/datafeeds/{id}")),
+                &[200, 404],
+            )
+            .await?;
+        Ok(if status == 404 {
+            None
+        } else {
+            body.pointer("/datafeeds/0").cloned()
+        })
+    }
+
+    /// `started`, `stopped`, ... or None when the datafeed does not exist.
+    pub async fn datafeed_state(&self, id: &str) -> Result<Option<String>, Error> {
+        let (status, body) = self
+            .simple(
+                &format!("reading datafeed stats {id}"),
+                self.req(Method::GET, &format!("/_ml/datafeeds/{id}/_stats")),
+                &[200, 404],
+            )
+            .await?;
+        Ok(if status == 404 {
+            None
+        } else {
+            body.pointer("/datafeeds/0/state")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+
+    pub async fn put_datafeed(&self, id: &str, body: &Value) -> Result<(), Error> {
+        let what = format!("creating datafeed {id}");
+        self.simple(
+            &what,
+            self.req(Method::PUT, &format!("/_ml/datafeeds/{id}"))
+                .json(body),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn start_datafeed(&self, id: &str) -> Result<(), Error> {
+        let what = format!("starting datafeed {id}");
+        self.simple(
+            &what,
+            self.req(Method::POST, &format!("/_ml/datafeeds/{id}/_start")),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn stop_datafeed(&self, id: &str) -> Result<(), Error> {
+        let what = format!("stopping datafeed {id}");
+        self.simple(
+            &what,
+            self.req(
+                Method::POST,
+                &format!("/_ml/datafeeds/{id}/_stop?force=true"),
+            ),
+            &[200, 404],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_datafeed(&self, id: &str) -> Result<(), Error> {
+        let what = format!("deleting datafeed {id}");
+        self.simple(
+            &what,
+            self.req(Method::DELETE, &format!("/_ml/datafeeds/{id}?force=true")),
+            &[200, 404],
+        )
+        .await
+        .map(drop)
+    }
 }

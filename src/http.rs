@@ -1,9 +1,28 @@
 //! What every outgoing HTTP call shares: mapping transport errors and status codes onto
 //! `Error`, with `Retry-After` honoured and response bodies summarised, never echoed whole.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{Error, Service};
+
+// --- request observer (metrics hook) ---------------------------------------------------------
+/// Told of every request `send` makes: the target service and the status code (`0` when no
+/// answer came). Set once per process (`crate::metrics::Metrics::install_request_observer`).
+pub type Observer = Arc<dyn Fn(Service, u16) + Send + Sync>;
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Installs the request observer; false when one is already installed.
+pub fn set_observer(f: Observer) -> bool {
+    OBSERVER.set(f).is_ok()
+}
+
+fn observe(service: Service, code: u16) {
+    if let Some(o) = OBSERVER.get() {
+        o(service, code);
+    }
+}
+// --- end request observer -------------------------------------------------------------------
 
 /// Sends a request; 401/403, 429 and 5xx become errors, every other status is returned.
 pub async fn send(
@@ -11,11 +30,12 @@ pub async fn send(
     what: &str,
     req: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, Error> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| transport_error(service, what, &e))?;
+    let resp = req.send().await.map_err(|e| {
+        observe(service, 0);
+        transport_error(service, what, &e)
+    })?;
     let status = resp.status().as_u16();
+    observe(service, status);
     match status {
         401 | 403 => {
             let detail = summarize(resp).await;

@@ -10,5 +10,8 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod kibana;
+pub mod leader;
+pub mod metrics;
+pub mod server;
 pub mod status;
 pub mod target;

@@ -12,6 +12,8 @@ pub const ES_REACHABLE: &str = "ElasticsearchReachable";
 pub const LICENSE: &str = "LicenseSufficient";
 pub const MODEL: &str = "ModelInstalled";
 pub const PIPELINES: &str = "PipelinesInstalled";
+pub const KIBANA_REACHABLE: &str = "KibanaReachable";
+pub const RULES: &str = "RulesInstalled";
 
 /// Sets a condition, keeping its transition time when the status is unchanged.
 pub fn set(

@@ -24,6 +24,18 @@ impl Sensitive {
     }
 }
 
+impl From<&str> for Sensitive {
+    fn from(s: &str) -> Self {
+        Sensitive(s.to_string())
+    }
+}
+
+impl From<String> for Sensitive {
+    fn from(s: String) -> Self {
+        Sensitive(s)
+    }
+}
+
 impl fmt::Debug for Sensitive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")

@@ -24,9 +24,15 @@ pub struct Fetcher {
     pub bundle_dir: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub limits: Limits,
+    /// Called while a release zip downloads with (bytes so far, declared length): once before
+    /// the first byte, then after every chunk. Front doors use it for progress bars.
+    pub on_download: Option<DownloadProgress>,
     /// One open at a time per bundle folder.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// See `Fetcher::on_download`.
+pub type DownloadProgress = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
 /// What a DgaModel asks for.
 #[derive(Clone, Debug)]
@@ -44,6 +50,7 @@ impl Fetcher {
             bundle_dir: None,
             cache_dir,
             limits: Limits::default(),
+            on_download: None,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -275,6 +282,9 @@ impl Fetcher {
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();
+            if let Some(f) = &self.on_download {
+                f(0, declared);
+            }
             while let Some(chunk) = stream.next().await {
                 let chunk =
                     chunk.map_err(|e| http::transport_error(Service::Releases, what, &e))?;
@@ -286,6 +296,9 @@ impl Fetcher {
                 }
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(io_err)?;
+                if let Some(f) = &self.on_download {
+                    f(n, declared);
+                }
             }
             if declared.is_some_and(|d| d != n) {
                 return Err(Error::Transient {

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod build;
 pub mod diff;
+pub mod mljob;
 pub mod observe;
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,10 @@ impl Owner {
     /// The pseudo-owner of objects installed by `dga-operator setup` (no namespace, so no
     /// DgaModel can collide with it).
     pub fn cli() -> Owner {
-        Owner { namespace: String::new(), name: "dga-operator-cli".into(), uid: String::new() }
+        Owner {
+            namespace: String::new(),
+            name: "dga-operator-cli".into(),
+            uid: String::new(),
+        }
     }
 }

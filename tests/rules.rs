@@ -1,0 +1,212 @@
+//! Detection rules through the controller: installed once, repaired, never duplicated, the
+//! user's enable/disable respected, unowned rules untouched, Kibana outages isolated.
+
+mod support;
+
+use std::time::Duration;
+
+use dga_operator::controller::Settings;
+use dga_standin::StandinConfig;
+use dga_standin::bundle::Layout;
+use kube::api::DeleteParams;
+use serde_json::{Value, json};
+use support::{Env, wait_for};
+
+const PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
+const ML_RULE: &str = "ff0d807d-869b-4a0d-a493-52bc46d2f1b1";
+
+fn spec(tag: &str) -> Value {
+    json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
+}
+
+fn kibana_writes(env: &Env) -> Vec<String> {
+    env.standin
+        .requests()
+        .iter()
+        .filter(|r| r.service == dga_standin::Service::Kibana && r.is_write())
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect()
+}
+
+fn rule(env: &Env, id: &str) -> Option<Value> {
+    env.standin
+        .rules("default")
+        .into_iter()
+        .find(|r| r["rule_id"] == id)
+}
+
+async fn fast_env(prefix: &str) -> Env {
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    Env::start_with(prefix, StandinConfig::default(), settings).await
+}
+
+#[tokio::test]
+async fn rules_installed_once_repaired_and_the_users_choice_kept() {
+    let env = fast_env("rules-main").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1); // v1 ships no rules: the built-in set
+    env.secret("es", "changeme").await;
+    // Someone else's rule with the package tag: never touched.
+    let foreign = json!({"rule_id": "00000000-0000-4000-8000-000000000001", "name": "team rule", "description": "d",
+        "type": "query", "query": "ml_is_dga.malicious_prediction:1", "language": "kuery", "risk_score": 50,
+        "severity": "medium", "tags": ["ML-DGA"], "index": ["packetbeat-*"]});
+    env.standin.put_rule("default", foreign.clone());
+
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
+        .await;
+    let st = m.status.unwrap();
+    assert_eq!(st.rules.as_deref(), Some("4/4"));
+    assert!(dga_operator::status::is_true(
+        &st.conditions,
+        "KibanaReachable"
+    ));
+    let ours: Vec<Value> = env
+        .standin
+        .rules("default")
+        .into_iter()
+        .filter(|r| r["rule_id"] != foreign["rule_id"])
+        .collect();
+    assert_eq!(ours.len(), 4, "four rules, no duplicates");
+    for r in &ours {
+        let tags = r["tags"].to_string();
+        assert!(
+            tags.contains("ML-DGA")
+                && tags.contains(&format!("dga-operator:owner:{}/dga", env.ns.name)),
+            "{tags}"
+        );
+    }
+    // The ML rule's job and datafeed exist and run.
+    assert!(
+        env.standin.jobs().contains_key("dga_high_sum_probability"),
+        "{:?}",
+        env.standin.jobs().keys()
+    );
+    assert!(
+        env.standin
+            .datafeeds()
+            .contains_key("datafeed-dga_high_sum_probability")
+    );
+
+    // Quiet: resyncs write nothing to Kibana.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        env.standin
+            .requests()
+            .iter()
+            .any(|r| r.service == dga_standin::Service::Kibana),
+        "resyncs ran"
+    );
+    assert!(kibana_writes(&env).is_empty(), "{:?}", kibana_writes(&env));
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+
+    // The user disables a rule by hand: it stays disabled.
+    let mut disabled = rule(&env, PREDICTION).unwrap();
+    disabled["enabled"] = false.into();
+    env.standin.put_rule("default", disabled);
+    // A rule edited by hand is repaired, keeping the user's enabled flag.
+    let mut edited = rule(&env, PREDICTION).unwrap();
+    let good_query = edited["query"].clone();
+    edited["query"] = "*".into();
+    env.standin.put_rule("default", edited);
+    let repaired = wait_for(Duration::from_secs(20), || async {
+        (rule(&env, PREDICTION)?["query"] == good_query).then_some(())
+    })
+    .await;
+    assert!(repaired.is_some(), "query repaired");
+    assert_eq!(
+        rule(&env, PREDICTION).unwrap()["enabled"],
+        false,
+        "the user's choice is kept"
+    );
+
+    // A rule deleted by hand comes back.
+    env.standin.delete_rule("default", ML_RULE);
+    let back = wait_for(Duration::from_secs(20), || async { rule(&env, ML_RULE) }).await;
+    assert!(back.is_some(), "deleted rule restored");
+    assert_eq!(
+        env.standin
+            .rules("default")
+            .iter()
+            .filter(|r| r["rule_id"] == ML_RULE)
+            .count(),
+        1
+    );
+
+    // Delete removes ours only.
+    env.models_api()
+        .delete("dga", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("dga").await;
+    let left = env.standin.rules("default");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["rule_id"], foreign["rule_id"]);
+    assert!(env.standin.jobs().is_empty() && env.standin.datafeeds().is_empty());
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn selected_rules_skip_the_job_and_a_space_is_honoured() {
+    let env = Env::start("rules-select").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let mut s = spec(&rel.tag);
+    s["rules"] = json!({"ruleIds": [PREDICTION], "space": "secops", "enableNewRules": false, "index": ["dns-*"]});
+    env.apply("dga", s).await;
+    let m = env
+        .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "RulesInstalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("no anomaly job"), "{msg}");
+    let rules = env.standin.rules("secops");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["enabled"], false);
+    assert_eq!(rules[0]["index"], json!(["dns-*"]));
+    assert!(env.standin.rules("default").is_empty());
+    assert!(env.standin.jobs().is_empty());
+    // An unknown rule_id is a spec error.
+    let mut bad = spec(&rel.tag);
+    bad["rules"] = json!({"ruleIds": ["nope"]});
+    env.apply("dga", bad).await;
+    env.wait_condition("dga", "Stalled", "True", Some("InvalidSpec"))
+        .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn kibana_down_does_not_hold_back_elasticsearch() {
+    let env = Env::start("rules-kbdown").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.standin.set_kibana_down(true);
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "KibanaReachable", "False", None)
+        .await;
+    let st = m.status.unwrap();
+    assert!(dga_operator::status::is_true(
+        &st.conditions,
+        "ModelInstalled"
+    ));
+    assert!(dga_operator::status::is_true(
+        &st.conditions,
+        "PipelinesInstalled"
+    ));
+    let ready = dga_operator::status::get(&st.conditions, "Ready").unwrap();
+    assert_eq!(format!("{:?}", ready.status), "False");
+    assert!(ready.message.contains("Kibana"), "{}", ready.message);
+    assert_eq!(env.standin.pipelines().len(), 2);
+    env.standin.set_kibana_down(false);
+    env.wait_ready("dga").await;
+    assert_eq!(env.standin.rules("default").len(), 4);
+    env.finish().await;
+}
