@@ -171,13 +171,13 @@ fn owner_of(obj: &DgaModel) -> Owner {
 }
 
 /// Well-known package ids (both layouts): checked on delete even when the status was lost.
-const KNOWN_PIPELINES: [&str; 4] = [
+pub const KNOWN_PIPELINES: [&str; 4] = [
     "dns_enrich_pipeline",
     "dns_dga_inference_enrich_pipeline",
     "ml_dga_ingest_pipeline",
     "ml_dga_inference_pipeline",
 ];
-const KNOWN_SCRIPTS: [&str; 4] = [
+pub const KNOWN_SCRIPTS: [&str; 4] = [
     "dga_ngrams_create",
     "dga_ngrams_transform_delete",
     "ml_dga_ngrams_create_script",

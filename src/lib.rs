@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod cli;
 pub mod controller;
 pub mod elasticsearch;
 pub mod engine;

@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 use dga_operator::bundle::fetch::Fetcher;
 use dga_operator::controller::{self, Context, Settings};
+use dga_operator::leader::{self, Elector, LeaseConfig};
+use dga_operator::metrics::Metrics;
+use dga_operator::server;
 
 /// Kubernetes operator for Elastic's ML-DGA (domain generation algorithm) detection package.
 #[derive(Parser)]
@@ -24,6 +27,14 @@ enum Command {
     Crd,
     /// Run the controller.
     Run(RunArgs),
+    /// Install the ML-DGA package (trained model, stored scripts, ingest pipelines) into
+    /// Elasticsearch from a release tag (-t) or an unpacked release folder (-d).
+    Setup(dga_operator::cli::SetupArgs),
+    /// Show what `setup` would create, update or delete, changing nothing (exit 2: changes
+    /// pending).
+    Plan(dga_operator::cli::PlanArgs),
+    /// Remove what `setup` installed: pipelines, then scripts, then the model.
+    Remove(dga_operator::cli::RemoveArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +74,19 @@ struct RunArgs {
     /// Upper bound of the per-object retry backoff.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     backoff_cap: Duration,
+    /// Run only while holding a coordination.k8s.io/v1 Lease, so that several replicas can run
+    /// with one active (the others stand by).
+    #[arg(long, env = "DGA_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "dga-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// How long in-flight reconciles may take to finish after SIGTERM.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 fn init_logs(format: &str) {
@@ -80,20 +104,73 @@ fn init_logs(format: &str) {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| dga_operator::cli::clap_exit(e));
     match cli.command {
         Command::Crd => print!("{}", dga_operator::api::crd_yaml()),
+        Command::Setup(args) => std::process::exit(dga_operator::cli::setup(args).await),
+        Command::Plan(args) => std::process::exit(dga_operator::cli::plan(args).await),
+        Command::Remove(args) => std::process::exit(dga_operator::cli::remove(args).await),
         Command::Run(args) => {
             init_logs(&cli.log_format);
             if let Err(e) = run(args).await {
                 eprintln!("dga-operator: {e}");
                 std::process::exit(1);
             }
+            // Reconcilers abandoned after --shutdown-timeout must not hold the exit.
+            std::process::exit(0);
         }
     }
 }
 
+/// Resolves on the first SIGTERM or ctrl-c (registered at once, so a signal during startup or
+/// while standing by is not lost).
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
+    let mut shutdown = shutdown_signal();
+    let metrics = Arc::new(Metrics::new());
+    metrics.install_request_observer();
+    metrics.health.beat();
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr)
+        .await
+        .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
+    let (stop_server, server_stop) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, metrics.clone(), server_stop));
+    // The process's own heartbeat for /healthz (the elector beats too).
+    let heartbeat = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.health.beat();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let result = operate(&args, metrics.clone(), &mut shutdown).await;
+    heartbeat.abort();
+    let _ = stop_server.send(true);
+    let _ = server.await;
+    result
+}
+
+async fn operate(
+    args: &RunArgs,
+    metrics: Arc<Metrics>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
@@ -117,11 +194,73 @@ async fn run(args: RunArgs) -> Result<(), String> {
         namespace: args.namespace.clone(),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context::new(client, fetcher, settings));
+    let ctx =
+        Arc::new(Context::new(client.clone(), fetcher, settings).with_metrics(metrics.clone()));
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "dga-operator starting"
     );
-    controller::run(ctx).await;
+
+    let mut elector = None;
+    if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "default".to_string());
+        let cfg = LeaseConfig::new(&args.lease_name, &namespace, &leader::default_identity());
+        tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), identity = cfg.identity, "waiting for the leader lease");
+        let mut e = Elector::new(client.clone(), cfg);
+        tokio::select! {
+            _ = e.acquire(&metrics.health) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+        elector = Some(e);
+    }
+
+    // The controller handles SIGTERM itself (graceful: in-flight reconciles finish); the lease
+    // is renewed throughout, and given up once the controller has stopped.
+    let lost = {
+        let controller = controller::run(ctx);
+        tokio::pin!(controller);
+        let keep = async {
+            match elector.as_mut() {
+                Some(e) => e.keep(&metrics.health).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(keep);
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = &mut controller => break None,
+                why = &mut keep => break Some(why),
+                _ = shutdown.wait_for(|s| *s), if drain_deadline.is_none() => {
+                    drain_deadline = Some(tokio::time::Instant::now() + args.shutdown_timeout);
+                }
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                    tracing::warn!("in-flight reconciles did not finish within {:?}; stopping anyway", args.shutdown_timeout);
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(why) = lost {
+        // Another instance may be reconciling now: stop at once, Kubernetes restarts us as a
+        // standby.
+        return Err(format!("lost leadership ({why}); exiting"));
+    }
+    if let Some(e) = elector.as_mut() {
+        match tokio::time::timeout(Duration::from_secs(5), e.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the leader lease"),
+            Err(_) => tracing::warn!("releasing the leader lease timed out"),
+        }
+    }
+    tracing::info!("dga-operator stopped");
     Ok(())
 }

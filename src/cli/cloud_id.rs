@@ -83,9 +83,7 @@ fn is_hostname(h: &str) -> bool {
     h.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     })
@@ -102,7 +100,11 @@ mod tests {
 
     #[test]
     fn default_port_and_both_services() {
-        let c = decode(&id("my-deployment", "us-central1.gcp.cloud.es.io$abc123$def456")).unwrap();
+        let c = decode(&id(
+            "my-deployment",
+            "us-central1.gcp.cloud.es.io$abc123$def456",
+        ))
+        .unwrap();
         assert_eq!(c.name, "my-deployment");
         assert_eq!(
             c.elasticsearch_url,
@@ -117,8 +119,14 @@ mod tests {
     #[test]
     fn port_in_host_part_and_uuid_override() {
         let c = decode(&id("x", "eu-west-1.aws.found.io:9243$es1$kb1")).unwrap();
-        assert_eq!(c.elasticsearch_url, "https://es1.eu-west-1.aws.found.io:9243");
-        assert_eq!(c.kibana_url.unwrap(), "https://kb1.eu-west-1.aws.found.io:9243");
+        assert_eq!(
+            c.elasticsearch_url,
+            "https://es1.eu-west-1.aws.found.io:9243"
+        );
+        assert_eq!(
+            c.kibana_url.unwrap(),
+            "https://kb1.eu-west-1.aws.found.io:9243"
+        );
         let c = decode(&id("x", "host.example:9243$es1:9200$kb1")).unwrap();
         assert_eq!(c.elasticsearch_url, "https://es1.host.example:9200");
         assert_eq!(c.kibana_url.unwrap(), "https://kb1.host.example:9243");
@@ -152,7 +160,10 @@ mod tests {
             (id("n", "host.example:abc$es$kb"), "not a valid port"),
             (id("n", "bad host$es$kb"), "host"),
             (id("n", "host.example$e/s$kb"), "Elasticsearch id"),
-            (format!("n:{}", STANDARD.encode([0xff, 0xfe, b'$', b'a'])), "UTF-8"),
+            (
+                format!("n:{}", STANDARD.encode([0xff, 0xfe, b'$', b'a'])),
+                "UTF-8",
+            ),
         ] {
             let e = decode(&raw).unwrap_err();
             assert!(e.contains(needle), "{raw}: {e}");

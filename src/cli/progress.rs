@@ -98,7 +98,14 @@ impl Out {
                 pb.set_position(n);
             }
         });
-        (hook, Download { state, label, fancy })
+        (
+            hook,
+            Download {
+                state,
+                label,
+                fancy,
+            },
+        )
     }
 }
 

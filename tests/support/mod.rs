@@ -381,3 +381,13 @@ impl Drop for Env {
 pub fn cache_dir(env: &Env) -> PathBuf {
     env.dir.path().join("cache")
 }
+
+impl Env {
+    /// Like `start`, but runs no controller in this process: for tests that run the operator
+    /// binary as a subprocess against the same namespace and stand-in.
+    pub async fn start_without_controller(prefix: &str) -> Env {
+        let mut env = Self::start_with(prefix, StandinConfig::default(), Settings::default()).await;
+        env.stop_controller();
+        env
+    }
+}

@@ -311,7 +311,7 @@ pub fn rules_json() -> Vec<(String, Value)> {
             "dga_predicted_rule".into(),
             query_rule(
                 "f3403393-1fd9-4686-8f6e-596c58bc00b4",
-                "Machine Learning Detected a DNS Request Predicted to be a DGA Domain",
+                "Test release rule: DNS question predicted DGA",
                 "ml_is_dga.malicious_prediction:1 and not dns.question.registered_domain:avsvmcloud.com",
                 21,
                 "low",
@@ -321,7 +321,7 @@ pub fn rules_json() -> Vec<(String, Value)> {
             "dga_high_probability_rule".into(),
             query_rule(
                 "da7f5803-1cd4-42fd-a890-0173ae80ac69",
-                "Machine Learning Detected a DNS Request With a High DGA Probability Score",
+                "Test release rule: DNS question with a high DGA probability",
                 "ml_is_dga.malicious_probability > 0.98",
                 21,
                 "low",
@@ -331,7 +331,7 @@ pub fn rules_json() -> Vec<(String, Value)> {
             "dga_sunburst_rule".into(),
             query_rule(
                 "bcaa15ce-2d41-44d7-a322-918f9db77766",
-                "Machine Learning Detected DGA activity using a known SUNBURST DNS domain",
+                "Test release rule: DGA-looking lookup of the SUNBURST domain",
                 "ml_is_dga.malicious_prediction:1 and dns.question.registered_domain:avsvmcloud.com",
                 73,
                 "high",
@@ -341,8 +341,8 @@ pub fn rules_json() -> Vec<(String, Value)> {
             "dga_high_sum_probability_rule".into(),
             json!({
                 "rule_id": "ff0d807d-869b-4a0d-a493-52bc46d2f1b1",
-                "name": "Potential DGA Activity", "type": "machine_learning",
-                "description": "Potential DGA Activity (dga-standin test rule)",
+                "name": "Test release rule: unusual sum of DGA probability per source", "type": "machine_learning",
+                "description": "Rule shipped in a dga-standin test release.",
                 "machine_learning_job_id": "dga_high_sum_probability", "anomaly_threshold": 70,
                 "risk_score": 21, "severity": "low", "from": "now-45m", "interval": "15m",
                 "enabled": false, "version": 1, "author": ["Elastic"], "license": "Elastic License v2",

@@ -57,6 +57,13 @@ struct Args {
     /// Repository for --publish.
     #[arg(long, default_value = "elastic/detection-rules")]
     repo: String,
+    /// Generate a test release with the release builder and publish it (repeatable), e.g.
+    /// `ML-DGA-20210126-1` or `ML-DGA-20210126-1:v1` for layout v1. Written under --out-dir.
+    #[arg(long, value_name = "TAG[:v1|v2]")]
+    generate: Vec<String>,
+    /// Folder for generated releases (default: a temporary folder).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -97,6 +104,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             assets.push((format!("manifest-{tag}.json"), manifest));
         }
         s.publish_release_files(&a.repo, tag, assets)?;
+    }
+    let tmp = std::env::temp_dir().join(format!("dga-standin-releases-{}", std::process::id()));
+    let out_dir = a.out_dir.clone().unwrap_or(tmp);
+    for g in &a.generate {
+        let (tag, layout) = match g.split_once(':') {
+            Some((t, "v1")) => (t, dga_standin::bundle::Layout::V1),
+            Some((t, "v2")) | Some((t, "")) => (t, dga_standin::bundle::Layout::V2),
+            Some((_, other)) => {
+                return Err(format!("--generate: unknown layout `{other}` (v1 or v2)").into());
+            }
+            None => (g.as_str(), dga_standin::bundle::Layout::V2),
+        };
+        let spec = dga_standin::bundle::BundleSpec::small(tag, layout);
+        let rel = dga_standin::bundle::write_release(&spec, &out_dir.join(tag))?;
+        s.publish_release_files(
+            &a.repo,
+            tag,
+            vec![
+                (format!("{tag}.zip"), rel.zip_path.clone()),
+                (format!("manifest-{tag}.json"), rel.manifest_path.clone()),
+            ],
+        )?;
+        println!("RELEASE={tag} sha256={}", rel.zip_sha256);
     }
     let admin = s.start_admin(&a.host, a.admin_port).await?;
     println!("STANDIN=dga-standin (TEST STAND-IN, not Elasticsearch/Kibana/GitHub)");

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The main job in one command: a local Kubernetes control plane (real kube-apiserver + etcd on
+# loopback), an Elasticsearch/Kibana/GitHub-releases STAND-IN (or your real stack), the operator,
+# and an example DgaModel, waited on until Ready. Prints `kubectl get dgamodels` and the objects
+# the operator installed, then stops everything it started.
+#
+# Real stack instead of the stand-in:
+#   DGA_ES_URL=https://es:9200 DGA_ES_USER=elastic DGA_ES_PASSWORD=... [DGA_ES_API_KEY=...]
+#   [DGA_KIBANA_URL=https://kb:5601] [DGA_CA_CERT=ca.pem] deploy/quickstart.sh
+# Releases come from the stand-in's releases API (a generated test release) unless
+# DGA_GITHUB_API is set (e.g. https://api.github.com) together with DGA_TAG.
+# DGA_KEEP=1 leaves everything running and prints how to reach it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TAG=${DGA_TAG:-ML-DGA-20210126-1}
+say() { printf '\n==> %s\n' "$*"; }
+
+say "Preparing the local control plane and building (first run: ~5 min kube-apiserver build, then cached)"
+tests/testbed/k8s.sh assets >/dev/null
+cargo build --locked --bins -q
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/dga-quickstart.XXXXXX")
+pids=()
+cleanup() {
+  if [ -n "${DGA_KEEP:-}" ]; then
+    echo "left running (DGA_KEEP=1): KUBECONFIG=$work/k8s/kubeconfig; stop with: kill ${pids[*]:-}; tests/testbed/k8s.sh down $work/k8s"
+    return
+  fi
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  tests/testbed/k8s.sh down "$work/k8s" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "Starting kube-apiserver, etcd and kube-controller-manager on loopback"
+export KUBECONFIG
+KUBECONFIG=$(tests/testbed/k8s.sh up "$work/k8s")
+kubectl apply -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd/dgamodels.dgaoperator.io --timeout=30s >/dev/null
+
+say "Starting the Elasticsearch/Kibana/GitHub-releases stand-in (TEST STAND-IN, not a real stack)"
+generate=()
+[ -z "${DGA_GITHUB_API:-}" ] && generate=(--generate "$TAG")
+./target/debug/dga-standin --es-port 0 --kibana-port 0 --github-port 0 --admin-port 0 \
+  "${generate[@]}" --out-dir "$work/releases" >"$work/standin.out" 2>"$work/standin.log" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q '^ADMIN_URL=' "$work/standin.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^ADMIN_URL=' "$work/standin.out" || { cat "$work/standin.log" >&2; echo "stand-in did not start" >&2; exit 1; }
+val() { sed -n "s/^$1=//p" "$work/standin.out"; }
+GITHUB_API=${DGA_GITHUB_API:-$(val GITHUB_URL)}
+
+if [ -n "${DGA_ES_URL:-}" ]; then
+  ES_URL=$DGA_ES_URL
+  KIBANA_URL=${DGA_KIBANA_URL:-}
+  echo "using the real Elasticsearch at $ES_URL${KIBANA_URL:+ and Kibana at $KIBANA_URL}"
+else
+  ES_URL=$(val ES_URL)
+  KIBANA_URL=$(val KIBANA_URL)
+  DGA_ES_USER=elastic
+  DGA_ES_PASSWORD=changeme
+fi
+
+say "Creating the cluster Secret and starting the operator"
+secret_args=(--from-literal=url="$ES_URL")
+if [ -n "${DGA_ES_API_KEY:-}" ]; then
+  secret_args+=(--from-literal=api-key="$DGA_ES_API_KEY")
+else
+  secret_args+=(--from-literal=username="${DGA_ES_USER:-elastic}" --from-literal=password="${DGA_ES_PASSWORD:?set DGA_ES_PASSWORD or DGA_ES_API_KEY}")
+fi
+[ -n "$KIBANA_URL" ] && secret_args+=(--from-literal=kibana-url="$KIBANA_URL")
+[ -n "${DGA_CA_CERT:-}" ] && secret_args+=(--from-file=ca.crt="$DGA_CA_CERT")
+kubectl create namespace dga-demo >/dev/null
+kubectl -n dga-demo create secret generic es "${secret_args[@]}" >/dev/null
+
+./target/debug/dga-operator run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
+  --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
+pids+=($!)
+
+say "Applying a DgaModel for $TAG"
+kubectl apply -f - <<EOF
+apiVersion: dgaoperator.io/v1alpha1
+kind: DgaModel
+metadata:
+  name: dga
+  namespace: dga-demo
+spec:
+  releaseTag: $TAG
+  clusterRef:
+    secretName: es
+EOF
+
+if ! kubectl -n dga-demo wait --for=condition=Ready dgamodel/dga --timeout=180s >/dev/null; then
+  kubectl -n dga-demo get dgamodel dga -o yaml >&2
+  tail -n 30 "$work/operator.log" >&2
+  exit 1
+fi
+
+say "kubectl get dgamodels"
+kubectl get dgamodels -A
+
+say "Conditions and events"
+kubectl -n dga-demo get dgamodel dga -o jsonpath='{range .status.conditions[*]}{.type}{"="}{.status}{" ("}{.reason}{")"}{"\n"}{end}'
+kubectl -n dga-demo get events.events.k8s.io --field-selector regarding.name=dga \
+  -o custom-columns=TYPE:.type,REASON:.reason,NOTE:.note --no-headers 2>/dev/null || true
+
+say "Objects installed"
+auth=()
+if [ -n "${DGA_ES_API_KEY:-}" ]; then auth=(-H "Authorization: ApiKey $DGA_ES_API_KEY")
+else auth=(-u "${DGA_ES_USER:-elastic}:${DGA_ES_PASSWORD}"); fi
+ca=()
+[ -n "${DGA_CA_CERT:-}" ] && ca=(--cacert "$DGA_CA_CERT")
+model=$(kubectl -n dga-demo get dgamodel dga -o jsonpath='{.status.modelId}')
+objects=$(kubectl -n dga-demo get dgamodel dga -o jsonpath='{.status.objects}')
+echo "status.objects: $objects"
+echo "trained model:   $(curl -fsS "${ca[@]}" "${auth[@]}" "$ES_URL/_ml/trained_models/$model" | python3 -c 'import json,sys; m=json.load(sys.stdin)["trained_model_configs"][0]; print(m["model_id"], "tags:", m.get("tags"))')"
+echo "ingest pipelines: $(curl -fsS "${ca[@]}" "${auth[@]}" "$ES_URL/_ingest/pipeline" | python3 -c 'import json,sys; print(", ".join(k for k,v in json.load(sys.stdin).items() if "dga_operator" in json.dumps(v.get("_meta",{}))))')"
+if [ -n "$KIBANA_URL" ]; then
+  echo "detection rules: $(curl -fsS "${ca[@]}" "${auth[@]}" -H 'kbn-xsrf: true' "$KIBANA_URL/api/detection_engine/rules/_find?per_page=100" | python3 -c 'import json,sys; print("; ".join(r["name"] for r in json.load(sys.stdin)["data"]))')"
+fi
+say "Done: the operator installed $TAG and reports Ready."

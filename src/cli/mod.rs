@@ -1,0 +1,834 @@
+//! The one-shot CLI, successor of detection-rules' `setup-dga-model` / `remove-dga-model`:
+//!
+//! ```text
+//! dga-operator setup  (-t TAG | -d DIR) [--overwrite] CONNECTION [RELEASE SOURCE]
+//! dga-operator plan   (-t TAG | -d DIR) [--overwrite] CONNECTION [RELEASE SOURCE]
+//! dga-operator remove CONNECTION
+//! ```
+//!
+//! All three run the same engine as the controller (`engine::build/observe/diff/apply`,
+//! `engine::cleanup`) with the pseudo-owner `Owner::cli()`, so what `setup` installs carries the
+//! CLI's marker and `remove` removes exactly that.
+//!
+//! Exit codes (also printed by `--help`):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; for `plan`: nothing to change |
+//! | 1 | unexpected error (a request Elasticsearch refused, an internal error) |
+//! | 2 | `plan` only: changes are pending (`setup` would make them) |
+//! | 3 | usage or bad input (arguments, tag, cloud id, URL, CA file, folder) |
+//! | 4 | cannot connect or authenticate (unreachable, TLS, 401/403, timeouts) |
+//! | 5 | licence or version not sufficient (needs platinum, enterprise or trial; ES 7.10+) |
+//! | 6 | conflict: objects with the package's ids that setup may not replace |
+//! | 7 | release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle) |
+//!
+//! Errors are one line `dga-operator: <message>`, sometimes followed by `hint: <advice>`, on
+//! stderr. Passwords and API keys are never printed.
+
+pub mod cloud_id;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::api::{RELEASE_TAG_PATTERN, ReleaseSource};
+use crate::bundle::fetch::{Fetcher, Request};
+use crate::bundle::{self, Bundle, Layout, Limits};
+use crate::controller::{KNOWN_PIPELINES, KNOWN_SCRIPTS};
+use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
+use crate::engine::{self, Action, Owner, Plan, observe::Ids};
+use crate::error::{Error, Service};
+use crate::target::{Auth, Endpoint, Sensitive};
+use progress::Out;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_UNEXPECTED: i32 = 1;
+pub const EXIT_CHANGES_PENDING: i32 = 2;
+pub const EXIT_USAGE: i32 = 3;
+pub const EXIT_CONNECTION: i32 = 4;
+pub const EXIT_LICENSE: i32 = 5;
+pub const EXIT_CONFLICT: i32 = 6;
+pub const EXIT_RELEASE: i32 = 7;
+
+/// The exit-code table shown after `--help` of `setup`, `plan` and `remove`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success (plan: nothing to change)
+  1  unexpected error
+  2  plan: changes pending
+  3  usage or bad input (arguments, tag, cloud id, URL, CA file, folder)
+  4  cannot connect or authenticate (unreachable host, TLS, 401/403, timeout)
+  5  licence or version not sufficient (platinum, enterprise or trial; Elasticsearch 7.10+)
+  6  conflict: objects in the way (rerun with --overwrite to take them over)
+  7  release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle)";
+
+/// How to reach Elasticsearch (and Kibana). Same options as the old detection-rules CLI.
+#[derive(clap::Args, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// Elasticsearch URL, e.g. https://localhost:9200.
+    #[arg(short = 'u', long = "elasticsearch-url", value_name = "URL")]
+    pub elasticsearch_url: Option<String>,
+    /// Elastic Cloud deployment id (`name:base64…`), instead of --elasticsearch-url.
+    #[arg(long, value_name = "ID")]
+    pub cloud_id: Option<String>,
+    /// User for basic authentication.
+    #[arg(long, value_name = "NAME", default_value = "elastic")]
+    pub user: String,
+    /// Password of --user. Prompted for (without echo) when neither it nor --api-key is given
+    /// and stdin is a terminal.
+    #[arg(
+        short = 'p',
+        long = "es-password",
+        value_name = "PASSWORD",
+        env = "DGA_ES_PASSWORD",
+        hide_env_values = true
+    )]
+    pub es_password: Option<String>,
+    /// API key (the base64 `encoded` value Elasticsearch returns), instead of a password.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "DGA_ES_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// PEM file of the CA that signed the cluster's certificate (added to the system roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Timeout of one request to Elasticsearch, e.g. 30s or 5m.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Kibana URL (derived from --cloud-id when omitted). Validated; reserved for installing the
+    /// package's detection rules.
+    #[arg(long, value_name = "URL")]
+    pub kibana_url: Option<String>,
+}
+
+/// Which release, and where it comes from.
+#[derive(clap::Args, Clone)]
+pub struct ReleaseArgs {
+    /// Release tag to install, e.g. ML-DGA-20211124-1 (looked up in the GitHub releases).
+    #[arg(
+        short = 't',
+        long = "model-tag",
+        visible_alias = "tag",
+        value_name = "TAG"
+    )]
+    pub tag: Option<String>,
+    /// Folder holding an unpacked release (the tag folder itself, or a folder containing it).
+    #[arg(
+        short = 'd',
+        long = "model-dir",
+        visible_alias = "dir",
+        value_name = "DIR"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Take over objects with the package's ids that dga-operator did not install (for example
+    /// left by the old setup-dga-model). They are replaced in place, without a gap.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// GitHub API base URL (GitHub Enterprise, a mirror).
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://api.github.com",
+        env = "DGA_GITHUB_API",
+        help_heading = "Release source"
+    )]
+    pub github_api: String,
+    /// GitHub repository holding the release (default elastic/detection-rules).
+    #[arg(long, value_name = "OWNER/NAME", help_heading = "Release source")]
+    pub repository: Option<String>,
+    /// Download the release zip from this URL (a mirror) instead of looking the tag up.
+    #[arg(long, value_name = "URL", help_heading = "Release source")]
+    pub url: Option<String>,
+    /// Expected sha256 of the release zip; a download that differs is refused.
+    #[arg(long, value_name = "HEX", help_heading = "Release source")]
+    pub sha256: Option<String>,
+    /// Where downloads and opened releases are cached
+    /// [default: ${XDG_CACHE_HOME:-~/.cache}/dga-operator].
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DGA_CACHE_DIR",
+        help_heading = "Release source"
+    )]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `dga-operator setup`: install (or upgrade, or repair) the package.
+#[derive(clap::Args, Clone)]
+#[command(
+    after_help = EXIT_CODES_HELP,
+    override_usage = "dga-operator setup (-t TAG | -d DIR) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
+)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// `dga-operator plan`: what `setup` would do, changing nothing.
+#[derive(clap::Args, Clone)]
+#[command(
+    after_help = EXIT_CODES_HELP,
+    override_usage = "dga-operator plan (-t TAG | -d DIR) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
+)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// `dga-operator remove`: remove what `setup` installed.
+#[derive(clap::Args, Clone)]
+#[command(
+    after_help = EXIT_CODES_HELP,
+    override_usage = "dga-operator remove (-u URL | --cloud-id ID) [OPTIONS]"
+)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// A failure to report: exit code, one-line message, optional hint.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+    fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+
+    /// Prints the failure on stderr and returns its exit code.
+    pub fn report(&self) -> i32 {
+        let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+        eprintln!("dga-operator: {}", one_line(&self.message));
+        if let Some(h) = &self.hint {
+            eprintln!("hint: {}", one_line(h));
+        }
+        self.code
+    }
+}
+
+/// The exit code for an engine error (from its stable `reason()`).
+pub fn exit_code(e: &Error) -> i32 {
+    let releases = e.service() == Some(Service::Releases);
+    match e.reason() {
+        "InvalidSpec" | "SecretInvalid" | "SecretNotFound" => EXIT_USAGE,
+        "Unreachable" | "Unauthorized" | "TransientError" if releases => EXIT_RELEASE,
+        "Unreachable" | "Unauthorized" | "TransientError" => EXIT_CONNECTION,
+        "LicenseInsufficient" | "VersionUnsupported" => EXIT_LICENSE,
+        "Conflict" => EXIT_CONFLICT,
+        "ReleaseNotFound" | "InvalidRelease" | "InvalidBundle" | "ChecksumMismatch" => EXIT_RELEASE,
+        "RequestRejected" if releases => EXIT_RELEASE,
+        _ => EXIT_UNEXPECTED,
+    }
+}
+
+/// Engine messages speak of the DgaModel spec; say it with the CLI's flags.
+fn cli_wording(s: &str) -> String {
+    s.replace("spec.source.sha256", "--sha256")
+        .replace("spec.releaseTag", "-t/--model-tag")
+        .replace("the spec asks for", "the command asks for")
+        .replace(" (set overwrite: true to replace it)", "")
+        .replace("by this DgaModel", "by dga-operator setup")
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = exit_code(&e);
+        let hint = match e.reason() {
+            "Unauthorized" if e.service() == Some(Service::Elasticsearch) => {
+                Some("check --user and -p/--es-password (or DGA_ES_PASSWORD), or use --api-key")
+            }
+            "Unreachable" if e.service() == Some(Service::Elasticsearch) => Some(
+                "check -u/--elasticsearch-url or --cloud-id, --ca-cert, and that the cluster is up",
+            ),
+            "Unreachable" | "TransientError" if e.service() == Some(Service::Releases) => {
+                Some("check --github-api / --url, or install from an unpacked release with -d DIR")
+            }
+            "LicenseInsufficient" => Some(
+                "machine learning inference needs a platinum or enterprise licence, or a trial (POST /_license/start_trial?acknowledge=true)",
+            ),
+            "ReleaseNotFound" => Some(
+                "check the tag (releases of elastic/detection-rules named ML-DGA-YYYYMMDD-N) or --repository",
+            ),
+            "ChecksumMismatch" => Some(
+                "the download was discarded and nothing was installed; check --sha256 and the source",
+            ),
+            "InvalidBundle" => Some(
+                "a release folder holds the model, two stored scripts and two ingest pipelines in the layout of an ML-DGA release",
+            ),
+            _ => None,
+        };
+        Failure {
+            code,
+            message: cli_wording(&e.to_string()),
+            hint: hint.map(str::to_string),
+        }
+    }
+}
+
+/// Turns a clap error into the CLI's error format and exit code (3 for usage errors); help and
+/// version go to stdout with exit 0.
+pub fn clap_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            std::process::exit(EXIT_USAGE);
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim()
+                .trim_start_matches("error:")
+                .trim()
+                .to_string();
+            // The subcommand the user typed, for the hint.
+            let sub = std::env::args()
+                .skip(1)
+                .find(|a| ["setup", "plan", "remove", "run", "crd"].contains(&a.as_str()));
+            let cmd = match sub {
+                Some(s) => format!("dga-operator {s}"),
+                None => "dga-operator".to_string(),
+            };
+            std::process::exit(
+                Failure::usage(first)
+                    .hint(format!("see '{cmd} --help'"))
+                    .report(),
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// Where Elasticsearch (and Kibana) are, checked before any request.
+struct Connection {
+    es: Endpoint,
+    #[allow(dead_code)]
+    kibana: Option<Endpoint>,
+    timeout: Duration,
+    /// No credentials were given (for the hint on a 401).
+    anonymous: bool,
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn connection(c: &ConnectionArgs) -> Result<Connection, Failure> {
+    let (url, url_flag, cloud_kibana) =
+        match (non_empty(&c.elasticsearch_url), non_empty(&c.cloud_id)) {
+            (Some(_), Some(_)) => {
+                return Err(Failure::usage(
+                    "give either -u/--elasticsearch-url or --cloud-id, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Failure::usage("no Elasticsearch given")
+                    .hint("give -u/--elasticsearch-url URL or --cloud-id ID"));
+            }
+            (Some(u), None) => (u.to_string(), "--elasticsearch-url", None),
+            (None, Some(id)) => {
+                let cloud = cloud_id::decode(id)
+                    .map_err(|why| Failure::usage(format!("--cloud-id is malformed: {why}")))?;
+                (cloud.elasticsearch_url, "--cloud-id", cloud.kibana_url)
+            }
+        };
+    let ca_pem = match &c.ca_cert {
+        None => None,
+        Some(path) => Some(read_ca(path)?),
+    };
+    let password = non_empty(&c.es_password);
+    let api_key = non_empty(&c.api_key);
+    let url_has_user = reqwest::Url::parse(&url)
+        .map(|u| !u.username().is_empty())
+        .unwrap_or(false);
+    let mut anonymous = false;
+    let auth = match (password, api_key) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::usage(
+                "give either -p/--es-password (DGA_ES_PASSWORD) or --api-key (DGA_ES_API_KEY), not both",
+            ));
+        }
+        (None, Some(k)) => Auth::ApiKey(Sensitive::new(k)),
+        (Some(p), None) => Auth::Basic {
+            username: c.user.clone(),
+            password: Sensitive::new(p),
+        },
+        (None, None) if url_has_user => Auth::None,
+        (None, None) if std::io::stdin().is_terminal() => {
+            let p = rpassword::prompt_password(format!("Elasticsearch password for {}: ", c.user))
+                .map_err(|e| Failure::usage(format!("cannot read the password: {e}")))?;
+            Auth::Basic {
+                username: c.user.clone(),
+                password: Sensitive::new(p),
+            }
+        }
+        (None, None) => {
+            anonymous = true;
+            Auth::None
+        }
+    };
+    let es = Endpoint::parse(&url, auth.clone(), ca_pem.clone(), url_flag)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let kibana = match non_empty(&c.kibana_url)
+        .map(str::to_string)
+        .or(cloud_kibana)
+    {
+        Some(k) => Some(
+            Endpoint::parse(&k, auth, ca_pem, "--kibana-url")
+                .map_err(|e| Failure::usage(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if c.timeout.is_zero() {
+        return Err(Failure::usage("--timeout must be more than 0s"));
+    }
+    Ok(Connection {
+        es,
+        kibana,
+        timeout: c.timeout,
+        anonymous,
+    })
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, Failure> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("--ca-cert {}: {e}", path.display())))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        _ => Err(Failure::usage(format!(
+            "--ca-cert {}: no PEM certificate found in the file",
+            path.display()
+        ))),
+    }
+}
+
+/// What to install.
+enum Source {
+    Tag {
+        tag: String,
+        source: Option<ReleaseSource>,
+    },
+    Dir(PathBuf),
+}
+
+fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
+    let from_github = r.repository.is_some() || r.url.is_some() || r.sha256.is_some();
+    match (non_empty(&r.tag), &r.dir) {
+        (Some(_), Some(_)) => Err(Failure::usage(
+            "give either -t/--model-tag TAG or -d/--model-dir DIR, not both",
+        )),
+        (None, None) => Err(Failure::usage("no release given").hint(
+            "give -t/--model-tag TAG (e.g. ML-DGA-20211124-1) or -d/--model-dir DIR (an unpacked release)",
+        )),
+        (None, Some(dir)) => {
+            if from_github {
+                return Err(Failure::usage(
+                    "--repository, --url and --sha256 go with -t/--model-tag, not -d/--model-dir",
+                ));
+            }
+            if !dir.is_dir() {
+                return Err(Failure::usage(format!(
+                    "-d/--model-dir {}: no such folder",
+                    dir.display()
+                )));
+            }
+            Ok(Source::Dir(dir.clone()))
+        }
+        (Some(tag), None) => {
+            let re = regex::Regex::new(RELEASE_TAG_PATTERN).expect("pattern");
+            if !re.is_match(tag) {
+                return Err(Failure::usage(format!(
+                    "-t/--model-tag `{tag}` is not a release tag of the form ML-DGA-YYYYMMDD-N"
+                ))
+                .hint("for example ML-DGA-20211124-1; see the releases of elastic/detection-rules"));
+            }
+            if let Some(repo) = &r.repository {
+                let ok = regex::Regex::new(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+                    .expect("pattern")
+                    .is_match(repo);
+                if !ok {
+                    return Err(Failure::usage(format!(
+                        "--repository `{repo}` is not of the form OWNER/NAME"
+                    )));
+                }
+            }
+            if let Some(url) = &r.url {
+                let ok = reqwest::Url::parse(url)
+                    .map(|u| matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(Failure::usage("--url must be an http or https URL"));
+                }
+            }
+            if let Some(sha) = &r.sha256 {
+                if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(Failure::usage("--sha256 must be 64 hexadecimal digits"));
+                }
+            }
+            let source = from_github.then(|| ReleaseSource {
+                repository: r.repository.clone(),
+                url: r.url.clone(),
+                sha256: r.sha256.clone(),
+            });
+            Ok(Source::Tag {
+                tag: tag.to_string(),
+                source,
+            })
+        }
+    }
+}
+
+fn cache_dir(r: &ReleaseArgs) -> Result<PathBuf, Failure> {
+    let dir = match &r.cache_dir {
+        Some(d) => d.clone(),
+        None => {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(|h| PathBuf::from(h).join(".cache"))
+                })
+                .ok_or_else(|| {
+                    Failure::usage("no cache folder: set --cache-dir, XDG_CACHE_HOME or HOME")
+                })?;
+            base.join("dga-operator")
+        }
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::usage(format!("--cache-dir {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps shared by the commands (the order of `controller::pass`).
+
+async fn open_release(out: &Out, r: &ReleaseArgs, source: &Source) -> Result<Bundle, Failure> {
+    let cache = cache_dir(r)?;
+    match source {
+        Source::Tag { tag, source } => {
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(600))
+                .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))?;
+            let mut fetcher = Fetcher::new(http, &r.github_api, cache);
+            fetcher.github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+            let (hook, download) = out.download(format!("downloading release {tag}"));
+            fetcher.on_download = Some(hook);
+            let res = fetcher
+                .fetch(Request {
+                    tag,
+                    source: source.as_ref(),
+                })
+                .await;
+            let downloaded = download.finish(res.is_ok());
+            let bundle = res?;
+            if !downloaded {
+                out.line(format!("release {tag}: using the cached copy"));
+            }
+            Ok(bundle)
+        }
+        Source::Dir(dir) => {
+            let src = std::fs::canonicalize(dir)
+                .map_err(|e| Failure::usage(format!("-d/--model-dir {}: {e}", dir.display())))?;
+            let opened = cache.join("bundles").join(format!(
+                "dir-{}",
+                hex::encode(Sha256::digest(src.as_os_str().as_encoded_bytes()))
+            ));
+            let label = format!("reading release folder {}", dir.display());
+            let res = out
+                .step(&label, async move {
+                    tokio::task::spawn_blocking(move || {
+                        bundle::open_dir(&src, &opened, &Limits::default())
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("bundle task: {e}")))?
+                    .map_err(Error::from)
+                })
+                .await;
+            Ok(res?)
+        }
+    }
+}
+
+/// `GET /`; `GET /_license` when `license` (setup and plan).
+async fn connect(
+    out: &Out,
+    conn: &Connection,
+    check_license: bool,
+) -> Result<(Elasticsearch, ClusterInfo), Failure> {
+    let es = Elasticsearch::new(conn.es.clone(), conn.timeout)?;
+    let on_err = |e: Error| -> Failure {
+        let anonymous_401 = conn.anonymous && e.reason() == "Unauthorized";
+        let mut f = Failure::from(e);
+        // Whatever Elasticsearch refuses here (not ES, a proxy page) is a connection problem.
+        if f.code == EXIT_UNEXPECTED {
+            f.code = EXIT_CONNECTION;
+        }
+        if anonymous_401 {
+            f.hint = Some(
+                "no credentials were given: use -p/--es-password (or DGA_ES_PASSWORD) with --user, or --api-key"
+                    .into(),
+            );
+        }
+        f
+    };
+    let info = es.info().await.map_err(on_err)?;
+    let mut line = format!("Elasticsearch {} at {}", info.version, es.url());
+    if check_license {
+        let license = es.license().await.map_err(on_err)?;
+        if !ML_LICENSES.contains(&license.as_str()) {
+            return Err(Error::LicenseInsufficient(license).into());
+        }
+        line.push_str(&format!(" (licence {license})"));
+    }
+    out.line(line);
+    Ok((es, info))
+}
+
+/// Ids worth reading for the CLI owner: what the release wants plus the package's well-known
+/// ids (so a CLI install of another layout is found, and replaced or cleaned up).
+fn known_ids() -> Ids {
+    let mut ids = Ids::default();
+    ids.scripts
+        .extend(KNOWN_SCRIPTS.iter().map(|s| s.to_string()));
+    ids.pipelines
+        .extend(KNOWN_PIPELINES.iter().map(|s| s.to_string()));
+    ids
+}
+
+struct Planned {
+    es: Elasticsearch,
+    desired: engine::Desired,
+    plan: Plan,
+}
+
+async fn make_plan(
+    out: &Out,
+    args: &ReleaseArgs,
+    conn: &ConnectionArgs,
+) -> Result<Planned, Failure> {
+    let source = release_source(args)?;
+    let conn = connection(conn)?;
+    let bundle = open_release(out, args, &source).await?;
+    out.line(format!(
+        "release {} (layout {}, model {}, sha256 {})",
+        bundle.tag,
+        match bundle.layout {
+            Layout::V1 => "v1",
+            Layout::V2 => "v2",
+        },
+        bundle.model.id,
+        &bundle.sha256[..bundle.sha256.len().min(12)]
+    ));
+    let (es, _info) = connect(out, &conn, true).await?;
+    let owner = Owner::cli();
+    let desired = engine::build(&bundle, &owner);
+    let recorded = Ids::default();
+    let mut ids = known_ids();
+    ids.models.insert(desired.model_id.clone());
+    ids.scripts
+        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
+    ids.pipelines
+        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+    let observed = engine::observe(&es, &ids).await?;
+    let plan = engine::diff(&desired, &observed, &recorded, args.overwrite);
+    Ok(Planned { es, desired, plan })
+}
+
+fn conflict_failure(plan: &Plan) -> Failure {
+    let list: Vec<String> = plan.conflicts.iter().map(|c| cli_wording(c)).collect();
+    let managed = list.iter().any(|c| c.contains("is managed by DgaModel"));
+    let foreign = list.iter().any(|c| !c.contains("is managed by DgaModel"));
+    let hint = match (foreign, managed) {
+        (true, false) => "nothing was changed; rerun with --overwrite to take these objects over",
+        (false, true) => {
+            "nothing was changed; these objects belong to a DgaModel in Kubernetes: change or delete that DgaModel instead"
+        }
+        _ => {
+            "nothing was changed; rerun with --overwrite to take over the objects not managed by a DgaModel; objects of a DgaModel must be released from Kubernetes"
+        }
+    };
+    Failure::new(EXIT_CONFLICT, format!("conflict: {}", list.join("; "))).hint(hint)
+}
+
+/// What an action does, as a progress line.
+fn label(a: &Action, d: &engine::Desired) -> String {
+    match a {
+        Action::PutModel { id, reason } => format!(
+            "uploading trained model {id} ({}, {reason})",
+            indicatif::HumanBytes(d.model.definition_len)
+        ),
+        Action::PutScript { id, reason } => format!("writing stored script {id} ({reason})"),
+        Action::PutPipeline { id, reason } => format!("writing ingest pipeline {id} ({reason})"),
+        Action::DeletePipeline { id, reason } => {
+            format!("deleting ingest pipeline {id} ({reason})")
+        }
+        Action::DeleteScript { id, reason } => format!("deleting stored script {id} ({reason})"),
+        Action::DeleteModel { id, reason } => format!("deleting trained model {id} ({reason})"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands. Each returns the process exit code, having printed its outcome.
+
+pub async fn setup(args: SetupArgs) -> i32 {
+    let out = Out::detect();
+    match setup_inner(&out, &args).await {
+        Ok(()) => EXIT_OK,
+        Err(f) => f.report(),
+    }
+}
+
+async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
+    let Planned { es, desired, plan } = make_plan(out, &args.release, &args.connection).await?;
+    if !plan.conflicts.is_empty() {
+        return Err(conflict_failure(&plan));
+    }
+    if plan.actions.is_empty() {
+        out.line(format!(
+            "nothing to do: release {} is installed and unchanged (model {})",
+            desired.release, desired.model_id
+        ));
+        return Ok(());
+    }
+    let mut warnings = Vec::new();
+    for action in &plan.actions {
+        // One action at a time through the engine, so each gets its own progress line.
+        let single = Plan {
+            actions: vec![action.clone()],
+            conflicts: vec![],
+        };
+        let applied = out
+            .step(
+                &label(action, &desired),
+                engine::apply(&es, &desired, &single),
+            )
+            .await
+            .map_err(|(_, e)| Failure::from(e))?;
+        warnings.extend(applied.warnings);
+    }
+    for w in &warnings {
+        out.line(format!("note: {w}"));
+    }
+    out.line(format!(
+        "installed release {} (model {}); enrich DNS data with ingest pipeline {}, e.g. \
+         output.elasticsearch.pipeline in packetbeat or index.default_pipeline",
+        desired.release,
+        desired.model_id,
+        desired.router_pipeline()
+    ));
+    Ok(())
+}
+
+pub async fn plan(args: PlanArgs) -> i32 {
+    let out = Out::detect();
+    match plan_inner(&out, &args).await {
+        Ok(code) => code,
+        Err(f) => f.report(),
+    }
+}
+
+async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
+    let Planned { desired, plan, .. } = make_plan(out, &args.release, &args.connection).await?;
+    if plan.actions.is_empty() && plan.conflicts.is_empty() {
+        out.line(format!(
+            "no changes: release {} is installed and unchanged (model {})",
+            desired.release, desired.model_id
+        ));
+        return Ok(EXIT_OK);
+    }
+    if !plan.actions.is_empty() {
+        out.line(format!(
+            "setup would make {} change(s):",
+            plan.actions.len()
+        ));
+        for a in &plan.actions {
+            out.line(format!("  {a}"));
+        }
+    }
+    if !plan.conflicts.is_empty() {
+        return Err(conflict_failure(&plan));
+    }
+    out.line("nothing was changed; run `dga-operator setup` with the same arguments to apply");
+    Ok(EXIT_CHANGES_PENDING)
+}
+
+pub async fn remove(args: RemoveArgs) -> i32 {
+    let out = Out::detect();
+    match remove_inner(&out, &args).await {
+        Ok(()) => EXIT_OK,
+        Err(f) => f.report(),
+    }
+}
+
+async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
+    let conn = connection(&args.connection)?;
+    let (es, _) = connect(out, &conn, false).await?;
+    let owner = Owner::cli();
+    let known = known_ids();
+    let removed = out
+        .step(
+            "removing what dga-operator setup installed",
+            engine::cleanup(&es, &owner, &Ids::default(), &known),
+        )
+        .await?;
+    if removed.is_empty() {
+        out.line("nothing to remove: no objects installed by dga-operator setup were found");
+    }
+    for r in &removed {
+        out.line(format!("removed {r}"));
+    }
+    // Objects with the package's ids that were not ours stay; say so.
+    let left = engine::observe(&es, &known).await?;
+    let mut kept: Vec<String> = Vec::new();
+    kept.extend(
+        left.pipelines
+            .keys()
+            .map(|id| format!("ingest pipeline {id}")),
+    );
+    kept.extend(left.scripts.keys().map(|id| format!("stored script {id}")));
+    if !kept.is_empty() {
+        out.line(format!(
+            "left in place (not installed by dga-operator setup): {}",
+            kept.join(", ")
+        ));
+    }
+    Ok(())
+}
