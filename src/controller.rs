@@ -141,7 +141,7 @@ pub async fn run(ctx: Arc<Context>) {
     };
     let concurrency = ctx.settings.concurrency;
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    ctx.metrics.watch(controller.store()); // metrics: objects gauge + readiness
+    ctx.metrics.watch(controller.store()); // metrics: objects gauge
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
@@ -477,12 +477,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             actions: applied.done.clone(),
             conflicts: vec![],
         };
-        ctx.metrics.drift_repaired(
-            done.actions
-                .iter()
-                .filter(|a| a.reason() == Reason::Repair)
-                .count(),
-        ); // metrics
+        ctx.metrics
+            .drift_repaired(crate::metrics::drift_repairs(&done, &known)); // metrics
         let (reason, verb) = if done.has(Reason::Upgrade) {
             (
                 "Upgraded",

@@ -222,6 +222,25 @@ async fn operate(
         elector = Some(e);
     }
 
+    if elector.is_none() {
+        // Ready once DgaModels can be listed (the watcher's first step); a standby is ready once
+        // it could read the Lease (set by the elector).
+        let api: kube::Api<dga_operator::api::DgaModel> = match &args.namespace {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                match api.list(&kube::api::ListParams::default().limit(1)).await {
+                    Ok(_) => break metrics.health.set_ready(),
+                    Err(e) => tracing::warn!(error = %e, "cannot list DgaModels"),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
     // The controller handles SIGTERM itself (graceful: in-flight reconciles finish); the lease
     // is renewed throughout, and given up once the controller has stopped.
     let lost = {

@@ -226,14 +226,19 @@ impl Metrics {
             .status
             .as_ref()
             .is_some_and(|s| s.installed_tag.is_some());
-        if !was_ready && !ever_installed && status::is_true(&after.conditions, READY) {
-            if let Some(created) = obj.metadata.creation_timestamp.as_ref() {
-                let secs = jiff::Timestamp::now()
-                    .duration_since(created.0)
-                    .as_secs_f64()
-                    .max(0.0);
-                self.time_to_ready.observe(secs);
-            }
+        let first_ready =
+            !was_ready && !ever_installed && status::is_true(&after.conditions, READY);
+        if let Some(created) = obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .filter(|_| first_ready)
+        {
+            let secs = jiff::Timestamp::now()
+                .duration_since(created.0)
+                .as_secs_f64()
+                .max(0.0);
+            self.time_to_ready.observe(secs);
         }
     }
 
@@ -261,16 +266,12 @@ impl Metrics {
         }
     }
 
-    /// Hands over the controller's cache: `dga_objects` is counted from it, and the process is
-    /// ready once its first list has arrived.
-    pub fn watch(self: &Arc<Self>, store: Store<DgaModel>) {
-        let _ = self.store.set(store.clone());
-        let me = self.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                me.health.set_ready();
-            }
-        });
+    /// Hands over the controller's cache: `dga_objects` is counted from it at scrape time.
+    ///
+    /// (Readiness is not taken from `Store::wait_until_ready`: its one-shot keeps a single
+    /// waker, so a second waiter would steal the controller's own wake-up.)
+    pub fn watch(&self, store: Store<DgaModel>) {
+        let _ = self.store.set(store);
     }
 
     fn refresh_objects(&self) {
@@ -296,6 +297,22 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Applied actions that undid a change made outside the operator: a `Repair`, or a re-create of
+/// an object the status records as installed (deleted by hand).
+pub fn drift_repairs(done: &crate::engine::Plan, recorded: &crate::engine::observe::Ids) -> usize {
+    use crate::engine::{Action, Reason};
+    done.actions
+        .iter()
+        .filter(|a| match (a.reason(), a) {
+            (Reason::Repair, _) => true,
+            (Reason::Create, Action::PutModel { id, .. }) => recorded.models.contains(id),
+            (Reason::Create, Action::PutScript { id, .. }) => recorded.scripts.contains(id),
+            (Reason::Create, Action::PutPipeline { id, .. }) => recorded.pipelines.contains(id),
+            _ => false,
+        })
+        .count()
 }
 
 fn condition_label(obj: &DgaModel) -> &'static str {

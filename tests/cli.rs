@@ -5,7 +5,7 @@
 //! appears in any output, errors are `dga-operator: ...` lines (plus `hint: ...`) with no panic
 //! or Debug output, and the stand-in saw no off-spec request.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dga_standin::bundle::{self as builder, BundleSpec, Defect, Layout, Release};
 use dga_standin::{Auth, Service, Standin, StandinConfig};
@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dga-operator");
 const SECRET: &str = "s3cr3t-test";
+/// An API key the stand-in accepts (base64 `id:key`); never printed either.
+const API_KEY: &str = "ZGdhLWNsaTprM3ktczNjcjN0";
 const REPO: &str = "elastic/detection-rules";
 const CLI_OWNER: &str = "/dga-operator-cli";
 const TAG: &str = "ML-DGA-20210126-1";
@@ -47,6 +49,7 @@ impl Bed {
     async fn start_with(mut cfg: StandinConfig) -> Bed {
         cfg.auth = Auth {
             basic: vec![("elastic".into(), SECRET.into())],
+            api_keys: vec![API_KEY.into()],
             ..Auth::default()
         };
         let standin = Standin::start(cfg).await.expect("stand-in starts");
@@ -164,8 +167,14 @@ impl Bed {
 /// What every run must honour, success or not.
 fn check_hygiene(run: &Run) {
     for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-        assert!(!text.contains(SECRET), "the password leaked on {name}\n{run}");
-        assert!(!text.contains("wr0ng-s3cr3t"), "a password leaked on {name}\n{run}");
+        assert!(
+            !text.contains(SECRET),
+            "the password leaked on {name}\n{run}"
+        );
+        assert!(
+            !text.contains("wr0ng-s3cr3t"),
+            "a password leaked on {name}\n{run}"
+        );
         assert!(!text.contains("panicked"), "panic on {name}\n{run}");
         assert!(!text.contains("RUST_BACKTRACE"), "panic on {name}\n{run}");
     }
@@ -247,13 +256,21 @@ async fn setup_from_release_tag_then_second_setup_writes_nothing() {
     let run = bed.cmd("setup", &["-t", TAG]).await;
     assert_eq!(run.code, 0, "{run}");
     let model = assert_installed(&bed, &rel);
-    assert!(run.stdout.contains(&format!("downloading release {TAG}")), "{run}");
+    assert!(
+        run.stdout.contains(&format!("downloading release {TAG}")),
+        "{run}"
+    );
     assert!(
         run.stdout
             .contains(&format!("uploading trained model {model}")),
         "{run}"
     );
-    assert!(run.stdout.lines().any(|l| l.starts_with("uploading trained model") && l.ends_with("... done")), "{run}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("uploading trained model") && l.ends_with("... done")),
+        "{run}"
+    );
     assert!(run.stdout.contains("installed release"), "{run}");
     assert!(run.stdout.contains(&rel.router_pipeline), "{run}");
     // Installed in order: model, scripts, inference pipeline, router.
@@ -264,8 +281,14 @@ async fn setup_from_release_tag_then_second_setup_writes_nothing() {
             .position(|w| w.ends_with(needle))
             .unwrap_or_else(|| panic!("{needle} not in {writes:?}"))
     };
-    assert!(pos(&format!("/_ml/trained_models/{model}")) < pos(&format!("/_scripts/{}", rel.script_ids[0])));
-    assert!(pos(&format!("/_scripts/{}", rel.script_ids[1])) < pos(&format!("/_ingest/pipeline/{}", rel.inference_pipeline)));
+    assert!(
+        pos(&format!("/_ml/trained_models/{model}"))
+            < pos(&format!("/_scripts/{}", rel.script_ids[0]))
+    );
+    assert!(
+        pos(&format!("/_scripts/{}", rel.script_ids[1]))
+            < pos(&format!("/_ingest/pipeline/{}", rel.inference_pipeline))
+    );
     assert!(
         pos(&format!("/_ingest/pipeline/{}", rel.inference_pipeline))
             < pos(&format!("/_ingest/pipeline/{}", rel.router_pipeline))
@@ -276,7 +299,11 @@ async fn setup_from_release_tag_then_second_setup_writes_nothing() {
     let again = bed.cmd("setup", &["-t", TAG]).await;
     assert_eq!(again.code, 0, "{again}");
     assert!(again.stdout.contains("nothing to do"), "{again}");
-    assert!(bed.es_writes().is_empty(), "no writes: {:?}", bed.es_writes());
+    assert!(
+        bed.es_writes().is_empty(),
+        "no writes: {:?}",
+        bed.es_writes()
+    );
     assert_eq!(bed.github_requests(), 0, "cached release");
     assert!(again.stdout.contains("using the cached copy"), "{again}");
 
@@ -297,8 +324,10 @@ async fn setup_from_unpacked_folder_both_layouts() {
         assert_eq!(run.code, 0, "{layout:?}: {run}");
         assert!(run.stdout.contains("reading release folder"), "{run}");
         assert!(
-            run.stdout
-                .contains(&format!("layout {}", if layout == Layout::V1 { "v1" } else { "v2" })),
+            run.stdout.contains(&format!(
+                "layout {}",
+                if layout == Layout::V1 { "v1" } else { "v2" }
+            )),
             "{run}"
         );
         assert_installed(&bed, &rel);
@@ -317,7 +346,11 @@ async fn setup_from_unpacked_folder_both_layouts() {
 /// `  create trained model X` -> `PUT /_ml/trained_models/X`.
 fn expected_write(line: &str) -> String {
     let id = line.split_whitespace().last().unwrap();
-    let method = if line.contains("delete") { "DELETE" } else { "PUT" };
+    let method = if line.contains(": delete ") {
+        "DELETE"
+    } else {
+        "PUT"
+    };
     let path = if line.contains("trained model") {
         "/_ml/trained_models/"
     } else if line.contains("stored script") {
@@ -337,7 +370,11 @@ async fn plan_lists_what_setup_then_does_and_writes_nothing() {
 
     let plan = bed.cmd("plan", &["-t", TAG]).await;
     assert_eq!(plan.code, 2, "changes pending: {plan}");
-    assert!(bed.es_writes().is_empty(), "plan wrote: {:?}", bed.es_writes());
+    assert!(
+        bed.es_writes().is_empty(),
+        "plan wrote: {:?}",
+        bed.es_writes()
+    );
     assert!(bed.standin.models().is_empty() && bed.standin.pipelines().is_empty());
     let actions: Vec<&str> = plan
         .stdout
@@ -347,7 +384,10 @@ async fn plan_lists_what_setup_then_does_and_writes_nothing() {
         .collect();
     assert_eq!(actions.len(), 5, "model, 2 scripts, 2 pipelines: {plan}");
     assert!(actions.iter().all(|a| a.starts_with("create ")), "{plan}");
-    assert!(plan.stdout.contains("setup would make 5 change(s)"), "{plan}");
+    assert!(
+        plan.stdout.contains("setup would make 5 change(s)"),
+        "{plan}"
+    );
 
     bed.standin.clear_requests();
     let setup = bed.cmd("setup", &["-t", TAG]).await;
@@ -389,9 +429,12 @@ async fn remove_takes_only_what_the_cli_installed() {
     let rel = bed.publish(TAG, Layout::V2);
     // Foreign objects: one with an unrelated id, one with a well-known id of the other layout
     // (as the old setup-dga-model left it: no marker), and a foreign script and model.
-    let foreign_pipeline = json!({"description": "mine", "processors": [{"set": {"field": "a", "value": "b"}}]});
-    bed.standin.put_pipeline("my_dns_pipeline", foreign_pipeline.clone());
-    bed.standin.put_pipeline("dns_enrich_pipeline", foreign_pipeline.clone());
+    let foreign_pipeline =
+        json!({"description": "mine", "processors": [{"set": {"field": "a", "value": "b"}}]});
+    bed.standin
+        .put_pipeline("my_dns_pipeline", foreign_pipeline.clone());
+    bed.standin
+        .put_pipeline("dns_enrich_pipeline", foreign_pipeline.clone());
     bed.standin.put_script(
         "dga_ngrams_create",
         json!({"script": {"lang": "painless", "source": "return 1;"}}),
@@ -405,21 +448,38 @@ async fn remove_takes_only_what_the_cli_installed() {
     let rm = bed.cmd("remove", &[]).await;
     assert_eq!(rm.code, 0, "{rm}");
     for id in &rel.pipeline_ids {
-        assert!(rm.stdout.contains(&format!("removed ingest pipeline {id}")), "{rm}");
+        assert!(
+            rm.stdout.contains(&format!("removed ingest pipeline {id}")),
+            "{rm}"
+        );
     }
     for id in &rel.script_ids {
-        assert!(rm.stdout.contains(&format!("removed stored script {id}")), "{rm}");
+        assert!(
+            rm.stdout.contains(&format!("removed stored script {id}")),
+            "{rm}"
+        );
     }
-    assert!(rm.stdout.contains(&format!("removed trained model {model}")), "{rm}");
+    assert!(
+        rm.stdout
+            .contains(&format!("removed trained model {model}")),
+        "{rm}"
+    );
     assert!(rm.stdout.contains("left in place"), "{rm}");
     assert!(rm.stdout.contains("dns_enrich_pipeline"), "{rm}");
 
     // Gone: everything the CLI installed. Kept: everything else.
-    assert!(bed.standin.models().is_empty(), "{:?}", bed.standin.models());
+    assert!(
+        bed.standin.models().is_empty(),
+        "{:?}",
+        bed.standin.models()
+    );
     let pipelines = bed.standin.pipelines();
     assert_eq!(
         pipelines.keys().cloned().collect::<Vec<_>>(),
-        vec!["dns_enrich_pipeline".to_string(), "my_dns_pipeline".to_string()]
+        vec![
+            "dns_enrich_pipeline".to_string(),
+            "my_dns_pipeline".to_string()
+        ]
     );
     assert_eq!(pipelines["dns_enrich_pipeline"], foreign_pipeline);
     assert_eq!(
@@ -429,7 +489,10 @@ async fn remove_takes_only_what_the_cli_installed() {
 
     // Order: router pipeline, inference pipeline, scripts, then the model; deletes only.
     let writes = bed.es_writes();
-    assert!(writes.iter().all(|w| w.starts_with("DELETE ")), "{writes:?}");
+    assert!(
+        writes.iter().all(|w| w.starts_with("DELETE ")),
+        "{writes:?}"
+    );
     let pos = |needle: &str| {
         writes
             .iter()
@@ -458,10 +521,18 @@ async fn conflict_needs_overwrite_then_takes_over() {
 
     let run = bed.cmd("setup", &["-t", TAG]).await;
     assert_eq!(run.code, 6, "{run}");
-    assert!(run.stderr.contains(&format!("ingest pipeline {}", rel.router_pipeline)), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("ingest pipeline {}", rel.router_pipeline)),
+        "{run}"
+    );
     assert!(run.stderr.contains("rerun with --overwrite"), "{run}");
     assert!(!run.stderr.contains("DgaModel"), "CLI wording: {run}");
-    assert!(bed.es_writes().is_empty(), "nothing written: {:?}", bed.es_writes());
+    assert!(
+        bed.es_writes().is_empty(),
+        "nothing written: {:?}",
+        bed.es_writes()
+    );
     assert_eq!(bed.standin.pipelines()[&rel.router_pipeline], old);
 
     let plan = bed.cmd("plan", &["-t", TAG]).await;
@@ -470,7 +541,11 @@ async fn conflict_needs_overwrite_then_takes_over() {
 
     let plan = bed.cmd("plan", &["-t", TAG, "--overwrite"]).await;
     assert_eq!(plan.code, 2, "{plan}");
-    assert!(plan.stdout.contains(&format!("adopt ingest pipeline {}", rel.router_pipeline)), "{plan}");
+    assert!(
+        plan.stdout
+            .contains(&format!("adopt ingest pipeline {}", rel.router_pipeline)),
+        "{plan}"
+    );
 
     let run = bed.cmd("setup", &["-t", TAG, "--overwrite"]).await;
     assert_eq!(run.code, 0, "{run}");
@@ -490,24 +565,55 @@ async fn bad_input_is_refused_before_any_request() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["setup", "-t", "v1.0.0"], "not a release tag"),
         (vec!["setup", "-t", "ML-DGA-2021-1"], "ML-DGA-YYYYMMDD-N"),
-        (vec!["plan", "-t", "ML-DGA-20210126-1x"], "not a release tag"),
+        (
+            vec!["plan", "-t", "ML-DGA-20210126-1x"],
+            "not a release tag",
+        ),
         (vec!["setup"], "no release given"),
         (vec!["setup", "-t", TAG, "-d", &dir], "not both"),
         (vec!["setup", "-d", "/nonexistent/dga"], "no such folder"),
         (vec!["setup", "-d", &dir, "--sha256", "ab"], "go with -t"),
-        (vec!["setup", "-t", TAG, "--sha256", "xyz"], "64 hexadecimal"),
-        (vec!["setup", "-t", TAG, "--repository", "nope"], "OWNER/NAME"),
-        (vec!["setup", "-t", TAG, "--cloud-id", "no-colon-here"], "--cloud-id is malformed"),
-        (vec!["setup", "-t", TAG, "--cloud-id", "name:%%%"], "--cloud-id is malformed"),
-        (vec!["remove", "--cloud-id", "x:aG9zdA=="], "--cloud-id is malformed"),
-        (vec!["remove", "--cloud-id", "x:aG9zdA==", "-u", &es], "not both"),
+        (
+            vec!["setup", "-t", TAG, "--sha256", "xyz"],
+            "64 hexadecimal",
+        ),
+        (
+            vec!["setup", "-t", TAG, "--repository", "nope"],
+            "OWNER/NAME",
+        ),
+        (
+            vec!["setup", "-t", TAG, "--cloud-id", "no-colon-here"],
+            "--cloud-id is malformed",
+        ),
+        (
+            vec!["setup", "-t", TAG, "--cloud-id", "name:%%%"],
+            "--cloud-id is malformed",
+        ),
+        (
+            vec!["remove", "--cloud-id", "x:aG9zdA=="],
+            "--cloud-id is malformed",
+        ),
+        (
+            vec!["remove", "--cloud-id", "x:aG9zdA==", "-u", &es],
+            "not both",
+        ),
         (vec!["remove"], "no Elasticsearch given"),
         (vec!["remove", "-u", "ftp://es"], "http or https"),
-        (vec!["remove", "-u", &es, "--ca-cert", &bad_ca], "no PEM certificate"),
-        (vec!["remove", "-u", &es, "--ca-cert", "/nonexistent.pem"], "--ca-cert"),
+        (
+            vec!["remove", "-u", &es, "--ca-cert", &bad_ca],
+            "no PEM certificate",
+        ),
+        (
+            vec!["remove", "-u", &es, "--ca-cert", "/nonexistent.pem"],
+            "--ca-cert",
+        ),
         (vec!["remove", "-u", &es, "--timeout", "soon"], "--timeout"),
         (vec!["remove", "-u", &es, "--api-key", "a2V5"], "not both"),
         (vec!["setup", "--bogus"], "unexpected argument"),
+        (
+            vec!["remove", "-u", &es, "--kibana-url", "nope"],
+            "--kibana-url",
+        ),
     ];
     for (args, needle) in cases {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -518,7 +624,10 @@ async fn bad_input_is_refused_before_any_request() {
         full.extend(bed.release_opts_for(&full[0]));
         let run = bed.run(&full).await;
         assert_eq!(run.code, 3, "{full:?}: {run}");
-        assert!(run.stderr.contains(needle), "{full:?}: expected {needle:?}\n{run}");
+        assert!(
+            run.stderr.contains(needle),
+            "{full:?}: expected {needle:?}\n{run}"
+        );
     }
     assert!(
         bed.standin.requests().is_empty(),
@@ -529,7 +638,11 @@ async fn bad_input_is_refused_before_any_request() {
 
 impl Bed {
     fn release_opts_for(&self, cmd: &str) -> Vec<String> {
-        if cmd == "remove" { vec![] } else { self.release_opts() }
+        if cmd == "remove" {
+            vec![]
+        } else {
+            self.release_opts()
+        }
     }
 }
 
@@ -540,23 +653,49 @@ async fn connection_and_credential_errors() {
 
     // Unreachable host.
     let url = format!("http://127.0.0.1:{}", closed_port());
-    let mut args = vec!["setup".to_string(), "-t".into(), TAG.into(), "-u".into(), url, "-p".into(), SECRET.into()];
+    let mut args = vec![
+        "setup".to_string(),
+        "-t".into(),
+        TAG.into(),
+        "-u".into(),
+        url,
+        "-p".into(),
+        SECRET.into(),
+    ];
     args.extend(bed.release_opts());
     let run = bed.run(&args).await;
     assert_eq!(run.code, 4, "{run}");
     assert!(run.stderr.contains("Elasticsearch unreachable"), "{run}");
-    assert!(run.stderr.contains("hint: check -u/--elasticsearch-url"), "{run}");
+    assert!(
+        run.stderr.contains("hint: check -u/--elasticsearch-url"),
+        "{run}"
+    );
 
     // A well-formed cloud id is decoded and used (https, uuid.host:port).
     use base64::Engine as _;
     let port = closed_port();
     let cloud = format!(
         "dep:{}",
-        base64::engine::general_purpose::STANDARD.encode(format!("localhost:{port}$esuuid1$kbuuid1"))
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("localhost:{port}$esuuid1$kbuuid1"))
     );
-    let run = bed.run(&["remove", "--cloud-id", &cloud, "-p", SECRET, "--timeout", "10s"]).await;
+    let run = bed
+        .run(&[
+            "remove",
+            "--cloud-id",
+            &cloud,
+            "-p",
+            SECRET,
+            "--timeout",
+            "10s",
+        ])
+        .await;
     assert_eq!(run.code, 4, "{run}");
-    assert!(run.stderr.contains(&format!("https://esuuid1.localhost:{port}")), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("https://esuuid1.localhost:{port}")),
+        "{run}"
+    );
 
     // Wrong password: 401, no secret printed (checked by `run`).
     for cmd in ["setup", "remove", "plan"] {
@@ -565,10 +704,18 @@ async fn connection_and_credential_errors() {
             args.extend(["-t".to_string(), TAG.into()]);
             args.extend(bed.release_opts());
         }
-        args.extend(["-u".to_string(), bed.standin.es_url(), "-p".into(), "wr0ng-s3cr3t".into()]);
+        args.extend([
+            "-u".to_string(),
+            bed.standin.es_url(),
+            "-p".into(),
+            "wr0ng-s3cr3t".into(),
+        ]);
         let run = bed.run(&args).await;
         assert_eq!(run.code, 4, "{cmd}: {run}");
-        assert!(run.stderr.contains("rejected the credentials (401)"), "{run}");
+        assert!(
+            run.stderr.contains("rejected the credentials (401)"),
+            "{run}"
+        );
         assert!(run.stderr.contains("hint: check --user"), "{run}");
     }
 
@@ -593,6 +740,21 @@ async fn connection_and_credential_errors() {
     };
     check_hygiene(&run);
     assert_eq!(run.code, 0, "{run}");
+    // An API key instead of a password.
+    let run = bed
+        .run(&["remove", "-u", &bed.standin.es_url(), "--api-key", API_KEY])
+        .await;
+    assert_eq!(run.code, 0, "{run}");
+    let principals: Vec<_> = bed
+        .standin
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.principal)
+        .collect();
+    assert!(
+        principals.iter().any(|p| p.starts_with("api_key:")),
+        "{principals:?}"
+    );
     // Nor does --help show the environment's value.
     let help = tokio::process::Command::new(BIN)
         .args(["setup", "--help"])
@@ -632,7 +794,10 @@ async fn release_and_bundle_problems() {
     // Unknown release.
     let run = bed.cmd("setup", &["-t", "ML-DGA-20990101-1"]).await;
     assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("release ML-DGA-20990101-1 not found"), "{run}");
+    assert!(
+        run.stderr.contains("release ML-DGA-20990101-1 not found"),
+        "{run}"
+    );
 
     // Pinned sha256 that does not match the download.
     let wrong = "0".repeat(64);
@@ -643,18 +808,19 @@ async fn release_and_bundle_problems() {
     assert!(!run.stderr.contains("spec."), "CLI wording: {run}");
 
     // The right pin is accepted.
-    let run = bed.cmd("plan", &["-t", TAG, "--sha256", &rel.zip_sha256]).await;
+    let run = bed
+        .cmd("plan", &["-t", TAG, "--sha256", &rel.zip_sha256])
+        .await;
     assert_eq!(run.code, 2, "{run}");
 
     // A mirror URL with its pin.
     let mirror_tag = "ML-DGA-20210127-1";
     let mirror = bed.publish(mirror_tag, Layout::V1);
-    let url = format!(
-        "{}/{REPO}/releases/download/{mirror_tag}/{mirror_tag}.zip",
+    // The stand-in serves assets under its own URLs: look the zip's up.
+    let api = format!(
+        "{}/repos/{REPO}/releases/tags/{mirror_tag}",
         bed.standin.github_url()
     );
-    let _ = url; // the stand-in serves assets under its own URLs; look them up:
-    let api = format!("{}/repos/{REPO}/releases/tags/{mirror_tag}", bed.standin.github_url());
     let release: Value = reqwest::get(&api).await.unwrap().json().await.unwrap();
     let zip_url = release["assets"]
         .as_array()
@@ -666,7 +832,17 @@ async fn release_and_bundle_problems() {
         .unwrap()
         .to_string();
     let run = bed
-        .cmd("plan", &["-t", mirror_tag, "--url", &zip_url, "--sha256", &mirror.zip_sha256])
+        .cmd(
+            "plan",
+            &[
+                "-t",
+                mirror_tag,
+                "--url",
+                &zip_url,
+                "--sha256",
+                &mirror.zip_sha256,
+            ],
+        )
         .await;
     assert_eq!(run.code, 2, "{run}");
 
@@ -718,10 +894,58 @@ async fn help_documents_exit_codes() {
         }
     }
     let run = bed.run(&["setup", "--help"]).await;
-    for needle in ["-t, --model-tag", "-d, --model-dir", "--overwrite", "-u, --elasticsearch-url", "--sha256", "--cache-dir"] {
+    for needle in [
+        "-t, --model-tag",
+        "-d, --model-dir",
+        "--overwrite",
+        "-u, --elasticsearch-url",
+        "--sha256",
+        "--cache-dir",
+    ] {
         assert!(run.stdout.contains(needle), "{needle}\n{run}");
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: &Path) {}
+#[tokio::test]
+async fn setup_of_a_new_release_upgrades_and_cleans_the_old_one() {
+    let bed = Bed::start().await;
+    let v1 = bed.publish("ML-DGA-20201129-25", Layout::V1);
+    let v2 = bed.publish(TAG, Layout::V2);
+    let run = bed.cmd("setup", &["-t", &v1.tag]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let old_model = assert_installed(&bed, &v1);
+
+    let plan = bed.cmd("plan", &["-t", &v2.tag]).await;
+    assert_eq!(plan.code, 2, "{plan}");
+    for id in v1.pipeline_ids.iter().chain(&v1.script_ids) {
+        assert!(
+            plan.stdout
+                .lines()
+                .any(|l| l.contains("remove stale: delete") && l.ends_with(&format!(" {id}"))),
+            "{id}: {plan}"
+        );
+    }
+    // No uninstall step needed: setup switches to the new release, then removes the old one.
+    bed.standin.clear_requests();
+    let run = bed.cmd("setup", &["-t", &v2.tag]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_installed(&bed, &v2);
+    let models = bed.standin.models();
+    assert!(!models.contains_key(&old_model), "{:?}", models.keys());
+    let pipelines = bed.standin.pipelines();
+    let scripts = bed.standin.scripts();
+    for id in &v1.pipeline_ids {
+        assert!(!pipelines.contains_key(id), "{id}");
+    }
+    for id in &v1.script_ids {
+        assert!(!scripts.contains_key(id), "{id}");
+    }
+    let writes = bed.es_writes();
+    let first_delete = writes.iter().position(|w| w.starts_with("DELETE")).unwrap();
+    assert!(
+        writes[..first_delete]
+            .iter()
+            .any(|w| w.ends_with(&v2.router_pipeline)),
+        "new router before any delete: {writes:?}"
+    );
+}

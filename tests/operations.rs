@@ -38,18 +38,25 @@ struct Operator {
 
 impl Operator {
     fn start(env: &Env, name: &'static str) -> Operator {
+        Self::start_with(env, name, true)
+    }
+
+    fn start_with(env: &Env, name: &'static str, leader_election: bool) -> Operator {
         let port = free_port();
         let log = env.dir.path().join(format!("operator-{name}.log"));
         let cache = env.dir.path().join(format!("cache-{name}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_dga-operator"))
-            .args(["run", "--namespace", &env.ns.name])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dga-operator"));
+        cmd.args(["run", "--namespace", &env.ns.name]);
+        if leader_election {
+            cmd.args(["--leader-election", "--lease-namespace", &env.ns.name])
+                .args(["--lease-name", LEASE]);
+        }
+        let child = cmd
             .args(["--github-api", &env.standin.github_url()])
             .arg("--cache-dir")
             .arg(&cache)
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--request-timeout", "10s", "--backoff-cap", "5s"])
-            .args(["--leader-election", "--lease-namespace", &env.ns.name])
-            .args(["--lease-name", LEASE])
             .env("RUST_LOG", "info,kube=warn,hyper=warn")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
@@ -264,6 +271,13 @@ async fn one_leader_reconciles_and_a_standby_takes_over_after_sigkill() {
     );
     assert!(standby.logs().contains("became the leader"));
 
+    // The new leader also finalizes what the old one installed.
+    let api = env.models_api();
+    api.delete("dga", &Default::default()).await.unwrap();
+    api.delete("dga2", &Default::default()).await.unwrap();
+    env.wait_gone("dga").await;
+    env.wait_gone("dga2").await;
+    assert!(env.standin.pipelines().is_empty() && other.pipelines().is_empty());
     drop(standby);
     env.finish().await;
 }
@@ -273,7 +287,8 @@ async fn metrics_health_and_readiness_endpoints() {
     let env = Env::start_without_controller("ops-metrics").await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
-    let op = Operator::start(&env, "m");
+    // Without leader election: ready once the watcher has listed.
+    let op = Operator::start_with(&env, "m", false);
     op.wait_status("/healthz", 200).await;
     op.wait_status("/readyz", 200).await;
     let (code, _) = op.get("/nope").await.unwrap();
@@ -327,6 +342,9 @@ async fn metrics_health_and_readiness_endpoints() {
     );
     assert!(text.contains("# TYPE dga_drift_repairs counter"), "{text}");
 
+    if std::env::var_os("DGA_PRINT_METRICS").is_some() {
+        println!("{text}");
+    }
     // Bounded labels only: no object name, namespace or URL in any series.
     for (metric, labels, _) in samples(&text) {
         for bad in [name, env.ns.name.as_str(), "127.0.0.1", "http"] {
@@ -379,7 +397,21 @@ async fn metrics_health_and_readiness_endpoints() {
         op.logs()
     );
 
-    drop(op);
+    assert!(
+        lease(&env).await.is_none(),
+        "a Lease without --leader-election"
+    );
+    env.models_api()
+        .delete(name, &Default::default())
+        .await
+        .unwrap();
+    env.wait_gone(name).await;
+    let mut op = op;
+    op.signal("-TERM");
+    let st = op
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert_eq!(st.code(), Some(0), "logs:\n{}", op.logs());
     env.finish().await;
 }
 
@@ -414,5 +446,35 @@ async fn sigterm_exits_zero_and_releases_the_lease() {
         "{}",
         a.logs()
     );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_with_an_error() {
+    let env = Env::start_without_controller("ops-lost").await;
+    let mut a = Operator::start(&env, "a");
+    wait_holder(&env, Duration::from_secs(30), |h| a.holds(h))
+        .await
+        .expect("a leads");
+    a.wait_status("/readyz", 200).await;
+
+    // Someone else takes the Lease (as after a partition that outlasted the lease).
+    let api = env.ns.api::<Lease>();
+    let mut l = api.get(LEASE).await.unwrap();
+    let spec = l.spec.as_mut().unwrap();
+    spec.holder_identity = Some("thief".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    api.replace(LEASE, &Default::default(), &l).await.unwrap();
+
+    // It notices at its next renewal (every 5s) and exits non-zero without writing the Lease.
+    let st = a
+        .wait_exit(Duration::from_secs(15))
+        .expect("the deposed leader keeps running");
+    assert_eq!(st.code(), Some(1), "logs:\n{}", a.logs());
+    assert!(a.logs().contains("lost leadership"), "{}", a.logs());
+    let l = lease(&env).await.unwrap();
+    assert_eq!(holder_of(&l).as_deref(), Some("thief"));
     env.finish().await;
 }

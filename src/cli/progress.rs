@@ -129,8 +129,10 @@ impl Download {
         if !s.started {
             return false;
         }
-        let verdict = if ok {
+        let verdict = if ok && self.fancy {
             format!("done ({})", HumanBytes(s.bytes))
+        } else if ok {
+            "done".to_string()
         } else {
             "failed".to_string()
         };

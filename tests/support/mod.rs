@@ -151,6 +151,9 @@ impl Env {
             .with_test_writer()
             .try_init();
         let ns = TestNs::new(prefix).await;
+        if let Some(r) = real_stack() {
+            purge_test_objects(&r).await;
+        }
         let standin = Standin::start(cfg).await.expect("stand-in starts");
         let dir = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::new(
@@ -209,15 +212,37 @@ impl Env {
     }
 
     /// A cluster Secret pointing at the stand-in's Elasticsearch (and Kibana).
+    /// A cluster Secret pointing at the stack under test. A password other than "changeme"
+    /// makes a Secret with wrong credentials (on either stack).
     pub async fn secret(&self, name: &str, password: &str) {
-        self.secret_with(
-            name,
-            json!({
+        let data = match real_stack() {
+            Some(r) => {
+                let mut d = json!({"url": r.es});
+                match (&r.api_key, password == "changeme") {
+                    (Some(k), true) => d["api-key"] = k.clone().into(),
+                    (_, true) => {
+                        d["username"] = r.user.clone().into();
+                        d["password"] = r.password.clone().into();
+                    }
+                    (_, false) => {
+                        d["username"] = r.user.clone().into();
+                        d["password"] = password.into();
+                    }
+                }
+                if let Some(k) = &r.kibana {
+                    d["kibana-url"] = k.clone().into();
+                }
+                if let Some(ca) = &r.ca {
+                    d["ca.crt"] = String::from_utf8_lossy(ca).into_owned().into();
+                }
+                d
+            }
+            None => json!({
                 "url": self.standin.es_url(), "username": "elastic", "password": password,
                 "kibana-url": self.standin.kibana_url(),
             }),
-        )
-        .await;
+        };
+        self.secret_with(name, data).await;
     }
 
     pub async fn secret_with(&self, name: &str, data: Value) {
@@ -346,7 +371,8 @@ impl Env {
         })
     }
 
-    /// Writes to Elasticsearch since the log was last cleared.
+    /// Writes to Elasticsearch since the log was last cleared (always empty on a real stack,
+    /// where no request log exists: such assertions only bite on the stand-in).
     pub fn es_writes(&self) -> Vec<String> {
         self.standin
             .requests()
@@ -357,12 +383,28 @@ impl Env {
     }
 
     pub fn assert_no_off_spec(&self) {
+        // On a real stack the stand-in only serves releases; the check still applies to it.
         let off = self.standin.off_spec_requests();
         assert!(off.is_empty(), "off-spec requests: {off:?}");
     }
 
     pub async fn finish(mut self) {
         self.assert_no_off_spec();
+        // Leave the stack clean (it may be a shared real one): delete every DgaModel and let the
+        // operator finalize them before it stops.
+        let api = self.models_api();
+        let _ = api
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await;
+        let _ = wait_for(Duration::from_secs(30), || async {
+            api.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await;
         self.stop_controller();
         let ns = TestNs {
             client: self.ns.client.clone(),
@@ -389,5 +431,424 @@ impl Env {
         let mut env = Self::start_with(prefix, StandinConfig::default(), Settings::default()).await;
         env.stop_controller();
         env
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack under test: the stand-in by default, or a real Elasticsearch/Kibana when
+// DGA_TEST_ES_URL (+ DGA_TEST_ES_USER/DGA_TEST_ES_PASSWORD or DGA_TEST_ES_API_KEY, optional
+// DGA_TEST_KIBANA_URL, DGA_TEST_CA_CERT) is set. Tests read and hand-edit state through this, so
+// the same assertions run against both. What only the stand-in can do (request logs, faults,
+// licence switches) is checked only there.
+
+pub struct RealStack {
+    pub es: String,
+    pub kibana: Option<String>,
+    pub user: String,
+    pub password: String,
+    pub api_key: Option<String>,
+    pub ca: Option<Vec<u8>>,
+}
+
+pub fn real_stack() -> Option<RealStack> {
+    let es = std::env::var("DGA_TEST_ES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    Some(RealStack {
+        es: es.trim_end_matches('/').to_string(),
+        kibana: std::env::var("DGA_TEST_KIBANA_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim_end_matches('/').to_string()),
+        user: std::env::var("DGA_TEST_ES_USER").unwrap_or_else(|_| "elastic".into()),
+        password: std::env::var("DGA_TEST_ES_PASSWORD").unwrap_or_default(),
+        api_key: std::env::var("DGA_TEST_ES_API_KEY")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        ca: std::env::var("DGA_TEST_CA_CERT")
+            .ok()
+            .map(|p| std::fs::read(p).expect("DGA_TEST_CA_CERT readable")),
+    })
+}
+
+pub struct Stack<'a> {
+    env: &'a Env,
+}
+
+impl Env {
+    /// True when the tests run against a real stack.
+    pub fn real(&self) -> bool {
+        real_stack().is_some()
+    }
+
+    pub fn stack(&self) -> Stack<'_> {
+        Stack { env: self }
+    }
+
+    /// Skips the rest of a test that needs the stand-in (request log, faults, licence switches).
+    pub fn standin_only(&self, what: &str) -> bool {
+        if self.real() {
+            eprintln!("skipped on a real stack: {what} needs the stand-in");
+            return false;
+        }
+        true
+    }
+}
+
+impl Stack<'_> {
+    fn http(&self, r: &RealStack) -> reqwest::Client {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = &r.ca {
+            for c in reqwest::Certificate::from_pem_bundle(ca).unwrap() {
+                b = b.add_root_certificate(c);
+            }
+        }
+        b.build().unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        kibana: bool,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let r = real_stack().expect("real stack");
+        let base = if kibana {
+            r.kibana.clone().expect("DGA_TEST_KIBANA_URL")
+        } else {
+            r.es.clone()
+        };
+        let mut req = self
+            .http(&r)
+            .request(method, format!("{base}{path}"))
+            .header("kbn-xsrf", "true");
+        req = match &r.api_key {
+            Some(k) => req.header("Authorization", format!("ApiKey {k}")),
+            None => req.basic_auth(&r.user, Some(&r.password)),
+        };
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("real stack reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn cluster_uuid(&self) -> String {
+        if !self.env.real() {
+            return self.env.standin.config().cluster_uuid.clone();
+        }
+        self.call(reqwest::Method::GET, false, "/", None).await.1["cluster_uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Models installed by the operator (tagged `dga-operator`) or with a release's id.
+    pub async fn models(&self) -> std::collections::BTreeMap<String, Value> {
+        if !self.env.real() {
+            return self.env.standin.models();
+        }
+        let (_, b) = self
+            .call(
+                reqwest::Method::GET,
+                false,
+                "/_ml/trained_models/_all?size=1000",
+                None,
+            )
+            .await;
+        b["trained_model_configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m["model_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("dga"))
+            })
+            .map(|m| (m["model_id"].as_str().unwrap().to_string(), m.clone()))
+            .collect()
+    }
+
+    /// Pipelines with DGA ids.
+    pub async fn pipelines(&self) -> std::collections::BTreeMap<String, Value> {
+        if !self.env.real() {
+            return self.env.standin.pipelines();
+        }
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                false,
+                "/_ingest/pipeline/*dga*,dns_enrich_pipeline",
+                None,
+            )
+            .await;
+        if s == 404 {
+            return Default::default();
+        }
+        b.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Stored scripts of the package (`{"lang","source"}`), by the well-known ids.
+    pub async fn scripts(&self) -> std::collections::BTreeMap<String, Value> {
+        if !self.env.real() {
+            return self
+                .env
+                .standin
+                .scripts()
+                .into_iter()
+                .map(|(k, v)| (k, v.get("script").cloned().unwrap_or(v)))
+                .collect();
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for id in [
+            "dga_ngrams_create",
+            "dga_ngrams_transform_delete",
+            "ml_dga_ngrams_create_script",
+            "ml_dga_ngrams_transform_delete_script",
+        ] {
+            let (s, b) = self
+                .call(
+                    reqwest::Method::GET,
+                    false,
+                    &format!("/_scripts/{id}"),
+                    None,
+                )
+                .await;
+            if s == 200 && b["found"] == true {
+                out.insert(id.to_string(), b["script"].clone());
+            }
+        }
+        out
+    }
+
+    pub async fn put_pipeline(&self, id: &str, body: Value) {
+        if !self.env.real() {
+            return self.env.standin.put_pipeline(id, body);
+        }
+        self.call(
+            reqwest::Method::PUT,
+            false,
+            &format!("/_ingest/pipeline/{id}"),
+            Some(&body),
+        )
+        .await;
+    }
+
+    pub async fn delete_pipeline(&self, id: &str) {
+        if !self.env.real() {
+            return self.env.standin.delete_pipeline(id);
+        }
+        self.call(
+            reqwest::Method::DELETE,
+            false,
+            &format!("/_ingest/pipeline/{id}"),
+            None,
+        )
+        .await;
+    }
+
+    /// `script` is `{"lang","source"}`.
+    pub async fn put_script(&self, id: &str, script: Value) {
+        if !self.env.real() {
+            return self.env.standin.put_script(id, json!({"script": script}));
+        }
+        self.call(
+            reqwest::Method::PUT,
+            false,
+            &format!("/_scripts/{id}"),
+            Some(&json!({"script": script})),
+        )
+        .await;
+    }
+
+    pub async fn jobs(&self) -> Vec<String> {
+        if !self.env.real() {
+            return self.env.standin.jobs().into_keys().collect();
+        }
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                false,
+                "/_ml/anomaly_detectors/dga*?allow_no_match=true",
+                None,
+            )
+            .await;
+        if s != 200 {
+            return vec![];
+        }
+        b["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn datafeeds(&self) -> Vec<String> {
+        if !self.env.real() {
+            return self.env.standin.datafeeds().into_keys().collect();
+        }
+        let (s, b) = self
+            .call(
+                reqwest::Method::GET,
+                false,
+                "/_ml/datafeeds/datafeed-dga*?allow_no_match=true",
+                None,
+            )
+            .await;
+        if s != 200 {
+            return vec![];
+        }
+        b["datafeeds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| j["datafeed_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn space_prefix(space: &str) -> String {
+        if space == "default" {
+            String::new()
+        } else {
+            format!("/s/{space}")
+        }
+    }
+
+    pub async fn rules(&self, space: &str) -> Vec<Value> {
+        if !self.env.real() {
+            return self.env.standin.rules(space);
+        }
+        let path = format!(
+            "{}/api/detection_engine/rules/_find?per_page=100&filter=alert.attributes.tags:%22ML-DGA%22",
+            Self::space_prefix(space)
+        );
+        self.call(reqwest::Method::GET, true, &path, None).await.1["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replaces a rule as a person would in Kibana.
+    pub async fn put_rule(&self, space: &str, rule: Value) {
+        if !self.env.real() {
+            return self.env.standin.put_rule(space, rule);
+        }
+        let path = format!("{}/api/detection_engine/rules", Self::space_prefix(space));
+        let (s, _) = self
+            .call(reqwest::Method::PUT, true, &path, Some(&rule))
+            .await;
+        if s == 404 {
+            self.call(reqwest::Method::POST, true, &path, Some(&rule))
+                .await;
+        }
+    }
+
+    pub async fn delete_rule(&self, space: &str, rule_id: &str) {
+        if !self.env.real() {
+            return self.env.standin.delete_rule(space, rule_id);
+        }
+        let path = format!(
+            "{}/api/detection_engine/rules?rule_id={rule_id}",
+            Self::space_prefix(space)
+        );
+        self.call(reqwest::Method::DELETE, true, &path, None).await;
+    }
+}
+
+/// On a shared real stack: removes what earlier test runs left (objects whose ownership marker
+/// names a test namespace, `<prefix>-<8 hex>`), using the operator's own cleanup per owner.
+/// Nothing without such a marker is touched.
+pub async fn purge_test_objects(r: &RealStack) {
+    use dga_operator::engine::{self, Marker, Owner, observe::Ids};
+    use dga_operator::target::{Auth, Endpoint, Sensitive};
+    let auth = match &r.api_key {
+        Some(k) => Auth::ApiKey(Sensitive::new(k.clone())),
+        None => Auth::Basic {
+            username: r.user.clone(),
+            password: Sensitive::new(r.password.clone()),
+        },
+    };
+    let ep = Endpoint::parse(&r.es, auth.clone(), r.ca.clone(), "url").unwrap();
+    let es = dga_operator::elasticsearch::Elasticsearch::new(ep, Duration::from_secs(30)).unwrap();
+    let test_ns = regex::Regex::new(r"^[a-z0-9-]+-[0-9a-f]{8}/").unwrap();
+    let mut ids = Ids::default();
+    ids.pipelines.extend(
+        dga_operator::controller::KNOWN_PIPELINES
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    ids.scripts.extend(
+        dga_operator::controller::KNOWN_SCRIPTS
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let observed = engine::observe(&es, &ids)
+        .await
+        .expect("read the real stack");
+    let mut owners = std::collections::BTreeSet::new();
+    let markers = observed
+        .pipelines
+        .values()
+        .filter_map(|p| Marker::from_meta(p.get("_meta")))
+        .chain(
+            observed
+                .models
+                .values()
+                .filter_map(|m| Marker::from_meta(m.get("metadata"))),
+        )
+        .chain(observed.scripts.values().filter_map(|s| {
+            s.get("source")
+                .and_then(Value::as_str)
+                .and_then(Marker::from_script_source)
+        }));
+    for m in markers {
+        if test_ns.is_match(&m.owner) {
+            owners.insert(m.owner);
+        }
+    }
+    if let Some(job) = es.get_job(engine::mljob::JOB_ID).await.unwrap() {
+        if let Some(m) = Marker::from_meta(job.get("custom_settings")) {
+            if test_ns.is_match(&m.owner) {
+                owners.insert(m.owner);
+            }
+        }
+    }
+    let kibana = r.kibana.as_ref().map(|k| {
+        let ep = Endpoint::parse(k, auth.clone(), r.ca.clone(), "kibana-url").unwrap();
+        dga_operator::kibana::KibanaClient::new(
+            ep.http_client(Duration::from_secs(30)).unwrap(),
+            &ep.url,
+            ep.auth.clone(),
+        )
+    });
+    for key in owners {
+        let (namespace, name) = key.split_once('/').unwrap();
+        let owner = Owner {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: String::new(),
+        };
+        if let Some(kb) = &kibana {
+            for space in ["default", "secops"] {
+                let tag = dga_operator::kibana::owner_tag(&key);
+                if let Ok(found) = dga_operator::kibana::rules::observe(kb, space, &[], &tag).await
+                {
+                    for a in dga_operator::kibana::diff(&[], &found, &tag) {
+                        let _ = dga_operator::kibana::rules::apply(kb, space, &a).await;
+                    }
+                }
+            }
+        }
+        let _ = engine::mljob::remove(&es, &owner).await;
+        engine::cleanup(&es, &owner, &Ids::default(), &ids)
+            .await
+            .expect("purge");
     }
 }
