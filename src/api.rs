@@ -67,6 +67,11 @@ pub struct DgaModelSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// An ECK `Kibana` resource to install the rules into (its `<name>-kb-http` service, with the
+    /// credentials of the cluster). Without it, the Secret's `kibana-url` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kibana_ref: Option<ObjectRef>,
+
     /// The detection rules that alert on the enrichment, installed into Kibana.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RulesSpec>,
@@ -142,6 +147,17 @@ pub struct ClusterRef {
     pub name: Option<String>,
 
     /// Namespace of the ECK `Elasticsearch` resource. Default: the DgaModel's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A reference to an object by name, in the DgaModel's namespace unless `namespace` is set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// Name of the object.
+    pub name: String,
+    /// Namespace of the object. Default: the DgaModel's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -410,6 +410,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         &ctx.client,
         &obj.namespace().unwrap_or_default(),
         &spec.cluster_ref,
+        spec.kibana_ref.as_ref(),
     )
     .await?;
     let bundle = ctx
@@ -885,6 +886,7 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         &ctx.client,
         &obj.namespace().unwrap_or_default(),
         &obj.spec.cluster_ref,
+        obj.spec.kibana_ref.as_ref(),
     )
     .await?;
     let slot = ctx.cluster_slot(target.key());
