@@ -62,6 +62,12 @@ pub struct DgaModelSpec {
     #[serde(default)]
     pub suspend: bool,
 
+    /// `Apply` (default) makes the cluster match the spec. `Plan` changes nothing: the operator
+    /// computes what it would create, update or delete (for example for a tag bump) and writes
+    /// the summary to `status.plan` and an event, so a reviewer sees the effect first.
+    #[serde(default)]
+    pub mode: Mode,
+
     /// What happens to the installed objects when this DgaModel is deleted: `Delete` (default)
     /// removes the objects this DgaModel owns; `Retain` leaves them in the cluster.
     #[serde(default)]
@@ -170,6 +176,16 @@ fn exactly_one_cluster_ref(schema: &mut schemars::Schema) {
     );
 }
 
+/// Whether the operator applies changes or only plans them.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Mode {
+    /// Make the cluster match the spec.
+    #[default]
+    Apply,
+    /// Compute and report the changes, make none.
+    Plan,
+}
+
 /// What to do with installed objects when the DgaModel is deleted.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum DeletionPolicy {
@@ -213,6 +229,10 @@ pub struct DgaModelStatus {
     /// or the pass that first found everything in place). Quiet resyncs do not change it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+
+    /// In `mode: Plan` (or while suspended): the changes the operator would make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 
     /// Detection rules installed / wanted, e.g. `4/4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

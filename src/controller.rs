@@ -68,6 +68,10 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per object uid.
     failures: Mutex<HashMap<String, u32>>,
+    /// After a transient error: no pass for this uid before the instant, unless the spec
+    /// (generation) changed. Our own status write would otherwise trigger one at once and
+    /// ignore both the backoff and `Retry-After`.
+    not_before: Mutex<HashMap<String, (tokio::time::Instant, Option<i64>)>>,
     cluster_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -90,6 +94,7 @@ impl Context {
             settings,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             failures: Mutex::new(HashMap::new()),
+            not_before: Mutex::new(HashMap::new()),
             cluster_slots: Mutex::new(HashMap::new()),
         }
     }
@@ -130,6 +135,15 @@ impl Context {
 
     fn succeeded(&self, uid: &str) {
         self.failures.lock().expect("failures").remove(uid);
+        self.not_before.lock().expect("not_before").remove(uid);
+    }
+
+    /// Remaining wait when a pass comes too early after a transient error.
+    fn too_early(&self, uid: &str, generation: Option<i64>) -> Option<Duration> {
+        let nb = self.not_before.lock().expect("not_before");
+        let (at, failed_generation) = nb.get(uid)?;
+        let now = tokio::time::Instant::now();
+        (*failed_generation == generation && *at > now).then(|| *at - now)
     }
 }
 
@@ -228,6 +242,9 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
     }
 
     let uid = obj.uid().unwrap_or_default();
+    if let Some(wait) = ctx.too_early(&uid, obj.metadata.generation) {
+        return Ok(Requeue::requeue(wait));
+    }
     let mut report = Report::new(&obj);
     let outcome = pass(&obj, &ctx, &mut report).await;
     let requeue = match &outcome {
@@ -235,7 +252,14 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
             ctx.succeeded(&uid);
             Requeue::requeue(ctx.settings.resync)
         }
-        Err(e) if e.is_transient() => Requeue::requeue(ctx.backoff(&uid, e.retry_after())),
+        Err(e) if e.is_transient() => {
+            let delay = ctx.backoff(&uid, e.retry_after());
+            ctx.not_before.lock().expect("not_before").insert(
+                uid.clone(),
+                (tokio::time::Instant::now() + delay, obj.metadata.generation),
+            );
+            Requeue::requeue(delay)
+        }
         // Needs a change from a person: retry slowly, a spec change triggers a pass at once.
         Err(_) => {
             ctx.succeeded(&uid);
@@ -263,6 +287,10 @@ struct Report {
     suspended: Option<Plan>,
     /// Suspended with Kibana-side changes pending.
     rules_pending: bool,
+    /// `mode: Plan`: report the pending changes as a plan.
+    plan_mode: bool,
+    /// Kibana-side changes a dry run would make.
+    rules_plan: Vec<String>,
 }
 
 impl Report {
@@ -275,6 +303,8 @@ impl Report {
             applied_something: false,
             suspended: None,
             rules_pending: false,
+            plan_mode: obj.spec.mode == crate::api::Mode::Plan,
+            rules_plan: Vec::new(),
         }
     }
 
@@ -309,7 +339,35 @@ impl Report {
             .map(|c| (c.reason.clone(), c.message.clone()));
         match err {
             None => {
+                let pending: Vec<String> = self
+                    .suspended
+                    .iter()
+                    .flat_map(|p| {
+                        p.conflicts
+                            .iter()
+                            .map(|c| format!("conflict: {c}"))
+                            .chain(p.actions.iter().map(ToString::to_string))
+                    })
+                    .chain(self.rules_plan.iter().cloned())
+                    .collect();
+                let summary = if pending.is_empty() {
+                    "no changes".to_string()
+                } else {
+                    pending.join("; ")
+                };
+                let old_plan = self.status.plan.clone();
+                self.status.plan = self.suspended.is_some().then(|| summary.clone());
+                if self.plan_mode && old_plan != self.status.plan {
+                    self.event(false, "Planned", "Plan", format!("plan: {summary}"));
+                }
                 let (reason, message) = match &self.suspended {
+                    Some(_) if self.plan_mode && !pending.is_empty() => {
+                        ("Planned", format!("mode Plan; would: {summary}"))
+                    }
+                    Some(_) if self.plan_mode => (
+                        "InSync",
+                        "mode Plan; the cluster already matches the spec".to_string(),
+                    ),
                     Some(plan) if !plan.is_empty() => (
                         "Suspended",
                         format!("suspended; pending changes not applied: {}", plan.summary()),
@@ -377,7 +435,10 @@ impl Report {
         ctx: &Context,
     ) -> Result<(), Error> {
         if obj.status.as_ref() != Some(&self.status) {
-            let patch = json!({"status": self.status});
+            let old = serde_json::to_value(&obj.status).unwrap_or_default();
+            let mut new = serde_json::to_value(&self.status).unwrap_or_default();
+            null_removed(&old, &mut new);
+            let patch = json!({ "status": new });
             api.patch_status(
                 &obj.name_any(),
                 &PatchParams::default(),
@@ -442,10 +503,20 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     let observed = engine::observe(&es, &ids).await?;
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
-    if spec.suspend {
+    if spec.suspend || spec.mode == crate::api::Mode::Plan {
         record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
         report.suspended = Some(plan);
-        return Ok(());
+        return rules_pass(
+            obj,
+            ctx,
+            &target,
+            &bundle,
+            &es,
+            &owner,
+            &desired.marker,
+            report,
+        )
+        .await;
     }
     if !plan.conflicts.is_empty() {
         report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
@@ -678,7 +749,7 @@ async fn rules_pass(
     let needs_job = desired
         .iter()
         .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
-    let suspended = obj.spec.suspend;
+    let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
     let mut done = Vec::new();
     for a in &actions {
         done.push(a.describe());
@@ -714,6 +785,7 @@ async fn rules_pass(
     }
     if suspended {
         report.rules_pending = !done.is_empty();
+        report.rules_plan = done.clone();
         let msg = if done.is_empty() {
             "suspended; rules are current".to_string()
         } else {
@@ -745,6 +817,20 @@ async fn rules_pass(
         msg,
     );
     Ok(())
+}
+
+/// A merge patch keeps fields it does not mention: mark fields the new status dropped as null.
+fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {
+    if let (Some(o), Some(n)) = (old.as_object(), new.as_object_mut()) {
+        for (k, ov) in o {
+            match n.get_mut(k) {
+                None => {
+                    n.insert(k.clone(), serde_json::Value::Null);
+                }
+                Some(nv) => null_removed(ov, nv),
+            }
+        }
+    }
 }
 
 fn record_objects(report: &mut Report, ids: &Ids) {

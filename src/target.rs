@@ -209,15 +209,32 @@ pub fn from_secret_data(
 }
 
 /// Dereferences a DgaModel's `clusterRef` (and `kibanaRef`).
-pub async fn resolve(client: &Client, namespace: &str, r: &ClusterRef, kibana_ref: Option<&ObjectRef>) -> Result<Target, Error> {
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    r: &ClusterRef,
+    kibana_ref: Option<&ObjectRef>,
+) -> Result<Target, Error> {
     let mut target = resolve_cluster(client, namespace, r).await?;
     if let Some(k) = kibana_ref {
-        target.kibana = Some(resolve_eck_kibana(client, k.namespace.as_deref().unwrap_or(namespace), &k.name, &target.elasticsearch.auth).await?);
+        target.kibana = Some(
+            resolve_eck_kibana(
+                client,
+                k.namespace.as_deref().unwrap_or(namespace),
+                &k.name,
+                &target.elasticsearch.auth,
+            )
+            .await?,
+        );
     }
     Ok(target)
 }
 
-async fn resolve_cluster(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Target, Error> {
+async fn resolve_cluster(
+    client: &Client,
+    namespace: &str,
+    r: &ClusterRef,
+) -> Result<Target, Error> {
     match (&r.secret_name, &r.name) {
         (Some(secret), None) => {
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -240,7 +257,16 @@ async fn resolve_cluster(client: &Client, namespace: &str, r: &ClusterRef) -> Re
 /// ECK's conventions: `<name>-es-http` service (HTTPS on 9200), the `elastic` user's password in
 /// `<name>-es-elastic-user`, the CA in `<name>-es-http-certs-public`.
 async fn resolve_eck(client: &Client, namespace: &str, name: &str) -> Result<Target, Error> {
-    eck_resource_exists(client, namespace, name, "elasticsearch.k8s.elastic.co", "Elasticsearch", "elasticsearches", "spec.clusterRef").await?;
+    eck_resource_exists(
+        client,
+        namespace,
+        name,
+        "elasticsearch.k8s.elastic.co",
+        "Elasticsearch",
+        "elasticsearches",
+        "spec.clusterRef",
+    )
+    .await?;
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let user_secret = format!("{name}-es-elastic-user");
     let s = api.get_opt(&user_secret).await?.ok_or_else(|| {
@@ -272,27 +298,52 @@ async fn resolve_eck(client: &Client, namespace: &str, name: &str) -> Result<Tar
 }
 
 /// Checks that the ECK resource exists, so a typo gets a clear message rather than a missing
-/// Secret.
-async fn eck_resource_exists(client: &Client, namespace: &str, name: &str, group: &str, kind: &str, plural: &str, field: &str) -> Result<(), Error> {
+/// Secret. Public only so tests/eck.rs can point it at a group with no CRD.
+#[doc(hidden)]
+pub async fn eck_resource_exists(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    group: &str,
+    kind: &str,
+    plural: &str,
+    field: &str,
+) -> Result<(), Error> {
     use kube::api::{ApiResource, DynamicObject};
     use kube::core::GroupVersionKind;
     let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
     match api.get_opt(name).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Error::SecretNotFound(format!("{field}: ECK {kind} {namespace}/{name} not found"))),
+        Ok(None) => Err(Error::SecretNotFound(format!(
+            "{field}: ECK {kind} {namespace}/{name} not found"
+        ))),
         // The CRD is not installed at all.
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            Err(Error::InvalidSpec(format!("{field}: ECK is not installed in this cluster (no {plural}.{group})")))
-        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::InvalidSpec(format!(
+            "{field}: ECK is not installed in this cluster (no {plural}.{group})"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
 
 /// ECK's Kibana: `<name>-kb-http` (HTTPS on 5601 with the CA in `<name>-kb-http-certs-public`),
 /// using the cluster's credentials.
-async fn resolve_eck_kibana(client: &Client, namespace: &str, name: &str, auth: &Auth) -> Result<Endpoint, Error> {
-    eck_resource_exists(client, namespace, name, "kibana.k8s.elastic.co", "Kibana", "kibanas", "spec.kibanaRef").await?;
+async fn resolve_eck_kibana(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    auth: &Auth,
+) -> Result<Endpoint, Error> {
+    eck_resource_exists(
+        client,
+        namespace,
+        name,
+        "kibana.k8s.elastic.co",
+        "Kibana",
+        "kibanas",
+        "spec.kibanaRef",
+    )
+    .await?;
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let ca = api
         .get_opt(&format!("{name}-kb-http-certs-public"))
@@ -300,7 +351,12 @@ async fn resolve_eck_kibana(client: &Client, namespace: &str, name: &str, auth: 
         .and_then(|s| s.data)
         .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()));
     let scheme = if ca.is_some() { "https" } else { "http" };
-    Endpoint::parse(&format!("{scheme}://{name}-kb-http.{namespace}.svc:5601"), auth.clone(), ca, "kibana-url")
+    Endpoint::parse(
+        &format!("{scheme}://{name}-kb-http.{namespace}.svc:5601"),
+        auth.clone(),
+        ca,
+        "kibana-url",
+    )
 }
 
 #[cfg(test)]

@@ -337,3 +337,52 @@ async fn fetch_checks_the_manifest_and_the_asset_list() {
     assert_eq!(err.reason(), "InvalidBundle", "{err}");
     assert!(standin.off_spec_requests().is_empty());
 }
+
+#[tokio::test]
+async fn bundle_dir_serves_releases_without_any_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundles");
+    // One release unpacked as `<dir>/<tag>/`, one as `<dir>/<tag>.zip`.
+    let unpacked = builder::write_unpacked(
+        &BundleSpec::small("ML-DGA-20201129-25", builder::Layout::V1),
+        &dir,
+    )
+    .unwrap();
+    let zipped = builder::write_release(
+        &BundleSpec::small("ML-DGA-20210126-3", builder::Layout::V2),
+        &dir,
+    )
+    .unwrap();
+    // Nothing listens here: any download attempt would fail.
+    let mut f = Fetcher::new(
+        reqwest::Client::new(),
+        "http://127.0.0.1:9",
+        tmp.path().join("cache"),
+    );
+    f.bundle_dir = Some(dir.clone());
+    let a = f
+        .fetch(Request {
+            tag: "ML-DGA-20201129-25",
+            source: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.model.id, unpacked.model_id);
+    let b = f
+        .fetch(Request {
+            tag: "ML-DGA-20210126-3",
+            source: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.sha256, zipped.zip_sha256);
+    // A tag the folder lacks falls through to the (unreachable) releases API.
+    let err = f
+        .fetch(Request {
+            tag: "ML-DGA-20990101-1",
+            source: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Unreachable", "{err}");
+}

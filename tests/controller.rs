@@ -520,3 +520,138 @@ async fn basic_licence_is_refused_with_nothing_uploaded() {
     env.wait_ready("dga").await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn unreachable_cluster_does_not_hold_deletion_forever() {
+    let settings = Settings {
+        delete_timeout: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-delete-timeout", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    // The cluster goes away for good.
+    env.secret_with(
+        "es",
+        json!({"url": "http://127.0.0.1:9", "username": "elastic", "password": "x"}),
+    )
+    .await;
+    env.models_api()
+        .delete("dga", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("dga").await;
+    let (kind, _, note) = env.wait_event("dga", "CleanupAbandoned").await;
+    assert_eq!(kind, "Warning");
+    assert!(
+        note.contains("left behind") && note.contains(&rel.router_pipeline),
+        "{note}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn mirror_url_with_sha256_pin() {
+    let env = Env::start("ctl-mirror").await;
+    let out = env.dir.path().join("mirror");
+    let rel = dga_standin::bundle::write_release(
+        &dga_standin::bundle::BundleSpec::small("ML-DGA-20210126-5", Layout::V1),
+        &out,
+    )
+    .unwrap();
+    env.standin
+        .publish_file("dga.zip", rel.zip_path.clone())
+        .unwrap();
+    env.secret("es", "changeme").await;
+    let url = format!("{}/mirror/dga.zip", env.standin.github_url());
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "es"},
+               "source": {"url": url, "sha256": rel.zip_sha256}}),
+    )
+    .await;
+    let m = env.wait_ready("dga").await;
+    assert_eq!(
+        m.status.unwrap().bundle_sha256.as_deref(),
+        Some(rel.zip_sha256.as_str())
+    );
+    assert!(
+        !env.standin
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/releases/tags/")),
+        "the mirror URL is used instead of the releases API"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn transient_errors_retry_honouring_retry_after_and_say_so() {
+    let settings = Settings {
+        backoff_base: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-transient", StandinConfig::default(), settings).await;
+    if !env.standin_only("fault injection") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.standin.add_fault(dga_standin::Fault {
+        service: Some(dga_standin::Service::Es),
+        method: Some("PUT".into()),
+        path_regex: "^/_ml/trained_models/".into(),
+        nth: 1,
+        times: 2,
+        action: dga_standin::FaultAction::Status {
+            code: 503,
+            retry_after: Some(2),
+            body: None,
+        },
+    });
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Default::default();
+    let log = seen.clone();
+    env.standin.set_interceptor(Some(std::sync::Arc::new(
+        move |r: dga_standin::RequestRecord| {
+            if r.method == "PUT" && r.path.starts_with("/_ml/trained_models/") {
+                log.lock().unwrap().push(std::time::Instant::now());
+            }
+            Box::pin(async {})
+        },
+    )));
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "Reconciling", "True", Some("TransientError"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("503"), "{msg}");
+    env.wait_ready("dga").await;
+    let puts: Vec<_> = env
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
+        .collect();
+    assert_eq!(puts.len(), 3, "two refused, one accepted");
+    // Retry-After: 2 was honoured between attempts (the base backoff alone is 100 ms). Only a
+    // lower bound is asserted: a slow machine can only make the gap longer.
+    let t = seen.lock().unwrap().clone();
+    assert_eq!(t.len(), 3);
+    assert!(
+        t[1] - t[0] >= Duration::from_millis(1900),
+        "{:?}",
+        t[1] - t[0]
+    );
+    assert!(
+        t[2] - t[1] >= Duration::from_millis(1900),
+        "{:?}",
+        t[2] - t[1]
+    );
+    env.standin.set_interceptor(None);
+    env.finish().await;
+}

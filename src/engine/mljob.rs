@@ -113,8 +113,10 @@ pub async fn ensure(
         Some(_) => {}
     }
     if dry_run && !ch.done.is_empty() {
-        ch.done
-            .push(format!("open job {JOB_ID} and start datafeed {feed}"));
+        // What does not exist yet cannot be open or started: say what apply will then do, in
+        // the same words.
+        ch.done.push(format!("open job {JOB_ID}"));
+        ch.done.push(format!("start datafeed {feed}"));
         return Ok(ch);
     }
     if es.job_state(JOB_ID).await?.as_deref() != Some("opened") {

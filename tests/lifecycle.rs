@@ -1,0 +1,201 @@
+//! Lifecycle a GitOps user can trust: zero-gap upgrades and Plan mode.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dga_standin::bundle::{BundleSpec, Layout};
+use serde_json::{Value, json};
+use support::{Env, wait_for};
+
+fn spec(tag: &str) -> Value {
+    json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
+}
+
+/// The enrichment chain: the router calls the inference pipeline, whose inference processor
+/// names a model that exists.
+fn chain_ok(env: &Env, router: &str) -> Result<(), String> {
+    let pipelines = env.standin.pipelines();
+    let models = env.standin.models();
+    let r = pipelines.get(router).ok_or("router pipeline missing")?;
+    let callee = r["processors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.pointer("/pipeline/name").and_then(Value::as_str))
+        .ok_or("router calls no pipeline")?;
+    let inf = pipelines
+        .get(callee)
+        .ok_or(format!("router calls missing pipeline {callee}"))?;
+    let model = inf["processors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.pointer("/inference/model_id").and_then(Value::as_str))
+        .ok_or("no inference processor")?;
+    if !models.contains_key(model) {
+        return Err(format!(
+            "inference pipeline points at missing model {model}"
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tag_bump_never_leaves_the_chain_without_a_model() {
+    let env = Env::start("life-zero-gap").await;
+    if !env.standin_only("pausing on every request") {
+        return env.finish().await;
+    }
+    let old = env.publish("ML-DGA-20210126-1", Layout::V2);
+    let mut next = BundleSpec::small("ML-DGA-20210301-2", Layout::V2);
+    next.model.seed += 7;
+    let new = env.publish_spec(next);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&old.tag)).await;
+    env.wait_ready("dga").await;
+    let old_model = env.status("dga").await.unwrap().model_id.unwrap();
+
+    // From now on every request waits until the test has checked the chain.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+        dga_standin::RequestRecord,
+        tokio::sync::oneshot::Sender<()>,
+    )>();
+    env.standin
+        .set_interceptor(Some(Arc::new(move |r: dga_standin::RequestRecord| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                if tx.send((r, done)).is_ok() {
+                    let _ = wait.await;
+                }
+            })
+        })));
+    env.apply("dga", spec(&new.tag)).await;
+    let mut checked = 0;
+    let mut writes = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let upgraded = env
+            .status("dga")
+            .await
+            .is_some_and(|s| s.installed_tag.as_deref() == Some(new.tag.as_str()));
+        if upgraded && env.standin.models().len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upgrade did not finish; writes so far {writes:?}"
+        );
+        let Ok(Some((rec, release))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        else {
+            continue;
+        };
+        if let Err(e) = chain_ok(&env, &new.router_pipeline) {
+            panic!(
+                "gap before {} {}: {e}; writes so far {writes:?}",
+                rec.method, rec.path
+            );
+        }
+        checked += 1;
+        if rec.is_write() {
+            writes.push(format!("{} {}", rec.method, rec.path));
+        }
+        let _ = release.send(());
+    }
+    env.standin.set_interceptor(None);
+    while let Ok((_, release)) = rx.try_recv() {
+        let _ = release.send(());
+    }
+    chain_ok(&env, &new.router_pipeline).unwrap();
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.starts_with("PUT /_ml/trained_models/")),
+        "{writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .any(|w| w == &format!("DELETE /_ml/trained_models/{old_model}")),
+        "{writes:?}"
+    );
+    assert!(
+        checked >= writes.len() + 1,
+        "checked between every pair of requests"
+    );
+    // The new model went in before the switch, the old one out after it.
+    let pos = |p: &str| writes.iter().position(|w| w.contains(p)).unwrap();
+    assert!(
+        pos("PUT /_ml/trained_models/")
+            < pos(&format!("PUT /_ingest/pipeline/{}", new.inference_pipeline))
+    );
+    assert!(
+        pos(&format!("PUT /_ingest/pipeline/{}", new.inference_pipeline))
+            < pos("DELETE /_ml/trained_models/")
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
+    let env = Env::start("life-plan").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let mut s = spec(&rel.tag);
+    s["mode"] = "Plan".into();
+    env.apply("dga", s.clone()).await;
+    let m = env
+        .wait_condition("dga", "Ready", "False", Some("Planned"))
+        .await;
+    let plan = m.status.unwrap().plan.unwrap();
+    assert!(
+        plan.contains("create trained model") && plan.contains("create rule"),
+        "{plan}"
+    );
+    assert!(env.stack().models().await.is_empty() && env.stack().pipelines().await.is_empty());
+    assert!(env.stack().rules("default").await.is_empty());
+    let (_, _, note) = env.wait_event("dga", "Planned").await;
+    assert!(note.contains("create ingest pipeline"), "{note}");
+
+    // Apply does exactly what the plan said.
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let installed = env.wait_event("dga", "Installed").await.2;
+    let rules = env.wait_event("dga", "RulesSynced").await.2;
+    for line in plan.split("; ") {
+        assert!(
+            installed.contains(line) || rules.contains(line),
+            "planned `{line}` not applied:\n{installed}\n{rules}"
+        );
+    }
+    let st = env.status("dga").await.unwrap();
+    assert!(st.plan.is_none(), "no plan in Apply mode");
+
+    // A tag bump in Plan mode shows the upgrade and changes nothing.
+    let mut next = BundleSpec::small("ML-DGA-20210301-2", Layout::V2);
+    next.model.seed += 3;
+    let new = env.publish_spec(next);
+    let before = (env.stack().models().await, env.stack().pipelines().await);
+    let mut s = spec(&new.tag);
+    s["mode"] = "Plan".into();
+    env.apply("dga", s).await;
+    let m = env
+        .wait_condition("dga", "Ready", "False", Some("Planned"))
+        .await;
+    let plan = m.status.unwrap().plan.unwrap();
+    let old_model = st.model_id.unwrap();
+    assert!(
+        plan.contains("create trained model")
+            && plan.contains(&format!("delete trained model {old_model}")),
+        "{plan}"
+    );
+    assert!(plan.contains("upgrade ingest pipeline"), "{plan}");
+    let after = (env.stack().models().await, env.stack().pipelines().await);
+    assert_eq!(before, after, "Plan mode wrote nothing");
+    let unchanged = wait_for(Duration::from_secs(1), || async { None::<()> }).await;
+    assert!(unchanged.is_none());
+    env.finish().await;
+}
