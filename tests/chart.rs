@@ -629,14 +629,13 @@ fn pod_meets_restricted_and_runs_with_the_documented_flags() {
 }
 
 /// Everything the operator may do, as (apiGroup, resource, verb). Each entry is a call the
-/// operator makes; the chart must grant exactly these, nothing more (no wildcards, no list or
+/// operator makes (tests/rbac.rs audits this against the requests of a real run); the chart must
+/// grant exactly these, nothing more (no wildcards, no list or
 /// watch of Secrets, no writes outside DgaModels and Events).
 const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
-    ("dgaoperator.io", "dgamodels", "get"),
     ("dgaoperator.io", "dgamodels", "list"),
     ("dgaoperator.io", "dgamodels", "watch"),
-    ("dgaoperator.io", "dgamodels", "update"), // finalizer
-    ("dgaoperator.io", "dgamodels", "patch"),  // finalizer
+    ("dgaoperator.io", "dgamodels", "patch"), // finalizer (merge patch with resourceVersion)
     ("dgaoperator.io", "dgamodels/status", "patch"),
     ("", "secrets", "get"),
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "get"),

@@ -1,0 +1,324 @@
+//! `clusterRef.name` / `spec.kibanaRef`: dereferencing ECK `Elasticsearch` and `Kibana` resources
+//! on the real kube-apiserver, by ECK's naming conventions (`<name>-es-http`,
+//! `<name>-es-elastic-user`/`elastic`, `<name>-es-http-certs-public`/`ca.crt`, `<name>-kb-http`,
+//! `<name>-kb-http-certs-public`). Minimal ECK CRDs are installed when absent.
+//!
+//! Run: `tests/testbed/k8s.sh run -- cargo test --test eck`.
+
+#[path = "support/eck.rs"]
+mod eck;
+mod support;
+
+use std::time::Duration;
+
+use dga_operator::api::{ClusterRef, ObjectRef};
+use dga_operator::controller::Settings;
+use dga_operator::target::{self, Auth, Target};
+use dga_standin::StandinConfig;
+use dga_standin::bundle::Layout;
+use kube::Client;
+use serde_json::json;
+use support::{Env, TestNs};
+
+async fn ns(prefix: &str) -> TestNs {
+    let ns = TestNs::new(prefix).await;
+    eck::install_crds(&ns.client).await;
+    ns
+}
+
+fn by_name(name: &str, namespace: Option<&str>) -> ClusterRef {
+    ClusterRef {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn kb(name: &str, namespace: Option<&str>) -> ObjectRef {
+    ObjectRef {
+        name: name.into(),
+        namespace: namespace.map(Into::into),
+    }
+}
+
+fn password(auth: &Auth) -> (&str, &str) {
+    match auth {
+        Auth::Basic { username, password } => (username.as_str(), password.expose()),
+        other => panic!("expected basic auth, got {other:?}"),
+    }
+}
+
+async fn resolve(
+    client: &Client,
+    ns: &str,
+    r: &ClusterRef,
+    k: Option<&ObjectRef>,
+) -> Result<Target, String> {
+    target::resolve(client, ns, r, k)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn elasticsearch_and_kibana_resolve_by_eck_conventions() {
+    let ns = ns("eck-resolve").await;
+    let n = ns.name.clone();
+    let (pw, es_ca) = eck::quickstart(&ns.client, &n, "quickstart").await;
+    let kb_ca = eck::kibana(&ns.client, &n, "kb").await;
+
+    let t = resolve(
+        &ns.client,
+        &n,
+        &by_name("quickstart", None),
+        Some(&kb("kb", None)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        t.elasticsearch.url,
+        format!("https://quickstart-es-http.{n}.svc:9200")
+    );
+    assert_eq!(password(&t.elasticsearch.auth), ("elastic", pw.as_str()));
+    assert_eq!(t.elasticsearch.ca_pem.as_deref(), Some(es_ca.as_slice()));
+    // The CA is a usable PEM: an HTTP client builds with it.
+    t.elasticsearch.http_client(Duration::from_secs(5)).unwrap();
+    let k = t.kibana.as_ref().expect("kibana resolved");
+    assert_eq!(k.url, format!("https://kb-kb-http.{n}.svc:5601"));
+    assert_eq!(password(&k.auth), ("elastic", pw.as_str()));
+    assert_eq!(k.ca_pem.as_deref(), Some(kb_ca.as_slice()));
+    k.http_client(Duration::from_secs(5)).unwrap();
+    // The key the controller serialises on, and no password in any printed form.
+    assert_eq!(t.key(), t.elasticsearch.url);
+    assert!(!format!("{t:?}").contains(&pw), "{t:?}");
+
+    // Without kibanaRef there is no Kibana (an ECK cluster has no kibana-url).
+    let t = resolve(&ns.client, &n, &by_name("quickstart", None), None)
+        .await
+        .unwrap();
+    assert!(t.kibana.is_none());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_a_public_ca_secret_the_url_is_plain_http() {
+    // ECK with `spec.http.tls.selfSignedCertificate.disabled: true` publishes no CA.
+    let ns = ns("eck-plain").await;
+    let n = ns.name.clone();
+    eck::create_object(&ns.client, &n, &eck::es_resource(), "plain").await;
+    eck::secret(&ns.client, &n, "plain-es-elastic-user", "elastic", b"pw").await;
+    eck::create_object(&ns.client, &n, &eck::kb_resource(), "plainkb").await;
+    let t = resolve(
+        &ns.client,
+        &n,
+        &by_name("plain", None),
+        Some(&kb("plainkb", None)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        t.elasticsearch.url,
+        format!("http://plain-es-http.{n}.svc:9200")
+    );
+    assert!(t.elasticsearch.ca_pem.is_none());
+    assert_eq!(
+        t.kibana.unwrap().url,
+        format!("http://plainkb-kb-http.{n}.svc:5601")
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn cross_namespace_references() {
+    let home = ns("eck-home").await;
+    let elastic = ns("eck-elastic").await;
+    let kibana = ns("eck-kibana").await;
+    let (pw, es_ca) = eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
+    let kb_ca = eck::kibana(&kibana.client, &kibana.name, "kb").await;
+
+    let t = resolve(
+        &home.client,
+        &home.name,
+        &by_name("quickstart", Some(&elastic.name)),
+        Some(&kb("kb", Some(&kibana.name))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        t.elasticsearch.url,
+        format!("https://quickstart-es-http.{}.svc:9200", elastic.name)
+    );
+    assert_eq!(password(&t.elasticsearch.auth).1, pw);
+    assert_eq!(t.elasticsearch.ca_pem.as_deref(), Some(es_ca.as_slice()));
+    let k = t.kibana.unwrap();
+    assert_eq!(
+        k.url,
+        format!("https://kb-kb-http.{}.svc:5601", kibana.name)
+    );
+    assert_eq!(k.ca_pem.as_deref(), Some(kb_ca.as_slice()));
+
+    // kibanaRef without a namespace is looked up in the DgaModel's namespace, not the
+    // Elasticsearch's.
+    let e = resolve(
+        &home.client,
+        &home.name,
+        &by_name("quickstart", Some(&elastic.name)),
+        Some(&kb("kb", None)),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains(&format!("{}/kb", home.name)), "{e}");
+
+    // The referenced namespace is where the objects are looked up: not in the home namespace.
+    let e = resolve(&home.client, &home.name, &by_name("quickstart", None), None)
+        .await
+        .unwrap_err();
+    assert!(e.contains(&format!("{}/quickstart", home.name)), "{e}");
+    for ns in [home, elastic, kibana] {
+        ns.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn errors_name_what_is_missing() {
+    let ns = ns("eck-errors").await;
+    let n = ns.name.clone();
+
+    // No Elasticsearch resource: the message names spec.clusterRef and the object.
+    let e = resolve(&ns.client, &n, &by_name("nosuch", None), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("spec.clusterRef") && e.contains(&format!("Elasticsearch {n}/nosuch")),
+        "{e}"
+    );
+
+    // The resource exists but ECK has not (yet) created the elastic-user Secret.
+    eck::create_object(&ns.client, &n, &eck::es_resource(), "young").await;
+    let e = resolve(&ns.client, &n, &by_name("young", None), None)
+        .await
+        .unwrap_err();
+    assert!(e.contains(&format!("{n}/young-es-elastic-user")), "{e}");
+
+    // The Secret lacks the `elastic` key.
+    eck::create_object(&ns.client, &n, &eck::es_resource(), "odd").await;
+    eck::secret(&ns.client, &n, "odd-es-elastic-user", "someone", b"pw").await;
+    let e = resolve(&ns.client, &n, &by_name("odd", None), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("odd-es-elastic-user") && e.contains("`elastic`"),
+        "{e}"
+    );
+
+    // Elasticsearch fine, Kibana missing: the message names spec.kibanaRef.
+    let (pw, _) = eck::quickstart(&ns.client, &n, "quickstart").await;
+    let e = resolve(
+        &ns.client,
+        &n,
+        &by_name("quickstart", None),
+        Some(&kb("nokb", None)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("spec.kibanaRef") && e.contains(&format!("Kibana {n}/nokb")),
+        "{e}"
+    );
+    // No error message carries the password.
+    assert!(!e.contains(&pw));
+
+    // Neither or both of secretName and name.
+    let e = resolve(&ns.client, &n, &ClusterRef::default(), None)
+        .await
+        .unwrap_err();
+    assert!(e.contains("exactly one"), "{e}");
+    let both = ClusterRef {
+        secret_name: Some("es".into()),
+        name: Some("quickstart".into()),
+        namespace: None,
+    };
+    let e = resolve(&ns.client, &n, &both, None).await.unwrap_err();
+    assert!(e.contains("exactly one"), "{e}");
+    ns.cleanup().await;
+}
+
+/// ECK not installed. CRDs are cluster-wide and the other tests install ECK's, so this points the
+/// existence check at an API group that has no CRD (the same request shape and the same 404 a
+/// cluster without ECK answers) rather than uninstalling anything.
+#[tokio::test]
+async fn eck_not_installed_is_reported_as_such() {
+    let ns = TestNs::new("eck-nocrd").await;
+    let e = target::eck_resource_exists(
+        &ns.client,
+        &ns.name,
+        "quickstart",
+        "not-installed.dga-tests.example.com",
+        "Elasticsearch",
+        "elasticsearches",
+        "spec.clusterRef",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("spec.clusterRef") && e.contains("not installed"),
+        "{e}"
+    );
+    ns.cleanup().await;
+}
+
+/// Through the controller: a DgaModel naming an ECK cluster gets as far as connecting to the
+/// service ECK would have created (there is no cluster DNS here), and says so with that URL.
+#[tokio::test]
+async fn controller_connects_to_the_eck_service() {
+    let settings = Settings {
+        delete_timeout: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let env = Env::start_with("eck-e2e", StandinConfig::default(), settings).await;
+    eck::install_crds(&env.ns.client).await;
+    let n = env.ns.name.clone();
+    eck::quickstart(&env.ns.client, &n, "quickstart").await;
+    eck::kibana(&env.ns.client, &n, "kb").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstart"}, "kibanaRef": {"name": "kb"}}),
+    )
+    .await;
+    let m = env
+        .wait_condition(
+            "dga",
+            "ElasticsearchReachable",
+            "False",
+            Some("Unreachable"),
+        )
+        .await;
+    let c = m
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "ElasticsearchReachable")
+        .unwrap();
+    let url = format!("https://quickstart-es-http.{n}.svc:9200");
+    assert!(
+        c.message.contains(&url),
+        "message lacks {url}: {}",
+        c.message
+    );
+
+    // A typo in clusterRef.name is a clear, non-transient error naming the field.
+    env.apply(
+        "typo",
+        json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstrat"}}),
+    )
+    .await;
+    let m = env.wait_condition("typo", "Ready", "False", None).await;
+    let text = serde_json::to_string(&m.status).unwrap();
+    assert!(
+        text.contains("spec.clusterRef") && text.contains(&format!("{n}/quickstrat")),
+        "{text}"
+    );
+    env.finish().await;
+}
