@@ -25,7 +25,7 @@ use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
 use crate::status::{
     self, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, READY, RECONCILING, RULES,
-    STALLED,
+    STALLED, VERIFIED,
 };
 use crate::target::{self, Target};
 
@@ -636,6 +636,23 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     );
     if !applied.warnings.is_empty() {
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
+    }
+    // Prove the chain works on canary documents; report, never undo.
+    match engine::verify::verify(&es, desired.router_pipeline()).await {
+        Ok(Ok(summary)) => report.set(VERIFIED, true, "Verified", summary),
+        Ok(Err(problem)) => {
+            if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
+            {
+                report.event(true, "VerificationFailed", "Verify", problem.clone());
+            }
+            report.set(VERIFIED, false, "VerificationFailed", problem);
+        }
+        Err(e) => report.set(
+            VERIFIED,
+            false,
+            e.reason(),
+            format!("could not run _simulate: {e}"),
+        ),
     }
     report.status.installed_tag = Some(desired.release.clone());
     report.status.model_id = Some(desired.model_id.clone());

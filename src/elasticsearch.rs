@@ -515,4 +515,21 @@ impl Elasticsearch {
         .await
         .map(drop)
     }
+
+    /// Runs documents through a stored pipeline without indexing them.
+    pub async fn simulate(&self, pipeline: &str, body: &Value) -> Result<Value, Error> {
+        let what = format!("simulating ingest pipeline {pipeline}");
+        let (_, v) = self
+            .simple(
+                &what,
+                self.req(
+                    Method::POST,
+                    &format!("/_ingest/pipeline/{pipeline}/_simulate"),
+                )
+                .json(body),
+                &[200],
+            )
+            .await?;
+        Ok(v)
+    }
 }

@@ -14,6 +14,7 @@ pub const MODEL: &str = "ModelInstalled";
 pub const PIPELINES: &str = "PipelinesInstalled";
 pub const KIBANA_REACHABLE: &str = "KibanaReachable";
 pub const RULES: &str = "RulesInstalled";
+pub const VERIFIED: &str = "EnrichmentVerified";
 
 /// Sets a condition, keeping its transition time when the status is unchanged.
 pub fn set(
@@ -74,7 +75,7 @@ fn truncate(s: String, n: usize) -> String {
 
 /// Keeps conditions in a stable order so equal statuses compare equal.
 pub fn sort(conditions: &mut [Condition]) {
-    const ORDER: [&str; 7] = [
+    const ORDER: [&str; 10] = [
         READY,
         RECONCILING,
         STALLED,
@@ -82,6 +83,9 @@ pub fn sort(conditions: &mut [Condition]) {
         LICENSE,
         MODEL,
         PIPELINES,
+        VERIFIED,
+        KIBANA_REACHABLE,
+        RULES,
     ];
     conditions.sort_by_key(|c| {
         ORDER

@@ -199,3 +199,87 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
     assert!(unchanged.is_none());
     env.finish().await;
 }
+
+#[tokio::test]
+async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
+    let env = Env::start("life-verify").await;
+    env.secret("es", "changeme").await;
+    // The package's own pipelines use painless, which the stand-in cannot run: verification must
+    // fail there, say why, and leave the working install alone. A real stack runs painless.
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply("painless", spec(&rel.tag)).await;
+    env.wait_ready("painless").await;
+    if env.real() {
+        env.wait_condition("painless", "EnrichmentVerified", "True", Some("Verified"))
+            .await;
+        return env.finish().await;
+    }
+    let m = env
+        .wait_condition(
+            "painless",
+            "EnrichmentVerified",
+            "False",
+            Some("VerificationFailed"),
+        )
+        .await;
+    let st = m.status.unwrap();
+    let msg = dga_operator::status::get(&st.conditions, "EnrichmentVerified")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("skipped processors") && msg.contains("script"),
+        "{msg}"
+    );
+    assert!(
+        dga_operator::status::is_true(&st.conditions, "Ready"),
+        "a verification failure does not undo a working install"
+    );
+    env.wait_event("painless", "VerificationFailed").await;
+    env.models_api()
+        .delete("painless", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("painless").await;
+
+    // A release whose pipelines use only processors the stand-in can run verifies.
+    let tag = "ML-DGA-20210126-8";
+    let mut model = Vec::new();
+    dga_standin::model::write_model_json(
+        &dga_standin::model::ModelSpec::new("dga_9_1.0", 60_000, 9),
+        dga_standin::model::ModelEncoding::Plain,
+        &mut model,
+    )
+    .unwrap();
+    let router = json!({"processors": [{"pipeline": {"name": "t_inference_pipeline", "if": "ctx.type == 'dns'"}}]});
+    let inference = json!({"processors": [
+        {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
+                       "inference_config": {"classification": {"num_top_classes": 1}}}},
+        {"rename": {"field": "ml_is_dga.predicted_value", "target_field": "ml_is_dga.malicious_prediction"}},
+        {"rename": {"field": "ml_is_dga.prediction_probability", "target_field": "ml_is_dga.malicious_probability"}}
+    ]});
+    let zip = env.dir.path().join("plain.zip");
+    let (r, i) = (router.to_string(), inference.to_string());
+    dga_standin::bundle::write_custom_zip(
+        &zip,
+        &[
+            (&format!("{tag}/dga_9_1.0_model.json"), model.as_slice()),
+            (&format!("{tag}/t_ingest_pipeline.json"), r.as_bytes()),
+            (&format!("{tag}/t_inference_pipeline.json"), i.as_bytes()),
+        ],
+    )
+    .unwrap();
+    env.standin
+        .publish_release_files(support::REPO, tag, vec![(format!("{tag}.zip"), zip)])
+        .unwrap();
+    env.apply("plain", spec(tag)).await;
+    let m = env
+        .wait_condition("plain", "EnrichmentVerified", "True", Some("Verified"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "EnrichmentVerified")
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("DGA-looking name"), "{msg}");
+    env.finish().await;
+}

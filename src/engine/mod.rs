@@ -9,6 +9,7 @@ pub mod build;
 pub mod diff;
 pub mod mljob;
 pub mod observe;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,161 @@
+//! Proves the installed enrichment works: the router pipeline is run with `_simulate` on canary
+//! DNS documents and every one must come back with a valid `ml_is_dga.malicious_prediction`
+//! (0 or 1) and `malicious_probability` (0.0 to 1.0). A failure is reported, never hidden, and
+//! never removes a working install.
+
+use serde_json::{Value, json};
+
+use crate::elasticsearch::Elasticsearch;
+use crate::error::Error;
+
+/// Canary documents, shaped as Packetbeat writes DNS events.
+pub fn canaries() -> Vec<(&'static str, Value)> {
+    let dns = |name: &str, registered: Value, tld: &str, sub: Value| {
+        json!({"_source": {
+            "@timestamp": "2026-01-01T00:00:00Z",
+            "type": "dns",
+            "event": {"category": ["network"], "dataset": "network_traffic.dns"},
+            "network": {"protocol": "dns"},
+            "dns": {"response_code": "NOERROR", "question": {
+                "name": name, "type": "A", "registered_domain": registered,
+                "top_level_domain": tld, "subdomain": sub
+            }}
+        }})
+    };
+    vec![
+        (
+            "a benign name",
+            dns(
+                "www.wikipedia.org",
+                json!("wikipedia.org"),
+                "org",
+                json!("www"),
+            ),
+        ),
+        (
+            "a DGA-looking name",
+            dns(
+                "xjqkw3vbzq7yt.biz",
+                json!("xjqkw3vbzq7yt.biz"),
+                "biz",
+                Value::Null,
+            ),
+        ),
+        (
+            "a name without registered_domain",
+            dns("printer-42", Value::Null, "", Value::Null),
+        ),
+    ]
+}
+
+/// Checks a `_simulate` answer; Ok holds a short summary, Err says what is wrong.
+pub fn check(answer: &Value) -> Result<String, String> {
+    let docs = answer
+        .get("docs")
+        .and_then(Value::as_array)
+        .ok_or("the _simulate answer has no docs")?;
+    let names = canaries();
+    if docs.len() != names.len() {
+        return Err(format!(
+            "_simulate returned {} documents for {} canaries",
+            docs.len(),
+            names.len()
+        ));
+    }
+    let mut scores = Vec::new();
+    for ((what, _), d) in names.iter().zip(docs) {
+        if let Some(e) = d.get("error") {
+            let reason = e.get("reason").and_then(Value::as_str).unwrap_or("error");
+            return Err(format!("{what}: the pipeline failed: {reason}"));
+        }
+        let skipped = d
+            .get("_standin_skipped")
+            .and_then(Value::as_array)
+            .filter(|s| !s.is_empty());
+        let src = d
+            .pointer("/doc/_source")
+            .ok_or(format!("{what}: no document in the answer"))?;
+        if let Some(msg) = src.pointer("/error/message").and_then(Value::as_str) {
+            return Err(format!("{what}: the pipeline reported `{msg}`"));
+        }
+        let pred = src.pointer("/ml_is_dga/malicious_prediction");
+        let prob = src
+            .pointer("/ml_is_dga/malicious_probability")
+            .and_then(Value::as_f64);
+        let pred_ok = pred
+            .and_then(Value::as_f64)
+            .is_some_and(|p| p == 0.0 || p == 1.0)
+            || pred
+                .and_then(Value::as_str)
+                .is_some_and(|p| p == "0" || p == "1");
+        match (pred_ok, prob) {
+            (true, Some(p)) if (0.0..=1.0).contains(&p) => scores.push(format!("{what} {p:.2}")),
+            _ => {
+                let why = match skipped {
+                    Some(s) => format!(
+                        " (the server skipped processors it cannot run: {})",
+                        s.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => String::new(),
+                };
+                return Err(format!(
+                    "{what}: expected ml_is_dga.malicious_prediction 0/1 and malicious_probability 0..1, got {}{why}",
+                    src.get("ml_is_dga")
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "no ml_is_dga".into())
+                ));
+            }
+        }
+    }
+    Ok(format!("canaries scored: {}", scores.join(", ")))
+}
+
+/// Runs the canaries through the router pipeline. `Ok(Err(..))` is a verification failure;
+/// `Err` is a request that did not get an answer.
+pub async fn verify(es: &Elasticsearch, router: &str) -> Result<Result<String, String>, Error> {
+    let docs: Vec<Value> = canaries().into_iter().map(|(_, d)| d).collect();
+    let answer = es.simulate(router, &json!({ "docs": docs })).await?;
+    Ok(check(&answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(results: Vec<Value>) -> Value {
+        json!({"docs": results.into_iter().map(|ml| json!({"doc": {"_source": {"ml_is_dga": ml}}})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn valid_scores_pass() {
+        let ok = answer(vec![
+            json!({"malicious_prediction": 0, "malicious_probability": 0.01}),
+            json!({"malicious_prediction": 1, "malicious_probability": 0.99}),
+            json!({"malicious_prediction": 0, "malicious_probability": 0.0}),
+        ]);
+        assert!(check(&ok).unwrap().contains("DGA-looking name 0.99"));
+    }
+
+    #[test]
+    fn missing_or_invalid_scores_fail_with_the_reason() {
+        let bad = answer(vec![
+            json!({"malicious_prediction": 0, "malicious_probability": 0.01}),
+            json!({"malicious_prediction": 2, "malicious_probability": 0.5}),
+            json!({}),
+        ]);
+        assert!(check(&bad).unwrap_err().contains("DGA-looking name"));
+        let mut skipped = answer(vec![json!({"predicted_value": 1}), json!({}), json!({})]);
+        skipped["docs"][0]["_standin_skipped"] = json!(["script(id=x)"]);
+        let e = check(&skipped).unwrap_err();
+        assert!(
+            e.contains("skipped processors") && e.contains("script(id=x)"),
+            "{e}"
+        );
+        let failed = json!({"docs": [{"error": {"reason": "boom"}}, {}, {}]});
+        assert!(check(&failed).unwrap_err().contains("boom"));
+        assert!(check(&json!({"docs": []})).is_err());
+    }
+}
