@@ -73,6 +73,10 @@ pub struct DgaModelSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// Where the enrichment is wired in, so DNS events are scored as they are indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<EnrichmentSpec>,
+
     /// An ECK `Kibana` resource to install the rules into (its `<name>-kb-http` service, with the
     /// credentials of the cluster). Without it, the Secret's `kibana-url` is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,28 @@ pub struct DgaModelSpec {
     /// The detection rules that alert on the enrichment, installed into Kibana.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RulesSpec>,
+}
+
+/// Wiring the enrichment pipeline into the indices that receive DNS events. Each target is wired
+/// one way only (never twice): Fleet data streams through their `@custom` pipeline hook, Beats
+/// indices through `index.final_pipeline`. A hook or `final_pipeline` someone else set is a
+/// Conflict unless `overwrite: true`. Deleting the DgaModel unwires first.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrichmentSpec {
+    /// Wire the enrichment in (default `true`). `false` unwires what this DgaModel wired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// `@custom` pipelines of Fleet integrations to hook. Default
+    /// `logs-network_traffic.dns@custom` (the Network Packet Capture integration's DNS data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_pipelines: Option<Vec<String>>,
+
+    /// Index patterns whose existing indices get `index.final_pipeline` (Packetbeat without
+    /// Fleet). Default `packetbeat-*`. Indices created later are wired at the next resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indices: Option<Vec<String>>,
 }
 
 /// Which detection rules to install into Kibana, and how.
@@ -253,6 +279,9 @@ pub struct InstalledObjects {
     pub scripts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<String>,
+    /// Indices whose `index.final_pipeline` this DgaModel set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wired_indices: Vec<String>,
     /// Anomaly detection jobs (with their datafeeds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<String>,
@@ -267,6 +296,7 @@ impl InstalledObjects {
             && self.scripts.is_empty()
             && self.pipelines.is_empty()
             && self.jobs.is_empty()
+            && self.wired_indices.is_empty()
             && self.rules_space.is_none()
     }
 }

@@ -205,6 +205,7 @@ fn recorded_ids(status: Option<&DgaModelStatus>) -> Ids {
         models: objects.models.into_iter().collect(),
         scripts: objects.scripts.into_iter().collect(),
         pipelines: objects.pipelines.into_iter().collect(),
+        indices: objects.wired_indices.into_iter().collect(),
     }
 }
 
@@ -492,7 +493,11 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
     let owner = owner_of(obj);
-    let desired = engine::build(&bundle, &owner);
+    let desired = engine::build_with(
+        &bundle,
+        &owner,
+        &engine::Wiring::from_spec(spec.enrichment.as_ref()),
+    );
     let known = recorded_ids(obj.status.as_ref());
     let mut ids = known.clone();
     ids.models.insert(desired.model_id.clone());
@@ -500,6 +505,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
     ids.pipelines
         .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+    ids.indices.extend(desired.wire_indices.iter().cloned());
     let observed = engine::observe(&es, &ids).await?;
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
@@ -538,6 +544,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
                 engine::Action::DeleteModel { id, .. } => drop(o.models.remove(id)),
                 engine::Action::DeleteScript { id, .. } => drop(o.scripts.remove(id)),
                 engine::Action::DeletePipeline { id, .. } => drop(o.pipelines.remove(id)),
+                engine::Action::WireIndex { index, .. } => drop(o.indices.insert(index.clone())),
+                engine::Action::UnwireIndex { index, .. } => drop(o.indices.remove(index)),
             }
         }
         o
@@ -855,6 +863,7 @@ fn record_objects(report: &mut Report, ids: &Ids) {
     o.models = ids.models.iter().cloned().collect();
     o.scripts = ids.scripts.iter().cloned().collect();
     o.pipelines = ids.pipelines.iter().cloned().collect();
+    o.wired_indices = ids.indices.iter().cloned().collect();
 }
 
 /// Version and licence checks, reported as conditions.

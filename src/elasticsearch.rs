@@ -532,4 +532,56 @@ impl Elasticsearch {
             .await?;
         Ok(v)
     }
+
+    /// `index.default_pipeline` and `index.final_pipeline` of the indices matching the names.
+    pub async fn index_pipelines(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, crate::engine::observe::IndexPipelines>, Error> {
+        let what = "reading index pipeline settings";
+        let path = format!(
+            "/{}/_settings/index.default_pipeline,index.final_pipeline?allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open",
+            names.join(",")
+        );
+        let (status, body) = self
+            .simple(what, self.req(Method::GET, &path), &[200, 404])
+            .await?;
+        let mut out = BTreeMap::new();
+        if status == 404 {
+            return Ok(out);
+        }
+        for (index, v) in body.as_object().into_iter().flatten() {
+            let get = |k: &str| {
+                v.pointer(&format!("/settings/index/{k}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            out.insert(
+                index.clone(),
+                crate::engine::observe::IndexPipelines {
+                    default_pipeline: get("default_pipeline"),
+                    final_pipeline: get("final_pipeline"),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Sets (or with None, removes) an index's `index.final_pipeline`.
+    pub async fn set_final_pipeline(
+        &self,
+        index: &str,
+        pipeline: Option<&str>,
+    ) -> Result<(), Error> {
+        let what = format!("setting index.final_pipeline of {index}");
+        let body = serde_json::json!({"index": {"final_pipeline": pipeline}});
+        self.simple(
+            &what,
+            self.req(Method::PUT, &format!("/{index}/_settings"))
+                .json(&body),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
 }

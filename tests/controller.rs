@@ -183,7 +183,8 @@ async fn retain_leaves_objects_and_releases_the_finalizer() {
         .await
         .unwrap();
     env.wait_gone("dga").await;
-    assert_eq!(env.stack().pipelines().await.len(), 2);
+    // The release's two pipelines and the default `@custom` hook that calls the router.
+    assert_eq!(env.stack().pipelines().await.len(), 3);
     assert_eq!(env.stack().scripts().await.len(), 2);
     assert_eq!(env.stack().models().await.len(), 1);
     env.finish().await;
@@ -345,7 +346,8 @@ async fn a_second_dgamodel_on_the_same_cluster_conflicts() {
         .await
         .unwrap();
     env.wait_gone("second").await;
-    assert_eq!(env.stack().pipelines().await.len(), 2);
+    // The release's two pipelines and the default `@custom` hook that calls the router.
+    assert_eq!(env.stack().pipelines().await.len(), 3);
     assert_eq!(env.stack().models().await.len(), 1);
     env.finish().await;
 }

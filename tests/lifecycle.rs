@@ -283,3 +283,148 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
     assert!(msg.contains("DGA-looking name"), "{msg}");
     env.finish().await;
 }
+
+fn final_pipeline(env: &Env, index: &str) -> Option<String> {
+    env.standin
+        .index_settings()
+        .get(index)?
+        .get("index.final_pipeline")?
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn enrichment_is_wired_once_never_over_a_users_pipeline_and_unwired_first() {
+    let env = Env::start("life-wiring").await;
+    if !env.standin_only("creating indices by hand") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let plain = "packetbeat-8.17.0-2026.11.27";
+    let users = "packetbeat-8.17.0-2026.11.28";
+    let already = "packetbeat-8.17.0-2026.11.29";
+    env.standin.put_index_settings(plain, json!({}));
+    env.standin
+        .put_index_settings(users, json!({"index.final_pipeline": "user-pipeline"}));
+    // Someone already routes this one through the router as its default pipeline: a final
+    // pipeline too would score every event twice.
+    env.standin.put_index_settings(
+        already,
+        json!({"index.default_pipeline": rel.router_pipeline}),
+    );
+
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "Stalled", "True", Some("Conflict"))
+        .await;
+    let msg = dga_operator::status::get(&m.status.unwrap().conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains(users) && msg.contains("user-pipeline"),
+        "{msg}"
+    );
+    assert_eq!(
+        final_pipeline(&env, users).as_deref(),
+        Some("user-pipeline"),
+        "never clobbered"
+    );
+    assert_eq!(
+        final_pipeline(&env, plain),
+        None,
+        "nothing applied while a conflict stands"
+    );
+
+    // Leave the user's index out: the rest is wired, once.
+    let mut s = spec(&rel.tag);
+    s["enrichment"] = json!({"indices": [plain, already]});
+    env.apply("dga", s).await;
+    let m = env.wait_ready("dga").await;
+    assert_eq!(
+        final_pipeline(&env, plain).as_deref(),
+        Some(rel.router_pipeline.as_str())
+    );
+    assert_eq!(final_pipeline(&env, already), None, "not wired twice");
+    assert_eq!(
+        final_pipeline(&env, users).as_deref(),
+        Some("user-pipeline")
+    );
+    let hook = &env.standin.pipelines()["logs-network_traffic.dns@custom"];
+    assert_eq!(
+        hook["processors"][0]["pipeline"]["name"],
+        rel.router_pipeline.as_str()
+    );
+    assert_eq!(
+        m.status.unwrap().objects.wired_indices,
+        vec![plain.to_string()]
+    );
+
+    // With overwrite the user's final pipeline is replaced (the user asked for it).
+    let mut s = spec(&rel.tag);
+    s["overwrite"] = true.into();
+    env.apply("dga", s).await;
+    let replaced = wait_for(Duration::from_secs(20), || async {
+        (final_pipeline(&env, users).as_deref() == Some(rel.router_pipeline.as_str())).then_some(())
+    })
+    .await;
+    assert!(replaced.is_some());
+
+    // Delete: unwired before the pipelines go.
+    env.standin.clear_requests();
+    env.models_api()
+        .delete("dga", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("dga").await;
+    assert_eq!(final_pipeline(&env, plain), None);
+    assert_eq!(final_pipeline(&env, users), None);
+    assert!(
+        !env.standin
+            .pipelines()
+            .contains_key("logs-network_traffic.dns@custom")
+    );
+    let writes = env.es_writes();
+    let unwire = writes
+        .iter()
+        .position(|w| w.contains("/_settings"))
+        .expect("unwired");
+    let delete = writes
+        .iter()
+        .position(|w| w.starts_with("DELETE /_ingest/pipeline/"))
+        .expect("deleted");
+    assert!(unwire < delete, "{writes:?}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_users_custom_hook_is_a_conflict_and_enrichment_can_be_turned_off() {
+    let env = Env::start("life-hook").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let theirs = json!({"processors": [{"set": {"field": "team", "value": "secops"}}]});
+    env.stack()
+        .put_pipeline("logs-network_traffic.dns@custom", theirs.clone())
+        .await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_condition("dga", "Stalled", "True", Some("Conflict"))
+        .await;
+    assert_eq!(
+        env.stack().pipelines().await["logs-network_traffic.dns@custom"],
+        theirs
+    );
+    // Turning wiring off installs the package and leaves the user's hook alone.
+    let mut s = spec(&rel.tag);
+    s["enrichment"] = json!({"enabled": false});
+    env.apply("dga", s).await;
+    env.wait_ready("dga").await;
+    assert_eq!(
+        env.stack().pipelines().await["logs-network_traffic.dns@custom"],
+        theirs
+    );
+    env.stack()
+        .delete_pipeline("logs-network_traffic.dns@custom")
+        .await;
+    env.finish().await;
+}

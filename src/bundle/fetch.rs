@@ -278,7 +278,12 @@ impl Fetcher {
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
         let tmp = tmp_dir.join(format!(".download-{:016x}", rand::random::<u64>()));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+            // Chunks arrive a few KB at a time: batch them into 1 MiB writes (bounded memory,
+            // far fewer trips to the blocking pool than one write per chunk).
+            let mut file = tokio::io::BufWriter::with_capacity(
+                1 << 20,
+                tokio::fs::File::create(&tmp).await.map_err(io_err)?,
+            );
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();
@@ -308,7 +313,8 @@ impl Fetcher {
                     retry_after: None,
                 });
             }
-            file.sync_all().await.map_err(io_err)?;
+            file.flush().await.map_err(io_err)?;
+            file.get_ref().sync_all().await.map_err(io_err)?;
             let sha = hex::encode(hasher.finalize());
             if let Some(want) = expected {
                 if !want.eq_ignore_ascii_case(&sha) {

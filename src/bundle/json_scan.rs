@@ -28,11 +28,7 @@ pub fn split_object<R: BufRead, W: Write>(
     large_keys: &[&'static str],
     large_sink: &mut W,
 ) -> Result<Split, String> {
-    let mut s = Scanner {
-        r,
-        line: 1,
-        peeked: None,
-    };
+    let mut s = Scanner { r, line: 1 };
     s.skip_ws()?;
     s.expect(b'{')?;
     let mut head = serde_json::Map::new();
@@ -100,43 +96,54 @@ impl<W: Write> Write for CountingWriter<'_, W> {
 struct Scanner<R> {
     r: R,
     line: u64,
-    peeked: Option<u8>,
 }
 
 impl<R: BufRead> Scanner<R> {
-    fn next(&mut self) -> Result<Option<u8>, String> {
-        if let Some(b) = self.peeked.take() {
-            return Ok(Some(b));
-        }
-        let mut b = [0u8];
-        match self.r.read(&mut b) {
-            Ok(0) => Ok(None),
-            Ok(_) => {
-                if b[0] == b'\n' {
-                    self.line += 1;
-                }
-                Ok(Some(b[0]))
+    fn fill(&mut self) -> Result<&[u8], String> {
+        loop {
+            match self.r.fill_buf() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read error: {e}")),
             }
-            Err(e) => Err(format!("read error: {e}")),
         }
+        // Already buffered: this second call does not read.
+        self.r.fill_buf().map_err(|e| format!("read error: {e}"))
     }
 
     fn peek(&mut self) -> Result<Option<u8>, String> {
-        if self.peeked.is_none() {
-            self.peeked = self.next()?;
+        Ok(self.fill()?.first().copied())
+    }
+
+    fn next(&mut self) -> Result<Option<u8>, String> {
+        let b = self.peek()?;
+        if let Some(c) = b {
+            if c == b'\n' {
+                self.line += 1;
+            }
+            self.r.consume(1);
         }
-        Ok(self.peeked)
+        Ok(b)
     }
 
     fn skip_ws(&mut self) -> Result<(), String> {
-        while let Some(b) = self.peek()? {
-            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-                self.peeked = None;
-            } else {
-                break;
+        loop {
+            let buf = self.fill()?;
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let n = buf
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(buf.len());
+            let lines = buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            let all = n == buf.len();
+            self.line += lines;
+            self.r.consume(n);
+            if !all {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     fn unexpected(&self, got: Option<u8>, wanted: &str) -> String {
@@ -171,29 +178,101 @@ impl<R: BufRead> Scanner<R> {
 
     /// Copies one JSON value's bytes, checking its bracket/string structure but not numbers or
     /// literals in detail (serde_json checks small values; Elasticsearch checks the definition).
+    ///
+    /// Works on the reader's buffered slices (`fill_buf`/`consume`): runs of ordinary bytes are
+    /// scanned in tight loops and written to `out` a whole buffer at a time, so a 250 MB
+    /// definition costs one pass over memory and a buffer's worth of RAM.
     fn copy_value<W: Write>(&mut self, out: &mut W, limit: usize) -> Result<(), String> {
         let mut sink = Sink {
             out,
-            buf: Vec::with_capacity(64 * 1024),
             written: 0,
             limit,
         };
         match self.peek()? {
-            Some(b'"') => {
-                self.next()?;
-                self.copy_string_rest(&mut sink)?;
-            }
-            Some(b'{' | b'[') => {
-                let mut stack: Vec<u8> = Vec::new();
+            Some(b'"' | b'{' | b'[') => self.copy_structured(&mut sink),
+            Some(_) => {
+                // A scalar: runs until a delimiter, which stays for the caller.
                 loop {
-                    let Some(b) = self.next()? else {
-                        return Err(format!(
-                            "line {}: unexpected end of file inside a value",
-                            self.line
-                        ));
-                    };
-                    match b {
-                        b'"' => self.copy_string_rest(&mut sink)?,
+                    let buf = self.fill()?;
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
+                    let end = buf.iter().position(|b| {
+                        matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                    });
+                    let n = end.unwrap_or(buf.len());
+                    sink.write(&buf[..n])?;
+                    self.r.consume(n);
+                    if end.is_some() {
+                        return Ok(());
+                    }
+                }
+            }
+            None => Err(format!(
+                "line {}: expected a value, found end of file",
+                self.line
+            )),
+        }
+    }
+
+    /// Copies a string, object or array starting at the next byte.
+    fn copy_structured<W: Write>(&mut self, sink: &mut Sink<'_, W>) -> Result<(), String> {
+        let string_only = self.peek()? == Some(b'"');
+        let mut stack: Vec<u8> = Vec::new();
+        let mut in_str = false;
+        let mut escaped = false;
+        loop {
+            let buf = match self.r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read error: {e}")),
+            };
+            if buf.is_empty() {
+                return Err(if in_str {
+                    format!("line {}: unterminated string", self.line)
+                } else {
+                    format!("line {}: unexpected end of file inside a value", self.line)
+                });
+            }
+            let mut i = 0;
+            let mut done = false;
+            while i < buf.len() {
+                if in_str {
+                    if escaped {
+                        escaped = false;
+                        i += 1;
+                        continue;
+                    }
+                    // Skip ordinary string bytes in one go.
+                    match buf[i..]
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    {
+                        None => {
+                            i = buf.len();
+                            break;
+                        }
+                        Some(p) => i += p,
+                    }
+                    match buf[i] {
+                        b'"' => {
+                            in_str = false;
+                            if string_only {
+                                i += 1;
+                                done = true;
+                                break;
+                            }
+                        }
+                        b'\\' => escaped = true,
+                        _ => {
+                            return Err(format!("line {}: control character in string", self.line));
+                        }
+                    }
+                    i += 1;
+                } else {
+                    let c = buf[i];
+                    match c {
+                        b'"' => in_str = true,
                         b'{' | b'[' => {
                             if stack.len() >= MAX_DEPTH {
                                 return Err(format!(
@@ -201,65 +280,31 @@ impl<R: BufRead> Scanner<R> {
                                     self.line
                                 ));
                             }
-                            stack.push(if b == b'{' { b'}' } else { b']' });
-                            sink.push(b)?;
+                            stack.push(if c == b'{' { b'}' } else { b']' });
                         }
                         b'}' | b']' => {
-                            if stack.pop() != Some(b) {
+                            if stack.pop() != Some(c) {
                                 return Err(format!(
                                     "line {}: mismatched `{}`",
-                                    self.line, b as char
+                                    self.line, c as char
                                 ));
                             }
-                            sink.push(b)?;
                             if stack.is_empty() {
+                                i += 1;
+                                done = true;
                                 break;
                             }
                         }
-                        _ => sink.push(b)?,
+                        b'\n' => self.line += 1,
+                        _ => {}
                     }
+                    i += 1;
                 }
             }
-            Some(_) => {
-                // A scalar: runs until a delimiter, which stays for the caller.
-                while let Some(b) = self.peek()? {
-                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                        break;
-                    }
-                    self.peeked = None;
-                    sink.push(b)?;
-                }
-            }
-            None => {
-                return Err(format!(
-                    "line {}: expected a value, found end of file",
-                    self.line
-                ));
-            }
-        }
-        sink.finish()
-    }
-
-    /// Copies the rest of a string whose opening quote was just read.
-    fn copy_string_rest<W: Write>(&mut self, sink: &mut Sink<'_, W>) -> Result<(), String> {
-        sink.push(b'"')?;
-        loop {
-            let Some(c) = self.next()? else {
-                return Err(format!("line {}: unterminated string", self.line));
-            };
-            if c < 0x20 {
-                return Err(format!("line {}: control character in string", self.line));
-            }
-            sink.push(c)?;
-            match c {
-                b'\\' => {
-                    let Some(e) = self.next()? else {
-                        return Err(format!("line {}: unterminated string", self.line));
-                    };
-                    sink.push(e)?;
-                }
-                b'"' => return Ok(()),
-                _ => {}
+            sink.write(&buf[..i])?;
+            self.r.consume(i);
+            if done {
+                return Ok(());
             }
         }
     }
@@ -267,33 +312,19 @@ impl<R: BufRead> Scanner<R> {
 
 struct Sink<'a, W: Write> {
     out: &'a mut W,
-    buf: Vec<u8>,
     written: usize,
     limit: usize,
 }
 
 impl<W: Write> Sink<'_, W> {
-    fn push(&mut self, b: u8) -> Result<(), String> {
-        self.written += 1;
+    fn write(&mut self, b: &[u8]) -> Result<(), String> {
+        self.written = self.written.saturating_add(b.len());
         if self.written > self.limit {
             return Err(format!("value larger than {} bytes", self.limit));
         }
-        self.buf.push(b);
-        if self.buf.len() >= 64 * 1024 {
-            self.out
-                .write_all(&self.buf)
-                .map_err(|e| format!("write error: {e}"))?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), String> {
         self.out
-            .write_all(&self.buf)
-            .map_err(|e| format!("write error: {e}"))?;
-        self.buf.clear();
-        Ok(())
+            .write_all(b)
+            .map_err(|e| format!("write error: {e}"))
     }
 }
 
@@ -363,6 +394,41 @@ mod tests {
             r#"{a: 1}"#,
         ] {
             assert!(split(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn same_result_whatever_the_buffer_boundaries() {
+        let text = r#" { "model_id": "m\u00e9", "input": {"field_names": ["a", "b"]}, "definition": {"x": [1, {"y": "}\\"}], "z": "\"{"},
+ "n": 12.5e3, "t": true , "compressed_definition" : "H4sI\/AAA" } "#;
+        let mut want_sink = Vec::new();
+        let want = split_object(text.as_bytes(), MODEL_LARGE_KEYS, &mut want_sink).unwrap();
+        for cap in 1..24 {
+            let mut sink = Vec::new();
+            let got = split_object(
+                io::BufReader::with_capacity(cap, text.as_bytes()),
+                MODEL_LARGE_KEYS,
+                &mut sink,
+            )
+            .unwrap();
+            assert_eq!(sink, want_sink, "capacity {cap}");
+            assert_eq!(got.head, want.head, "capacity {cap}");
+            assert_eq!(got.large, want.large, "capacity {cap}");
+        }
+        assert_eq!(want.head["model_id"], "m\u{e9}");
+        for bad in [
+            r#"{"a": "x
+y"}"#,
+            r#"{"definition": {"a": "b\"}}"#,
+        ] {
+            for cap in 1..8 {
+                let r = split_object(
+                    io::BufReader::with_capacity(cap, bad.as_bytes()),
+                    MODEL_LARGE_KEYS,
+                    &mut io::sink(),
+                );
+                assert!(r.is_err(), "accepted {bad:?} with capacity {cap}");
+            }
         }
     }
 

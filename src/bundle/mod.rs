@@ -902,22 +902,27 @@ impl<R: io::BufRead> Read for StopAtQuote<R> {
                 "unterminated string",
             ));
         }
-        let mut n = 0;
-        while n < avail.len() && n < buf.len() {
-            let c = avail[n];
-            if c == b'"' {
-                self.done = true;
-                break;
+        let want = avail.len().min(buf.len());
+        let (n, done) = match avail[..want].iter().position(|c| *c == b'"') {
+            Some(p) => (p, true),
+            None => (want, false),
+        };
+        // JSON may escape `/` as `\/`; base64 never contains a backslash otherwise. Copy the
+        // run and drop backslashes in place (no allocation per read).
+        let mut out = 0;
+        for &c in &avail[..n] {
+            if c != b'\\' {
+                buf[out] = c;
+                out += 1;
             }
-            // JSON may escape `/` as `\/`; base64 never contains a backslash otherwise.
-            buf[n] = c;
-            n += 1;
         }
-        let consumed = if self.done { n + 1 } else { n };
-        self.inner.consume(consumed);
-        let out: Vec<u8> = buf[..n].iter().copied().filter(|c| *c != b'\\').collect();
-        buf[..out.len()].copy_from_slice(&out);
-        Ok(out.len())
+        self.done = done;
+        self.inner.consume(if done { n + 1 } else { n });
+        if out == 0 && n > 0 && !done {
+            // Only backslashes in this run: read on rather than report a false end of file.
+            return self.read(buf);
+        }
+        Ok(out)
     }
 }
 

@@ -702,6 +702,12 @@ fn label(a: &Action, d: &engine::Desired) -> String {
         }
         Action::DeleteScript { id, reason } => format!("deleting stored script {id} ({reason})"),
         Action::DeleteModel { id, reason } => format!("deleting trained model {id} ({reason})"),
+        Action::WireIndex { index, reason } => {
+            format!("setting index.final_pipeline of {index} ({reason})")
+        }
+        Action::UnwireIndex { index, reason } => {
+            format!("unsetting index.final_pipeline of {index} ({reason})")
+        }
     }
 }
 

@@ -76,6 +76,8 @@ async fn step(
             es.put_pipeline(id, body).await
         }
         Action::DeletePipeline { id, .. } => es.delete_pipeline(id).await,
+        Action::WireIndex { index, .. } => es.set_final_pipeline(index, Some(&d.router)).await,
+        Action::UnwireIndex { index, .. } => es.set_final_pipeline(index, None).await,
         Action::DeleteScript { id, .. } => es.delete_script(id).await,
         Action::DeleteModel { id, .. } => match es.delete_model(id).await {
             // Still referenced by a pipeline that is not ours: leave it, say so.
@@ -99,6 +101,17 @@ pub async fn cleanup(
     let observed = observe(es, to_observe).await?;
     let ours = owned_ids(&observed, owner, recorded);
     let mut removed = Vec::new();
+    // Unwire first, so no index points at a pipeline about to disappear.
+    for (index, settings) in &observed.indices {
+        if settings
+            .final_pipeline
+            .as_ref()
+            .is_some_and(|f| ours.pipelines.contains(f))
+        {
+            es.set_final_pipeline(index, None).await?;
+            removed.push(format!("index.final_pipeline of {index}"));
+        }
+    }
     let mut pipelines: Vec<&String> = ours.pipelines.iter().collect();
     // Routers (pipelines that call another pipeline) go first, so nothing calls a missing one.
     pipelines.sort_by_key(|id| !calls_pipeline(&observed.pipelines[*id]));

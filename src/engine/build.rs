@@ -22,21 +22,52 @@ pub struct Desired {
     pub model: ModelFile,
     /// Stored scripts as PUT bodies, in install order.
     pub scripts: Vec<(String, Value)>,
-    /// Pipelines as PUT bodies, in install order: the inference pipeline before the router.
+    /// Pipelines as PUT bodies, in install order: the inference pipeline, the router, then the
+    /// `@custom` hooks that call the router.
     pub pipelines: Vec<(String, Value)>,
+    pub router: String,
+    /// Index patterns whose indices get `index.final_pipeline` = the router.
+    pub wire_indices: Vec<String>,
 }
 
 impl Desired {
     pub fn router_pipeline(&self) -> &str {
-        &self.pipelines.last().expect("two pipelines").0
+        &self.router
     }
+}
+
+/// Where the enrichment is wired in (empty: nowhere).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Wiring {
+    pub custom_pipelines: Vec<String>,
+    pub indices: Vec<String>,
+}
+
+impl Wiring {
+    pub fn from_spec(spec: Option<&crate::api::EnrichmentSpec>) -> Wiring {
+        let spec = spec.cloned().unwrap_or_default();
+        if spec.enabled == Some(false) {
+            return Wiring::default();
+        }
+        Wiring {
+            custom_pipelines: spec
+                .custom_pipelines
+                .unwrap_or_else(|| vec!["logs-network_traffic.dns@custom".into()]),
+            indices: spec.indices.unwrap_or_else(|| vec!["packetbeat-*".into()]),
+        }
+    }
+}
+
+/// The release's objects only, wired nowhere (the one-shot CLI).
+pub fn build(bundle: &Bundle, owner: &Owner) -> Desired {
+    build_with(bundle, owner, &Wiring::default())
 }
 
 pub fn installed_model_id(model: &ModelFile) -> String {
     format!("{}-{}", model.id, &model.sha256[..8])
 }
 
-pub fn build(bundle: &Bundle, owner: &Owner) -> Desired {
+pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
     let marker = Marker::for_owner(owner, &bundle.tag, &bundle.sha256);
     let model_id = installed_model_id(&bundle.model);
 
@@ -93,6 +124,15 @@ pub fn build(bundle: &Bundle, owner: &Owner) -> Desired {
         meta[MARKER_KEY] = serde_json::to_value(&marker).expect("marker");
         pipelines.push((p.id.clone(), body));
     }
+    let router = bundle.pipeline(PipelineRole::Router).id.clone();
+    for hook in &wiring.custom_pipelines {
+        let body = serde_json::json!({
+            "description": "Scores DNS questions for DGA domains (dga-operator)",
+            "processors": [{"pipeline": {"name": router}}],
+            "_meta": {MARKER_KEY: marker},
+        });
+        pipelines.push((hook.clone(), body));
+    }
 
     Desired {
         owner: owner.clone(),
@@ -105,6 +145,8 @@ pub fn build(bundle: &Bundle, owner: &Owner) -> Desired {
         model: bundle.model.clone(),
         scripts,
         pipelines,
+        router,
+        wire_indices: wiring.indices.clone(),
     }
 }
 

@@ -38,12 +38,40 @@ impl fmt::Display for Reason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    PutModel { id: String, reason: Reason },
-    PutScript { id: String, reason: Reason },
-    PutPipeline { id: String, reason: Reason },
-    DeletePipeline { id: String, reason: Reason },
-    DeleteScript { id: String, reason: Reason },
-    DeleteModel { id: String, reason: Reason },
+    PutModel {
+        id: String,
+        reason: Reason,
+    },
+    PutScript {
+        id: String,
+        reason: Reason,
+    },
+    PutPipeline {
+        id: String,
+        reason: Reason,
+    },
+    DeletePipeline {
+        id: String,
+        reason: Reason,
+    },
+    DeleteScript {
+        id: String,
+        reason: Reason,
+    },
+    DeleteModel {
+        id: String,
+        reason: Reason,
+    },
+    /// Point an index's `index.final_pipeline` at the router.
+    WireIndex {
+        index: String,
+        reason: Reason,
+    },
+    /// Remove an `index.final_pipeline` that points at one of ours.
+    UnwireIndex {
+        index: String,
+        reason: Reason,
+    },
 }
 
 impl Action {
@@ -54,7 +82,9 @@ impl Action {
             | Action::PutPipeline { reason, .. }
             | Action::DeletePipeline { reason, .. }
             | Action::DeleteScript { reason, .. }
-            | Action::DeleteModel { reason, .. } => *reason,
+            | Action::DeleteModel { reason, .. }
+            | Action::WireIndex { reason, .. }
+            | Action::UnwireIndex { reason, .. } => *reason,
         }
     }
 }
@@ -70,6 +100,12 @@ impl fmt::Display for Action {
             }
             Action::DeleteScript { id, reason } => write!(f, "{reason}: delete stored script {id}"),
             Action::DeleteModel { id, reason } => write!(f, "{reason}: delete trained model {id}"),
+            Action::WireIndex { index, reason } => {
+                write!(f, "{reason} index.final_pipeline of {index}")
+            }
+            Action::UnwireIndex { index, reason } => {
+                write!(f, "{reason}: unset index.final_pipeline of {index}")
+            }
         }
     }
 }
@@ -207,6 +243,52 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         }
     }
 
+    // Wiring, once the router exists and before anything old is deleted. Pipelines we own (or
+    // owned) may be replaced in `final_pipeline`; anything else is the user's.
+    let ours_pipeline = |name: &str| {
+        name == d.router
+            || owned.pipelines.contains(name)
+            || o.pipelines.get(name).is_some_and(|p| {
+                holder(Marker::from_meta(p.get("_meta")).as_ref(), &d.owner) == Holder::Us
+            })
+    };
+    let hooked: Vec<&String> = d
+        .pipelines
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| id.ends_with("@custom"))
+        .collect();
+    for (index, settings) in &o.indices {
+        let wanted = d.wire_indices.iter().any(|p| wildcard(p, index));
+        let fin = settings.final_pipeline.as_deref();
+        if !wanted {
+            if fin.is_some_and(ours_pipeline) {
+                plan.actions.push(Action::UnwireIndex {
+                    index: index.clone(),
+                    reason: Reason::Stale,
+                });
+            }
+            continue;
+        }
+        if settings.default_pipeline.as_deref() == Some(d.router.as_str())
+            || hooked
+                .iter()
+                .any(|h| settings.default_pipeline.as_deref() == Some(h.as_str()))
+        {
+            // Already enriched through its default pipeline: a final pipeline would score twice.
+            continue;
+        }
+        match fin {
+            Some(f) if f == d.router => {}
+            None => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Create }),
+            Some(f) if ours_pipeline(f) => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Upgrade }),
+            Some(_) if overwrite => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Adopt }),
+            Some(f) => plan.conflicts.push(format!(
+                "index {index} already has index.final_pipeline {f} (set overwrite: true to replace it, or spec.enrichment.indices to skip it)"
+            )),
+        }
+    }
+
     // Deletions, after the switch: pipelines, scripts, then models.
     let desired_pipelines: Vec<&String> = d.pipelines.iter().map(|(id, _)| id).collect();
     for (id, body) in o.pipelines.iter().rev() {
@@ -288,5 +370,39 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
             ids.pipelines.insert(id.clone());
         }
     }
+    for (index, settings) in &o.indices {
+        if settings
+            .final_pipeline
+            .as_ref()
+            .is_some_and(|f| ids.pipelines.contains(f))
+        {
+            ids.indices.insert(index.clone());
+        }
+    }
     ids
+}
+
+/// `*` wildcards, as in index patterns.
+pub fn wildcard(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
 }

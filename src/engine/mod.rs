@@ -14,7 +14,7 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 
 pub use apply::{apply, cleanup};
-pub use build::{Desired, build};
+pub use build::{Desired, Wiring, build, build_with};
 pub use diff::{Action, Plan, Reason, diff};
 pub use observe::{Observed, observe};
 

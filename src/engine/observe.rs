@@ -14,6 +14,15 @@ pub struct Ids {
     pub models: BTreeSet<String>,
     pub scripts: BTreeSet<String>,
     pub pipelines: BTreeSet<String>,
+    /// Index names or patterns whose pipeline settings matter (wiring).
+    pub indices: BTreeSet<String>,
+}
+
+/// An index's pipeline settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexPipelines {
+    pub default_pipeline: Option<String>,
+    pub final_pipeline: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -24,6 +33,8 @@ pub struct Observed {
     pub scripts: BTreeMap<String, Value>,
     /// Pipelines by id; absent ids are not in the map.
     pub pipelines: BTreeMap<String, Value>,
+    /// Existing indices matching `Ids::indices`.
+    pub indices: BTreeMap<String, IndexPipelines>,
 }
 
 pub async fn observe(es: &Elasticsearch, ids: &Ids) -> Result<Observed, Error> {
@@ -46,9 +57,16 @@ pub async fn observe(es: &Elasticsearch, ids: &Ids) -> Result<Observed, Error> {
     let pipelines = es
         .get_pipelines(&ids.pipelines.iter().cloned().collect::<Vec<_>>())
         .await?;
+    let indices = if ids.indices.is_empty() {
+        BTreeMap::new()
+    } else {
+        es.index_pipelines(&ids.indices.iter().cloned().collect::<Vec<_>>())
+            .await?
+    };
     Ok(Observed {
         models,
         scripts,
         pipelines,
+        indices,
     })
 }

@@ -580,7 +580,7 @@ impl Stack<'_> {
             .call(
                 reqwest::Method::GET,
                 false,
-                "/_ingest/pipeline/*dga*,dns_enrich_pipeline",
+                "/_ingest/pipeline/*dga*,dns_enrich_pipeline,logs-network_traffic.dns@custom",
                 None,
             )
             .await;
@@ -850,5 +850,210 @@ pub async fn purge_test_objects(r: &RealStack) {
         engine::cleanup(&es, &owner, &Ids::default(), &ids)
             .await
             .expect("purge");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reliability tests (faults, crash-restart, bad input): a tunable Env, the end-state invariants
+// and a request-log summary.
+
+impl Env {
+    /// Like `start_with`, but keeps `settings.request_timeout` and the backoffs as given (the
+    /// fault tests want short timeouts to provoke and survive them quickly).
+    pub async fn start_tuned(prefix: &str, cfg: StandinConfig, mut settings: Settings) -> Env {
+        let ns = TestNs::new(prefix).await;
+        let standin = Standin::start(cfg).await.expect("stand-in starts");
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(
+            reqwest::Client::builder()
+                .timeout(settings.request_timeout.max(Duration::from_secs(1)))
+                .build()
+                .unwrap(),
+            &standin.github_url(),
+            dir.path().join("cache"),
+        );
+        settings.namespace = Some(ns.name.clone());
+        let ctx = Arc::new(Context::new(ns.client.clone(), fetcher, settings));
+        let mut env = Env {
+            ns,
+            standin,
+            ctx,
+            controller: None,
+            dir,
+        };
+        env.start_controller();
+        env
+    }
+
+    /// Deletes the test namespace without waiting for DgaModels (for tests that already
+    /// checked deletion, or that must not block on it).
+    pub async fn drop_namespace(mut self) {
+        self.stop_controller();
+        // Finalizers would hold the namespace: strip them.
+        let api = self.models_api();
+        if let Ok(list) = api.list(&Default::default()).await {
+            for m in list.items {
+                let _ = api
+                    .patch(
+                        &m.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+        }
+        let ns = TestNs {
+            client: self.ns.client.clone(),
+            name: self.ns.name.clone(),
+        };
+        ns.cleanup().await;
+    }
+
+    /// Violations of the end-state invariants (empty = fine):
+    /// - every rule_id at most once per space;
+    /// - every model tagged `dga-operator` is referenced by an installed pipeline (when
+    ///   `deleted`: no such model, no DGA pipeline, script, rule or job left);
+    /// - no pipeline's inference processor points at a missing model, and no pipeline calls a
+    ///   missing pipeline.
+    pub async fn invariant_violations(&self, deleted: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let stack = self.stack();
+        let models = stack.models().await;
+        let pipelines = stack.pipelines().await;
+        let rules = stack.rules("default").await;
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for r in &rules {
+            *seen
+                .entry(r["rule_id"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        for (id, n) in &seen {
+            if *n > 1 {
+                out.push(format!("rule_id {id} installed {n} times"));
+            }
+        }
+        let mut referenced = std::collections::BTreeSet::new();
+        for (pid, body) in &pipelines {
+            for p in dga_operator::bundle::processors_of(body) {
+                if let Some(m) = p.pointer("/inference/model_id").and_then(Value::as_str) {
+                    referenced.insert(m.to_string());
+                    if !models.contains_key(m) {
+                        out.push(format!("pipeline {pid} uses missing model {m}"));
+                    }
+                }
+                if let Some(name) = p.pointer("/pipeline/name").and_then(Value::as_str) {
+                    if !pipelines.contains_key(name) {
+                        out.push(format!("pipeline {pid} calls missing pipeline {name}"));
+                    }
+                }
+            }
+        }
+        for (id, m) in &models {
+            let tagged = m["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "dga-operator"));
+            if tagged && (deleted || !referenced.contains(id)) {
+                out.push(format!("orphaned model {id}"));
+            }
+        }
+        if deleted {
+            if !pipelines.is_empty() {
+                out.push(format!("pipelines left: {:?}", pipelines.keys()));
+            }
+            let scripts = stack.scripts().await;
+            if !scripts.is_empty() {
+                out.push(format!("scripts left: {:?}", scripts.keys()));
+            }
+            if !rules.is_empty() {
+                out.push(format!("{} rules left", rules.len()));
+            }
+            let jobs = stack.jobs().await;
+            if !jobs.is_empty() {
+                out.push(format!("jobs left: {jobs:?}"));
+            }
+        }
+        if !self.real() {
+            let off = self.standin.off_spec_requests();
+            if !off.is_empty() {
+                out.push(format!("{} off-spec requests: {:?}", off.len(), off[0]));
+            }
+        }
+        out
+    }
+
+    /// Every status message, condition message and event note of the namespace's DgaModels.
+    pub async fn all_texts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(list) = self.models_api().list(&Default::default()).await {
+            for m in list.items {
+                out.push(serde_json::to_string(&m.status).unwrap_or_default());
+            }
+        }
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.ns.api();
+        if let Ok(list) = api.list(&Default::default()).await {
+            for e in list.items {
+                out.push(format!(
+                    "{} {}",
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default()
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A request log entry as a step key: `SERVICE METHOD path` (path with the query dropped).
+pub fn request_key(r: &dga_standin::RequestRecord) -> String {
+    format!("{:?} {} {}", r.service, r.method, r.path)
+}
+
+/// The distinct requests of a log, in first-seen order.
+pub fn distinct_requests(log: &[dga_standin::RequestRecord]) -> Vec<dga_standin::RequestRecord> {
+    let mut seen = std::collections::BTreeSet::new();
+    log.iter()
+        .filter(|r| seen.insert(request_key(r)))
+        .cloned()
+        .collect()
+}
+
+impl Env {
+    /// The anomaly job's and its datafeed's states on the stand-in (`opened`, `started`), read
+    /// through its Elasticsearch API as `elastic`/`password`. None when absent.
+    pub async fn ml_states(&self, password: &str) -> (Option<String>, Option<String>) {
+        let http = reqwest::Client::new();
+        let get = |path: String| {
+            let req = http
+                .get(format!("{}{path}", self.standin.es_url()))
+                .basic_auth("elastic", Some(password));
+            async move {
+                let r = req.send().await.ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                r.json::<Value>().await.ok()
+            }
+        };
+        let job = get(format!(
+            "/_ml/anomaly_detectors/{}/_stats",
+            dga_operator::engine::mljob::JOB_ID
+        ))
+        .await
+        .and_then(|v| {
+            v.pointer("/jobs/0/state")
+                .and_then(Value::as_str)
+                .map(String::from)
+        });
+        let feed = get(format!(
+            "/_ml/datafeeds/datafeed-{}/_stats",
+            dga_operator::engine::mljob::JOB_ID
+        ))
+        .await
+        .and_then(|v| {
+            v.pointer("/datafeeds/0/state")
+                .and_then(Value::as_str)
+                .map(String::from)
+        });
+        (job, feed)
     }
 }
