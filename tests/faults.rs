@@ -164,11 +164,11 @@ async fn converged(sc: Scenario, env: &Env) -> bool {
             {
                 return false;
             }
-            // Ready must mean installed: the package's two pipelines and one model, 4 rules.
+            // Ready must mean installed: the package's two pipelines plus the @custom hook and one model, 4 rules.
             let pipes = env.stack().pipelines().await;
             let models = env.stack().models().await;
             let rules = env.stack().rules("default").await;
-            pipes.len() == 2 && models.len() == 1 && rules.len() == 4
+            pipes.len() == 3 && models.len() == 1 && rules.len() == 4
         }
     }
 }

@@ -797,9 +797,10 @@ pub fn write_model_json_opts(
                 &mut *out,
                 &base64::engine::general_purpose::STANDARD,
             );
-            let mut gz = flate2::write::GzEncoder::new(b64, flate2::Compression::default());
+            let mut gz =
+                flate2::write::GzEncoder::new(RetryZero(b64), flate2::Compression::default());
             def_bytes = write_definition(spec, &mut gz)?;
-            let mut b64 = gz.finish()?;
+            let RetryZero(mut b64) = gz.finish()?;
             b64.finish()?;
             drop(b64);
             out.write_all(b"\"")?;
@@ -808,6 +809,29 @@ pub fn write_model_json_opts(
     out.write_all(b"}")?;
     out.flush()?;
     Ok(def_bytes)
+}
+
+/// base64's `EncoderWriter::write` answers `Ok(0)` for a non-empty buffer when it first has to
+/// flush output left from an earlier call; flate2 takes that as `WriteZero`. Asking again makes
+/// progress.
+struct RetryZero<W: Write>(W);
+
+impl<W: Write> Write for RetryZero<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for _ in 0..16 {
+            let n = self.0.write(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "base64 encoder made no progress",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Decode a `compressed_definition` (base64 of gzipped JSON).
