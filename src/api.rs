@@ -181,6 +181,12 @@ pub struct ClusterRef {
     /// Namespace of the ECK `Elasticsearch` resource. Default: the DgaModel's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+
+    /// Do not verify the TLS certificates of Elasticsearch and Kibana. Only for test clusters:
+    /// anyone on the path can then read the credentials. Every change made while this is set
+    /// comes with a Warning event. Prefer `ca.crt` in the Secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_tls_verify: bool,
 }
 
 /// A reference to an object by name, in the DgaModel's namespace unless `namespace` is set.

@@ -551,6 +551,14 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         o
     };
     record_objects(report, &now_owned);
+    if target.elasticsearch.insecure && !applied.done.is_empty() {
+        report.event(
+            true,
+            "TLSVerificationDisabled",
+            "Apply",
+            "spec.clusterRef.insecureSkipTlsVerify is set: changes were made over connections whose certificates were not verified".into(),
+        );
+    }
     if !applied.done.is_empty() {
         report.applied_something = true;
         let done = Plan {

@@ -75,6 +75,8 @@ pub struct Endpoint {
     pub url: String,
     pub auth: Auth,
     pub ca_pem: Option<Vec<u8>>,
+    /// Certificates are not verified (`clusterRef.insecureSkipTlsVerify`).
+    pub insecure: bool,
 }
 
 impl Endpoint {
@@ -108,6 +110,7 @@ impl Endpoint {
             url: url.as_str().trim_end_matches('/').to_string(),
             auth,
             ca_pem,
+            insecure: false,
         })
     }
 
@@ -226,6 +229,10 @@ pub async fn resolve(
             )
             .await?,
         );
+    }
+    target.elasticsearch.insecure = r.insecure_skip_tls_verify;
+    if let Some(k) = &mut target.kibana {
+        k.insecure = r.insecure_skip_tls_verify;
     }
     Ok(target)
 }

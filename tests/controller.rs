@@ -657,3 +657,72 @@ async fn transient_errors_retry_honouring_retry_after_and_say_so() {
     env.standin.set_interceptor(None);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn disabling_tls_verification_is_explicit_and_warned_about() {
+    let env = Env::start("ctl-insecure").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "es", "insecureSkipTlsVerify": true}}),
+    )
+    .await;
+    env.wait_ready("dga").await;
+    let (kind, _, note) = env.wait_event("dga", "TLSVerificationDisabled").await;
+    assert_eq!(kind, "Warning");
+    assert!(note.contains("insecureSkipTlsVerify"), "{note}");
+    env.finish().await;
+}
+
+/// A permanently failing object costs a bounded number of requests, and others keep converging.
+#[tokio::test]
+async fn a_failing_object_costs_bounded_requests_and_others_converge() {
+    let settings = Settings {
+        resync: Duration::from_secs(1),
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-budget", StandinConfig::default(), settings).await;
+    if !env.standin_only("counting requests") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.secret("wrong", "not-the-password").await;
+    env.apply(
+        "failing",
+        json!({"releaseTag": rel.tag, "clusterRef": {"secretName": "wrong"}}),
+    )
+    .await;
+    env.wait_condition("failing", "Stalled", "True", Some("Unauthorized"))
+        .await;
+    env.standin.clear_requests();
+    let window = Duration::from_secs(8);
+    let start = std::time::Instant::now();
+    env.apply("healthy", spec(&rel.tag)).await;
+    env.wait_ready("healthy").await;
+    tokio::time::sleep(window.saturating_sub(start.elapsed())).await;
+    let spent = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401)
+        .count();
+    let elapsed = start.elapsed().as_secs_f64();
+    // One request per pass (it fails at the first, GET /), one pass per resync period at most,
+    // plus the pass our own status write may trigger.
+    let bound = (elapsed / 1.0).ceil() as usize + 2;
+    eprintln!(
+        "failing object: {spent} requests in {elapsed:.1}s at a 1s resync; at the default 5 min \
+         resync that is {} requests per hour",
+        3600 / 300
+    );
+    assert!(spent >= 1, "it was retried");
+    assert!(
+        spent <= bound,
+        "{spent} requests in {elapsed:.1}s (bound {bound})"
+    );
+    env.finish().await;
+}

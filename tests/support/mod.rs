@@ -164,6 +164,9 @@ impl Env {
         settings.namespace = Some(ns.name.clone());
         settings.request_timeout = Duration::from_secs(10);
         settings.backoff_cap = settings.backoff_cap.min(Duration::from_secs(5));
+        // Failing DgaModels (bad Secrets, refused credentials) then release their finalizer soon
+        // after a test deletes them.
+        settings.delete_timeout = settings.delete_timeout.min(Duration::from_secs(5));
         let ctx = Arc::new(Context::new(ns.client.clone(), fetcher, settings));
         let mut env = Env {
             ns,
