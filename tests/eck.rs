@@ -235,7 +235,7 @@ async fn errors_name_what_is_missing() {
     let both = ClusterRef {
         secret_name: Some("es".into()),
         name: Some("quickstart".into()),
-        namespace: None,
+        ..ClusterRef::default()
     };
     let e = resolve(&ns.client, &n, &both, None).await.unwrap_err();
     assert!(e.contains("exactly one"), "{e}");
