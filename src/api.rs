@@ -168,7 +168,8 @@ pub struct ReleaseSource {
 #[schemars(transform = exactly_one_cluster_ref)]
 pub struct ClusterRef {
     /// Name of a Secret in the DgaModel's namespace with the keys `url` (Elasticsearch URL),
-    /// `username` and `password`, or `api-key` (base64 `id:key` as Elasticsearch issues it);
+    /// `username` and `password`, or `api-key` (base64 `id:key` as Elasticsearch issues it), or
+    /// `token` (a bearer token, e.g. of an Elasticsearch service account);
     /// optionally `ca.crt` (PEM CA for TLS) and `kibana-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -174,7 +174,13 @@ pub fn from_secret_data(
     let username = text(data, "username")?;
     let password = text(data, "password")?;
     let api_key = text(data, "api-key")?;
-    let auth = match (username, password, api_key) {
+    let token = text(data, "token")?;
+    let auth = match (username, password, api_key.or(token.clone())) {
+        (_, _, Some(k))
+            if token.as_deref() == Some(k.as_str()) && text(data, "api-key")?.is_none() =>
+        {
+            Auth::Bearer(Sensitive::new(k))
+        }
         (_, _, Some(k)) => Auth::ApiKey(Sensitive::new(k)),
         (Some(u), Some(p), None) => Auth::Basic {
             username: u,
@@ -192,7 +198,8 @@ pub fn from_secret_data(
         }
         (None, None, None) => {
             return Err(invalid(
-                "no credentials: set `username` and `password`, or `api-key`".into(),
+                "no credentials: set `username` and `password`, `api-key`, or `token` (bearer)"
+                    .into(),
             ));
         }
     };
@@ -406,6 +413,9 @@ mod tests {
         .unwrap();
         assert!(matches!(t.elasticsearch.auth, Auth::ApiKey(_)));
         assert_eq!(t.kibana.unwrap().url, "http://kb:5601");
+        let t =
+            from_secret_data("es", &data(&[("url", "http://es"), ("token", "svc-token")])).unwrap();
+        assert!(matches!(t.elasticsearch.auth, Auth::Bearer(_)));
         for (bad, needle) in [
             (vec![("username", "u"), ("password", "p")], "`url`"),
             (vec![("url", "http://es")], "no credentials"),
