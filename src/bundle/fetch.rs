@@ -92,13 +92,13 @@ impl Fetcher {
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
         // A source we already downloaded (releases are immutable): reuse its zip.
-        if pinned.is_none() {
-            if let Ok(sha) = tokio::fs::read_to_string(self.index_path(&key)).await {
-                let sha = sha.trim().to_string();
-                let zip = self.zip_path(&sha);
-                if zip.is_file() {
-                    return self.open_zip(&zip, &sha, req.tag).await;
-                }
+        if pinned.is_none()
+            && let Ok(sha) = tokio::fs::read_to_string(self.index_path(&key)).await
+        {
+            let sha = sha.trim().to_string();
+            let zip = self.zip_path(&sha);
+            if zip.is_file() {
+                return self.open_zip(&zip, &sha, req.tag).await;
             }
         }
         let (zip_url, manifest_url) = match req.source.and_then(|s| s.url.as_deref()) {
@@ -316,12 +316,12 @@ impl Fetcher {
             file.flush().await.map_err(io_err)?;
             file.get_ref().sync_all().await.map_err(io_err)?;
             let sha = hex::encode(hasher.finalize());
-            if let Some(want) = expected {
-                if !want.eq_ignore_ascii_case(&sha) {
-                    return Err(Error::ChecksumMismatch(format!(
-                        "the release zip has sha256 {sha}, but spec.source.sha256 is {want}"
-                    )));
-                }
+            if let Some(want) = expected
+                && !want.eq_ignore_ascii_case(&sha)
+            {
+                return Err(Error::ChecksumMismatch(format!(
+                    "the release zip has sha256 {sha}, but spec.source.sha256 is {want}"
+                )));
             }
             tokio::fs::rename(&tmp, self.zip_path(&sha))
                 .await
