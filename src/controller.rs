@@ -1036,7 +1036,13 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         removed.extend(engine::mljob::remove(&es, owner).await?);
     }
     let recorded = recorded_ids(obj.status.as_ref());
-    removed.extend(engine::cleanup(&es, owner, &recorded, &ids_to_observe(&recorded)).await?);
+    let mut to_observe = ids_to_observe(&recorded);
+    // Also the indices the spec wires, in case the status never recorded them (a crash right
+    // after wiring): an index must not keep pointing at a pipeline that is about to go.
+    to_observe
+        .indices
+        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
+    removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
 }
 

@@ -428,3 +428,45 @@ async fn a_users_custom_hook_is_a_conflict_and_enrichment_can_be_turned_off() {
         .await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn delete_unwires_even_when_the_status_lost_track() {
+    let env = Env::start("life-unwire").await;
+    if !env.standin_only("creating indices by hand") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let index = "packetbeat-8.17.0-2026.11.30";
+    env.standin.put_index_settings(index, json!({}));
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    assert_eq!(
+        final_pipeline(&env, index).as_deref(),
+        Some(rel.router_pipeline.as_str())
+    );
+    // As after a crash between wiring and the status write: the status does not list the index.
+    // The controller is stopped so it cannot write it back before the delete.
+    let mut env = env;
+    env.stop_controller();
+    env.models_api()
+        .patch_status(
+            "dga",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"status": {"objects": {"wiredIndices": null}}})),
+        )
+        .await
+        .unwrap();
+    env.models_api()
+        .delete("dga", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    env.start_controller();
+    env.wait_gone("dga").await;
+    assert_eq!(
+        final_pipeline(&env, index),
+        None,
+        "unwired before the router was deleted"
+    );
+    env.finish().await;
+}
