@@ -42,6 +42,9 @@ pub struct Settings {
     pub concurrency: u16,
     pub per_cluster_concurrency: usize,
     pub namespace: Option<String>,
+    /// How long a cluster's version, licence and Kibana status are reused between passes
+    /// (successful answers only; any error against the cluster drops them).
+    pub cluster_info_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +58,7 @@ impl Default for Settings {
             concurrency: 16,
             per_cluster_concurrency: 1,
             namespace: None,
+            cluster_info_ttl: Duration::from_secs(900),
         }
     }
 }
@@ -73,6 +77,14 @@ pub struct Context {
     /// ignore both the backoff and `Retry-After`.
     not_before: Mutex<HashMap<String, (tokio::time::Instant, Option<i64>)>>,
     cluster_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Answers reused between passes, by `Endpoint::cache_key`.
+    cluster_info: Mutex<HashMap<String, (tokio::time::Instant, CachedInfo)>>,
+}
+
+#[derive(Clone)]
+enum CachedInfo {
+    Elasticsearch(ClusterInfo, String),
+    Kibana(crate::kibana::KibanaStatus),
 }
 
 impl Context {
@@ -95,6 +107,7 @@ impl Context {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             failures: Mutex::new(HashMap::new()),
             not_before: Mutex::new(HashMap::new()),
+            cluster_info: Mutex::new(HashMap::new()),
             cluster_slots: Mutex::new(HashMap::new()),
         }
     }
@@ -136,6 +149,23 @@ impl Context {
     fn succeeded(&self, uid: &str) {
         self.failures.lock().expect("failures").remove(uid);
         self.not_before.lock().expect("not_before").remove(uid);
+    }
+
+    fn cached(&self, key: &str) -> Option<CachedInfo> {
+        let c = self.cluster_info.lock().expect("cluster_info");
+        let (at, info) = c.get(key)?;
+        (at.elapsed() < self.settings.cluster_info_ttl).then(|| info.clone())
+    }
+
+    fn remember(&self, key: String, info: CachedInfo) {
+        self.cluster_info
+            .lock()
+            .expect("cluster_info")
+            .insert(key, (tokio::time::Instant::now(), info));
+    }
+
+    fn forget(&self, key: &str) {
+        self.cluster_info.lock().expect("cluster_info").remove(key);
     }
 
     /// Remaining wait when a pass comes too early after a transient error.
@@ -489,7 +519,15 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
     let es = Elasticsearch::new(target.elasticsearch.clone(), ctx.settings.request_timeout)?;
-    let info = connect(&es, report).await?;
+    // Cached cluster answers survive only passes that succeed.
+    let mut keep_cache = ForgetOnError {
+        ctx,
+        keys: std::iter::once(target.elasticsearch.cache_key())
+            .chain(target.kibana.as_ref().map(|k| k.cache_key()))
+            .collect(),
+        armed: true,
+    };
+    let info = connect(&es, &keep_cache.keys[0], ctx, report).await?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
     let owner = owner_of(obj);
@@ -512,7 +550,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {
         record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
         report.suspended = Some(plan);
-        return rules_pass(
+        let r = rules_pass(
             obj,
             ctx,
             &target,
@@ -523,6 +561,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             report,
         )
         .await;
+        keep_cache.armed = r.is_err();
+        return r;
     }
     if !plan.conflicts.is_empty() {
         report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
@@ -673,7 +713,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.installed_tag = Some(desired.release.clone());
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
-    rules_pass(
+    let r = rules_pass(
         obj,
         ctx,
         &target,
@@ -683,7 +723,26 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         &desired.marker,
         report,
     )
-    .await
+    .await;
+    keep_cache.armed = r.is_err();
+    r
+}
+
+/// Drops a pass's cached cluster answers unless it is disarmed by a successful end.
+struct ForgetOnError<'a> {
+    ctx: &'a Context,
+    keys: Vec<String>,
+    armed: bool,
+}
+
+impl Drop for ForgetOnError<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for k in &self.keys {
+                self.ctx.forget(k);
+            }
+        }
+    }
 }
 
 /// The Kibana side: the detection rules, and the anomaly job the ML rule needs. Runs after the
@@ -722,7 +781,19 @@ async fn rules_pass(
     let wanted = spec.enabled.unwrap_or(true);
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
-    let status = match client.status().await {
+    let kb_key = kb.cache_key();
+    let cached = match ctx.cached(&kb_key) {
+        Some(CachedInfo::Kibana(s)) => Some(s),
+        _ => None,
+    };
+    let status = match cached {
+        Some(s) => Ok(s),
+        None => client
+            .status()
+            .await
+            .inspect(|s| ctx.remember(kb_key.clone(), CachedInfo::Kibana(s.clone()))),
+    };
+    let status = match status {
         Ok(s) => s,
         Err(e) => {
             report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());
@@ -875,7 +946,27 @@ fn record_objects(report: &mut Report, ids: &Ids) {
 }
 
 /// Version and licence checks, reported as conditions.
-async fn connect(es: &Elasticsearch, report: &mut Report) -> Result<ClusterInfo, Error> {
+async fn connect(
+    es: &Elasticsearch,
+    key: &str,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<ClusterInfo, Error> {
+    if let Some(CachedInfo::Elasticsearch(info, license)) = ctx.cached(key) {
+        report.set(
+            ES_REACHABLE,
+            true,
+            "Reachable",
+            format!("Elasticsearch {} at {}", info.version, es.url()),
+        );
+        report.set(
+            LICENSE,
+            true,
+            "LicenseSufficient",
+            format!("licence {license}"),
+        );
+        return Ok(info);
+    }
     let info = match es.info().await {
         Ok(i) => i,
         Err(e) => {
@@ -902,6 +993,10 @@ async fn connect(es: &Elasticsearch, report: &mut Report) -> Result<ClusterInfo,
         true,
         "LicenseSufficient",
         format!("licence {license}"),
+    );
+    ctx.remember(
+        key.to_string(),
+        CachedInfo::Elasticsearch(info.clone(), license),
     );
     Ok(info)
 }

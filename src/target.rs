@@ -114,6 +114,35 @@ impl Endpoint {
         })
     }
 
+    /// Identifies URL and credentials without revealing them (a sha256), for per-cluster caches:
+    /// two DgaModels share cached answers only when they connect as the same identity.
+    pub fn cache_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.url.as_bytes());
+        match &self.auth {
+            Auth::Basic { username, password } => {
+                h.update(b"\0basic\0");
+                h.update(username.as_bytes());
+                h.update(b"\0");
+                h.update(password.expose().as_bytes());
+            }
+            Auth::ApiKey(k) => {
+                h.update(b"\0apikey\0");
+                h.update(k.expose().as_bytes());
+            }
+            Auth::Bearer(t) => {
+                h.update(b"\0bearer\0");
+                h.update(t.expose().as_bytes());
+            }
+            Auth::None => h.update(b"\0none"),
+        }
+        if let Some(ca) = &self.ca_pem {
+            h.update(ca);
+        }
+        hex::encode(h.finalize())
+    }
+
     /// An HTTP client for this endpoint: TLS verified against the system roots plus the CA.
     pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, Error> {
         let mut b = reqwest::Client::builder()

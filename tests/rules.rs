@@ -239,3 +239,53 @@ async fn kibana_down_does_not_hold_back_elasticsearch() {
     assert_eq!(env.stack().rules("default").await.len(), 4);
     env.finish().await;
 }
+
+/// A quiet resync reuses the cluster's version, licence and Kibana status: it reads only what
+/// can drift.
+#[tokio::test]
+async fn quiet_resyncs_reuse_cluster_answers() {
+    let env = fast_env("rules-quiet-reads").await;
+    if !env.standin_only("counting requests") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = env.standin.requests();
+    let passes = log
+        .iter()
+        .filter(|r| r.path.ends_with("/_simulate"))
+        .count();
+    assert!(passes >= 1, "resyncs ran");
+    assert!(
+        !log.iter().any(|r| r.method == "GET" && r.path == "/"),
+        "GET / reused"
+    );
+    assert!(
+        !log.iter().any(|r| r.path.ends_with("/_license")),
+        "licence reused"
+    );
+    assert!(
+        !log.iter().any(|r| r.path.ends_with("/api/status")),
+        "Kibana status reused"
+    );
+    let es = log
+        .iter()
+        .filter(|r| r.service == dga_standin::Service::Es)
+        .count();
+    let kb = log
+        .iter()
+        .filter(|r| r.service == dga_standin::Service::Kibana)
+        .count();
+    eprintln!(
+        "per quiet resync: {:.1} Elasticsearch and {:.1} Kibana reads",
+        es as f64 / passes as f64,
+        kb as f64 / passes as f64
+    );
+    assert_eq!(kb, passes, "one Kibana read (_find) per pass");
+    env.finish().await;
+}
