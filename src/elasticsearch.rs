@@ -64,7 +64,7 @@ impl Elasticsearch {
             service: ES,
             what: what.to_string(),
             status,
-            detail: http::summarize_body(body.to_string().as_bytes()),
+            detail: http::summarize_json(body).unwrap_or_else(|| format!("HTTP {status}")),
         }
     }
 
@@ -230,16 +230,8 @@ impl Elasticsearch {
 
     pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
         let what = format!("deleting trained model {id}");
-        let (status, body) = self
-            .call(
-                &what,
-                self.req(Method::DELETE, &format!("/_ml/trained_models/{id}")),
-            )
-            .await?;
-        match status {
-            200 | 404 => Ok(()),
-            _ => Err(Self::rejected(&what, status, &body)),
-        }
+        let req = self.req(Method::DELETE, &format!("/_ml/trained_models/{id}"));
+        self.simple(&what, req, &[200, 404]).await.map(drop)
     }
 
     /// A stored script (`{"lang","source"}`), or None.
@@ -259,28 +251,14 @@ impl Elasticsearch {
 
     pub async fn put_script(&self, id: &str, body: &Value) -> Result<(), Error> {
         let what = format!("writing stored script {id}");
-        let (status, resp) = self
-            .call(
-                &what,
-                self.req(Method::PUT, &format!("/_scripts/{id}")).json(body),
-            )
-            .await?;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(Self::rejected(&what, status, &resp))
-        }
+        let req = self.req(Method::PUT, &format!("/_scripts/{id}")).json(body);
+        self.simple(&what, req, &[200]).await.map(drop)
     }
 
     pub async fn delete_script(&self, id: &str) -> Result<(), Error> {
         let what = format!("deleting stored script {id}");
-        let (status, body) = self
-            .call(&what, self.req(Method::DELETE, &format!("/_scripts/{id}")))
-            .await?;
-        match status {
-            200 | 404 => Ok(()),
-            _ => Err(Self::rejected(&what, status, &body)),
-        }
+        let req = self.req(Method::DELETE, &format!("/_scripts/{id}"));
+        self.simple(&what, req, &[200, 404]).await.map(drop)
     }
 
     /// Pipelines by id (ids may be wildcards); missing ones are absent.
@@ -307,32 +285,16 @@ impl Elasticsearch {
 
     pub async fn put_pipeline(&self, id: &str, body: &Value) -> Result<(), Error> {
         let what = format!("writing ingest pipeline {id}");
-        let (status, resp) = self
-            .call(
-                &what,
-                self.req(Method::PUT, &format!("/_ingest/pipeline/{id}"))
-                    .json(body),
-            )
-            .await?;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(Self::rejected(&what, status, &resp))
-        }
+        let req = self
+            .req(Method::PUT, &format!("/_ingest/pipeline/{id}"))
+            .json(body);
+        self.simple(&what, req, &[200]).await.map(drop)
     }
 
     pub async fn delete_pipeline(&self, id: &str) -> Result<(), Error> {
         let what = format!("deleting ingest pipeline {id}");
-        let (status, body) = self
-            .call(
-                &what,
-                self.req(Method::DELETE, &format!("/_ingest/pipeline/{id}")),
-            )
-            .await?;
-        match status {
-            200 | 404 => Ok(()),
-            _ => Err(Self::rejected(&what, status, &body)),
-        }
+        let req = self.req(Method::DELETE, &format!("/_ingest/pipeline/{id}"));
+        self.simple(&what, req, &[200, 404]).await.map(drop)
     }
 
     /// A request whose success statuses are given; anything else is an error.

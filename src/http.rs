@@ -103,21 +103,8 @@ pub async fn summarize(resp: reqwest::Response) -> String {
 
 pub fn summarize_body(bytes: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        if let Some(err) = v.get("error") {
-            if let Some(reason) = err.get("reason").and_then(|r| r.as_str()) {
-                let ty = err.get("type").and_then(|t| t.as_str()).unwrap_or("error");
-                return truncate(&format!("{ty}: {reason}"), 400);
-            }
-            if let Some(s) = err.as_str() {
-                let msg = v
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or_default();
-                return truncate(&format!("{s}: {msg}"), 400);
-            }
-        }
-        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
-            return truncate(m, 400);
+        if let Some(summary) = summarize_json(&v) {
+            return summary;
         }
     }
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).replace(['\n', '\r'], " ");
@@ -125,6 +112,26 @@ pub fn summarize_body(bytes: &[u8]) -> String {
         return "an HTML page (is the URL pointing at a proxy or login page?)".to_string();
     }
     truncate(&text, 200)
+}
+
+/// Elasticsearch's `error.type: reason` or Kibana's `message` from a parsed error body.
+pub fn summarize_json(v: &serde_json::Value) -> Option<String> {
+    if let Some(err) = v.get("error") {
+        if let Some(reason) = err.get("reason").and_then(|r| r.as_str()) {
+            let ty = err.get("type").and_then(|t| t.as_str()).unwrap_or("error");
+            return Some(truncate(&format!("{ty}: {reason}"), 400));
+        }
+        if let Some(s) = err.as_str() {
+            let msg = v
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default();
+            return Some(truncate(&format!("{s}: {msg}"), 400));
+        }
+    }
+    v.get("message")
+        .and_then(|m| m.as_str())
+        .map(|m| truncate(m, 400))
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -2,7 +2,7 @@
 //! definition without holding the definition in memory. The definition's raw bytes are copied to
 //! a file so the upload can stream them back.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 
 /// The model file's keys whose values are copied raw instead of being parsed.
 pub const MODEL_LARGE_KEYS: &[&str] = &["definition", "compressed_definition"];
@@ -325,20 +325,6 @@ impl<W: Write> Sink<'_, W> {
         self.out
             .write_all(b)
             .map_err(|e| format!("write error: {e}"))
-    }
-}
-
-/// Counts the bytes a reader yields.
-pub struct CountingReader<R> {
-    pub inner: R,
-    pub n: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
     }
 }
 
