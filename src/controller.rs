@@ -550,48 +550,58 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {
         record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
         report.suspended = Some(plan);
-        let r = rules_pass(
-            obj,
-            ctx,
-            &target,
-            &bundle,
-            &es,
-            &owner,
-            &desired.marker,
-            report,
+    } else {
+        let insecure = target.elasticsearch.insecure;
+        apply_es(
+            ctx, &es, insecure, &desired, &observed, &known, plan, &owner, report,
         )
-        .await;
-        keep_cache.armed = r.is_err();
-        return r;
+        .await?;
     }
+    let r = rules_pass(
+        obj,
+        ctx,
+        &target,
+        &bundle,
+        &es,
+        &owner,
+        &desired.marker,
+        report,
+    )
+    .await;
+    keep_cache.armed = r.is_err();
+    r
+}
+
+/// The Elasticsearch side of an Apply pass: the plan's writes, then status, events and the
+/// canary check.
+#[allow(clippy::too_many_arguments)]
+async fn apply_es(
+    ctx: &Context,
+    es: &Elasticsearch,
+    insecure: bool,
+    desired: &engine::Desired,
+    observed: &engine::Observed,
+    known: &Ids,
+    plan: Plan,
+    owner: &Owner,
+    report: &mut Report,
+) -> Result<(), Error> {
     if !plan.conflicts.is_empty() {
         report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
         return Err(Error::Conflict(plan.conflicts.join("; ")));
     }
-    let result = engine::apply(&es, &desired, &plan).await;
+    let result = engine::apply(es, desired, &plan).await;
     let (applied, err) = match result {
         Ok(a) => (a, None),
         Err((a, e)) => (a, Some(e)),
     };
     // What is installed now, whether or not the pass finished.
-    let now_owned = {
-        let mut o = engine::diff::owned_ids(&observed, &owner, &known);
-        for a in &applied.done {
-            match a {
-                engine::Action::PutModel { id, .. } => drop(o.models.insert(id.clone())),
-                engine::Action::PutScript { id, .. } => drop(o.scripts.insert(id.clone())),
-                engine::Action::PutPipeline { id, .. } => drop(o.pipelines.insert(id.clone())),
-                engine::Action::DeleteModel { id, .. } => drop(o.models.remove(id)),
-                engine::Action::DeleteScript { id, .. } => drop(o.scripts.remove(id)),
-                engine::Action::DeletePipeline { id, .. } => drop(o.pipelines.remove(id)),
-                engine::Action::WireIndex { index, .. } => drop(o.indices.insert(index.clone())),
-                engine::Action::UnwireIndex { index, .. } => drop(o.indices.remove(index)),
-            }
-        }
-        o
-    };
+    let mut now_owned = engine::diff::owned_ids(observed, owner, known);
+    for a in &applied.done {
+        now_owned.record(a);
+    }
     record_objects(report, &now_owned);
-    if target.elasticsearch.insecure && !applied.done.is_empty() {
+    if insecure && !applied.done.is_empty() {
         report.event(
             true,
             "TLSVerificationDisabled",
@@ -606,7 +616,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             conflicts: vec![],
         };
         ctx.metrics
-            .drift_repaired(crate::metrics::drift_repairs(&done, &known)); // metrics
+            .drift_repaired(crate::metrics::drift_repairs(&done, known)); // metrics
         let (reason, verb) = if done.has(Reason::Upgrade) {
             (
                 "Upgraded",
@@ -694,7 +704,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
     }
     // Prove the chain works on canary documents; report, never undo.
-    match engine::verify::verify(&es, desired.router_pipeline()).await {
+    match engine::verify::verify(es, desired.router_pipeline()).await {
         Ok(Ok(summary)) => report.set(VERIFIED, true, "Verified", summary),
         Ok(Err(problem)) => {
             if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
@@ -713,19 +723,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.installed_tag = Some(desired.release.clone());
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
-    let r = rules_pass(
-        obj,
-        ctx,
-        &target,
-        &bundle,
-        &es,
-        &owner,
-        &desired.marker,
-        report,
-    )
-    .await;
-    keep_cache.armed = r.is_err();
-    r
+    Ok(())
 }
 
 /// Drops a pass's cached cluster answers unless it is disarmed by a successful end.

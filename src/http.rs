@@ -102,10 +102,12 @@ pub async fn summarize(resp: reqwest::Response) -> String {
 }
 
 pub fn summarize_body(bytes: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
-        if let Some(summary) = summarize_json(&v) {
-            return summary;
-        }
+    if let Some(summary) = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .as_ref()
+        .and_then(summarize_json)
+    {
+        return summary;
     }
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).replace(['\n', '\r'], " ");
     if text.trim_start().starts_with('<') {

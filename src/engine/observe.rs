@@ -18,6 +18,23 @@ pub struct Ids {
     pub indices: BTreeSet<String>,
 }
 
+impl Ids {
+    /// Updates what an owner holds after one applied action.
+    pub fn record(&mut self, a: &super::Action) {
+        use super::Action::*;
+        match a {
+            PutModel { id, .. } => drop(self.models.insert(id.clone())),
+            PutScript { id, .. } => drop(self.scripts.insert(id.clone())),
+            PutPipeline { id, .. } => drop(self.pipelines.insert(id.clone())),
+            DeleteModel { id, .. } => drop(self.models.remove(id)),
+            DeleteScript { id, .. } => drop(self.scripts.remove(id)),
+            DeletePipeline { id, .. } => drop(self.pipelines.remove(id)),
+            WireIndex { index, .. } => drop(self.indices.insert(index.clone())),
+            UnwireIndex { index, .. } => drop(self.indices.remove(index)),
+        }
+    }
+}
+
 /// An index's pipeline settings.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IndexPipelines {
