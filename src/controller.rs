@@ -1,7 +1,7 @@
 //! kube-runtime wiring: watch DgaModels, run the engine, write status and events, back off per
 //! object. Knows nothing of Elasticsearch beyond calling the engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{
     DeletionPolicy, DgaModel, DgaModelStatus, FINALIZER, InstalledObjects, RELEASE_TAG_PATTERN,
@@ -79,6 +79,21 @@ pub struct Context {
     cluster_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Answers reused between passes, by `Endpoint::cache_key`.
     cluster_info: Mutex<HashMap<String, (tokio::time::Instant, CachedInfo)>>,
+    /// Objects whose last full pass in this process applied and went Ready: their resyncs
+    /// glance (three reads) instead of reading every object.
+    settled: Mutex<HashMap<String, Settled>>,
+    /// Clusters that refuse the cluster state read: always full passes.
+    no_glance: Mutex<HashSet<String>>,
+}
+
+/// What a full pass proved about an object, valid while nothing below changes.
+#[derive(Clone, Debug, PartialEq)]
+struct Settled {
+    generation: Option<i64>,
+    bundle_sha256: String,
+    target: String,
+    /// The anomaly job and datafeed were installed and running.
+    job: bool,
 }
 
 #[derive(Clone)]
@@ -109,6 +124,8 @@ impl Context {
             not_before: Mutex::new(HashMap::new()),
             cluster_info: Mutex::new(HashMap::new()),
             cluster_slots: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            no_glance: Mutex::new(HashSet::new()),
         }
     }
 
@@ -166,6 +183,18 @@ impl Context {
 
     fn forget(&self, key: &str) {
         self.cluster_info.lock().expect("cluster_info").remove(key);
+    }
+
+    fn settle(&self, uid: &str, s: Option<Settled>) {
+        let mut m = self.settled.lock().expect("settled");
+        match s {
+            Some(s) => drop(m.insert(uid.to_string(), s)),
+            None => drop(m.remove(uid)),
+        }
+    }
+
+    fn settled(&self, uid: &str) -> Option<Settled> {
+        self.settled.lock().expect("settled").get(uid).cloned()
     }
 
     /// Remaining wait when a pass comes too early after a transient error.
@@ -255,6 +284,7 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
     let api: Api<DgaModel> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if obj.meta().deletion_timestamp.is_some() {
+        ctx.settle(&obj.uid().unwrap_or_default(), None);
         return finalize(&api, &obj, &ctx).await;
     }
     if !obj.finalizers().iter().any(|f| f == FINALIZER) {
@@ -298,6 +328,12 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         }
     };
     report.finish(outcome.as_ref().err());
+    let is_true = |t: &str| status::is_true(&report.status.conditions, t);
+    let settled = report
+        .settle
+        .take()
+        .filter(|_| outcome.is_ok() && is_true(READY));
+    ctx.settle(&uid, settled);
     report.publish(&api, &obj, &ctx).await?;
     ctx.metrics.reconciled(
         &obj,
@@ -322,6 +358,8 @@ struct Report {
     plan_mode: bool,
     /// Kibana-side changes a dry run would make.
     rules_plan: Vec<String>,
+    /// Set by an Apply pass: what the object settles on if the pass ends Ready and verified.
+    settle: Option<Settled>,
 }
 
 impl Report {
@@ -336,6 +374,7 @@ impl Report {
             rules_pending: false,
             plan_mode: obj.spec.mode == crate::api::Mode::Plan,
             rules_plan: Vec::new(),
+            settle: None,
         }
     }
 
@@ -527,9 +566,6 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             .collect(),
         armed: true,
     };
-    let info = connect(&es, &keep_cache.keys[0], ctx, report).await?;
-    report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
-
     let owner = owner_of(obj);
     let desired = engine::build_with(
         &bundle,
@@ -537,6 +573,40 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         &engine::Wiring::from_spec(spec.enrichment.as_ref()),
     );
     let known = recorded_ids(obj.status.as_ref());
+    let applying = !spec.suspend && spec.mode == crate::api::Mode::Apply;
+    let settle = Settled {
+        generation: obj.metadata.generation,
+        bundle_sha256: desired.bundle_sha256.clone(),
+        target: keep_cache.keys.join(" "),
+        job: false,
+    };
+    if applying {
+        if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default()) {
+            if s == (Settled {
+                job: s.job,
+                ..settle.clone()
+            }) {
+                report.settle = Some(s.clone());
+                if glance_pass(
+                    obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
+                )
+                .await?
+                {
+                    keep_cache.armed = false;
+                    return Ok(());
+                }
+                // Something changed: look again at everything, the cluster's version and
+                // licence included.
+                for k in &keep_cache.keys {
+                    ctx.forget(k);
+                }
+            }
+        }
+        report.settle = Some(settle);
+    }
+    let info = connect(&es, &keep_cache.keys[0], ctx, report).await?;
+    report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
+
     let mut ids = known.clone();
     ids.models.insert(desired.model_id.clone());
     ids.scripts
@@ -565,11 +635,97 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         &es,
         &owner,
         &desired.marker,
+        false,
         report,
     )
     .await;
     keep_cache.armed = r.is_err();
     r
+}
+
+/// A resync of a settled object: glance at the cluster and, when nothing changed, run the
+/// Kibana side without the reads a full pass makes. `false`: a full pass must follow.
+#[allow(clippy::too_many_arguments)]
+async fn glance_pass(
+    obj: &DgaModel,
+    ctx: &Context,
+    target: &Target,
+    bundle: &crate::bundle::Bundle,
+    es: &Elasticsearch,
+    desired: &engine::Desired,
+    known: &Ids,
+    job: bool,
+    report: &mut Report,
+) -> Result<bool, Error> {
+    use engine::observe::{Glance, JobTasks};
+    let cluster = target.elasticsearch.cache_key();
+    if ctx.no_glance.lock().expect("no_glance").contains(&cluster) {
+        return Ok(false);
+    }
+    let feed = engine::mljob::datafeed_id(engine::mljob::JOB_ID);
+    let tasks = job.then_some(JobTasks {
+        job: engine::mljob::JOB_ID,
+        datafeed: &feed,
+    });
+    let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
+    match engine::observe::glance(es, desired, known, obj.spec.overwrite, tasks).await {
+        Ok(Glance::Unchanged(verified)) => {
+            let now = match &verified {
+                Ok(summary) => (true, summary),
+                Err(problem) => (false, problem),
+            };
+            let before = status::get(&report.status.conditions, VERIFIED).map(|c| {
+                (
+                    status::is_true(&report.status.conditions, VERIFIED),
+                    &c.message,
+                )
+            });
+            if before != Some(now) {
+                info!(
+                    namespace = ns,
+                    name, "canary result changed at resync; full pass"
+                );
+                ctx.metrics.glanced(false); // metrics
+                return Ok(false);
+            }
+            rules_pass(
+                obj,
+                ctx,
+                target,
+                bundle,
+                es,
+                &desired.owner,
+                &desired.marker,
+                true,
+                report,
+            )
+            .await?;
+            ctx.metrics.glanced(true); // metrics
+            Ok(true)
+        }
+        Ok(Glance::Changed(why)) => {
+            info!(
+                namespace = ns,
+                name, why, "change seen at resync; full pass"
+            );
+            ctx.metrics.glanced(false); // metrics
+            Ok(false)
+        }
+        Ok(Glance::Unavailable) => {
+            warn!(
+                namespace = ns,
+                name,
+                "the cluster state cannot be read (the `monitor` cluster privilege is missing, or a serverless project): every resync of this cluster reads each object"
+            );
+            ctx.no_glance.lock().expect("no_glance").insert(cluster);
+            Ok(false)
+        }
+        Err(e) => {
+            debug!(namespace = ns, name, error = %e, "glance failed; full pass");
+            ctx.metrics.glanced(false); // metrics
+            Ok(false)
+        }
+    }
 }
 
 /// The Elasticsearch side of an Apply pass: the plan's writes, then status, events and the
@@ -704,7 +860,7 @@ async fn apply_es(
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
     }
     // Prove the chain works on canary documents; report, never undo.
-    match engine::verify::verify(es, desired.router_pipeline()).await {
+    match engine::verify::verify(es, desired.router_pipeline(), &desired.model_id).await {
         Ok(Ok(summary)) => report.set(VERIFIED, true, "Verified", summary),
         Ok(Err(problem)) => {
             if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
@@ -754,6 +910,7 @@ async fn rules_pass(
     es: &Elasticsearch,
     owner: &Owner,
     marker: &engine::Marker,
+    glanced: bool,
     report: &mut Report,
 ) -> Result<(), Error> {
     use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
@@ -779,32 +936,10 @@ async fn rules_pass(
     let wanted = spec.enabled.unwrap_or(true);
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
-    let kb_key = kb.cache_key();
-    let cached = match ctx.cached(&kb_key) {
-        Some(CachedInfo::Kibana(s)) => Some(s),
-        _ => None,
-    };
-    let status = match cached {
-        Some(s) => Ok(s),
-        None => client
-            .status()
-            .await
-            .inspect(|s| ctx.remember(kb_key.clone(), CachedInfo::Kibana(s.clone()))),
-    };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());
-            report.set(RULES, false, e.reason(), format!("Kibana: {e}"));
-            return Err(e);
-        }
-    };
-    report.set(
-        KIBANA_REACHABLE,
-        true,
-        "Reachable",
-        format!("Kibana {} ({})", status.version, status.level),
-    );
+    // A glance already proved the cluster side; Kibana's `_find` below proves it answers.
+    if !glanced {
+        kibana_status(ctx, &client, &kb.cache_key(), report).await?;
+    }
 
     let input = RulesInput {
         source_rules: bundle.rules.clone(),
@@ -865,16 +1000,23 @@ async fn rules_pass(
     }
     // The ML rule is useless without its job: install it alongside, remove it when unselected.
     if needs_job {
-        let ch = engine::mljob::ensure(
-            es,
-            owner,
-            marker,
-            &input.index,
-            obj.spec.overwrite,
-            suspended,
-        )
-        .await?;
-        done.extend(ch.done);
+        // A glance that checked the job's tasks proved it open and fed.
+        let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
+        if !checked {
+            let ch = engine::mljob::ensure(
+                es,
+                owner,
+                marker,
+                &input.index,
+                obj.spec.overwrite,
+                suspended,
+            )
+            .await?;
+            done.extend(ch.done);
+        }
+        if let Some(s) = report.settle.as_mut() {
+            s.job = true;
+        }
         report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
     } else if !report.status.objects.jobs.is_empty() && !suspended {
         done.extend(
@@ -919,6 +1061,38 @@ async fn rules_pass(
         msg,
     );
     Ok(())
+}
+
+/// Kibana's version and health, cached like the cluster's, reported as a condition.
+async fn kibana_status(
+    ctx: &Context,
+    client: &crate::kibana::KibanaClient,
+    key: &str,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let status = match ctx.cached(key) {
+        Some(CachedInfo::Kibana(s)) => Ok(s),
+        _ => client
+            .status()
+            .await
+            .inspect(|s| ctx.remember(key.to_string(), CachedInfo::Kibana(s.clone()))),
+    };
+    match status {
+        Ok(s) => {
+            report.set(
+                KIBANA_REACHABLE,
+                true,
+                "Reachable",
+                format!("Kibana {} ({})", s.version, s.level),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());
+            report.set(RULES, false, e.reason(), format!("Kibana: {e}"));
+            Err(e)
+        }
+    }
 }
 
 /// A merge patch keeps fields it does not mention: mark fields the new status dropped as null.

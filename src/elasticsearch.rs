@@ -26,6 +26,67 @@ pub struct Elasticsearch {
     endpoint: Endpoint,
 }
 
+/// What `glance_metadata` found. An empty answer is a valid one: filter_path drops what
+/// matches nothing, so a cluster without our scripts answers `{}`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetadataGlance {
+    pub scripts: BTreeMap<String, Value>,
+    pub indices: BTreeMap<String, crate::engine::observe::IndexPipelines>,
+    /// Persistent task id -> the state it reports (`opened`, `started`, ...), if any.
+    pub tasks: BTreeMap<String, Option<String>>,
+}
+
+impl MetadataGlance {
+    fn parse(body: &Value, scripts: &[String]) -> MetadataGlance {
+        let mut g = MetadataGlance::default();
+        let Some(meta) = body.get("metadata") else {
+            return g;
+        };
+        for id in scripts {
+            if let Some(s) = meta.pointer(&format!("/stored_scripts/{id}")) {
+                g.scripts.insert(id.clone(), s.clone());
+            }
+        }
+        for (index, v) in meta
+            .get("indices")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let get = |k: &str| {
+                v.pointer(&format!("/settings/index/{k}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            g.indices.insert(
+                index.clone(),
+                crate::engine::observe::IndexPipelines {
+                    default_pipeline: get("default_pipeline"),
+                    final_pipeline: get("final_pipeline"),
+                },
+            );
+        }
+        let tasks = meta
+            .pointer("/persistent_tasks/tasks")
+            .and_then(Value::as_array);
+        for t in tasks.into_iter().flatten() {
+            let Some(id) = t.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            // A job task's state is `{"state": "opened", ...}`, a datafeed's a bare "started".
+            let state = t
+                .get("task")
+                .and_then(Value::as_object)
+                .and_then(|m| m.values().next())
+                .and_then(|v| v.get("state"))
+                .and_then(|s| s.get("state").unwrap_or(s).as_str())
+                .map(str::to_string);
+            g.tasks.insert(id.to_string(), state);
+        }
+        g
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterInfo {
     pub version: String,
@@ -478,20 +539,13 @@ impl Elasticsearch {
         .map(drop)
     }
 
-    /// Runs documents through a stored pipeline without indexing them.
-    pub async fn simulate(&self, pipeline: &str, body: &Value) -> Result<Value, Error> {
-        let what = format!("simulating ingest pipeline {pipeline}");
-        let (_, v) = self
-            .simple(
-                &what,
-                self.req(
-                    Method::POST,
-                    &format!("/_ingest/pipeline/{pipeline}/_simulate"),
-                )
-                .json(body),
-                &[200],
-            )
-            .await?;
+    /// Runs documents through a pipeline given in the body, without indexing them.
+    pub async fn simulate(&self, body: &Value) -> Result<Value, Error> {
+        let what = "simulating the enrichment on canary documents";
+        let req = self
+            .req(Method::POST, "/_ingest/pipeline/_simulate")
+            .json(body);
+        let (_, v) = self.simple(what, req, &[200]).await?;
         Ok(v)
     }
 
@@ -527,6 +581,67 @@ impl Elasticsearch {
             );
         }
         Ok(out)
+    }
+
+    /// Stored scripts, index pipeline settings and persistent task states in one request: the
+    /// only API that returns several stored scripts at once is the cluster state. Elastic calls
+    /// its format internal, so callers treat anything unexpected as "cannot tell" and fall back
+    /// to the per-object APIs; `local=true` keeps the read off the elected master.
+    /// `None` when the cluster refuses the request (privileges, serverless).
+    pub async fn glance_metadata(
+        &self,
+        scripts: &[String],
+        indices: &[String],
+        tasks: bool,
+    ) -> Result<Option<MetadataGlance>, Error> {
+        let what = "reading stored scripts, index settings and tasks from the cluster state";
+        let mut filter: Vec<String> = Vec::new();
+        // filter_path splits on dots and reads `*` and `,`: such ids fall back to the whole map.
+        if scripts.iter().all(|id| {
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        }) {
+            filter.extend(
+                scripts
+                    .iter()
+                    .map(|id| format!("metadata.stored_scripts.{id}")),
+            );
+        } else {
+            filter.push("metadata.stored_scripts".into());
+        }
+        if !indices.is_empty() {
+            // `state` is present on every index: it lists the indices that have no pipeline
+            // settings at all.
+            for k in [
+                "state",
+                "settings.index.default_pipeline",
+                "settings.index.final_pipeline",
+            ] {
+                filter.push(format!("metadata.indices.*.{k}"));
+            }
+        }
+        if tasks {
+            filter.push("metadata.persistent_tasks.tasks.id".into());
+            filter.push("metadata.persistent_tasks.tasks.task.*.state".into());
+        }
+        let path = if indices.is_empty() {
+            "/_cluster/state/metadata".to_string()
+        } else {
+            format!("/_cluster/state/metadata/{}", indices.join(","))
+        };
+        // Every part is plain ASCII (ids outside [A-Za-z0-9_-] never reach the filter), so the
+        // query needs no escaping.
+        let query = format!(
+            "local=true&allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open&filter_path={}",
+            filter.join(",")
+        );
+        let req = self.req(Method::GET, &format!("{path}?{query}"));
+        let (status, body) = self.call(what, req).await?;
+        match status {
+            200 => Ok(Some(MetadataGlance::parse(&body, scripts))),
+            s if s == 429 || s >= 500 => Err(Self::rejected(what, status, &body)),
+            _ => Ok(None),
+        }
     }
 
     /// Sets (or with None, removes) an index's `index.final_pipeline`.

@@ -117,6 +117,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     requests: Family<RequestLabels, Counter>,
     drift_repairs: Counter,
+    glances: Family<ResultLabel, Counter>,
     time_to_ready: Histogram,
     objects: Family<ConditionLabel, Gauge>,
     /// The controller's cache: `dga_objects` is counted from it at scrape time.
@@ -165,6 +166,12 @@ impl Metrics {
             "Objects re-applied because they were changed or deleted outside the operator",
             drift_repairs.clone(),
         );
+        let glances = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "dga_resync_glances",
+            "Resyncs of settled DgaModels that read three requests (unchanged) or found a change and ran a full pass (changed)",
+            glances.clone(),
+        );
         let time_to_ready = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register(
             "dga_time_to_ready_seconds",
@@ -183,6 +190,7 @@ impl Metrics {
             reconcile_duration,
             requests,
             drift_repairs,
+            glances,
             time_to_ready,
             objects,
             store: OnceLock::new(),
@@ -256,6 +264,15 @@ impl Metrics {
         self.reconciles
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn glanced(&self, unchanged: bool) {
+        let result = if unchanged { "unchanged" } else { "changed" };
+        self.glances
+            .get_or_create(&ResultLabel {
+                result: result.into(),
             })
             .inc();
     }

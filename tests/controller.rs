@@ -274,6 +274,122 @@ async fn drift_is_repaired_on_resync() {
     env.finish().await;
 }
 
+/// A settled install's resyncs read three requests (pipelines, one filtered cluster state
+/// read, the canary run), and still see each kind of drift those reads do not fetch directly.
+#[tokio::test]
+async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
+    let settings = Settings {
+        resync: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-glance", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let index = "packetbeat-8.17.0-2026.11.27";
+    if !env.real() {
+        env.standin.put_index_settings(index, json!({}));
+    }
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env.wait_ready("dga").await;
+    let model_id = m.status.unwrap().model_id.unwrap();
+    let stack = env.stack();
+
+    if env.standin_only("counting requests") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        env.standin.clear_requests();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let log = env.standin.requests();
+        let es: Vec<_> = log
+            .iter()
+            .filter(|r| r.service == dga_standin::Service::Es)
+            .collect();
+        let passes = es.iter().filter(|r| r.path.ends_with("/_simulate")).count();
+        assert!(passes >= 2, "resyncs ran: {passes}");
+        assert!(
+            es.len() <= 3 * passes,
+            "{} reads in {passes} resyncs",
+            es.len()
+        );
+        assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+        assert!(
+            es.iter()
+                .any(|r| r.path.starts_with("/_cluster/state/metadata")),
+            "the cluster state read is the glance"
+        );
+    }
+
+    // A datafeed stopped by hand is started again.
+    let feed = "datafeed-dga_high_sum_probability";
+    let (s, _) = stack
+        .es(
+            reqwest::Method::POST,
+            &format!("/_ml/datafeeds/{feed}/_stop?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let started = wait_for(Duration::from_secs(20), || async {
+        let (_, b) = stack
+            .es(
+                reqwest::Method::GET,
+                &format!("/_ml/datafeeds/{feed}/_stats"),
+                None,
+            )
+            .await;
+        (b.pointer("/datafeeds/0/state") == Some(&json!("started"))).then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "datafeed restarted");
+
+    // A model deleted by force (the pipelines still name it) comes back: the canary run fails
+    // differently, so the resync looks at everything.
+    let (s, _) = stack
+        .es(
+            reqwest::Method::DELETE,
+            &format!("/_ml/trained_models/{model_id}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let back = wait_for(Duration::from_secs(20), || async {
+        stack.models().await.contains_key(&model_id).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "model re-created");
+
+    if env.standin_only("index settings and licence switches") {
+        // An index unwired by hand is wired again.
+        env.standin.put_index_settings(index, json!({}));
+        let rewired = wait_for(Duration::from_secs(20), || async {
+            let s = env.standin.index_settings();
+            (s[index].get("index.final_pipeline") == Some(&json!(rel.router_pipeline)))
+                .then_some(())
+        })
+        .await;
+        assert!(
+            rewired.is_some(),
+            "index rewired: {:?}",
+            env.standin.index_settings()
+        );
+
+        // A licence that lapses fails the canary run; the full pass that follows reads the
+        // licence again instead of trusting its cache.
+        env.standin.set_license("basic");
+        env.wait_condition(
+            "dga",
+            "LicenseSufficient",
+            "False",
+            Some("LicenseInsufficient"),
+        )
+        .await;
+        env.standin.set_license("trial");
+        env.wait_condition("dga", "LicenseSufficient", "True", None)
+            .await;
+    }
+    env.wait_ready("dga").await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn foreign_objects_conflict_until_overwrite_adopts_them() {
     let env = Env::start("ctl-conflict").await;

@@ -240,8 +240,8 @@ async fn kibana_down_does_not_hold_back_elasticsearch() {
     env.finish().await;
 }
 
-/// A quiet resync reuses the cluster's version, licence and Kibana status: it reads only what
-/// can drift.
+/// A quiet resync reuses the cluster's version, licence and Kibana status and glances at the
+/// rest: at most three Elasticsearch reads and one Kibana read (issue 8's budget).
 #[tokio::test]
 async fn quiet_resyncs_reuse_cluster_answers() {
     let env = fast_env("rules-quiet-reads").await;
@@ -287,5 +287,9 @@ async fn quiet_resyncs_reuse_cluster_answers() {
         kb as f64 / passes as f64
     );
     assert_eq!(kb, passes, "one Kibana read (_find) per pass");
+    assert!(
+        es <= 3 * passes,
+        "{es} Elasticsearch reads in {passes} resyncs"
+    );
     env.finish().await;
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::MODEL_TAG;
+use super::{Desired, MARKER_KEY, MODEL_TAG};
 use crate::elasticsearch::Elasticsearch;
 use crate::error::Error;
 
@@ -86,4 +86,88 @@ pub async fn observe(es: &Elasticsearch, ids: &Ids) -> Result<Observed, Error> {
         pipelines,
         indices,
     })
+}
+
+/// What a glance at a settled install found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Glance {
+    /// Every object as the last full pass left it; holds the canary outcome, for the caller to
+    /// compare with the last one (a new failure may mean a model deleted by force).
+    Unchanged(Result<String, String>),
+    /// Something differs (said how): a full pass must look and repair.
+    Changed(String),
+    /// The cluster does not answer the cluster state read: always use full passes.
+    Unavailable,
+}
+
+/// The anomaly job and datafeed a glance expects to be running.
+#[derive(Clone, Copy, Debug)]
+pub struct JobTasks<'a> {
+    pub job: &'a str,
+    pub datafeed: &'a str,
+}
+
+/// A resync's look at an install whose last full pass succeeded, in three reads
+/// instead of one per object: the pipelines, one filtered cluster state read (scripts, index
+/// settings, ML tasks), and the canary `_simulate`. The model is not read: trained models
+/// cannot be changed in place, and the canary run fails if ours is gone. Anything unexpected
+/// is `Changed`, so a full pass decides; a glance never repairs anything itself.
+pub async fn glance(
+    es: &Elasticsearch,
+    desired: &Desired,
+    known: &Ids,
+    overwrite: bool,
+    job: Option<JobTasks<'_>>,
+) -> Result<Glance, Error> {
+    let mut ids = known.clone();
+    ids.scripts
+        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
+    ids.pipelines
+        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+    ids.indices.extend(desired.wire_indices.iter().cloned());
+    let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+
+    let pipelines = es.get_pipelines(&list(&ids.pipelines)).await?;
+    let Some(meta) = es
+        .glance_metadata(&list(&ids.scripts), &list(&ids.indices), job.is_some())
+        .await?
+    else {
+        return Ok(Glance::Unavailable);
+    };
+    let assumed_model = serde_json::json!({"metadata": {MARKER_KEY: desired.marker}});
+    let observed = Observed {
+        models: BTreeMap::from([(desired.model_id.clone(), assumed_model)]),
+        scripts: meta.scripts,
+        pipelines,
+        indices: meta.indices,
+    };
+    let plan = super::diff(desired, &observed, known, overwrite);
+    if !plan.is_empty() {
+        let why: Vec<String> = plan
+            .actions
+            .iter()
+            .map(ToString::to_string)
+            .chain(plan.conflicts.iter().cloned())
+            .collect();
+        return Ok(Glance::Changed(why.join("; ")));
+    }
+    if let Some(t) = job {
+        let running = |task: String, want: &str| {
+            meta.tasks
+                .get(&task)
+                .is_some_and(|s| s.as_deref().is_none_or(|s| s == want))
+        };
+        if !running(format!("job-{}", t.job), "opened") {
+            return Ok(Glance::Changed(format!("job {} is not open", t.job)));
+        }
+        if !running(format!("datafeed-{}", t.datafeed), "started") {
+            return Ok(Glance::Changed(format!(
+                "datafeed {} is not started",
+                t.datafeed
+            )));
+        }
+    }
+    Ok(Glance::Unchanged(
+        super::verify::verify(es, desired.router_pipeline(), &desired.model_id).await?,
+    ))
 }

@@ -1,7 +1,9 @@
 //! Proves the installed enrichment works: the router pipeline is run with `_simulate` on canary
 //! DNS documents and every one must come back with a valid `ml_is_dga.malicious_prediction`
-//! (0 or 1) and `malicious_probability` (0.0 to 1.0). A failure is reported, never hidden, and
-//! never removes a working install.
+//! (0 or 1) and `malicious_probability` (0.0 to 1.0). After the router, the model is asked once
+//! more on its own (the probe): that proves the model is there and answers even where the
+//! scripts before it cannot run, which lets a resync trust the run instead of reading the model.
+//! A failure is reported, never hidden, and never removes a working install.
 
 use serde_json::{Value, json};
 
@@ -48,6 +50,24 @@ pub fn canaries() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Where the probe writes its answer on each canary.
+pub const PROBE_FIELD: &str = "dga_operator_probe";
+
+/// The `_simulate` body: the stored router as ingest runs it, then the probe.
+pub fn request(router: &str, model_id: &str) -> Value {
+    let docs: Vec<Value> = canaries().into_iter().map(|(_, d)| d).collect();
+    json!({
+        "pipeline": {
+            "description": "dga-operator canary run",
+            "processors": [
+                {"pipeline": {"name": router}},
+                {"inference": {"model_id": model_id, "target_field": PROBE_FIELD}}
+            ]
+        },
+        "docs": docs
+    })
+}
+
 /// Checks a `_simulate` answer; Ok holds a short summary, Err says what is wrong.
 pub fn check(answer: &Value) -> Result<String, String> {
     let docs = answer
@@ -77,6 +97,15 @@ pub fn check(answer: &Value) -> Result<String, String> {
             .ok_or(format!("{what}: no document in the answer"))?;
         if let Some(msg) = src.pointer("/error/message").and_then(Value::as_str) {
             return Err(format!("{what}: the pipeline reported `{msg}`"));
+        }
+        if src
+            .get(PROBE_FIELD)
+            .and_then(|p| p.get("predicted_value"))
+            .is_none()
+        {
+            return Err(format!(
+                "{what}: the model gave no prediction when asked directly"
+            ));
         }
         let pred = src.pointer("/ml_is_dga/malicious_prediction");
         let prob = src
@@ -115,9 +144,12 @@ pub fn check(answer: &Value) -> Result<String, String> {
 
 /// Runs the canaries through the router pipeline. `Ok(Err(..))` is a verification failure;
 /// `Err` is a request that did not get an answer.
-pub async fn verify(es: &Elasticsearch, router: &str) -> Result<Result<String, String>, Error> {
-    let docs: Vec<Value> = canaries().into_iter().map(|(_, d)| d).collect();
-    let answer = es.simulate(router, &json!({ "docs": docs })).await?;
+pub async fn verify(
+    es: &Elasticsearch,
+    router: &str,
+    model_id: &str,
+) -> Result<Result<String, String>, Error> {
+    let answer = es.simulate(&request(router, model_id)).await?;
     Ok(check(&answer))
 }
 
@@ -126,7 +158,8 @@ mod tests {
     use super::*;
 
     fn answer(results: Vec<Value>) -> Value {
-        json!({"docs": results.into_iter().map(|ml| json!({"doc": {"_source": {"ml_is_dga": ml}}})).collect::<Vec<_>>()})
+        let probe = json!({"predicted_value": "0", "prediction_probability": 0.9});
+        json!({"docs": results.into_iter().map(|ml| json!({"doc": {"_source": {"ml_is_dga": ml, PROBE_FIELD: probe}}})).collect::<Vec<_>>()})
     }
 
     #[test]
@@ -157,5 +190,23 @@ mod tests {
         let failed = json!({"docs": [{"error": {"reason": "boom"}}, {}, {}]});
         assert!(check(&failed).unwrap_err().contains("boom"));
         assert!(check(&json!({"docs": []})).is_err());
+    }
+
+    #[test]
+    fn a_model_that_does_not_answer_fails_even_when_the_scores_look_right() {
+        let mut a = answer(vec![
+            json!({"malicious_prediction": 0, "malicious_probability": 0.01}),
+            json!({"malicious_prediction": 1, "malicious_probability": 0.99}),
+            json!({"malicious_prediction": 0, "malicious_probability": 0.0}),
+        ]);
+        a["docs"][1]["doc"]["_source"]
+            .as_object_mut()
+            .unwrap()
+            .remove(PROBE_FIELD);
+        let e = check(&a).unwrap_err();
+        assert!(
+            e.contains("DGA-looking name") && e.contains("asked directly"),
+            "{e}"
+        );
     }
 }

@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Arc;
 
-use crate::server::{Job, Req, Resp, Shared, StoredModel};
+use crate::server::{Job, Req, Resp, RespBody, Shared, StoredModel};
 use crate::spec::{self, EsMatch};
 use crate::util::{self, es_error_body, wildcard_match};
+use bytes::Bytes;
 
 pub(crate) fn err(status: u16, typ: &str, reason: &str) -> Resp {
     Resp::json(status, &es_error_body(status, typ, reason))
@@ -107,6 +108,14 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
     };
     let mut resp = route(sh, r, &m);
     resp.api = Some(m.api.clone());
+    if let (Some(f), RespBody::Bytes(b)) = (r.param("filter_path"), &resp.body) {
+        if let Ok(v) = serde_json::from_slice::<Value>(b) {
+            let filtered = util::filter_path(&v, f);
+            resp.body = RespBody::Bytes(Bytes::from(
+                serde_json::to_vec(&filtered).unwrap_or_default(),
+            ));
+        }
+    }
     resp
 }
 
@@ -131,6 +140,12 @@ fn route(sh: &Shared, r: &Req, m: &EsMatch) -> Resp {
     let res = match m.api.as_str() {
         "info" => Ok(info(sh)),
         "license.get" => Ok(license(sh)),
+        "cluster.state" => cluster_state(
+            sh,
+            r,
+            part(m, "metric"),
+            m.parts.get("index").map(|s| s.as_str()),
+        ),
         "cluster.health" => Ok(Resp::json(
             200,
             &json!({"cluster_name": "dga-standin", "status": "green", "timed_out": false, "number_of_nodes": 1, "number_of_data_nodes": 1}),
@@ -246,6 +261,106 @@ fn license(sh: &Shared) -> Resp {
             "start_date_in_millis": -1
         }}),
     )
+}
+
+/// `GET _cluster/state/{metric}/{index}`: the `metadata` metric only, shaped as Elasticsearch
+/// 8.x renders it (index settings nested, stored scripts by id, pipelines as `{id, config}`,
+/// ML jobs and datafeeds as persistent tasks).
+fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Result<Resp, Resp> {
+    let metrics: Vec<&str> = if metric.is_empty() {
+        vec!["_all"]
+    } else {
+        metric.split(',').collect()
+    };
+    if let Some(m) = metrics
+        .iter()
+        .find(|m| !matches!(**m, "_all" | "metadata" | "version" | "master_node"))
+    {
+        return Err(err(
+            501,
+            "stand_in_not_implemented",
+            &format!("the dga-standin does not model the cluster state metric [{m}]"),
+        ));
+    }
+    let st = sh.st();
+    let (names, missing) = select_ids(st.index_settings.keys(), index);
+    if let Some(m) = missing.first().filter(|_| !r.flag("ignore_unavailable")) {
+        return Err(err(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{m}]"),
+        ));
+    }
+    let mut out = json!({"cluster_name": "dga-standin", "cluster_uuid": sh.cfg.cluster_uuid});
+    if metrics.iter().any(|m| matches!(*m, "_all" | "version")) {
+        out["version"] = json!(1);
+        out["state_uuid"] = json!("dga-standin-state");
+    }
+    if metrics.iter().any(|m| matches!(*m, "_all" | "master_node")) {
+        out["master_node"] = json!("dga-standin-node");
+    }
+    if metrics.iter().any(|m| matches!(*m, "_all" | "metadata")) {
+        let indices: Map<String, Value> = names
+            .iter()
+            .map(|i| {
+                let v = json!({
+                    "version": 1,
+                    "state": "open",
+                    "settings": nest(&st.index_settings[i]),
+                    "mappings": {},
+                    "aliases": []
+                });
+                (i.clone(), v)
+            })
+            .collect();
+        let pipelines: Vec<Value> = st
+            .pipelines
+            .iter()
+            .map(|(id, config)| json!({"id": id, "config": config}))
+            .collect();
+        let mut tasks = Vec::new();
+        let mut allocation = 0u64;
+        for id in st
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state == "opened")
+            .map(|(id, _)| id)
+        {
+            allocation += 1;
+            tasks.push(json!({
+                "id": format!("job-{id}"),
+                "task": {"xpack/ml/job": {
+                    "params": {"job_id": id, "timeout": "1800s"},
+                    "state": {"state": "opened", "allocation_id": allocation}
+                }},
+                "allocation_id": allocation,
+                "assignment": {"executor_node": "dga-standin-node", "explanation": ""}
+            }));
+        }
+        for (id, feed) in st.datafeeds.iter().filter(|(_, d)| d.state == "started") {
+            allocation += 1;
+            tasks.push(json!({
+                "id": format!("datafeed-{id}"),
+                // A datafeed task's state is a bare string, unlike a job's.
+                "task": {"xpack/ml/datafeed": {
+                    "params": {"datafeed_id": id, "start": "0", "job_id": feed.config["job_id"]},
+                    "state": "started"
+                }},
+                "allocation_id": allocation,
+                "assignment": {"executor_node": "dga-standin-node", "explanation": ""}
+            }));
+        }
+        out["metadata"] = json!({
+            "cluster_uuid": sh.cfg.cluster_uuid,
+            "cluster_uuid_committed": true,
+            "templates": {},
+            "indices": indices,
+            "ingest": {"pipeline": pipelines},
+            "stored_scripts": st.scripts,
+            "persistent_tasks": {"last_allocation_id": allocation, "tasks": tasks}
+        });
+    }
+    Ok(Resp::json(200, &out))
 }
 
 // ---------------------------------------------------------------- trained models
@@ -1029,6 +1144,11 @@ impl Sim<'_> {
                     .and_then(|t| t.as_str())
                     .unwrap_or("ml.inference")
                     .to_string();
+                // Inference is a platinum feature, checked as each document runs.
+                let licence = self.sh.st().license_type.clone();
+                if !matches!(licence.as_str(), "platinum" | "enterprise" | "trial") {
+                    return Err("current license is non-compliant for [inference]".into());
+                }
                 let def = model_definition(self.sh, mid)?;
                 let mut input = doc["_source"].clone();
                 if let Some(fm) = conf.get("field_map").and_then(|f| f.as_object()) {

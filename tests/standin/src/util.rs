@@ -181,3 +181,52 @@ mod tests {
         assert!(get_field(&d, "a.b").is_none());
     }
 }
+
+/// Elasticsearch's `filter_path` response filter: comma-separated dotted paths, `*` inside a
+/// name, `**` for any depth; arrays are transparent; what matches nothing is dropped, so a
+/// response with no match at all is `{}`. Exclusions (`-path`) are not modelled.
+pub fn filter_path(v: &Value, spec: &str) -> Value {
+    let paths: Vec<Vec<&str>> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split('.').collect())
+        .collect();
+    let refs: Vec<&[&str]> = paths.iter().map(Vec::as_slice).collect();
+    filter_value(v, &refs).unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+fn filter_value(v: &Value, paths: &[&[&str]]) -> Option<Value> {
+    if paths.iter().any(|p| p.is_empty() || *p == ["**"]) {
+        return Some(v.clone());
+    }
+    match v {
+        Value::Object(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, child) in m {
+                let mut sub: Vec<&[&str]> = Vec::new();
+                for p in paths {
+                    if p[0] == "**" {
+                        sub.push(p);
+                        if wildcard_match(p[1], k) {
+                            sub.push(&p[2..]);
+                        }
+                    } else if wildcard_match(p[0], k) {
+                        sub.push(&p[1..]);
+                    }
+                }
+                if !sub.is_empty() {
+                    if let Some(c) = filter_value(child, &sub) {
+                        out.insert(k.clone(), c);
+                    }
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        Value::Array(a) => {
+            let items: Vec<Value> = a.iter().filter_map(|x| filter_value(x, paths)).collect();
+            (!items.is_empty()).then_some(Value::Array(items))
+        }
+        _ => None,
+    }
+}
