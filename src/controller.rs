@@ -581,25 +581,25 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         job: false,
     };
     if applying {
-        if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default()) {
-            if s == (Settled {
+        if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
+            && s == (Settled {
                 job: s.job,
                 ..settle.clone()
-            }) {
-                report.settle = Some(s.clone());
-                if glance_pass(
-                    obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
-                )
-                .await?
-                {
-                    keep_cache.armed = false;
-                    return Ok(());
-                }
-                // Something changed: look again at everything, the cluster's version and
-                // licence included.
-                for k in &keep_cache.keys {
-                    ctx.forget(k);
-                }
+            })
+        {
+            report.settle = Some(s.clone());
+            if glance_pass(
+                obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
+            )
+            .await?
+            {
+                keep_cache.armed = false;
+                return Ok(());
+            }
+            // Something changed: look again at everything, the cluster's version and
+            // licence included.
+            for k in &keep_cache.keys {
+                ctx.forget(k);
             }
         }
         report.settle = Some(settle);

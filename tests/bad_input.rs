@@ -281,7 +281,7 @@ async fn bad_input_gets_its_reason_and_uploads_nothing() {
         let depth = 200_000;
         let mut s = String::from("{\"metadata\": ");
         s.push_str(&"{\"a\":".repeat(depth));
-        s.push_str("1");
+        s.push('1');
         s.push_str(&"}".repeat(depth));
         s.push(',');
         let rest = String::from_utf8(m[1..].to_vec()).unwrap();

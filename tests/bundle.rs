@@ -127,6 +127,7 @@ fn other_broken_zips() {
     );
 
     let deep = "[".repeat(5000);
+    #[allow(clippy::type_complexity)] // (case, entries, expected message) reads best inline
     let cases: Vec<(&str, Vec<(&str, &[u8])>, &str)> = vec![
         (
             "unknown layout",

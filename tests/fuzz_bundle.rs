@@ -11,9 +11,12 @@ use dga_standin::bundle::{self, BundleSpec, Layout};
 use proptest::prelude::*;
 use serde_json::Value;
 
+/// A zip's bytes and its entries (name, bytes).
+type Zip = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
 struct Base {
     _dir: tempfile::TempDir,
-    zips: Vec<(Vec<u8>, Vec<(String, Vec<u8>)>)>,
+    zips: Vec<Zip>,
 }
 
 fn base() -> &'static Base {

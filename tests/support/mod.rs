@@ -838,12 +838,11 @@ pub async fn purge_test_objects(r: &RealStack) {
             owners.insert(m.owner);
         }
     }
-    if let Some(job) = es.get_job(engine::mljob::JOB_ID).await.unwrap() {
-        if let Some(m) = Marker::from_meta(job.get("custom_settings")) {
-            if test_ns.is_match(&m.owner) {
-                owners.insert(m.owner);
-            }
-        }
+    if let Some(job) = es.get_job(engine::mljob::JOB_ID).await.unwrap()
+        && let Some(m) = Marker::from_meta(job.get("custom_settings"))
+        && test_ns.is_match(&m.owner)
+    {
+        owners.insert(m.owner);
     }
     let kibana = r.kibana.as_ref().map(|k| {
         let ep = Endpoint::parse(k, auth.clone(), r.ca.clone(), "kibana-url").unwrap();
@@ -966,10 +965,10 @@ impl Env {
                         out.push(format!("pipeline {pid} uses missing model {m}"));
                     }
                 }
-                if let Some(name) = p.pointer("/pipeline/name").and_then(Value::as_str) {
-                    if !pipelines.contains_key(name) {
-                        out.push(format!("pipeline {pid} calls missing pipeline {name}"));
-                    }
+                if let Some(name) = p.pointer("/pipeline/name").and_then(Value::as_str)
+                    && !pipelines.contains_key(name)
+                {
+                    out.push(format!("pipeline {pid} calls missing pipeline {name}"));
                 }
             }
         }

@@ -697,8 +697,11 @@ pub enum Defect {
     MissingPipeline,
 }
 
+/// Zip entries in memory: name and bytes.
+type Entries = Vec<(String, Vec<u8>)>;
+
 /// The small files plus the model, in memory (for bad bundles; keep `spec.model` small).
-fn materialize(spec: &BundleSpec) -> io::Result<(Plan, Vec<(String, Vec<u8>)>)> {
+fn materialize(spec: &BundleSpec) -> io::Result<(Plan, Entries)> {
     let p = plan(spec);
     let mut out = Vec::new();
     for (name, c) in &p.files {

@@ -108,13 +108,13 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
     };
     let mut resp = route(sh, r, &m);
     resp.api = Some(m.api.clone());
-    if let (Some(f), RespBody::Bytes(b)) = (r.param("filter_path"), &resp.body) {
-        if let Ok(v) = serde_json::from_slice::<Value>(b) {
-            let filtered = util::filter_path(&v, f);
-            resp.body = RespBody::Bytes(Bytes::from(
-                serde_json::to_vec(&filtered).unwrap_or_default(),
-            ));
-        }
+    if let (Some(f), RespBody::Bytes(b)) = (r.param("filter_path"), &resp.body)
+        && let Ok(v) = serde_json::from_slice::<Value>(b)
+    {
+        let filtered = util::filter_path(&v, f);
+        resp.body = RespBody::Bytes(Bytes::from(
+            serde_json::to_vec(&filtered).unwrap_or_default(),
+        ));
     }
     resp
 }

@@ -614,7 +614,7 @@ fn render_tree(rng: &mut ChaCha8Rng, depth: u32, feats: &Features, stats: &Stats
         if i > 0 {
             out.push(b',');
         }
-        let level = (usize::BITS - 1 - (i + 1).leading_zeros()) as u32;
+        let level = usize::BITS - 1 - (i + 1).leading_zeros();
         let n_samples = samples >> level;
         if i < internal {
             let s = &splits[i];
@@ -784,7 +784,7 @@ pub fn write_model_json_opts(
     );
     let head = serde_json::to_string(&Value::Object(head)).unwrap();
     // Re-open the object to append the definition last.
-    out.write_all(head[..head.len() - 1].as_bytes())?;
+    out.write_all(&head.as_bytes()[..head.len() - 1])?;
     let def_bytes;
     match encoding {
         ModelEncoding::Plain => {
@@ -855,10 +855,10 @@ pub fn lookup_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
         return Some(x);
     }
     for (i, _) in path.match_indices('.') {
-        if let Some(child) = obj.get(&path[..i]) {
-            if let Some(r) = lookup_path(child, &path[i + 1..]) {
-                return Some(r);
-            }
+        if let Some(child) = obj.get(&path[..i])
+            && let Some(r) = lookup_path(child, &path[i + 1..])
+        {
+            return Some(r);
         }
     }
     None
@@ -1066,6 +1066,15 @@ fn softmax(v: &[f64]) -> Vec<f64> {
 /// inference config; `predicted_value` / `class_name` are the label strings (ES's default
 /// `prediction_field_type: string`). See `evaluate_with_config` for the other options.
 /// `definition` may also be a whole PUT body (its `definition` or `compressed_definition`).
+/// Per-tree outputs, labels, target type, aggregate output and class weights of a model.
+type Evaluated<'a> = (
+    Vec<Vec<f64>>,
+    Vec<Value>,
+    String,
+    Option<&'a Value>,
+    Option<&'a Value>,
+);
+
 pub fn evaluate(definition: &Value, doc: &Value, num_top_classes: usize) -> Result<Value, String> {
     evaluate_with_config(
         definition,
@@ -1102,54 +1111,49 @@ pub fn evaluate_with_config(
     let tm = def
         .get("trained_model")
         .ok_or("definition.trained_model missing")?;
-    let (outputs, labels, target_type, aggregate, class_weights): (
-        Vec<Vec<f64>>,
-        Vec<Value>,
-        String,
-        Option<&Value>,
-        Option<&Value>,
-    ) = if let Some(ens) = tm.get("ensemble") {
-        let models = ens
-            .get("trained_models")
-            .and_then(Value::as_array)
-            .ok_or("ensemble.trained_models missing")?;
-        let mut outs = Vec::with_capacity(models.len());
-        for m in models {
-            let tree = m
-                .get("tree")
-                .ok_or("only tree models are supported in an ensemble")?;
-            outs.push(eval_tree(tree, &feats, doc)?);
-        }
-        (
-            outs,
-            ens.get("classification_labels")
+    let (outputs, labels, target_type, aggregate, class_weights): Evaluated<'_> =
+        if let Some(ens) = tm.get("ensemble") {
+            let models = ens
+                .get("trained_models")
                 .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            ens.get("target_type")
-                .and_then(Value::as_str)
-                .unwrap_or("regression")
-                .to_string(),
-            ens.get("aggregate_output"),
-            ens.get("classification_weights"),
-        )
-    } else if let Some(tree) = tm.get("tree") {
-        (
-            vec![eval_tree(tree, &feats, doc)?],
-            tree.get("classification_labels")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-            tree.get("target_type")
-                .and_then(Value::as_str)
-                .unwrap_or("regression")
-                .to_string(),
-            None,
-            tree.get("classification_weights"),
-        )
-    } else {
-        return Err("trained_model must hold an ensemble or a tree".into());
-    };
+                .ok_or("ensemble.trained_models missing")?;
+            let mut outs = Vec::with_capacity(models.len());
+            for m in models {
+                let tree = m
+                    .get("tree")
+                    .ok_or("only tree models are supported in an ensemble")?;
+                outs.push(eval_tree(tree, &feats, doc)?);
+            }
+            (
+                outs,
+                ens.get("classification_labels")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+                ens.get("target_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("regression")
+                    .to_string(),
+                ens.get("aggregate_output"),
+                ens.get("classification_weights"),
+            )
+        } else if let Some(tree) = tm.get("tree") {
+            (
+                vec![eval_tree(tree, &feats, doc)?],
+                tree.get("classification_labels")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+                tree.get("target_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("regression")
+                    .to_string(),
+                None,
+                tree.get("classification_weights"),
+            )
+        } else {
+            return Err("trained_model must hold an ensemble or a tree".into());
+        };
 
     let n = outputs.len();
     let (agg_name, agg_body) = match aggregate

@@ -151,37 +151,6 @@ pub fn remove_field(doc: &mut Value, path: &str) -> Option<Value> {
     remove_field(doc.get_mut(head)?, tail)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn iso() {
-        assert_eq!(iso_from_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            iso_from_millis(1_606_608_000_123),
-            "2020-11-29T00:00:00.123Z"
-        );
-    }
-    #[test]
-    fn wildcard() {
-        assert!(wildcard_match("dga*", "dga_1"));
-        assert!(wildcard_match("*_1", "dga_1"));
-        assert!(wildcard_match("d*_*", "dga_1"));
-        assert!(!wildcard_match("x*", "dga_1"));
-        assert!(wildcard_match("*", ""));
-    }
-    #[test]
-    fn fields() {
-        let mut d = json!({"a": {"b": 1}, "x.y": 2});
-        assert_eq!(get_field(&d, "a.b"), Some(&json!(1)));
-        assert_eq!(get_field(&d, "x.y"), Some(&json!(2)));
-        set_field(&mut d, "c.d.e", json!(3));
-        assert_eq!(get_field(&d, "c.d.e"), Some(&json!(3)));
-        assert_eq!(remove_field(&mut d, "a.b"), Some(json!(1)));
-        assert!(get_field(&d, "a.b").is_none());
-    }
-}
-
 /// Elasticsearch's `filter_path` response filter: comma-separated dotted paths, `*` inside a
 /// name, `**` for any depth; arrays are transparent; what matches nothing is dropped, so a
 /// response with no match at all is `{}`. Exclusions (`-path`) are not modelled.
@@ -215,10 +184,10 @@ fn filter_value(v: &Value, paths: &[&[&str]]) -> Option<Value> {
                         sub.push(&p[1..]);
                     }
                 }
-                if !sub.is_empty() {
-                    if let Some(c) = filter_value(child, &sub) {
-                        out.insert(k.clone(), c);
-                    }
+                if !sub.is_empty()
+                    && let Some(c) = filter_value(child, &sub)
+                {
+                    out.insert(k.clone(), c);
                 }
             }
             (!out.is_empty()).then_some(Value::Object(out))
@@ -228,5 +197,36 @@ fn filter_value(v: &Value, paths: &[&[&str]]) -> Option<Value> {
             (!items.is_empty()).then_some(Value::Array(items))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn iso() {
+        assert_eq!(iso_from_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso_from_millis(1_606_608_000_123),
+            "2020-11-29T00:00:00.123Z"
+        );
+    }
+    #[test]
+    fn wildcard() {
+        assert!(wildcard_match("dga*", "dga_1"));
+        assert!(wildcard_match("*_1", "dga_1"));
+        assert!(wildcard_match("d*_*", "dga_1"));
+        assert!(!wildcard_match("x*", "dga_1"));
+        assert!(wildcard_match("*", ""));
+    }
+    #[test]
+    fn fields() {
+        let mut d = json!({"a": {"b": 1}, "x.y": 2});
+        assert_eq!(get_field(&d, "a.b"), Some(&json!(1)));
+        assert_eq!(get_field(&d, "x.y"), Some(&json!(2)));
+        set_field(&mut d, "c.d.e", json!(3));
+        assert_eq!(get_field(&d, "c.d.e"), Some(&json!(3)));
+        assert_eq!(remove_field(&mut d, "a.b"), Some(json!(1)));
+        assert!(get_field(&d, "a.b").is_none());
     }
 }
