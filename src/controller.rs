@@ -669,18 +669,14 @@ async fn glance_pass(
     });
     let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
     match engine::observe::glance(es, desired, known, obj.spec.overwrite, tasks).await {
-        Ok(Glance::Unchanged(verified)) => {
-            let now = match &verified {
-                Ok(summary) => (true, summary),
-                Err(problem) => (false, problem),
-            };
+        Ok(Glance::Unchanged(verdict)) => {
             let before = status::get(&report.status.conditions, VERIFIED).map(|c| {
                 (
                     status::is_true(&report.status.conditions, VERIFIED),
-                    &c.message,
+                    c.message.as_str(),
                 )
             });
-            if before != Some(now) {
+            if before != Some((verdict.passed(), verdict.message())) {
                 info!(
                     namespace = ns,
                     name, "canary result changed at resync; full pass"
@@ -861,8 +857,11 @@ async fn apply_es(
     }
     // Prove the chain works on canary documents; report, never undo.
     match engine::verify::verify(es, desired.router_pipeline(), &desired.model_id).await {
-        Ok(Ok(summary)) => report.set(VERIFIED, true, "Verified", summary),
-        Ok(Err(problem)) => {
+        Ok(engine::verify::Verdict::Passed(summary)) => {
+            report.set(VERIFIED, true, "Verified", summary)
+        }
+        Ok(v) => {
+            let problem = v.message().to_string();
             if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
             {
                 report.event(true, "VerificationFailed", "Verify", problem.clone());

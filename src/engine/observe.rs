@@ -91,9 +91,9 @@ pub async fn observe(es: &Elasticsearch, ids: &Ids) -> Result<Observed, Error> {
 /// What a glance at a settled install found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Glance {
-    /// Every object as the last full pass left it; holds the canary outcome, for the caller to
-    /// compare with the last one (a new failure may mean a model deleted by force).
-    Unchanged(Result<String, String>),
+    /// Every object as the last full pass left it, and the canary run passed or could not
+    /// prove anything; the caller compares it with the last run's message.
+    Unchanged(super::verify::Verdict),
     /// Something differs (said how): a full pass must look and repair.
     Changed(String),
     /// The cluster does not answer the cluster state read: always use full passes.
@@ -167,7 +167,12 @@ pub async fn glance(
             )));
         }
     }
-    Ok(Glance::Unchanged(
-        super::verify::verify(es, desired.router_pipeline(), &desired.model_id).await?,
-    ))
+    // A failed canary run is never trusted as "unchanged": the model, a script or the licence
+    // may be gone, and only a full pass reads them all.
+    Ok(
+        match super::verify::verify(es, desired.router_pipeline(), &desired.model_id).await? {
+            super::verify::Verdict::Failed(problem) => Glance::Changed(problem),
+            v => Glance::Unchanged(v),
+        },
+    )
 }

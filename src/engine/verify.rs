@@ -68,25 +68,59 @@ pub fn request(router: &str, model_id: &str) -> Value {
     })
 }
 
-/// Checks a `_simulate` answer; Ok holds a short summary, Err says what is wrong.
-pub fn check(answer: &Value) -> Result<String, String> {
+/// What a canary run proved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Every canary scored; holds a short summary.
+    Passed(String),
+    /// The enrichment, the model or the licence failed; says what.
+    Failed(String),
+    /// The server skipped processors it cannot run (the stand-in and painless), so the scores
+    /// are missing without anything having failed: nothing proven either way.
+    Unproven(String),
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, Verdict::Passed(_))
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Unproven(m) => m,
+        }
+    }
+}
+
+/// Checks a `_simulate` answer.
+pub fn check(answer: &Value) -> Verdict {
+    match scores(answer) {
+        Ok(summary) => Verdict::Passed(summary),
+        Err((problem, true)) => Verdict::Unproven(problem),
+        Err((problem, false)) => Verdict::Failed(problem),
+    }
+}
+
+/// The summary, or what is wrong and whether only skipped processors are to blame.
+fn scores(answer: &Value) -> Result<String, (String, bool)> {
+    let failed = |m: String| (m, false);
     let docs = answer
         .get("docs")
         .and_then(Value::as_array)
-        .ok_or("the _simulate answer has no docs")?;
+        .ok_or_else(|| failed("the _simulate answer has no docs".into()))?;
     let names = canaries();
     if docs.len() != names.len() {
-        return Err(format!(
+        return Err(failed(format!(
             "_simulate returned {} documents for {} canaries",
             docs.len(),
             names.len()
-        ));
+        )));
     }
     let mut scores = Vec::new();
     for ((what, _), d) in names.iter().zip(docs) {
         if let Some(e) = d.get("error") {
             let reason = e.get("reason").and_then(Value::as_str).unwrap_or("error");
-            return Err(format!("{what}: the pipeline failed: {reason}"));
+            return Err(failed(format!("{what}: the pipeline failed: {reason}")));
         }
         let skipped = d
             .get("_standin_skipped")
@@ -94,18 +128,18 @@ pub fn check(answer: &Value) -> Result<String, String> {
             .filter(|s| !s.is_empty());
         let src = d
             .pointer("/doc/_source")
-            .ok_or(format!("{what}: no document in the answer"))?;
+            .ok_or_else(|| failed(format!("{what}: no document in the answer")))?;
         if let Some(msg) = src.pointer("/error/message").and_then(Value::as_str) {
-            return Err(format!("{what}: the pipeline reported `{msg}`"));
+            return Err(failed(format!("{what}: the pipeline reported `{msg}`")));
         }
         if src
             .get(PROBE_FIELD)
             .and_then(|p| p.get("predicted_value"))
             .is_none()
         {
-            return Err(format!(
+            return Err(failed(format!(
                 "{what}: the model gave no prediction when asked directly"
-            ));
+            )));
         }
         let pred = src.pointer("/ml_is_dga/malicious_prediction");
         let prob = src
@@ -130,11 +164,14 @@ pub fn check(answer: &Value) -> Result<String, String> {
                     ),
                     None => String::new(),
                 };
-                return Err(format!(
-                    "{what}: expected ml_is_dga.malicious_prediction 0/1 and malicious_probability 0..1, got {}{why}",
-                    src.get("ml_is_dga")
-                        .map(Value::to_string)
-                        .unwrap_or_else(|| "no ml_is_dga".into())
+                return Err((
+                    format!(
+                        "{what}: expected ml_is_dga.malicious_prediction 0/1 and malicious_probability 0..1, got {}{why}",
+                        src.get("ml_is_dga")
+                            .map(Value::to_string)
+                            .unwrap_or_else(|| "no ml_is_dga".into())
+                    ),
+                    skipped.is_some(),
                 ));
             }
         }
@@ -142,13 +179,8 @@ pub fn check(answer: &Value) -> Result<String, String> {
     Ok(format!("canaries scored: {}", scores.join(", ")))
 }
 
-/// Runs the canaries through the router pipeline. `Ok(Err(..))` is a verification failure;
-/// `Err` is a request that did not get an answer.
-pub async fn verify(
-    es: &Elasticsearch,
-    router: &str,
-    model_id: &str,
-) -> Result<Result<String, String>, Error> {
+/// Runs the canaries through the router pipeline. `Err` is a request that got no answer.
+pub async fn verify(es: &Elasticsearch, router: &str, model_id: &str) -> Result<Verdict, Error> {
     let answer = es.simulate(&request(router, model_id)).await?;
     Ok(check(&answer))
 }
@@ -169,7 +201,8 @@ mod tests {
             json!({"malicious_prediction": 1, "malicious_probability": 0.99}),
             json!({"malicious_prediction": 0, "malicious_probability": 0.0}),
         ]);
-        assert!(check(&ok).unwrap().contains("DGA-looking name 0.99"));
+        assert!(check(&ok).passed());
+        assert!(check(&ok).message().contains("DGA-looking name 0.99"));
     }
 
     #[test]
@@ -179,17 +212,21 @@ mod tests {
             json!({"malicious_prediction": 2, "malicious_probability": 0.5}),
             json!({}),
         ]);
-        assert!(check(&bad).unwrap_err().contains("DGA-looking name"));
+        let v = check(&bad);
+        assert!(matches!(v, Verdict::Failed(_)), "{v:?}");
+        assert!(v.message().contains("DGA-looking name"));
         let mut skipped = answer(vec![json!({"predicted_value": 1}), json!({}), json!({})]);
         skipped["docs"][0]["_standin_skipped"] = json!(["script(id=x)"]);
-        let e = check(&skipped).unwrap_err();
+        let v = check(&skipped);
+        assert!(matches!(v, Verdict::Unproven(_)), "{v:?}");
+        let e = v.message();
         assert!(
             e.contains("skipped processors") && e.contains("script(id=x)"),
             "{e}"
         );
         let failed = json!({"docs": [{"error": {"reason": "boom"}}, {}, {}]});
-        assert!(check(&failed).unwrap_err().contains("boom"));
-        assert!(check(&json!({"docs": []})).is_err());
+        assert!(matches!(check(&failed), Verdict::Failed(m) if m.contains("boom")));
+        assert!(!check(&json!({"docs": []})).passed());
     }
 
     #[test]
@@ -203,10 +240,12 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove(PROBE_FIELD);
-        let e = check(&a).unwrap_err();
+        // Even where the server skipped the scripts: the probe does not depend on them.
+        a["docs"][1]["_standin_skipped"] = json!(["script(id=x)"]);
+        let v = check(&a);
         assert!(
-            e.contains("DGA-looking name") && e.contains("asked directly"),
-            "{e}"
+            matches!(&v, Verdict::Failed(e) if e.contains("DGA-looking name") && e.contains("asked directly")),
+            "{v:?}"
         );
     }
 }

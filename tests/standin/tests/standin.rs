@@ -995,3 +995,84 @@ async fn kibana_import_rules() {
     assert_eq!(t.s.rules("default")[0]["revision"], 1);
     assert!(t.s.off_spec_requests().is_empty());
 }
+
+/// The cluster state's `metadata` metric as Elasticsearch 8.x renders it, cut down by
+/// `filter_path` (which applies to every answer).
+#[tokio::test]
+async fn cluster_state_metadata_and_filter_path() {
+    let t = T::new().await;
+    let script = json!({"script": {"lang": "painless", "source": "ctx.x = 1"}});
+    assert_eq!(t.es(Method::PUT, "/_scripts/s1", Some(script)).await.0, 200);
+    t.s.put_index_settings("packetbeat-1", json!({"index.final_pipeline": "p"}));
+    t.s.put_index_settings("packetbeat-2", json!({}));
+    t.s.put_index_settings("other", json!({}));
+    let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "count"}]}, "data_description": {"time_field": "@timestamp"}});
+    assert_eq!(
+        t.es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
+            .await
+            .0,
+        200
+    );
+    let feed = json!({"job_id": "j", "indices": ["logs-*"]});
+    assert_eq!(
+        t.es(Method::PUT, "/_ml/datafeeds/datafeed-j", Some(feed))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        t.es(Method::POST, "/_ml/anomaly_detectors/j/_open", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        t.es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
+            .await
+            .0,
+        200
+    );
+
+    let filter = "metadata.stored_scripts.s1,metadata.stored_scripts.absent,metadata.indices.*.state,metadata.indices.*.settings.index.final_pipeline,metadata.persistent_tasks.tasks.id,metadata.persistent_tasks.tasks.task.*.state";
+    let (s, v) = t
+        .es(
+            Method::GET,
+            &format!("/_cluster/state/metadata/packetbeat-*?local=true&filter_path={filter}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"metadata": {
+            "stored_scripts": {"s1": {"lang": "painless", "source": "ctx.x = 1"}},
+            "indices": {
+                "packetbeat-1": {"state": "open", "settings": {"index": {"final_pipeline": "p"}}},
+                "packetbeat-2": {"state": "open"}
+            },
+            "persistent_tasks": {"tasks": [
+                {"id": "job-j", "task": {"xpack/ml/job": {"state": {"state": "opened", "allocation_id": 1}}}},
+                {"id": "datafeed-datafeed-j", "task": {"xpack/ml/datafeed": {"state": "started"}}}
+            ]}
+        }})
+    );
+    // Nothing matched: an empty object, as Elasticsearch answers.
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/_cluster/state/metadata?filter_path=metadata.stored_scripts.none",
+            None,
+        )
+        .await;
+    assert_eq!(v, json!({}));
+    // A metric the stand-in does not model is said so, not faked.
+    let (s, _) = t
+        .es(Method::GET, "/_cluster/state/routing_table", None)
+        .await;
+    assert_eq!(s, 501);
+    // filter_path applies to other answers too.
+    let (_, v) = t
+        .es(Method::GET, "/?filter_path=version.number", None)
+        .await;
+    assert_eq!(v, json!({"version": {"number": "8.17.0"}}));
+}
