@@ -662,3 +662,37 @@ impl Elasticsearch {
         .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_glance_reads_scripts_indices_and_both_task_state_shapes() {
+        let body = json!({"metadata": {
+            "stored_scripts": {"s1": {"lang": "painless", "source": "x"}, "other": {"source": "y"}},
+            "indices": {
+                "pb-1": {"state": "open", "settings": {"index": {"final_pipeline": "r"}}},
+                "pb-2": {"state": "open"}
+            },
+            "persistent_tasks": {"tasks": [
+                {"id": "job-j", "task": {"xpack/ml/job": {"state": {"state": "opened"}}}},
+                {"id": "datafeed-f", "task": {"xpack/ml/datafeed": {"state": "started"}}},
+                {"id": "job-k", "task": {"xpack/ml/job": {"params": {}}}}
+            ]}
+        }});
+        let g = MetadataGlance::parse(&body, &["s1".into(), "s2".into()]);
+        assert_eq!(g.scripts.keys().collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(g.indices["pb-1"].final_pipeline.as_deref(), Some("r"));
+        assert_eq!(g.indices["pb-2"], Default::default());
+        assert_eq!(g.tasks["job-j"].as_deref(), Some("opened"));
+        assert_eq!(g.tasks["datafeed-f"].as_deref(), Some("started"));
+        assert_eq!(g.tasks["job-k"], None);
+        // filter_path drops what matches nothing: `{}` is a cluster with none of it.
+        assert_eq!(
+            MetadataGlance::parse(&json!({}), &["s1".into()]),
+            MetadataGlance::default()
+        );
+    }
+}
