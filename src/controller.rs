@@ -87,13 +87,24 @@ pub struct Context {
 }
 
 /// What a full pass proved about an object, valid while nothing below changes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct Settled {
     generation: Option<i64>,
     bundle_sha256: String,
     target: String,
     /// The anomaly job and datafeed were installed and running.
     job: bool,
+    /// The resourceVersion our own status write gave the object: its watch event comes straight
+    /// back and is not a change to look at.
+    echo: Option<String>,
+}
+
+impl Settled {
+    fn same_inputs(&self, other: &Settled) -> bool {
+        self.generation == other.generation
+            && self.bundle_sha256 == other.bundle_sha256
+            && self.target == other.target
+    }
 }
 
 #[derive(Clone)]
@@ -195,6 +206,26 @@ impl Context {
 
     fn settled(&self, uid: &str) -> Option<Settled> {
         self.settled.lock().expect("settled").get(uid).cloned()
+    }
+
+    fn note_echo(&self, uid: &str, resource_version: Option<String>) {
+        if let Some(s) = self.settled.lock().expect("settled").get_mut(uid) {
+            s.echo = resource_version;
+        }
+    }
+
+    /// The watch event of our own status write on a settled object, spec unchanged. Answered
+    /// once: the requeue that follows sees the same object and must look again.
+    fn take_echo(&self, uid: &str, obj: &DgaModel) -> bool {
+        let mut m = self.settled.lock().expect("settled");
+        let Some(s) = m.get_mut(uid) else {
+            return false;
+        };
+        let echo = s.generation == obj.metadata.generation
+            && s.echo.is_some()
+            && s.echo == obj.metadata.resource_version;
+        s.echo = None;
+        echo
     }
 
     /// Remaining wait when a pass comes too early after a transient error.
@@ -306,6 +337,9 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
     if let Some(wait) = ctx.too_early(&uid, obj.metadata.generation) {
         return Ok(Requeue::requeue(wait));
     }
+    if ctx.take_echo(&uid, &obj) {
+        return Ok(Requeue::requeue(ctx.settings.resync));
+    }
     let mut report = Report::new(&obj);
     let outcome = pass(&obj, &ctx, &mut report).await;
     let requeue = match &outcome {
@@ -334,7 +368,8 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         .take()
         .filter(|_| outcome.is_ok() && is_true(READY));
     ctx.settle(&uid, settled);
-    report.publish(&api, &obj, &ctx).await?;
+    let written = report.publish(&api, &obj, &ctx).await?;
+    ctx.note_echo(&uid, written);
     ctx.metrics.reconciled(
         &obj,
         &report.status,
@@ -503,18 +538,21 @@ impl Report {
         api: &Api<DgaModel>,
         obj: &DgaModel,
         ctx: &Context,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<String>, Error> {
+        let mut written = None;
         if obj.status.as_ref() != Some(&self.status) {
             let old = serde_json::to_value(&obj.status).unwrap_or_default();
             let mut new = serde_json::to_value(&self.status).unwrap_or_default();
             null_removed(&old, &mut new);
             let patch = json!({ "status": new });
-            api.patch_status(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            let after = api
+                .patch_status(
+                    &obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            written = after.metadata.resource_version;
         }
         let reference = obj.object_ref(&());
         for ev in &self.events {
@@ -522,7 +560,7 @@ impl Report {
                 warn!(error = %e, "could not publish event");
             }
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -579,13 +617,11 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         bundle_sha256: desired.bundle_sha256.clone(),
         target: keep_cache.keys.join(" "),
         job: false,
+        echo: None,
     };
     if applying {
         if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
-            && s == (Settled {
-                job: s.job,
-                ..settle.clone()
-            })
+            && s.same_inputs(&settle)
         {
             report.settle = Some(s.clone());
             if glance_pass(

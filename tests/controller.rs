@@ -102,6 +102,19 @@ async fn install_is_ready_owned_quiet_and_removed_in_order() {
         );
     }
 
+    // The watch event of the operator's own status write is not a change: the install was one
+    // pass, and nothing follows it until the next resync (5 minutes here).
+    if !env.real() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let canary_runs = env
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/_simulate"))
+            .count();
+        assert_eq!(canary_runs, 1, "passes since the DgaModel was applied");
+    }
+
     // A pass with nothing to do writes nothing, not even status.
     env.standin.clear_requests();
     let rv = env
@@ -306,7 +319,7 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
         let passes = es.iter().filter(|r| r.path.ends_with("/_simulate")).count();
         assert!(passes >= 2, "resyncs ran: {passes}");
         assert!(
-            es.len() <= 3 * passes,
+            es.len() <= 3 * passes + 2, // the window's end may cut a pass after two reads
             "{} reads in {passes} resyncs",
             es.len()
         );

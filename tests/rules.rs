@@ -286,9 +286,14 @@ async fn quiet_resyncs_reuse_cluster_answers() {
         es as f64 / passes as f64,
         kb as f64 / passes as f64
     );
-    assert_eq!(kb, passes, "one Kibana read (_find) per pass");
+    // Each pass reads pipelines, cluster state, _simulate, then _find; the window's edges may
+    // cut one pass at each end.
     assert!(
-        es <= 3 * passes,
+        kb + 1 >= passes && kb <= passes + 1,
+        "one Kibana read (_find) per pass: {kb} in {passes}"
+    );
+    assert!(
+        es <= 3 * passes + 2,
         "{es} Elasticsearch reads in {passes} resyncs"
     );
     env.finish().await;
