@@ -636,11 +636,17 @@ impl Elasticsearch {
             filter.join(",")
         );
         let req = self.req(Method::GET, &format!("{path}?{query}"));
-        let (status, body) = self.call(what, req).await?;
+        // Refused for this credential (403) or this kind of cluster: a lasting answer. Anything
+        // else (401, 429, 5xx, no answer) is the cluster's state now, for the full pass to
+        // report.
+        let (status, body) = match self.call(what, req).await {
+            Err(Error::Unauthorized { status: 403, .. }) => return Ok(None),
+            other => other?,
+        };
         match status {
             200 => Ok(Some(MetadataGlance::parse(&body, scripts))),
-            s if s == 429 || s >= 500 => Err(Self::rejected(what, status, &body)),
-            _ => Ok(None),
+            400 | 404 | 405 | 410 | 501 => Ok(None),
+            _ => Err(Self::rejected(what, status, &body)),
         }
     }
 

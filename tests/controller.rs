@@ -403,6 +403,50 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
     env.finish().await;
 }
 
+/// A credential without `monitor` (or a serverless project) cannot read the cluster state: the
+/// object stays Ready, its resyncs read each object, and the refused read is not retried.
+#[tokio::test]
+async fn a_cluster_that_refuses_the_cluster_state_read_gets_full_resyncs() {
+    let settings = Settings {
+        resync: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let env = Env::start_with("ctl-noglance", StandinConfig::default(), settings).await;
+    if !env.standin_only("fault injection") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.standin.add_fault(dga_standin::Fault {
+        service: Some(dga_standin::Service::Es),
+        method: None,
+        path_regex: "^/_cluster/state".into(),
+        nth: 1,
+        times: u32::MAX,
+        action: dga_standin::FaultAction::Status {
+            code: 403,
+            retry_after: None,
+            body: Some(r#"{"error":{"type":"security_exception","reason":"action [cluster:monitor/state] is unauthorized"},"status":403}"#.into()),
+        },
+    });
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = env.standin.requests();
+    let count = |p: &str| log.iter().filter(|r| r.path.starts_with(p)).count();
+    assert!(count("/_scripts/") >= 2, "full passes read the scripts");
+    assert_eq!(
+        count("/_cluster/state"),
+        0,
+        "a refused read is not asked again"
+    );
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+    env.wait_ready("dga").await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn foreign_objects_conflict_until_overwrite_adopts_them() {
     let env = Env::start("ctl-conflict").await;
