@@ -145,9 +145,21 @@ struct StopAtQuote<R> {
 
 impl<R: BufRead> Read for StopAtQuote<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
+        // A run of only backslashes yields nothing; read on rather than report a false end of
+        // file. A loop, not recursion: such a run can be as long as the model file.
+        while !self.done && !buf.is_empty() {
+            let out = self.copy_run(buf)?;
+            if out > 0 {
+                return Ok(out);
+            }
         }
+        Ok(0)
+    }
+}
+
+impl<R: BufRead> StopAtQuote<R> {
+    /// Copies the buffered bytes up to the closing quote; returns how many landed in `buf`.
+    fn copy_run(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let avail = self.inner.fill_buf()?;
         if avail.is_empty() {
             return Err(io::Error::new(
@@ -169,10 +181,6 @@ impl<R: BufRead> Read for StopAtQuote<R> {
         };
         self.done = done;
         self.inner.consume(if done { n + 1 } else { n });
-        if out == 0 && n > 0 && !done {
-            // Only backslashes in this run: read on rather than report a false end of file.
-            return self.read(buf);
-        }
         Ok(out)
     }
 }
@@ -296,6 +304,14 @@ mod tests {
         let (_, written, verdict) = split(r#"{"input": {}}"#);
         assert!(written.is_empty());
         assert_eq!(verdict, None);
+    }
+
+    #[test]
+    fn a_long_run_of_backslashes_is_refused_without_exhausting_the_stack() {
+        let value = format!("\"{}\"", "\\\\".repeat(8 << 20));
+        let r = io::BufReader::with_capacity(64, value.as_bytes());
+        let err = check_definition(r, "compressed_definition").unwrap_err();
+        assert!(err.contains("does not decode"), "{err}");
     }
 
     #[test]
