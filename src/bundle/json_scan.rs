@@ -13,6 +13,30 @@ const SMALL_FIELD_LIMIT: usize = 4 << 20;
 /// Nesting deeper than this is refused (serde_json's own limit is 128).
 const MAX_DEPTH: usize = 512;
 
+/// The bytes outside strings that the structure scan acts on (a table keeps the skip loop tight).
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 6 {
+        t[b"\"{}[]\n"[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// The bytes inside strings that the scan acts on: the end, escapes, and control characters.
+const IN_STRING: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 #[derive(Debug)]
 pub struct Split {
     /// Every top-level field except the large ones.
@@ -21,9 +45,21 @@ pub struct Split {
     pub large: Vec<(&'static str, u64)>,
 }
 
+/// Where the raw bytes of the large values go. The hooks let a sink tell the values apart
+/// (e.g. to validate one while it streams by) without the scanner knowing what it does.
+pub trait LargeSink: Write {
+    /// Called before the bytes of the value of `key` are written.
+    fn start_value(&mut self, _key: &'static str) {}
+    /// Called once the whole value has been written.
+    fn end_value(&mut self) {}
+}
+
+impl LargeSink for Vec<u8> {}
+impl LargeSink for io::Sink {}
+
 /// Reads one JSON object: small fields are parsed into `head`, the values of `large_keys` are
 /// copied raw to `large_sink` (one after the other) and never held in memory.
-pub fn split_object<R: BufRead, W: Write>(
+pub fn split_object<R: BufRead, W: LargeSink>(
     r: R,
     large_keys: &[&'static str],
     large_sink: &mut W,
@@ -47,12 +83,14 @@ pub fn split_object<R: BufRead, W: Write>(
                 if large.iter().any(|(seen, _)| seen == k) {
                     return Err(format!("duplicate key `{key}`"));
                 }
+                large_sink.start_value(k);
                 let mut counter = CountingWriter {
                     inner: &mut *large_sink,
                     n: 0,
                 };
                 s.copy_value(&mut counter, usize::MAX)?;
                 large.push((*k, counter.n));
+                large_sink.end_value();
             } else {
                 let mut buf = Vec::new();
                 s.copy_value(&mut buf, SMALL_FIELD_LIMIT)?;
@@ -244,10 +282,7 @@ impl<R: BufRead> Scanner<R> {
                         continue;
                     }
                     // Skip ordinary string bytes in one go.
-                    match buf[i..]
-                        .iter()
-                        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                    {
+                    match buf[i..].iter().position(|&c| IN_STRING[c as usize]) {
                         None => {
                             i = buf.len();
                             break;
@@ -270,6 +305,14 @@ impl<R: BufRead> Scanner<R> {
                     }
                     i += 1;
                 } else {
+                    // Numbers, commas, colons and spaces need no look: skip them in one go.
+                    match buf[i..].iter().position(|&c| STRUCTURAL[c as usize]) {
+                        None => {
+                            i = buf.len();
+                            break;
+                        }
+                        Some(p) => i += p,
+                    }
                     let c = buf[i];
                     match c {
                         b'"' => in_str = true,

@@ -4,13 +4,16 @@
 //! the model's small fields and its raw definition are kept on disk so the upload can stream
 //! them; scripts, pipelines and rules are small and kept as JSON.
 
+mod definition;
 pub mod fetch;
 pub mod json_scan;
+mod pipe;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::thread;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -524,7 +527,7 @@ trait Source {
         &mut self,
         name: &str,
         max: u64,
-        f: &mut dyn FnMut(&mut dyn Read) -> Result<(), BundleError>,
+        f: &mut dyn FnMut(&mut (dyn Read + Send)) -> Result<(), BundleError>,
     ) -> Result<(), BundleError>;
 }
 
@@ -533,12 +536,12 @@ struct ZipSource<R: Read + io::Seek> {
     names: Vec<(usize, String)>,
 }
 
-impl<R: Read + io::Seek> Source for ZipSource<R> {
+impl<R: Read + io::Seek + Send> Source for ZipSource<R> {
     fn read(
         &mut self,
         name: &str,
         max: u64,
-        f: &mut dyn FnMut(&mut dyn Read) -> Result<(), BundleError>,
+        f: &mut dyn FnMut(&mut (dyn Read + Send)) -> Result<(), BundleError>,
     ) -> Result<(), BundleError> {
         let index = self
             .names
@@ -569,7 +572,7 @@ impl Source for DirSource {
         &mut self,
         name: &str,
         max: u64,
-        f: &mut dyn FnMut(&mut dyn Read) -> Result<(), BundleError>,
+        f: &mut dyn FnMut(&mut (dyn Read + Send)) -> Result<(), BundleError>,
     ) -> Result<(), BundleError> {
         let i = self
             .prefixed
@@ -740,7 +743,8 @@ fn open_model(
     let definition_path = dir.join("model.definition");
     let out = File::create(&definition_path)
         .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
-    let mut sink = BufWriter::with_capacity(256 * 1024, out);
+    // The definition is checked on a second thread as it streams by (see `definition`).
+    let mut sink = definition::CheckingSink::new(BufWriter::with_capacity(256 * 1024, out));
     let mut hasher = sha2::Sha256::default();
     let mut split = None;
     open.read(name, limits.max_entry_bytes, &mut |reader| {
@@ -748,19 +752,20 @@ fn open_model(
             inner: reader,
             hasher: &mut hasher,
         };
-        let s = json_scan::split_object(
-            BufReader::with_capacity(256 * 1024, tee),
-            json_scan::MODEL_LARGE_KEYS,
-            &mut sink,
-        )
+        // Inflate and hash on a thread of their own, so that they overlap the scan and the write.
+        let s = thread::scope(|s| {
+            let inflated = pipe::read_ahead(s, tee);
+            json_scan::split_object(inflated, json_scan::MODEL_LARGE_KEYS, &mut sink)
+        })
         .map_err(|p| bad(name, format!("malformed JSON: {p}")))?;
         split = Some(s);
         Ok(())
     })?;
     let split = split.expect("set on success");
-    sink.flush()
+    let (mut file, verdict) = sink.finish();
+    file.flush()
         .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
-    drop(sink);
+    drop(file);
     let sha256 = hex::encode(hasher.finalize());
     let mut head = split.head;
 
@@ -823,7 +828,9 @@ fn open_model(
             format!("model id `{id}` is not a valid Elasticsearch model id"),
         ));
     }
-    check_definition(&definition_path, &definition_key).map_err(|p| bad(name, p))?;
+    verdict
+        .expect("the one large value was checked")
+        .map_err(|p| bad(name, p))?;
     Ok(ModelFile {
         id,
         head,
@@ -845,85 +852,6 @@ pub fn valid_model_id(id: &str) -> bool {
         })
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-}
-
-/// The definition must be an object with a `trained_model`; a compressed one must decode.
-fn check_definition(path: &Path, key: &str) -> Result<(), String> {
-    let f = BufReader::with_capacity(256 * 1024, File::open(path).map_err(|e| e.to_string())?);
-    let split = if key == "compressed_definition" {
-        let mut r = f;
-        let mut quote = [0u8];
-        r.read_exact(&mut quote).map_err(|e| e.to_string())?;
-        if quote[0] != b'"' {
-            return Err("`compressed_definition` is not a string".into());
-        }
-        let unquoted = StopAtQuote {
-            inner: r,
-            done: false,
-        };
-        let b64 =
-            base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = flate2::read::GzDecoder::new(b64);
-        json_scan::split_object(
-            BufReader::with_capacity(256 * 1024, gz),
-            json_scan::DEFINITION_LARGE_KEYS,
-            &mut io::sink(),
-        )
-        .map_err(|e| {
-            format!(
-                "`compressed_definition` does not decode to a JSON definition (base64 of gzip): {e}"
-            )
-        })?
-    } else {
-        json_scan::split_object(f, json_scan::DEFINITION_LARGE_KEYS, &mut io::sink())
-            .map_err(|e| format!("`definition`: {e}"))?
-    };
-    if !split.large.iter().any(|(k, _)| *k == "trained_model") {
-        return Err("the definition has no `trained_model`".into());
-    }
-    Ok(())
-}
-
-/// Reads a JSON string's content up to its closing quote (base64 has no escapes).
-struct StopAtQuote<R> {
-    inner: R,
-    done: bool,
-}
-
-impl<R: io::BufRead> Read for StopAtQuote<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
-        }
-        let avail = self.inner.fill_buf()?;
-        if avail.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "unterminated string",
-            ));
-        }
-        let want = avail.len().min(buf.len());
-        let (n, done) = match avail[..want].iter().position(|c| *c == b'"') {
-            Some(p) => (p, true),
-            None => (want, false),
-        };
-        // JSON may escape `/` as `\/`; base64 never contains a backslash otherwise. Copy the
-        // run and drop backslashes in place (no allocation per read).
-        let mut out = 0;
-        for &c in &avail[..n] {
-            if c != b'\\' {
-                buf[out] = c;
-                out += 1;
-            }
-        }
-        self.done = done;
-        self.inner.consume(if done { n + 1 } else { n });
-        if out == 0 && n > 0 && !done {
-            // Only backslashes in this run: read on rather than report a false end of file.
-            return self.read(buf);
-        }
-        Ok(out)
-    }
 }
 
 struct TeeHash<'a, R> {
