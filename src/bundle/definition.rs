@@ -14,6 +14,10 @@ use super::pipe::{self, CHUNK, PipeWriter};
 /// What the checker found: `Err` holds the problem as the bundle error states it.
 pub type Verdict = Result<(), String>;
 
+/// The most a `compressed_definition` may inflate to: 16 times the largest real model (about
+/// 250 MB), so a gzip bomb costs seconds of checking, not hours.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
 /// Writes the large values of the model file to `out` and feeds the first one to a checker
 /// thread. A model with two large values is refused by the caller, so only the first needs one.
 pub struct CheckingSink<W> {
@@ -90,7 +94,9 @@ impl<W: Write> LargeSink for CheckingSink<W> {
             pipe: writer,
             pending: Vec::with_capacity(CHUNK),
         });
-        self.checker = Some(thread::spawn(move || check_definition(reader, key)));
+        self.checker = Some(thread::spawn(move || {
+            check_definition(reader, key, MAX_DECOMPRESSED_BYTES)
+        }));
     }
 
     /// Closing the pipe is the checker's end of file.
@@ -103,7 +109,7 @@ impl<W: Write> LargeSink for CheckingSink<W> {
 
 /// The definition must be an object with a `trained_model`; a compressed one must decode.
 /// `r` holds the raw JSON value of `key`.
-fn check_definition<R: BufRead + Send>(mut r: R, key: &str) -> Verdict {
+fn check_definition<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u64) -> Verdict {
     let split = if key == "compressed_definition" {
         let mut quote = [0u8];
         r.read_exact(&mut quote).map_err(|e| e.to_string())?;
@@ -116,7 +122,10 @@ fn check_definition<R: BufRead + Send>(mut r: R, key: &str) -> Verdict {
         };
         let b64 =
             base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = flate2::read::GzDecoder::new(b64);
+        let gz = Capped {
+            inner: flate2::read::GzDecoder::new(b64),
+            left: max_decompressed,
+        };
         // Decoding and scanning cost about the same: one thread each.
         thread::scope(|s| {
             let decoded = pipe::read_ahead(s, gz);
@@ -135,6 +144,25 @@ fn check_definition<R: BufRead + Send>(mut r: R, key: &str) -> Verdict {
         return Err("the definition has no `trained_model`".into());
     }
     Ok(())
+}
+
+/// A reader that fails once more than `left` bytes come out of `inner`.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it inflates to more than the largest definition accepted",
+            )
+        })?;
+        Ok(n)
+    }
 }
 
 /// Reads a JSON string's content up to its closing quote (base64 has no escapes).
@@ -233,6 +261,19 @@ mod tests {
     }
 
     #[test]
+    fn a_definition_that_inflates_past_the_cap_is_refused() {
+        let packed = compressed(&big_definition(3 * CHUNK));
+        let r = io::BufReader::new(packed.as_bytes());
+        let e = check_definition(r, "compressed_definition", CHUNK as u64).unwrap_err();
+        assert!(e.contains("inflates to more than"), "{e}");
+        let r = io::BufReader::new(packed.as_bytes());
+        assert_eq!(
+            check_definition(r, "compressed_definition", 4 * CHUNK as u64),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn checks_what_streams_by_and_writes_it_unchanged() {
         let plain = big_definition(3 * CHUNK);
         let packed = compressed(&big_definition(6 * CHUNK));
@@ -310,7 +351,7 @@ mod tests {
     fn a_long_run_of_backslashes_is_refused_without_exhausting_the_stack() {
         let value = format!("\"{}\"", "\\\\".repeat(8 << 20));
         let r = io::BufReader::with_capacity(64, value.as_bytes());
-        let err = check_definition(r, "compressed_definition").unwrap_err();
+        let err = check_definition(r, "compressed_definition", MAX_DECOMPRESSED_BYTES).unwrap_err();
         assert!(err.contains("does not decode"), "{err}");
     }
 
@@ -320,7 +361,7 @@ mod tests {
         for cap in 1..8 {
             let r = io::BufReader::with_capacity(cap, encoded.as_bytes());
             assert_eq!(
-                check_definition(r, "compressed_definition"),
+                check_definition(r, "compressed_definition", MAX_DECOMPRESSED_BYTES),
                 Ok(()),
                 "{cap}"
             );
