@@ -15,6 +15,15 @@ fn spec(tag: &str) -> Value {
     json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
 }
 
+/// A test bed whose operator resyncs every `secs` seconds.
+async fn resyncing_every(secs: u64, prefix: &str) -> Env {
+    let settings = Settings {
+        resync: Duration::from_secs(secs),
+        ..Settings::default()
+    };
+    Env::start_with(prefix, StandinConfig::default(), settings).await
+}
+
 fn marker_owner(meta: Option<&Value>) -> Option<String> {
     meta?
         .get("dga_operator")?
@@ -243,11 +252,7 @@ async fn tag_bump_installs_new_model_switches_and_removes_old() {
 
 #[tokio::test]
 async fn drift_is_repaired_on_resync() {
-    let settings = Settings {
-        resync: Duration::from_secs(2),
-        ..Settings::default()
-    };
-    let env = Env::start_with("ctl-drift", StandinConfig::default(), settings).await;
+    let env = resyncing_every(2, "ctl-drift").await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
     env.secret("es", "changeme").await;
     env.apply("dga", spec(&rel.tag)).await;
@@ -291,11 +296,7 @@ async fn drift_is_repaired_on_resync() {
 /// read, the canary run), and still see each kind of drift those reads do not fetch directly.
 #[tokio::test]
 async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
-    let settings = Settings {
-        resync: Duration::from_secs(1),
-        ..Settings::default()
-    };
-    let env = Env::start_with("ctl-glance", StandinConfig::default(), settings).await;
+    let env = resyncing_every(1, "ctl-glance").await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
     let index = "packetbeat-8.17.0-2026.11.27";
@@ -354,8 +355,8 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
     .await;
     assert!(started.is_some(), "datafeed restarted");
 
-    // A model deleted by force (the pipelines still name it) comes back: the canary run fails
-    // differently, so the resync looks at everything.
+    // A model deleted by force (the pipelines still name it) comes back: the canary run's probe
+    // fails, so the resync looks at everything.
     let (s, _) = stack
         .es(
             reqwest::Method::DELETE,
@@ -407,11 +408,7 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
 /// object stays Ready, its resyncs read each object, and the refused read is not retried.
 #[tokio::test]
 async fn a_cluster_that_refuses_the_cluster_state_read_gets_full_resyncs() {
-    let settings = Settings {
-        resync: Duration::from_secs(1),
-        ..Settings::default()
-    };
-    let env = Env::start_with("ctl-noglance", StandinConfig::default(), settings).await;
+    let env = resyncing_every(1, "ctl-noglance").await;
     if !env.standin_only("fault injection") {
         return env.finish().await;
     }
