@@ -949,3 +949,92 @@ async fn setup_of_a_new_release_upgrades_and_cleans_the_old_one() {
         "new router before any delete: {writes:?}"
     );
 }
+
+/// With a Kibana URL, setup also installs the detection rules and the anomaly job of the
+/// machine_learning rule, once; plan and a second setup see nothing to do; remove takes them.
+#[tokio::test]
+async fn kibana_url_installs_the_rules_once_and_remove_takes_them() {
+    let bed = Bed::start().await;
+    let rel = bed.publish(TAG, Layout::V2);
+    let kb = bed.standin.kibana_url();
+    let with_kibana = |cmd: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec![cmd.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if cmd != "remove" {
+            args.extend(bed.release_opts());
+        }
+        args.extend(bed.conn());
+        args.extend(["--kibana-url".to_string(), kb.clone()]);
+        args
+    };
+    let kibana_writes = || {
+        bed.standin
+            .requests()
+            .iter()
+            .filter(|r| r.service == Service::Kibana && r.is_write())
+            .count()
+    };
+
+    let run = bed.run(&with_kibana("setup", &["-t", TAG])).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_installed(&bed, &rel);
+    let rules = bed.standin.rules("default");
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    let owner_tag = format!("dga-operator:owner:{CLI_OWNER}");
+    for r in &rules {
+        assert!(
+            r["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == &json!(owner_tag)),
+            "{r}"
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("create rule {}", r["rule_id"].as_str().unwrap())),
+            "{run}"
+        );
+    }
+    assert!(
+        bed.standin.jobs().contains_key("dga_high_sum_probability"),
+        "{run}"
+    );
+    assert!(
+        bed.standin.requests().iter().any(|r| r.method == "POST"
+            && r.path == "/_ml/datafeeds/datafeed-dga_high_sum_probability/_start"
+            && r.status == 200),
+        "datafeed started: {run}"
+    );
+
+    // Nothing left to do: neither setup nor plan writes or proposes anything.
+    bed.standin.clear_requests();
+    let again = bed.run(&with_kibana("setup", &["-t", TAG])).await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(again.stdout.contains("nothing to do"), "{again}");
+    let plan = bed.run(&with_kibana("plan", &["-t", TAG])).await;
+    assert_eq!(plan.code, 0, "{plan}");
+    assert!(plan.stdout.contains("no changes"), "{plan}");
+    assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
+    assert_eq!(kibana_writes(), 0);
+
+    // A rule deleted in Kibana: plan names it, setup puts it back.
+    let gone = rules[0]["rule_id"].as_str().unwrap().to_string();
+    bed.standin.delete_rule("default", &gone);
+    let plan = bed.run(&with_kibana("plan", &["-t", TAG])).await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout.contains(&format!("create rule {gone}")),
+        "{plan}"
+    );
+    let run = bed.run(&with_kibana("setup", &["-t", TAG])).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(bed.standin.rules("default").len(), 4);
+
+    let rm = bed.run(&with_kibana("remove", &[])).await;
+    assert_eq!(rm.code, 0, "{rm}");
+    assert!(rm.stdout.contains("removed detection rule"), "{rm}");
+    assert!(bed.standin.rules("default").is_empty(), "{rm}");
+    assert!(bed.standin.jobs().is_empty(), "{rm}");
+    assert!(bed.standin.models().is_empty(), "{rm}");
+}

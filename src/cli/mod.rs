@@ -28,6 +28,7 @@
 
 pub mod cloud_id;
 mod progress;
+mod rules;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -103,8 +104,8 @@ pub struct ConnectionArgs {
     /// Timeout of one request to Elasticsearch, e.g. 30s or 5m.
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Kibana URL (derived from --cloud-id when omitted). Validated; reserved for installing the
-    /// package's detection rules.
+    /// Kibana URL (derived from --cloud-id when omitted): setup also installs the package's
+    /// detection rules (and the anomaly job of its machine_learning rule), remove removes them.
     #[arg(long, value_name = "URL")]
     pub kibana_url: Option<String>,
 }
@@ -335,7 +336,6 @@ pub fn clap_exit(e: clap::Error) -> ! {
 /// Where Elasticsearch (and Kibana) are, checked before any request.
 struct Connection {
     es: Endpoint,
-    #[allow(dead_code)]
     kibana: Option<Endpoint>,
     timeout: Duration,
     /// No credentials were given (for the hint on a 401).
@@ -637,6 +637,26 @@ struct Planned {
     es: Elasticsearch,
     desired: engine::Desired,
     plan: Plan,
+    /// The Kibana side, when a Kibana URL is known.
+    rules: Option<rules::RulesPlan>,
+}
+
+impl Planned {
+    /// Everything in the way, Elasticsearch and Kibana, as one plan's conflicts.
+    fn conflicts(&self) -> Plan {
+        let mut c = Plan {
+            actions: vec![],
+            conflicts: self.plan.conflicts.clone(),
+        };
+        if let Some(r) = &self.rules {
+            c.conflicts.extend(r.conflicts());
+        }
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        self.plan.actions.is_empty() && self.rules.as_ref().is_none_or(rules::RulesPlan::is_empty)
+    }
 }
 
 async fn make_plan(
@@ -669,7 +689,27 @@ async fn make_plan(
         .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
     let observed = engine::observe(&es, &ids).await?;
     let plan = engine::diff(&desired, &observed, &recorded, args.overwrite);
-    Ok(Planned { es, desired, plan })
+    let rules = match &conn.kibana {
+        Some(kb) => Some(
+            rules::plan(
+                out,
+                kb,
+                conn.timeout,
+                &es,
+                &bundle,
+                &desired.marker,
+                args.overwrite,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok(Planned {
+        es,
+        desired,
+        plan,
+        rules,
+    })
 }
 
 fn conflict_failure(plan: &Plan) -> Failure {
@@ -723,11 +763,18 @@ pub async fn setup(args: SetupArgs) -> i32 {
 }
 
 async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
-    let Planned { es, desired, plan } = make_plan(out, &args.release, &args.connection).await?;
-    if !plan.conflicts.is_empty() {
-        return Err(conflict_failure(&plan));
+    let planned = make_plan(out, &args.release, &args.connection).await?;
+    let conflicts = planned.conflicts();
+    if !conflicts.conflicts.is_empty() {
+        return Err(conflict_failure(&conflicts));
     }
-    if plan.actions.is_empty() {
+    let Planned {
+        es,
+        desired,
+        plan,
+        rules,
+    } = &planned;
+    if planned.is_empty() {
         out.line(format!(
             "nothing to do: release {} is installed and unchanged (model {})",
             desired.release, desired.model_id
@@ -742,13 +789,13 @@ async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
             conflicts: vec![],
         };
         let applied = out
-            .step(
-                &label(action, &desired),
-                engine::apply(&es, &desired, &single),
-            )
+            .step(&label(action, desired), engine::apply(es, desired, &single))
             .await
             .map_err(|(_, e)| Failure::from(e))?;
         warnings.extend(applied.warnings);
+    }
+    if let Some(r) = rules {
+        rules::apply(out, r, es, &desired.marker, args.release.overwrite).await?;
     }
     for w in &warnings {
         out.line(format!("note: {w}"));
@@ -772,25 +819,31 @@ pub async fn plan(args: PlanArgs) -> i32 {
 }
 
 async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
-    let Planned { desired, plan, .. } = make_plan(out, &args.release, &args.connection).await?;
-    if plan.actions.is_empty() && plan.conflicts.is_empty() {
+    let planned = make_plan(out, &args.release, &args.connection).await?;
+    let conflicts = planned.conflicts();
+    let desired = &planned.desired;
+    if planned.is_empty() && conflicts.conflicts.is_empty() {
         out.line(format!(
             "no changes: release {} is installed and unchanged (model {})",
             desired.release, desired.model_id
         ));
         return Ok(EXIT_OK);
     }
-    if !plan.actions.is_empty() {
-        out.line(format!(
-            "setup would make {} change(s):",
-            plan.actions.len()
-        ));
-        for a in &plan.actions {
-            out.line(format!("  {a}"));
+    let steps: Vec<String> = planned
+        .plan
+        .actions
+        .iter()
+        .map(ToString::to_string)
+        .chain(planned.rules.iter().flat_map(rules::RulesPlan::describe))
+        .collect();
+    if !steps.is_empty() {
+        out.line(format!("setup would make {} change(s):", steps.len()));
+        for s in &steps {
+            out.line(format!("  {s}"));
         }
     }
-    if !plan.conflicts.is_empty() {
-        return Err(conflict_failure(&plan));
+    if !conflicts.conflicts.is_empty() {
+        return Err(conflict_failure(&conflicts));
     }
     out.line("nothing was changed; run `dga-operator setup` with the same arguments to apply");
     Ok(EXIT_CHANGES_PENDING)
@@ -815,6 +868,16 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
             engine::cleanup(&es, &owner, &Ids::default(), &known),
         )
         .await?;
+    let mut removed = removed;
+    if let Some(kb) = &conn.kibana {
+        removed.extend(
+            out.step(
+                "removing the detection rules dga-operator setup installed",
+                rules::remove(kb, conn.timeout, &es),
+            )
+            .await?,
+        );
+    }
     if removed.is_empty() {
         out.line("nothing to remove: no objects installed by dga-operator setup were found");
     }

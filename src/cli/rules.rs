@@ -1,0 +1,144 @@
+//! The detection rules for `setup`, `plan` and `remove` when a Kibana URL is known
+//! (`--kibana-url`, or the Kibana part of `--cloud-id`): the same rules, diff and anomaly job as
+//! the controller's rules pass, owned by the CLI's pseudo-owner, in the `default` space. The old
+//! tool left this as a separate manual step, and duplicated the rules on every upload.
+
+use serde_json::Value;
+
+use super::Failure;
+use super::progress::Out;
+use crate::bundle::Bundle;
+use crate::elasticsearch::Elasticsearch;
+use crate::engine::{self, Owner};
+use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
+use crate::target::Endpoint;
+
+const SPACE: &str = "default";
+
+/// What `setup` would do in Kibana (and for the anomaly job the ML rule needs).
+pub struct RulesPlan {
+    client: KibanaClient,
+    pub actions: Vec<RuleAction>,
+    /// Job and datafeed steps still to take (empty when they are in place or not needed).
+    pub job_steps: Vec<String>,
+    index: Vec<String>,
+    needs_job: bool,
+}
+
+impl RulesPlan {
+    pub fn conflicts(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a, RuleAction::Conflict { .. }))
+            .map(RuleAction::describe)
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty() && self.job_steps.is_empty()
+    }
+
+    /// Every step, for `plan`.
+    pub fn describe(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|a| !matches!(a, RuleAction::Conflict { .. }))
+            .map(RuleAction::describe)
+            .chain(self.job_steps.iter().cloned())
+            .collect()
+    }
+}
+
+fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, Failure> {
+    let http = kb.http_client(timeout)?;
+    Ok(KibanaClient::new(http, &kb.url, kb.auth.clone()))
+}
+
+/// Reads Kibana's status and the rules in the space; nothing is written.
+pub async fn plan(
+    out: &Out,
+    kb: &Endpoint,
+    timeout: std::time::Duration,
+    es: &Elasticsearch,
+    bundle: &Bundle,
+    marker: &engine::Marker,
+    overwrite: bool,
+) -> Result<RulesPlan, Failure> {
+    let client = client(kb, timeout)?;
+    let status = client.status().await?;
+    out.line(format!("Kibana {} at {}", status.version, kb.url));
+    let owner = Owner::cli();
+    let input = RulesInput {
+        source_rules: bundle.rules.clone(),
+        owner: owner.key(),
+        ..RulesInput::default()
+    };
+    let desired = kibana::desired_rules(&input);
+    let tag = kibana::owner_tag(&owner.key());
+    let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
+    let mut actions = kibana::diff(&desired, &observed, &tag);
+    if overwrite {
+        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
+    }
+    let needs_job = desired
+        .iter()
+        .any(|r| r.get("type").and_then(Value::as_str) == Some("machine_learning"));
+    let job_steps = if needs_job {
+        engine::mljob::ensure(es, &owner, marker, &input.index, overwrite, true)
+            .await?
+            .done
+    } else {
+        Vec::new()
+    };
+    Ok(RulesPlan {
+        client,
+        actions,
+        job_steps,
+        index: input.index,
+        needs_job,
+    })
+}
+
+/// Carries out a plan without conflicts, one progress line a step.
+pub async fn apply(
+    out: &Out,
+    plan: &RulesPlan,
+    es: &Elasticsearch,
+    marker: &engine::Marker,
+    overwrite: bool,
+) -> Result<(), Failure> {
+    for a in &plan.actions {
+        out.step(&a.describe(), kibana::rules::apply(&plan.client, SPACE, a))
+            .await?;
+    }
+    if plan.needs_job && !plan.job_steps.is_empty() {
+        let done = out
+            .step(
+                "installing the anomaly detection job of the machine_learning rule",
+                engine::mljob::ensure(es, &Owner::cli(), marker, &plan.index, overwrite, false),
+            )
+            .await?;
+        for d in done.done {
+            out.line(format!("  {d}"));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the rules (and the job) the CLI installed; returns what went.
+pub async fn remove(
+    kb: &Endpoint,
+    timeout: std::time::Duration,
+    es: &Elasticsearch,
+) -> Result<Vec<String>, Failure> {
+    let client = client(kb, timeout)?;
+    let tag = kibana::owner_tag(&Owner::cli().key());
+    let observed = kibana::rules::observe(&client, SPACE, &[], &tag).await?;
+    let mut removed = Vec::new();
+    for a in kibana::diff(&[], &observed, &tag) {
+        kibana::rules::apply(&client, SPACE, &a).await?;
+        removed.push(format!("detection rule {}", a.rule_id()));
+    }
+    removed.extend(engine::mljob::remove(es, &Owner::cli()).await?);
+    Ok(removed)
+}
