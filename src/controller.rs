@@ -643,14 +643,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     let info = connect(&es, &keep_cache.keys[0], ctx, report).await?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
-    let mut ids = known.clone();
-    ids.models.insert(desired.model_id.clone());
-    ids.scripts
-        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
-    ids.pipelines
-        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
-    ids.indices.extend(desired.wire_indices.iter().cloned());
-    let observed = engine::observe(&es, &ids).await?;
+    let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {

@@ -681,13 +681,7 @@ async fn make_plan(
     let owner = Owner::cli();
     let desired = engine::build(&bundle, &owner);
     let recorded = Ids::default();
-    let mut ids = known_ids();
-    ids.models.insert(desired.model_id.clone());
-    ids.scripts
-        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
-    ids.pipelines
-        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
-    let observed = engine::observe(&es, &ids).await?;
+    let observed = engine::observe(&es, &Ids::wanted(&desired, &known_ids())).await?;
     let plan = engine::diff(&desired, &observed, &recorded, args.overwrite);
     let rules = match &conn.kibana {
         Some(kb) => Some(

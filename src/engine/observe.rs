@@ -19,6 +19,18 @@ pub struct Ids {
 }
 
 impl Ids {
+    /// What a pass looks at: the release's objects plus what the owner is known to hold.
+    pub fn wanted(desired: &Desired, known: &Ids) -> Ids {
+        let mut ids = known.clone();
+        ids.models.insert(desired.model_id.clone());
+        ids.scripts
+            .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
+        ids.pipelines
+            .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+        ids.indices.extend(desired.wire_indices.iter().cloned());
+        ids
+    }
+
     /// Updates what an owner holds after one applied action.
     pub fn record(&mut self, a: &super::Action) {
         use super::Action::*;
@@ -119,12 +131,7 @@ pub async fn glance(
     overwrite: bool,
     job: Option<JobTasks<'_>>,
 ) -> Result<Glance, Error> {
-    let mut ids = known.clone();
-    ids.scripts
-        .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
-    ids.pipelines
-        .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
-    ids.indices.extend(desired.wire_indices.iter().cloned());
+    let ids = Ids::wanted(desired, known);
     let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
 
     let pipelines = es.get_pipelines(&list(&ids.pipelines)).await?;
