@@ -15,7 +15,7 @@ use super::pipe::{self, CHUNK, PipeWriter};
 pub type Verdict = Result<(), String>;
 
 /// The most a `compressed_definition` may inflate to: 16 times the largest real model (about
-/// 250 MB), so a gzip bomb costs seconds of checking, not hours.
+/// 250 MB), so a gzip bomb costs seconds of checking, not many minutes.
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 
 /// Writes the large values of the model file to `out` and feeds the first one to a checker
