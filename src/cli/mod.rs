@@ -666,7 +666,12 @@ async fn make_plan(
 ) -> Result<Planned, Failure> {
     let source = release_source(args)?;
     let conn = connection(conn)?;
-    let bundle = open_release(out, args, &source).await?;
+    // Side by side: a wrong password or an unreachable cluster is reported without waiting for
+    // the download, and the cluster's answers cost no time on a large release.
+    let (bundle, (es, _info)) = tokio::try_join!(
+        open_release(out, args, &source),
+        connect(out, &conn, true)
+    )?;
     out.line(format!(
         "release {} (layout {}, model {}, sha256 {})",
         bundle.tag,
@@ -677,7 +682,6 @@ async fn make_plan(
         bundle.model.id,
         &bundle.sha256[..bundle.sha256.len().min(12)]
     ));
-    let (es, _info) = connect(out, &conn, true).await?;
     let owner = Owner::cli();
     let desired = engine::build(&bundle, &owner);
     let recorded = Ids::default();
