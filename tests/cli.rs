@@ -718,6 +718,14 @@ async fn connection_and_credential_errors() {
         );
         assert!(run.stderr.contains("hint: check --user"), "{run}");
     }
+    // The refused runs may have dropped a download half-way: nothing partial is left behind.
+    let partial: Vec<_> = std::fs::read_dir(bed.cache().join("zips"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".download-"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
 
     // No credentials at all and no terminal: tried anonymously, 401 explained.
     let run = bed.run(&["remove", "-u", &bed.standin.es_url()]).await;

@@ -277,6 +277,9 @@ impl Fetcher {
         let tmp_dir = self.cache_dir.join("zips");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
         let tmp = tmp_dir.join(format!(".download-{:016x}", rand::random::<u64>()));
+        // Removes the partial file on any way out but the rename, including a dropped future
+        // (the CLI drops the download when the cluster refuses it first).
+        let mut partial = PartialFile(Some(tmp.clone()));
         let result = async {
             // Chunks arrive a few KB at a time: batch them into 1 MiB writes (bounded memory,
             // far fewer trips to the blocking pool than one write per chunk).
@@ -326,12 +329,11 @@ impl Fetcher {
             tokio::fs::rename(&tmp, self.zip_path(&sha))
                 .await
                 .map_err(io_err)?;
+            partial.0 = None;
             Ok(sha)
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
+        drop(partial);
         result
     }
 
@@ -435,5 +437,80 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         Err(_) => "<invalid url>".to_string(),
+    }
+}
+
+/// A download in progress: removed when dropped unless taken (moved into place).
+struct PartialFile(Option<std::path::PathBuf>);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A download abandoned half-way (the future dropped, as the CLI does when the cluster
+    /// refuses it first) leaves no partial file in the cache.
+    #[tokio::test]
+    async fn an_abandoned_download_leaves_nothing_behind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: 10000000\r\n\r\n";
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(&vec![0u8; 256 * 1024]).await.unwrap();
+            // Stall with the body unfinished.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let cache = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            cache.path().to_path_buf(),
+        );
+        let source = ReleaseSource {
+            repository: None,
+            url: Some(format!("http://{addr}/ML-DGA-20210126-1.zip")),
+            sha256: Some("ab".repeat(32)),
+        };
+        let partials = || -> Vec<String> {
+            std::fs::read_dir(cache.path().join("zips"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".download-"))
+                .collect()
+        };
+        let mut fetch = Box::pin(fetcher.fetch(Request {
+            tag: "ML-DGA-20210126-1",
+            source: Some(&source),
+        }));
+        // Wait until the partial file exists, then abandon the download.
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    r = &mut fetch => panic!("the stalled download ended: {:?}", r.err()),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                if !partials().is_empty() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "the download never started");
+        drop(fetch);
+        assert_eq!(partials(), Vec::<String>::new());
     }
 }

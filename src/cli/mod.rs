@@ -668,10 +668,8 @@ async fn make_plan(
     let conn = connection(conn)?;
     // Side by side: a wrong password or an unreachable cluster is reported without waiting for
     // the download, and the cluster's answers cost no time on a large release.
-    let (bundle, (es, _info)) = tokio::try_join!(
-        open_release(out, args, &source),
-        connect(out, &conn, true)
-    )?;
+    let (bundle, (es, _info)) =
+        tokio::try_join!(open_release(out, args, &source), connect(out, &conn, true))?;
     out.line(format!(
         "release {} (layout {}, model {}, sha256 {})",
         bundle.tag,
