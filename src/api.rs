@@ -14,6 +14,14 @@ pub const DEFAULT_REPOSITORY: &str = "elastic/detection-rules";
 /// Release tags are `ML-DGA-YYYYMMDD-N`, e.g. `ML-DGA-20201129-25`.
 pub const RELEASE_TAG_PATTERN: &str = r"^ML-DGA-[0-9]{8}-[0-9]+$";
 
+/// Whether `tag` has the form of a release tag (`RELEASE_TAG_PATTERN`); compiled once, as every
+/// reconcile pass asks.
+pub fn is_release_tag(tag: &str) -> bool {
+    static RE: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(RELEASE_TAG_PATTERN).expect("pattern"));
+    RE.is_match(tag)
+}
+
 /// Installs one release of Elastic's ML-DGA detection package (a supervised model that scores DNS
 /// questions for algorithmically generated domains, its painless scripts and enrichment ingest
 /// pipelines) into an Elasticsearch cluster, keeps it installed, and removes it when this object

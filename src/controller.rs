@@ -16,9 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::api::{
-    DeletionPolicy, DgaModel, DgaModelStatus, FINALIZER, InstalledObjects, RELEASE_TAG_PATTERN,
-};
+use crate::api::{DeletionPolicy, DgaModel, DgaModelStatus, FINALIZER, InstalledObjects};
 use crate::bundle::fetch::{Fetcher, Request};
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
@@ -568,8 +566,7 @@ impl Report {
 /// apply. Conditions are set as each stage is passed.
 async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
     let spec = &obj.spec;
-    let tag_re = regex::Regex::new(RELEASE_TAG_PATTERN).expect("pattern");
-    if !tag_re.is_match(&spec.release_tag) {
+    if !crate::api::is_release_tag(&spec.release_tag) {
         return Err(Error::InvalidSpec(format!(
             "spec.releaseTag `{}` is not of the form ML-DGA-YYYYMMDD-N",
             spec.release_tag

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{RELEASE_TAG_PATTERN, ReleaseSource};
+use crate::api::{ReleaseSource, is_release_tag};
 use crate::bundle::fetch::{Fetcher, Request};
 use crate::bundle::{self, Bundle, Layout, Limits};
 use crate::controller::{KNOWN_PIPELINES, KNOWN_SCRIPTS};
@@ -468,8 +468,7 @@ fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
             Ok(Source::Dir(dir.clone()))
         }
         (Some(tag), None) => {
-            let re = regex::Regex::new(RELEASE_TAG_PATTERN).expect("pattern");
-            if !re.is_match(tag) {
+            if !is_release_tag(tag) {
                 return Err(Failure::usage(format!(
                     "-t/--model-tag `{tag}` is not a release tag of the form ML-DGA-YYYYMMDD-N"
                 ))
