@@ -373,38 +373,33 @@ impl Elasticsearch {
         }
     }
 
+    /// The first entry of a list answer at `pointer` (e.g. `/jobs/0`), or None on a 404.
+    async fn get_first(
+        &self,
+        what: &str,
+        path: &str,
+        pointer: &str,
+    ) -> Result<Option<Value>, Error> {
+        let (status, body) = self
+            .simple(what, self.req(Method::GET, path), &[200, 404])
+            .await?;
+        Ok((status != 404)
+            .then(|| body.pointer(pointer).cloned())
+            .flatten())
+    }
+
     /// An anomaly detection job's config, or None.
     pub async fn get_job(&self, id: &str) -> Result<Option<Value>, Error> {
-        let (status, body) = self
-            .simple(
-                &format!("reading anomaly detection job {id}"),
-                self.req(Method::GET, &format!("/_ml/anomaly_detectors/{id}")),
-                &[200, 404],
-            )
-            .await?;
-        Ok(if status == 404 {
-            None
-        } else {
-            body.pointer("/jobs/0").cloned()
-        })
+        let what = format!("reading anomaly detection job {id}");
+        self.get_first(&what, &format!("/_ml/anomaly_detectors/{id}"), "/jobs/0")
+            .await
     }
 
     /// `opened`, `closed`, ... or None when the job does not exist.
     pub async fn job_state(&self, id: &str) -> Result<Option<String>, Error> {
-        let (status, body) = self
-            .simple(
-                &format!("reading job stats {id}"),
-                self.req(Method::GET, &format!("/_ml/anomaly_detectors/{id}/_stats")),
-                &[200, 404],
-            )
-            .await?;
-        Ok(if status == 404 {
-            None
-        } else {
-            body.pointer("/jobs/0/state")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        let what = format!("reading job stats {id}");
+        let path = format!("/_ml/anomaly_detectors/{id}/_stats");
+        Ok(state_of(self.get_first(&what, &path, "/jobs/0").await?))
     }
 
     pub async fn put_job(&self, id: &str, body: &Value) -> Result<(), Error> {
@@ -459,36 +454,18 @@ impl Elasticsearch {
     }
 
     pub async fn get_datafeed(&self, id: &str) -> Result<Option<Value>, Error> {
-        let (status, body) = self
-            .simple(
-                &format!("reading datafeed {id}"),
-                self.req(Method::GET, &format!("/_ml/datafeeds/{id}")),
-                &[200, 404],
-            )
-            .await?;
-        Ok(if status == 404 {
-            None
-        } else {
-            body.pointer("/datafeeds/0").cloned()
-        })
+        let what = format!("reading datafeed {id}");
+        self.get_first(&what, &format!("/_ml/datafeeds/{id}"), "/datafeeds/0")
+            .await
     }
 
     /// `started`, `stopped`, ... or None when the datafeed does not exist.
     pub async fn datafeed_state(&self, id: &str) -> Result<Option<String>, Error> {
-        let (status, body) = self
-            .simple(
-                &format!("reading datafeed stats {id}"),
-                self.req(Method::GET, &format!("/_ml/datafeeds/{id}/_stats")),
-                &[200, 404],
-            )
-            .await?;
-        Ok(if status == 404 {
-            None
-        } else {
-            body.pointer("/datafeeds/0/state")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        let what = format!("reading datafeed stats {id}");
+        let path = format!("/_ml/datafeeds/{id}/_stats");
+        Ok(state_of(
+            self.get_first(&what, &path, "/datafeeds/0").await?,
+        ))
     }
 
     pub async fn put_datafeed(&self, id: &str, body: &Value) -> Result<(), Error> {
@@ -667,6 +644,11 @@ impl Elasticsearch {
         .await
         .map(drop)
     }
+}
+
+/// The `state` of a stats entry.
+fn state_of(stats: Option<Value>) -> Option<String> {
+    stats?.get("state")?.as_str().map(str::to_string)
 }
 
 #[cfg(test)]
