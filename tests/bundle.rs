@@ -197,17 +197,7 @@ async fn fetch_from_releases_api_verifies_and_caches() {
     )
     .unwrap();
     standin
-        .publish_release_files(
-            "elastic/detection-rules",
-            &rel.tag,
-            vec![
-                (format!("{}.zip", rel.tag), rel.zip_path.clone()),
-                (
-                    format!("manifest-{}.json", rel.tag),
-                    rel.manifest_path.clone(),
-                ),
-            ],
-        )
+        .publish_built("elastic/detection-rules", &rel)
         .unwrap();
     let f = fetcher(&standin, &tmp.path().join("cache"));
     let b = f

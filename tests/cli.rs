@@ -63,19 +63,7 @@ impl Bed {
         let spec = BundleSpec::small(tag, layout);
         let out = self.dir.path().join("releases").join(tag);
         let rel = builder::write_release(&spec, &out).unwrap();
-        self.standin
-            .publish_release_files(
-                REPO,
-                &rel.tag,
-                vec![
-                    (format!("{}.zip", rel.tag), rel.zip_path.clone()),
-                    (
-                        format!("manifest-{}.json", rel.tag),
-                        rel.manifest_path.clone(),
-                    ),
-                ],
-            )
-            .unwrap();
+        self.standin.publish_built(REPO, &rel).unwrap();
         rel
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dga_operator::controller::Settings;
 use dga_standin::StandinConfig;
 use dga_standin::bundle::Layout;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::{Env, wait_for};
 
@@ -160,10 +160,7 @@ async fn install_is_ready_owned_quiet_and_removed_in_order() {
 
     // Delete: routers, pipelines, scripts, then the model; finalizer released.
     env.standin.clear_requests();
-    env.models_api()
-        .delete("dga", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.wait_gone("dga").await;
     if env.standin_only("delete order from the request log") {
         let writes = env.es_writes();
@@ -200,10 +197,7 @@ async fn retain_leaves_objects_and_releases_the_finalizer() {
     s["deletionPolicy"] = "Retain".into();
     env.apply("dga", s).await;
     env.wait_ready("dga").await;
-    env.models_api()
-        .delete("dga", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.wait_gone("dga").await;
     // The release's two pipelines and the default `@custom` hook that calls the router.
     assert_eq!(env.stack().pipelines().await.len(), 3);
@@ -511,10 +505,7 @@ async fn a_second_dgamodel_on_the_same_cluster_conflicts() {
     );
     env.wait_ready("first").await;
     // Deleting the second removes nothing of the first's.
-    env.models_api()
-        .delete("second", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("second").await;
     env.wait_gone("second").await;
     // The release's two pipelines and the default `@custom` hook that calls the router.
     assert_eq!(env.stack().pipelines().await.len(), 3);
@@ -710,10 +701,7 @@ async fn unreachable_cluster_does_not_hold_deletion_forever() {
         json!({"url": "http://127.0.0.1:9", "username": "elastic", "password": "x"}),
     )
     .await;
-    env.models_api()
-        .delete("dga", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.wait_gone("dga").await;
     let (kind, _, note) = env.wait_event("dga", "CleanupAbandoned").await;
     assert_eq!(kind, "Warning");

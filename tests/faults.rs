@@ -154,10 +154,7 @@ async fn converged(sc: Scenario, env: &Env) -> bool {
             } else {
                 TAG_A
             };
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
+            let ready = dga_operator::status::is_true(&st.conditions, "Ready");
             if !(ready
                 && st.observed_generation == m.metadata.generation
                 && st.installed_tag.as_deref() == Some(want))

@@ -236,10 +236,7 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
         "a verification failure does not undo a working install"
     );
     env.wait_event("painless", "VerificationFailed").await;
-    env.models_api()
-        .delete("painless", &kube::api::DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("painless").await;
     env.wait_gone("painless").await;
 
     // A release whose pipelines use only processors the stand-in can run verifies.
@@ -373,10 +370,7 @@ async fn enrichment_is_wired_once_never_over_a_users_pipeline_and_unwired_first(
 
     // Delete: unwired before the pipelines go.
     env.standin.clear_requests();
-    env.models_api()
-        .delete("dga", &kube::api::DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.wait_gone("dga").await;
     assert_eq!(final_pipeline(&env, plain), None);
     assert_eq!(final_pipeline(&env, users), None);
@@ -457,10 +451,7 @@ async fn delete_unwires_even_when_the_status_lost_track() {
         )
         .await
         .unwrap();
-    env.models_api()
-        .delete("dga", &kube::api::DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.start_controller();
     env.wait_gone("dga").await;
     assert_eq!(

@@ -417,10 +417,7 @@ async fn whole_reconcile_under_the_chart_rbac(namespaced: bool) {
     .await;
     let ready = wait_for(Duration::from_secs(90), || async {
         let st = env.status("dga").await?;
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True")
-            .then_some(())
+        dga_operator::status::is_true(&st.conditions, "Ready").then_some(())
     })
     .await;
     assert!(

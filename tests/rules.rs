@@ -8,7 +8,6 @@ use std::time::Duration;
 use dga_operator::controller::Settings;
 use dga_standin::StandinConfig;
 use dga_standin::bundle::Layout;
-use kube::api::DeleteParams;
 use serde_json::{Value, json};
 use support::{Env, wait_for};
 
@@ -151,10 +150,7 @@ async fn rules_installed_once_repaired_and_the_users_choice_kept() {
     );
 
     // Delete removes ours only.
-    env.models_api()
-        .delete("dga", &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete("dga").await;
     env.wait_gone("dga").await;
     let left = env.stack().rules("default").await;
     assert_eq!(left.len(), 1, "{left:?}");

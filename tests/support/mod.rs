@@ -198,23 +198,10 @@ impl Env {
     pub fn publish_spec(&self, spec: BundleSpec) -> Release {
         let out = self.dir.path().join("releases").join(&spec.tag);
         let rel = builder::write_release(&spec, &out).unwrap();
-        self.standin
-            .publish_release_files(
-                REPO,
-                &rel.tag,
-                vec![
-                    (format!("{}.zip", rel.tag), rel.zip_path.clone()),
-                    (
-                        format!("manifest-{}.json", rel.tag),
-                        rel.manifest_path.clone(),
-                    ),
-                ],
-            )
-            .unwrap();
+        self.standin.publish_built(REPO, &rel).unwrap();
         rel
     }
 
-    /// A cluster Secret pointing at the stand-in's Elasticsearch (and Kibana).
     /// A cluster Secret pointing at the stack under test. A password other than "changeme"
     /// makes a Secret with wrong credentials (on either stack).
     pub async fn secret(&self, name: &str, password: &str) {
@@ -330,6 +317,14 @@ impl Env {
 
     pub async fn wait_ready(&self, name: &str) -> DgaModel {
         self.wait_condition(name, "Ready", "True", None).await
+    }
+
+    /// Deletes a DgaModel (the finalizer then runs; see `wait_gone`).
+    pub async fn delete(&self, name: &str) {
+        self.models_api()
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
     }
 
     pub async fn wait_gone(&self, name: &str) {
@@ -696,45 +691,30 @@ impl Stack<'_> {
         if !self.env.real() {
             return self.env.standin.jobs().into_keys().collect();
         }
-        let (s, b) = self
-            .call(
-                reqwest::Method::GET,
-                false,
-                "/_ml/anomaly_detectors/dga*?allow_no_match=true",
-                None,
-            )
-            .await;
-        if s != 200 {
-            return vec![];
-        }
-        b["jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|j| j["job_id"].as_str().unwrap().to_string())
-            .collect()
+        self.ml_ids("/_ml/anomaly_detectors/dga*", "jobs", "job_id")
+            .await
     }
 
     pub async fn datafeeds(&self) -> Vec<String> {
         if !self.env.real() {
             return self.env.standin.datafeeds().into_keys().collect();
         }
-        let (s, b) = self
-            .call(
-                reqwest::Method::GET,
-                false,
-                "/_ml/datafeeds/datafeed-dga*?allow_no_match=true",
-                None,
-            )
-            .await;
+        self.ml_ids("/_ml/datafeeds/datafeed-dga*", "datafeeds", "datafeed_id")
+            .await
+    }
+
+    /// The ids in a real stack's ML list answer (`{list: [{id_key: ..}]}`).
+    async fn ml_ids(&self, path: &str, list: &str, id_key: &str) -> Vec<String> {
+        let path = format!("{path}?allow_no_match=true");
+        let (s, b) = self.call(reqwest::Method::GET, false, &path, None).await;
         if s != 200 {
             return vec![];
         }
-        b["datafeeds"]
+        b[list]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|j| j["datafeed_id"].as_str().unwrap().to_string())
+            .map(|j| j[id_key].as_str().unwrap().to_string())
             .collect()
     }
 

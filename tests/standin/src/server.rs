@@ -975,6 +975,20 @@ impl Standin {
         self.publish(repo, tag, srcs);
         Ok(())
     }
+    /// Publish a release the builder wrote: its zip and its manifest, as GitHub holds them.
+    pub fn publish_built(&self, repo: &str, rel: &crate::bundle::Release) -> io::Result<()> {
+        self.publish_release_files(
+            repo,
+            &rel.tag,
+            vec![
+                (format!("{}.zip", rel.tag), rel.zip_path.clone()),
+                (
+                    format!("manifest-{}.json", rel.tag),
+                    rel.manifest_path.clone(),
+                ),
+            ],
+        )
+    }
     fn publish(&self, repo: &str, tag: &str, assets: Vec<(String, AssetSource)>) {
         let rel_id = self.shared.next_id();
         let assets = assets
