@@ -225,6 +225,18 @@ async fn fetch_from_releases_api_verifies_and_caches() {
     .unwrap();
     assert_eq!(downloads(), 2);
     assert!(standin.off_spec_requests().is_empty());
+    // An opened release whose files were removed from the cache is opened again from its zip,
+    // not served from memory with a missing definition.
+    std::fs::remove_dir_all(tmp.path().join("cache/bundles")).unwrap();
+    let again = f
+        .fetch(Request {
+            tag: &rel.tag,
+            source: None,
+        })
+        .await
+        .unwrap();
+    assert!(again.model.definition_path.exists());
+    assert_eq!(downloads(), 2);
 
     // Unknown tag.
     let err = f

@@ -29,6 +29,11 @@ pub struct Fetcher {
     pub on_download: Option<DownloadProgress>,
     /// One open at a time per bundle folder.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Releases opened by this process, by zip sha256: every resync of every DgaModel asks for
+    /// its release, and the answer does not change (releases are immutable).
+    opened: Mutex<HashMap<String, Bundle>>,
+    /// Zip sha256 by source (the on-disk `sources/` index, remembered).
+    sources: Mutex<HashMap<String, String>>,
 }
 
 /// See `Fetcher::on_download`.
@@ -52,6 +57,8 @@ impl Fetcher {
             limits: Limits::default(),
             on_download: None,
             locks: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,6 +96,15 @@ impl Fetcher {
             }
         }
         let key = source_key(&req);
+        let remembered = self.sources.lock().expect("sources").get(&key).cloned();
+        if pinned.is_none()
+            && let Some(sha) = remembered
+        {
+            let zip = self.zip_path(&sha);
+            if zip.is_file() {
+                return self.open_zip(&zip, &sha, req.tag).await;
+            }
+        }
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
         // A source we already downloaded (releases are immutable): reuse its zip.
@@ -98,6 +114,7 @@ impl Fetcher {
             let sha = sha.trim().to_string();
             let zip = self.zip_path(&sha);
             if zip.is_file() {
+                self.remember_source(key, &sha);
                 return self.open_zip(&zip, &sha, req.tag).await;
             }
         }
@@ -110,8 +127,16 @@ impl Fetcher {
             self.check_manifest(&url, req.tag, &sha).await?;
         }
         write_atomic(&self.index_path(&key), sha.as_bytes()).await?;
+        self.remember_source(key, &sha);
         let zip = self.zip_path(&sha);
         self.open_zip(&zip, &sha, req.tag).await
+    }
+
+    fn remember_source(&self, key: String, sha: &str) {
+        self.sources
+            .lock()
+            .expect("sources")
+            .insert(key, sha.to_string());
     }
 
     fn zip_path(&self, sha: &str) -> PathBuf {
@@ -124,6 +149,12 @@ impl Fetcher {
     }
 
     async fn open_zip(&self, zip: &Path, sha: &str, tag: &str) -> Result<Bundle, Error> {
+        // Still there on disk: the upload streams the definition from it.
+        let known = self.opened.lock().expect("opened").get(sha).cloned();
+        if let Some(b) = known.filter(|b| b.model.definition_path.exists()) {
+            check_tag(&b, tag)?;
+            return Ok(b);
+        }
         let dir = self.cache_dir.join("bundles").join(sha);
         let lock = self.lock_for(sha);
         let _g = lock.lock().await;
@@ -132,6 +163,10 @@ impl Fetcher {
             tokio::task::spawn_blocking(move || super::open_zip(&zip, &sha2, &dir, &limits))
                 .await
                 .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
+        self.opened
+            .lock()
+            .expect("opened")
+            .insert(sha.to_string(), bundle.clone());
         check_tag(&bundle, tag)?;
         Ok(bundle)
     }
