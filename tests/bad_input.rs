@@ -251,6 +251,7 @@ async fn bad_input_gets_its_reason_and_uploads_nothing() {
         ("duplicate-model", Defect::DuplicateModel),
         ("malformed-json", Defect::MalformedJson),
         ("missing-pipeline", Defect::MissingPipeline),
+        ("undecodable-definition", Defect::UndecodableDefinition),
     ] {
         let tg = tag_for(what);
         let zip =
@@ -415,6 +416,15 @@ async fn bad_input_gets_its_reason_and_uploads_nothing() {
         case(
             "missing-pipeline",
             &tags["missing-pipeline"],
+            "es",
+            "Stalled",
+            &["InvalidBundle"],
+        ),
+        // Found by Elasticsearch's parse (the definition is not parsed before the upload), then
+        // named by ours: the one write that reaches a cluster, refused.
+        case(
+            "undecodable-definition",
+            &tags["undecodable-definition"],
             "es",
             "Stalled",
             &["InvalidBundle"],
@@ -585,14 +595,21 @@ async fn bad_input_gets_its_reason_and_uploads_nothing() {
         &table,
     );
 
-    // Nothing uploaded anywhere.
-    let writes: Vec<String> = [&env.standin, &old, &basic]
+    // Nothing uploaded anywhere: the one write sent is the undecodable definition's upload,
+    // refused, and sent once (the problem found is remembered).
+    let writes: Vec<(String, u16)> = [&env.standin, &old, &basic]
         .iter()
         .flat_map(|s| s.requests())
         .filter(|r| r.is_write())
-        .map(|r| support::request_key(&r))
+        .map(|r| (support::request_key(&r), r.status))
         .collect();
-    assert!(writes.is_empty(), "writes: {writes:?}");
+    let refused_upload = |(k, status): &(String, u16)| {
+        k.contains(" PUT /_ml/trained_models/") && *status == 400
+    };
+    assert!(
+        writes.len() == 1 && writes.iter().all(refused_upload),
+        "writes: {writes:?}"
+    );
     assert!(env.stack().models().await.is_empty());
     assert!(old.models().is_empty() && basic.models().is_empty());
     // No credential in any message or event.

@@ -869,6 +869,47 @@ async fn release_and_bundle_problems() {
     assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
 }
 
+/// The definition is not parsed before the upload (Elasticsearch parses it, and the parse was
+/// most of an install's time). When Elasticsearch refuses it, the error names the release file
+/// and the problem, nothing else is written, and the next run refuses the release without
+/// uploading it again.
+#[tokio::test]
+async fn a_definition_elasticsearch_refuses_is_named_and_not_sent_again() {
+    let bed = Bed::start().await;
+    let tag = "ML-DGA-20210130-1";
+    let zip = builder::write_bad_release(
+        &BundleSpec::small(tag, Layout::V2),
+        Defect::UndecodableDefinition,
+        &bed.dir.path().join("undecodable"),
+    )
+    .unwrap();
+    bed.standin
+        .publish_release_files(REPO, tag, vec![(format!("{tag}.zip"), zip)])
+        .unwrap();
+    let model_puts = || {
+        bed.standin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
+            .map(|r| r.status)
+            .collect::<Vec<u16>>()
+    };
+    let run = bed.cmd("setup", &["-t", tag]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("invalid bundle"), "{run}");
+    assert!(run.stderr.contains("_model.json"), "names the file: {run}");
+    assert!(run.stderr.contains("does not decode"), "{run}");
+    assert_eq!(model_puts(), vec![400], "one upload, refused");
+    assert!(bed.es_writes().len() == 1, "{:?}", bed.es_writes());
+    assert!(bed.standin.models().is_empty());
+
+    let run = bed.cmd("setup", &["-t", tag]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("does not decode"), "{run}");
+    assert_eq!(model_puts(), vec![400], "not uploaded again");
+    assert!(bed.standin.scripts().is_empty() && bed.standin.pipelines().is_empty());
+}
+
 #[tokio::test]
 async fn help_documents_exit_codes() {
     let bed = Bed::start().await;

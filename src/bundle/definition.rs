@@ -1,15 +1,19 @@
-//! Checking a model's definition while it is extracted. Re-reading the extracted file afterwards
-//! cost a second pass over up to 260 MB (for `compressed_definition`: base64, gunzip and a JSON
-//! scan) after the extraction had finished; here the definition's bytes are piped to a thread
-//! that checks them, so the check runs on the second core alongside the inflate, hash and disk
-//! write.
+//! Checking a model's definition: that it is an object with a `trained_model`, and for a
+//! `compressed_definition` that it is base64 of gzip of such an object.
+//!
+//! Elasticsearch checks every definition it is sent (and far more thoroughly), so this check
+//! is off the install path: opening a release used to gunzip and scan up to 260 MB before the
+//! first byte was uploaded, the largest part of an install's time. It runs only when
+//! Elasticsearch refuses an upload, to name the problem in the release file, which a generic
+//! parse error from the cluster does not.
 
-use std::io::{self, BufRead, Read, Write};
-use std::mem;
-use std::thread::{self, JoinHandle};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+use std::thread;
 
-use super::json_scan::{self, LargeSink};
-use super::pipe::{self, CHUNK, PipeWriter};
+use super::json_scan;
+use super::pipe::{self, CHUNK};
 
 /// What the checker found: `Err` holds the problem as the bundle error states it.
 pub type Verdict = Result<(), String>;
@@ -18,93 +22,15 @@ pub type Verdict = Result<(), String>;
 /// 250 MB), so a gzip bomb costs seconds of checking, not many minutes.
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 
-/// Writes the large values of the model file to `out` and feeds the first one to a checker
-/// thread. A model with two large values is refused by the caller, so only the first needs one.
-pub struct CheckingSink<W> {
-    out: W,
-    feed: Option<Feed>,
-    checker: Option<JoinHandle<Verdict>>,
-}
-
-/// The open pipe to the checker; bytes are gathered into whole chunks before they are sent.
-struct Feed {
-    pipe: PipeWriter,
-    pending: Vec<u8>,
-}
-
-impl<W: Write> CheckingSink<W> {
-    pub fn new(out: W) -> Self {
-        CheckingSink {
-            out,
-            feed: None,
-            checker: None,
-        }
-    }
-
-    /// Waits for the checker. `None` when the model had no large value (the caller refuses that).
-    pub fn finish(mut self) -> (W, Option<Verdict>) {
-        self.end_value();
-        let verdict = self.checker.take().map(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err("the definition check stopped unexpectedly".into()))
-        });
-        (self.out, verdict)
-    }
-}
-
-impl Feed {
-    fn pass(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        self.pending.extend_from_slice(bytes);
-        if self.pending.len() >= CHUNK {
-            return self.flush();
-        }
-        Ok(())
-    }
-
-    /// An error means the checker has stopped: it has its verdict and needs no more bytes.
-    fn flush(&mut self) -> Result<(), ()> {
-        let chunk = mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
-        self.pipe.send(chunk)
-    }
-}
-
-impl<W: Write> Write for CheckingSink<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write_all(buf)?;
-        if let Some(feed) = &mut self.feed
-            && feed.pass(buf).is_err()
-        {
-            self.feed = None;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-impl<W: Write> LargeSink for CheckingSink<W> {
-    fn start_value(&mut self, key: &'static str) {
-        if self.checker.is_some() {
-            return;
-        }
-        let (writer, reader) = pipe::pipe();
-        self.feed = Some(Feed {
-            pipe: writer,
-            pending: Vec::with_capacity(CHUNK),
-        });
-        self.checker = Some(thread::spawn(move || {
-            check_definition(reader, key, MAX_DECOMPRESSED_BYTES)
-        }));
-    }
-
-    /// Closing the pipe is the checker's end of file.
-    fn end_value(&mut self) {
-        if let Some(mut feed) = self.feed.take() {
-            let _ = feed.flush();
-        }
-    }
+/// Checks the raw JSON value of `key` (`definition` or `compressed_definition`) kept at `path`.
+/// `Err`: the file cannot be opened (so there is no verdict).
+pub fn check_file(path: &Path, key: &str) -> io::Result<Verdict> {
+    let file = File::open(path)?;
+    Ok(check_definition(
+        BufReader::with_capacity(CHUNK, file),
+        key,
+        MAX_DECOMPRESSED_BYTES,
+    ))
 }
 
 /// The definition must be an object with a `trained_model`; a compressed one must decode.
@@ -229,6 +155,7 @@ fn drop_backslashes(from: &[u8], to: &mut [u8]) -> usize {
 mod tests {
     use super::*;
     use base64::Engine;
+    use std::io::Write;
 
     fn compressed(definition: &str) -> String {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -248,16 +175,10 @@ mod tests {
         )
     }
 
-    /// Splits `model` through a `CheckingSink`: the bytes written and the verdict.
-    fn split(model: &str) -> (Result<json_scan::Split, String>, Vec<u8>, Option<Verdict>) {
-        let mut sink = CheckingSink::new(Vec::new());
-        let split = json_scan::split_object(
-            io::BufReader::with_capacity(1000, model.as_bytes()),
-            json_scan::MODEL_LARGE_KEYS,
-            &mut sink,
-        );
-        let (written, verdict) = sink.finish();
-        (split, written, verdict)
+    /// The verdict on the raw value of `key`, read in small pieces so that reads split it.
+    fn check(key: &str, value: &str) -> Verdict {
+        let r = io::BufReader::with_capacity(1000, value.as_bytes());
+        check_definition(r, key, MAX_DECOMPRESSED_BYTES)
     }
 
     #[test]
@@ -274,16 +195,23 @@ mod tests {
     }
 
     #[test]
-    fn checks_what_streams_by_and_writes_it_unchanged() {
+    fn sound_definitions_pass_plain_and_compressed() {
         let plain = big_definition(3 * CHUNK);
         let packed = compressed(&big_definition(6 * CHUNK));
-        for (key, value) in [("definition", &plain), ("compressed_definition", &packed)] {
-            let model = format!(r#"{{"{key}": {value}, "input": {{"field_names": ["a"]}}}}"#);
-            let (split, written, verdict) = split(&model);
-            assert_eq!(split.unwrap().large, vec![(key, value.len() as u64)]);
-            assert_eq!(written, value.as_bytes(), "{key}");
-            assert_eq!(verdict, Some(Ok(())), "{key}");
-        }
+        assert_eq!(check("definition", &plain), Ok(()));
+        assert_eq!(check("compressed_definition", &packed), Ok(()));
+    }
+
+    #[test]
+    fn checks_the_extracted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.definition");
+        std::fs::write(&path, compressed(&big_definition(2 * CHUNK))).unwrap();
+        assert_eq!(check_file(&path, "compressed_definition").unwrap(), Ok(()));
+        std::fs::write(&path, "\"bm90IGd6aXA=\"").unwrap();
+        let e = check_file(&path, "compressed_definition").unwrap().unwrap_err();
+        assert!(e.contains("does not decode"), "{e}");
+        assert!(check_file(&dir.path().join("gone"), "definition").is_err());
     }
 
     #[test]
@@ -308,43 +236,15 @@ mod tests {
             ),
         ];
         for (field, want) in cases {
-            let (split, _, verdict) = split(&format!("{{{field}}}"));
-            assert!(split.is_ok(), "{field}");
-            let got = verdict.unwrap().unwrap_err();
+            let (key, value) = field.split_once(": ").unwrap();
+            let got = check(key.trim_matches('"'), value).unwrap_err();
             assert!(got.starts_with(want), "{field}: {got}");
         }
         let no_model = compressed(r#"{"preprocessors": []}"#);
-        let (_, _, verdict) = split(&format!(r#"{{"compressed_definition": {no_model}}}"#));
         assert_eq!(
-            verdict.unwrap().unwrap_err(),
+            check("compressed_definition", &no_model).unwrap_err(),
             "the definition has no `trained_model`"
         );
-    }
-
-    #[test]
-    fn an_early_verdict_does_not_stall_the_extraction() {
-        // Not base64: the checker stops at once, the file still gets every byte.
-        let junk = format!("\"{}\"", "!".repeat(5 * CHUNK));
-        let (split, written, verdict) = split(&format!(r#"{{"compressed_definition": {junk}}}"#));
-        assert!(split.is_ok());
-        assert_eq!(written.len(), junk.len());
-        assert!(verdict.unwrap().unwrap_err().contains("does not decode"));
-    }
-
-    #[test]
-    fn only_the_first_large_value_is_checked() {
-        let model = r#"{"definition": {"trained_model": {}}, "compressed_definition": "x"}"#;
-        let (split, written, verdict) = split(model);
-        assert_eq!(split.unwrap().large.len(), 2);
-        assert_eq!(written, br#"{"trained_model": {}}"x""#);
-        assert_eq!(verdict, Some(Ok(())));
-    }
-
-    #[test]
-    fn no_large_value_no_verdict() {
-        let (_, written, verdict) = split(r#"{"input": {}}"#);
-        assert!(written.is_empty());
-        assert_eq!(verdict, None);
     }
 
     #[test]

@@ -152,6 +152,9 @@ impl Fetcher {
         // Still there on disk: the upload streams the definition from it.
         let known = self.opened.lock().expect("opened").get(sha).cloned();
         if let Some(b) = known.filter(|b| b.model.definition_path.exists()) {
+            if let Some(e) = b.model.refusal() {
+                return Err(e.into());
+            }
             check_tag(&b, tag)?;
             return Ok(b);
         }

@@ -45,21 +45,9 @@ pub struct Split {
     pub large: Vec<(&'static str, u64)>,
 }
 
-/// Where the raw bytes of the large values go. The hooks let a sink tell the values apart
-/// (e.g. to validate one while it streams by) without the scanner knowing what it does.
-pub trait LargeSink: Write {
-    /// Called before the bytes of the value of `key` are written.
-    fn start_value(&mut self, _key: &'static str) {}
-    /// Called once the whole value has been written.
-    fn end_value(&mut self) {}
-}
-
-impl LargeSink for Vec<u8> {}
-impl LargeSink for io::Sink {}
-
 /// Reads one JSON object: small fields are parsed into `head`, the values of `large_keys` are
 /// copied raw to `large_sink` (one after the other) and never held in memory.
-pub fn split_object<R: BufRead, W: LargeSink>(
+pub fn split_object<R: BufRead, W: Write>(
     r: R,
     large_keys: &[&'static str],
     large_sink: &mut W,
@@ -83,14 +71,12 @@ pub fn split_object<R: BufRead, W: LargeSink>(
                 if large.iter().any(|(seen, _)| seen == k) {
                     return Err(format!("duplicate key `{key}`"));
                 }
-                large_sink.start_value(k);
                 let mut counter = CountingWriter {
                     inner: &mut *large_sink,
                     n: 0,
                 };
                 s.copy_value(&mut counter, usize::MAX)?;
                 large.push((*k, counter.n));
-                large_sink.end_value();
             } else {
                 let mut buf = Vec::new();
                 s.copy_value(&mut buf, SMALL_FIELD_LIMIT)?;

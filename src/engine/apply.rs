@@ -55,6 +55,17 @@ async fn step(
                     Err(Error::Conflict(msg))
                 }
             }
+            // Elasticsearch parses the definition; ours is read only to say which part of the
+            // release it did not like.
+            Err(e @ Error::Rejected { status: 400, .. }) => {
+                let model = d.model.clone();
+                match tokio::task::spawn_blocking(move || crate::bundle::explain_refusal(&model))
+                    .await
+                {
+                    Ok(Some(problem)) => Err(Error::InvalidBundle(problem)),
+                    _ => Err(e),
+                }
+            }
             other => other,
         },
         Action::PutScript { id, .. } => {

@@ -64,7 +64,7 @@ pub fn build(bundle: &Bundle, owner: &Owner) -> Desired {
 }
 
 pub fn installed_model_id(model: &ModelFile) -> String {
-    format!("{}-{}", model.id, &model.sha256[..8])
+    format!("{}-{}", model.id, model.crc32)
 }
 
 pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {

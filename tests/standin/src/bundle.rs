@@ -695,6 +695,9 @@ pub enum Defect {
     ModelMissingInput,
     /// The inference pipeline file is missing.
     MissingPipeline,
+    /// The model's definition is a `compressed_definition` that is base64 but not of gzip:
+    /// only a parse of the definition (Elasticsearch's, or ours after a refusal) finds it.
+    UndecodableDefinition,
 }
 
 /// Zip entries in memory: name and bytes.
@@ -768,6 +771,13 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
             files[model_pos].1 = serde_json::to_vec(&v)?;
         }
         Defect::MissingPipeline => files.retain(|(n, _)| *n != inf_path),
+        Defect::UndecodableDefinition => {
+            let mut v: Value = serde_json::from_slice(&files[model_pos].1)?;
+            let m = v.as_object_mut().unwrap();
+            m.remove("definition");
+            m.insert("compressed_definition".into(), "bm90IGd6aXA=".into());
+            files[model_pos].1 = serde_json::to_vec(&v)?;
+        }
     }
     zip.add_directory(format!("{}/", spec.tag), opts)
         .map_err(zerr)?;
@@ -1077,6 +1087,10 @@ mod tests {
         assert!(v.get("input").is_none() && v.get("definition").is_some());
         let z = write_bad_release(&spec, Defect::MissingPipeline, &sub("h")).unwrap();
         assert_eq!(list(&z).len(), 5); // dir + 4 files
+        let z = write_bad_release(&spec, Defect::UndecodableDefinition, &sub("i")).unwrap();
+        let b = read_entry(&z, &format!("{t}/dga_875109_1.0_model.json")).unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(v.get("definition").is_none() && v["compressed_definition"] == "bm90IGd6aXA=");
         let z = dir.join("custom.zip");
         write_custom_zip(&z, &[("x/../y.json", b"{}"), ("/abs.json", b"[]")]).unwrap();
         assert_eq!(list(&z).len(), 2);
