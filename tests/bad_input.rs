@@ -603,9 +603,8 @@ async fn bad_input_gets_its_reason_and_uploads_nothing() {
         .filter(|r| r.is_write())
         .map(|r| (support::request_key(&r), r.status))
         .collect();
-    let refused_upload = |(k, status): &(String, u16)| {
-        k.contains(" PUT /_ml/trained_models/") && *status == 400
-    };
+    let refused_upload =
+        |(k, status): &(String, u16)| k.contains(" PUT /_ml/trained_models/") && *status == 400;
     assert!(
         writes.len() == 1 && writes.iter().all(refused_upload),
         "writes: {writes:?}"

@@ -237,6 +237,17 @@ async fn fetch_from_releases_api_verifies_and_caches() {
         .unwrap();
     assert!(again.model.definition_path.exists());
     assert_eq!(downloads(), 2);
+    // The first open took the model entry as it was extracted during the download; opening
+    // the finished zip gives the same bundle.
+    assert_eq!(again, b);
+    let staging_left = |cache: &str| {
+        std::fs::read_dir(tmp.path().join(cache).join("zips"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".prefetch-"))
+            .count()
+    };
+    assert_eq!(staging_left("cache"), 0);
 
     // Unknown tag.
     let err = f
@@ -264,6 +275,7 @@ async fn fetch_from_releases_api_verifies_and_caches() {
         .unwrap_err();
     assert_eq!(err.reason(), "ChecksumMismatch", "{err}");
     assert!(!tmp.path().join("cache2/bundles").exists());
+    assert_eq!(staging_left("cache2"), 0);
 }
 
 #[tokio::test]

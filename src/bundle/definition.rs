@@ -209,7 +209,9 @@ mod tests {
         std::fs::write(&path, compressed(&big_definition(2 * CHUNK))).unwrap();
         assert_eq!(check_file(&path, "compressed_definition").unwrap(), Ok(()));
         std::fs::write(&path, "\"bm90IGd6aXA=\"").unwrap();
-        let e = check_file(&path, "compressed_definition").unwrap().unwrap_err();
+        let e = check_file(&path, "compressed_definition")
+            .unwrap()
+            .unwrap_err();
         assert!(e.contains("does not decode"), "{e}");
         assert!(check_file(&dir.path().join("gone"), "definition").is_err());
     }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{Bundle, Limits};
+use super::{Bundle, Limits, Prefetched};
 use crate::api::{DEFAULT_REPOSITORY, ReleaseSource};
 use crate::error::{Error, Service};
 use crate::http;
@@ -122,14 +122,15 @@ impl Fetcher {
             Some(url) => (url.to_string(), None),
             None => self.resolve_github(&req).await?,
         };
-        let sha = self.download(&zip_url, pinned.as_deref()).await?;
+        let (sha, prefetched) = self.download(&zip_url, pinned.as_deref()).await?;
         if let Some(url) = manifest_url {
             self.check_manifest(&url, req.tag, &sha).await?;
         }
         write_atomic(&self.index_path(&key), sha.as_bytes()).await?;
         self.remember_source(key, &sha);
         let zip = self.zip_path(&sha);
-        self.open_zip(&zip, &sha, req.tag).await
+        self.open_zip_prefetched(&zip, &sha, req.tag, prefetched)
+            .await
     }
 
     fn remember_source(&self, key: String, sha: &str) {
@@ -149,6 +150,16 @@ impl Fetcher {
     }
 
     async fn open_zip(&self, zip: &Path, sha: &str, tag: &str) -> Result<Bundle, Error> {
+        self.open_zip_prefetched(zip, sha, tag, None).await
+    }
+
+    async fn open_zip_prefetched(
+        &self,
+        zip: &Path,
+        sha: &str,
+        tag: &str,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Bundle, Error> {
         // Still there on disk: the upload streams the definition from it.
         let known = self.opened.lock().expect("opened").get(sha).cloned();
         if let Some(b) = known.filter(|b| b.model.definition_path.exists()) {
@@ -162,10 +173,11 @@ impl Fetcher {
         let lock = self.lock_for(sha);
         let _g = lock.lock().await;
         let (zip, sha2, limits) = (zip.to_path_buf(), sha.to_string(), self.limits.clone());
-        let bundle =
-            tokio::task::spawn_blocking(move || super::open_zip(&zip, &sha2, &dir, &limits))
-                .await
-                .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
+        let bundle = tokio::task::spawn_blocking(move || {
+            super::open_zip_prefetched(&zip, &sha2, &dir, &limits, prefetched)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
         self.opened
             .lock()
             .expect("opened")
@@ -280,7 +292,13 @@ impl Fetcher {
 
     /// Streams `url` into the cache; returns its sha256. Nothing partial is ever left under the
     /// final name.
-    async fn download(&self, url: &str, expected: Option<&str>) -> Result<String, Error> {
+    /// Downloads a zip into the cache; its sha256, and its model entry when that could be
+    /// extracted while the zip arrived (see `prefetch`).
+    async fn download(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+    ) -> Result<(String, Option<Prefetched>), Error> {
         let what = "downloading the release";
         let resp = http::send(
             Service::Releases,
@@ -328,6 +346,17 @@ impl Fetcher {
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();
+            // The model entry is extracted from the arriving bytes on a thread of its own. The
+            // queue is bounded: when extracting is slower than the network, the download waits.
+            let (sender, queue) = tokio::sync::mpsc::channel(PREFETCH_QUEUE);
+            let mut to_prefetch = Some(sender);
+            // Chunks vary from a few KB to hundreds: the queue takes whole batches, so that
+            // its length bounds the memory it holds.
+            let mut batch = bytes::BytesMut::new();
+            let (staging, limits) = (tmp_dir.clone(), self.limits.clone());
+            let prefetch = tokio::task::spawn_blocking(move || {
+                super::prefetch_model(QueueReader::new(queue), &staging, &limits)
+            });
             if let Some(f) = &self.on_download {
                 f(0, declared);
             }
@@ -341,6 +370,15 @@ impl Fetcher {
                     ));
                 }
                 hasher.update(&chunk);
+                if let Some(q) = &to_prefetch {
+                    batch.extend_from_slice(&chunk);
+                    if batch.len() >= PREFETCH_BATCH
+                        && q.send(batch.split().freeze()).await.is_err()
+                    {
+                        // Done (the model entry is behind it) or given up.
+                        to_prefetch = None;
+                    }
+                }
                 file.write_all(&chunk).await.map_err(io_err)?;
                 if let Some(f) = &self.on_download {
                     f(n, declared);
@@ -353,6 +391,11 @@ impl Fetcher {
                     detail: format!("truncated download: {n} of {} bytes", declared.unwrap()),
                     retry_after: None,
                 });
+            }
+            if let Some(q) = to_prefetch
+                && !batch.is_empty()
+            {
+                let _ = q.send(batch.freeze()).await;
             }
             file.flush().await.map_err(io_err)?;
             file.get_ref().sync_all().await.map_err(io_err)?;
@@ -368,7 +411,7 @@ impl Fetcher {
                 .await
                 .map_err(io_err)?;
             partial.0 = None;
-            Ok(sha)
+            Ok((sha, prefetch.await.ok().flatten()))
         }
         .await;
         drop(partial);
@@ -475,6 +518,40 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         Err(_) => "<invalid url>".to_string(),
+    }
+}
+
+/// Batches of a download waiting for the prefetch thread: at most about 1.25 MiB.
+const PREFETCH_QUEUE: usize = 4;
+const PREFETCH_BATCH: usize = 256 * 1024;
+
+/// The download's chunks as a blocking reader (the prefetch thread's end of the queue).
+struct QueueReader {
+    queue: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl QueueReader {
+    fn new(queue: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        QueueReader {
+            queue,
+            chunk: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for QueueReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.queue.blocking_recv() {
+                Some(c) => self.chunk = c,
+                // The download ended (or failed): end of file here.
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }
 

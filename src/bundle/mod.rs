@@ -8,6 +8,9 @@ mod definition;
 pub mod fetch;
 pub mod json_scan;
 mod pipe;
+mod prefetch;
+
+pub use prefetch::{Prefetched, prefetch_model};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -156,6 +159,18 @@ pub fn open_zip(
     dir: &Path,
     limits: &Limits,
 ) -> Result<Bundle, BundleError> {
+    open_zip_prefetched(zip_path, sha256, dir, limits, None)
+}
+
+/// `open_zip`, taking the model entry from `prefetched` when it is the entry this zip's central
+/// directory describes (otherwise it is extracted again).
+pub fn open_zip_prefetched(
+    zip_path: &Path,
+    sha256: &str,
+    dir: &Path,
+    limits: &Limits,
+    prefetched: Option<Prefetched>,
+) -> Result<Bundle, BundleError> {
     if let Some(b) = load_opened(dir, sha256) {
         return b;
     }
@@ -219,7 +234,7 @@ pub fn open_zip(
     let (tag, classified) = classify(names.iter().map(|(_, n)| n.as_str()))?;
     prepare_dir(dir)?;
     let mut src = ZipSource { archive, names };
-    let bundle = build_bundle(&tag, sha256, dir, limits, &classified, &mut src)?;
+    let bundle = build_bundle(&tag, sha256, dir, limits, &classified, &mut src, prefetched)?;
     save_opened(dir, &bundle)?;
     Ok(bundle)
 }
@@ -261,7 +276,7 @@ pub fn open_dir(src: &Path, dir: &Path, limits: &Limits) -> Result<Bundle, Bundl
         rel: rel.clone(),
         prefixed: prefixed.clone(),
     };
-    let bundle = build_bundle(&tag, &sha, dir, limits, &classified, &mut source)?;
+    let bundle = build_bundle(&tag, &sha, dir, limits, &classified, &mut source, None)?;
     save_opened(dir, &bundle)?;
     Ok(bundle)
 }
@@ -569,6 +584,12 @@ trait Source {
         max: u64,
         f: &mut dyn FnMut(&mut (dyn Read + Send)) -> Result<(), BundleError>,
     ) -> Result<(), BundleError>;
+
+    /// Where and how a zip holds the file (for taking a prefetched extraction); `None` for a
+    /// folder.
+    fn facts(&mut self, _name: &str) -> Option<prefetch::EntryFacts> {
+        None
+    }
 }
 
 struct ZipSource<R: Read + io::Seek> {
@@ -583,21 +604,30 @@ impl<R: Read + io::Seek + Send> Source for ZipSource<R> {
         max: u64,
         f: &mut dyn FnMut(&mut (dyn Read + Send)) -> Result<(), BundleError>,
     ) -> Result<(), BundleError> {
-        let index = self
-            .names
-            .iter()
-            .find(|(_, n)| n == name)
-            .map(|(i, _)| *i)
-            .expect("classified name exists");
         let entry = self
             .archive
-            .by_index(index)
+            .by_index(self.index(name))
             .map_err(|e| bad(name, format!("cannot read: {e}")))?;
         f(&mut Limited {
             inner: entry,
             left: max,
             name: name.to_string(),
         })
+    }
+
+    fn facts(&mut self, name: &str) -> Option<prefetch::EntryFacts> {
+        let e = self.archive.by_index_raw(self.index(name)).ok()?;
+        Some(prefetch::EntryFacts::of(&e))
+    }
+}
+
+impl<R: Read + io::Seek> ZipSource<R> {
+    fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(i, _)| *i)
+            .expect("classified name exists")
     }
 }
 
@@ -647,6 +677,7 @@ fn build_bundle(
     limits: &Limits,
     c: &Classified,
     open: &mut dyn Source,
+    prefetched: Option<Prefetched>,
 ) -> Result<Bundle, BundleError> {
     let layout = c.layout.expect("classified");
     let model_name = c.model.clone().expect("classified");
@@ -692,7 +723,7 @@ fn build_bundle(
         rules.push(v);
     }
 
-    let model = open_model(&model_name, layout, dir, limits, open)?;
+    let model = open_model(&model_name, layout, dir, limits, open, prefetched)?;
     Ok(Bundle {
         tag: tag.to_string(),
         layout,
@@ -772,38 +803,79 @@ pub fn processors_of(body: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// A model file extracted: its small fields, its large value written to `definition_path`, and
+/// the CRC-32 of the whole file.
+struct Extracted {
+    split: json_scan::Split,
+    crc32: u32,
+    definition_path: PathBuf,
+}
+
+fn extract_model(
+    name: &str,
+    definition_path: PathBuf,
+    reader: &mut (dyn Read + Send),
+) -> Result<Extracted, BundleError> {
+    let out = File::create(&definition_path)
+        .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
+    let mut file = BufWriter::with_capacity(256 * 1024, out);
+    let mut hasher = crc32fast::Hasher::new();
+    let tee = TeeCrc {
+        inner: reader,
+        hasher: &mut hasher,
+    };
+    // Inflate on a thread of its own, so that it overlaps the scan and the write.
+    let split = thread::scope(|s| {
+        let inflated = pipe::read_ahead(s, tee);
+        json_scan::split_object(inflated, json_scan::MODEL_LARGE_KEYS, &mut file)
+    })
+    .map_err(|p| bad(name, format!("malformed JSON: {p}")))?;
+    file.flush()
+        .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
+    Ok(Extracted {
+        split,
+        crc32: hasher.finalize(),
+        definition_path,
+    })
+}
+
 fn open_model(
     name: &str,
     layout: Layout,
     dir: &Path,
     limits: &Limits,
     open: &mut dyn Source,
+    prefetched: Option<Prefetched>,
 ) -> Result<ModelFile, BundleError> {
     let definition_path = dir.join("model.definition");
-    let out = File::create(&definition_path)
-        .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
-    let mut file = BufWriter::with_capacity(256 * 1024, out);
-    let mut hasher = crc32fast::Hasher::new();
-    let mut split = None;
-    open.read(name, limits.max_entry_bytes, &mut |reader| {
-        let tee = TeeCrc {
-            inner: reader,
-            hasher: &mut hasher,
-        };
-        // Inflate on a thread of its own, so that it overlaps the scan and the write.
-        let s = thread::scope(|s| {
-            let inflated = pipe::read_ahead(s, tee);
-            json_scan::split_object(inflated, json_scan::MODEL_LARGE_KEYS, &mut file)
-        })
-        .map_err(|p| bad(name, format!("malformed JSON: {p}")))?;
-        split = Some(s);
-        Ok(())
-    })?;
-    let split = split.expect("set on success");
-    file.flush()
-        .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
-    drop(file);
-    let crc32 = format!("{:08x}", hasher.finalize());
+    let adopted = match (prefetched, open.facts(name)) {
+        (Some(p), Some(facts)) => {
+            let taken = p.adopt(name, &facts, &definition_path);
+            tracing::debug!(
+                file = name,
+                taken = taken.is_some(),
+                "model entry extracted during the download"
+            );
+            taken
+        }
+        _ => None,
+    };
+    let Extracted {
+        split,
+        crc32,
+        definition_path,
+    } = match adopted {
+        Some(e) => e,
+        None => {
+            let mut out = None;
+            open.read(name, limits.max_entry_bytes, &mut |reader| {
+                out = Some(extract_model(name, definition_path.clone(), reader)?);
+                Ok(())
+            })?;
+            out.expect("set on success")
+        }
+    };
+    let crc32 = format!("{crc32:08x}");
     let mut head = split.head;
 
     let field_names = head

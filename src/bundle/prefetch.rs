@@ -1,0 +1,212 @@
+//! Extracting the model entry of a release zip while the zip is still downloading.
+//!
+//! Inflating and scanning the model file is most of the time to open a release, and it is
+//! CPU work that a download at network speed leaves room for. Zip entries are preceded by local
+//! headers, so the model entry can be read from the stream as it arrives, into a staging folder.
+//! Nothing is trusted from that: once the zip is complete and its sha256 known, the normal open
+//! checks the central directory as always and takes the extraction only if the central directory
+//! places the model entry at the same offset, with the same sizes, method and CRC-32 (and the
+//! CRC-32 of what was extracted agrees). Anything else (a data descriptor, zip64, an entry the
+//! stream reader does not handle, a mismatch) and the entry is simply extracted again.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::{Extracted, Limited, Limits, extract_model};
+
+/// Where and how a zip holds an entry, as the central directory (or a local header) says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryFacts {
+    header_start: u64,
+    compressed_size: u64,
+    size: u64,
+    crc32: u32,
+    method: zip::CompressionMethod,
+}
+
+impl EntryFacts {
+    pub fn of<R: Read>(e: &zip::read::ZipFile<'_, R>) -> Self {
+        EntryFacts {
+            header_start: e.header_start(),
+            compressed_size: e.compressed_size(),
+            size: e.size(),
+            crc32: e.crc32(),
+            method: e.compression(),
+        }
+    }
+}
+
+/// A model entry extracted from a download. Dropping it removes its staging folder.
+pub struct Prefetched {
+    name: String,
+    facts: EntryFacts,
+    extracted: Option<Extracted>,
+    staging: PathBuf,
+}
+
+impl Prefetched {
+    /// The extraction, moved to `to`, when it is of the entry `name` as `facts` (from the
+    /// central directory) describe it.
+    pub(super) fn adopt(mut self, name: &str, facts: &EntryFacts, to: &Path) -> Option<Extracted> {
+        if self.name != name || self.facts != *facts {
+            return None;
+        }
+        let mut e = self.extracted.take()?;
+        if e.crc32 != facts.crc32 {
+            return None;
+        }
+        fs::rename(&e.definition_path, to).ok()?;
+        e.definition_path = to.to_path_buf();
+        Some(e)
+    }
+}
+
+impl Drop for Prefetched {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Reads the zip arriving on `stream` up to its first `*_model.json` entry and extracts that
+/// into a new folder under `staging_root`. `None` when the stream ends first or the entry cannot
+/// be read this way; the caller then extracts it from the finished zip.
+pub fn prefetch_model<R: Read + Send>(
+    stream: R,
+    staging_root: &Path,
+    limits: &Limits,
+) -> Option<Prefetched> {
+    let staging = staging_root.join(format!(".prefetch-{:016x}", rand::random::<u64>()));
+    fs::create_dir_all(&staging).ok()?;
+    // Owns the staging folder from here on, so every way out removes it.
+    let mut out = Prefetched {
+        name: String::new(),
+        facts: EntryFacts {
+            header_start: 0,
+            compressed_size: 0,
+            size: 0,
+            crc32: 0,
+            method: zip::CompressionMethod::Stored,
+        },
+        extracted: None,
+        staging,
+    };
+    let mut r = Counting {
+        inner: stream,
+        n: 0,
+    };
+    loop {
+        let header_start = r.n;
+        let mut entry = zip::read::read_zipfile_from_stream(&mut r).ok()??;
+        // Dropping an entry skips over its data.
+        if entry.is_dir() || !entry.name().ends_with("_model.json") {
+            continue;
+        }
+        if entry.size() > limits.max_entry_bytes {
+            return None;
+        }
+        out.name = entry.name().to_string();
+        out.facts = EntryFacts {
+            header_start,
+            ..EntryFacts::of(&entry)
+        };
+        let mut limited = Limited {
+            inner: &mut entry,
+            left: limits.max_entry_bytes,
+            name: out.name.clone(),
+        };
+        let path = out.staging.join("model.definition");
+        out.extracted = Some(extract_model(&out.name, path, &mut limited).ok()?);
+        return Some(out);
+    }
+}
+
+/// Counts the bytes read, for the offset of each local header.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A zip with a small file, then a model entry.
+    fn zip_bytes(model: &[u8], method: zip::CompressionMethod) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        w.start_file("T/a_script.json", opts).unwrap();
+        w.write_all(br#"{"script": {"source": "x"}}"#).unwrap();
+        w.start_file("T/m_model.json", opts).unwrap();
+        w.write_all(model).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    const MODEL: &[u8] =
+        br#"{"model_id": "m", "input": {"field_names": ["a"]}, "definition": {"trained_model": {}}}"#;
+
+    fn central_facts(bytes: &[u8], name: &str) -> EntryFacts {
+        let mut ar = zip::ZipArchive::new(io::Cursor::new(bytes)).unwrap();
+        let e = ar.by_name(name).unwrap();
+        EntryFacts::of(&e)
+    }
+
+    #[test]
+    fn the_model_entry_is_extracted_from_the_stream_and_matches_the_central_directory() {
+        for method in [
+            zip::CompressionMethod::Deflated,
+            zip::CompressionMethod::Stored,
+        ] {
+            let bytes = zip_bytes(MODEL, method);
+            let tmp = tempfile::tempdir().unwrap();
+            let p = prefetch_model(&bytes[..], tmp.path(), &Limits::default()).unwrap();
+            let facts = central_facts(&bytes, "T/m_model.json");
+            assert_eq!(p.facts, facts, "{method:?}");
+            let staging = p.staging.clone();
+            let to = tmp.path().join("model.definition");
+            let e = p.adopt("T/m_model.json", &facts, &to).unwrap();
+            assert_eq!(fs::read(&to).unwrap(), br#"{"trained_model": {}}"#);
+            assert_eq!(e.crc32, crc32fast::hash(MODEL));
+            assert_eq!(e.split.head["model_id"], "m");
+            assert!(!staging.exists(), "staging folder removed");
+        }
+    }
+
+    #[test]
+    fn a_mismatch_or_a_bad_stream_gives_nothing_and_leaves_nothing() {
+        let bytes = zip_bytes(MODEL, zip::CompressionMethod::Deflated);
+        let facts = central_facts(&bytes, "T/m_model.json");
+        let tmp = tempfile::tempdir().unwrap();
+        let to = tmp.path().join("model.definition");
+        let other = EntryFacts {
+            header_start: facts.header_start + 1,
+            ..facts.clone()
+        };
+        let p = prefetch_model(&bytes[..], tmp.path(), &Limits::default()).unwrap();
+        assert!(p.adopt("T/m_model.json", &other, &to).is_none());
+        let p = prefetch_model(&bytes[..], tmp.path(), &Limits::default()).unwrap();
+        assert!(p.adopt("T/other_model.json", &facts, &to).is_none());
+        // Cut before the model's data ends; not a zip at all; no model entry.
+        let cut = prefetch_model(&bytes[..bytes.len() / 2], tmp.path(), &Limits::default());
+        assert!(cut.is_none());
+        assert!(prefetch_model(&b"not a zip"[..], tmp.path(), &Limits::default()).is_none());
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        w.start_file("T/x.json", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(b"{}").unwrap();
+        let no_model = w.finish().unwrap().into_inner();
+        assert!(prefetch_model(&no_model[..], tmp.path(), &Limits::default()).is_none());
+        assert!(!to.exists());
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "staging folders left: {left:?}");
+    }
+}
