@@ -336,6 +336,13 @@ impl Fetcher {
         // Removes the partial file on any way out but the rename, including a dropped future
         // (the CLI drops the download when the cluster refuses it first).
         let mut partial = PartialFile(Some(tmp.clone()));
+        // The model entry is extracted from the arriving bytes on a thread of its own. The
+        // queue is bounded: when extracting is slower than the network, the download waits.
+        let (sender, queue) = tokio::sync::mpsc::channel(PREFETCH_QUEUE);
+        let (staging, limits) = (tmp_dir.clone(), self.limits.clone());
+        let prefetch = tokio::task::spawn_blocking(move || {
+            super::prefetch_model(QueueReader::new(queue), &staging, &limits)
+        });
         let result = async {
             // Chunks arrive a few KB at a time: batch them into 1 MiB writes (bounded memory,
             // far fewer trips to the blocking pool than one write per chunk).
@@ -346,17 +353,10 @@ impl Fetcher {
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();
-            // The model entry is extracted from the arriving bytes on a thread of its own. The
-            // queue is bounded: when extracting is slower than the network, the download waits.
-            let (sender, queue) = tokio::sync::mpsc::channel(PREFETCH_QUEUE);
             let mut to_prefetch = Some(sender);
             // Chunks vary from a few KB to hundreds: the queue takes whole batches, so that
             // its length bounds the memory it holds.
             let mut batch = bytes::BytesMut::new();
-            let (staging, limits) = (tmp_dir.clone(), self.limits.clone());
-            let prefetch = tokio::task::spawn_blocking(move || {
-                super::prefetch_model(QueueReader::new(queue), &staging, &limits)
-            });
             if let Some(f) = &self.on_download {
                 f(0, declared);
             }
@@ -411,11 +411,14 @@ impl Fetcher {
                 .await
                 .map_err(io_err)?;
             partial.0 = None;
-            Ok((sha, prefetch.await.ok().flatten()))
+            Ok(sha)
         }
         .await;
         drop(partial);
-        result
+        // The queue is closed by now, so the thread ends soon; on an error, waiting for it
+        // means its staging folder is gone when the error is returned.
+        let prefetched = prefetch.await.ok().flatten();
+        Ok((result?, prefetched))
     }
 
     async fn check_manifest(&self, url: &str, tag: &str, sha: &str) -> Result<(), Error> {
