@@ -10,7 +10,8 @@
 #      one with a ~90 MB plain `definition` (`dga-operator setup`, one shot, fresh cache): peak RSS
 #      (/usr/bin/time -v) and wall time vs. a same-run baseline of curl downloading the same zip
 #      from the stand-in's release API + curl PUT-uploading the same model body to the stand-in ES;
-#      each case BENCH_INSTALL_RUNS times (baseline and operator alternate), medians reported.
+#      each case BENCH_INSTALL_RUNS times (baseline and operator take turns going first):
+#      median ratio, its range, and the ratio of the best times.
 #   b  steady state: N (200) Ready DgaModels on N stand-in clusters (one `dga-bench multi`
 #      process), one full resync: writes and reads per DgaModel from the stand-ins' request logs,
 #      idle CPU (/proc/<pid>/stat) and RSS (VmHWM) of `dga-operator run --resync-period 20s`.
@@ -23,7 +24,7 @@
 # Needs: cargo, curl, jq, kubectl, /usr/bin/time; Kubernetes from tests/testbed/k8s.sh (cached
 # kube-apiserver) for b/c/d. Knobs: BENCH_BIG_BYTES (250000000), BENCH_PLAIN_BYTES (90000000),
 # BENCH_N (200), BENCH_REACTION_RUNS (20), BENCH_CONCURRENCY (16), BENCH_PER_CLUSTER (1),
-# BENCH_SLOW_MS (3000), BENCH_GET_N (3000), BENCH_INSTALL_RUNS (5: part a's runs per case).
+# BENCH_SLOW_MS (3000), BENCH_GET_N (3000), BENCH_INSTALL_RUNS (9: part a's runs per case).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -38,7 +39,7 @@ CONC=${BENCH_CONCURRENCY:-16}
 PER=${BENCH_PER_CLUSTER:-1}
 SLOW_MS=${BENCH_SLOW_MS:-3000}
 GET_N=${BENCH_GET_N:-3000}
-INSTALL_RUNS=${BENCH_INSTALL_RUNS:-5}
+INSTALL_RUNS=${BENCH_INSTALL_RUNS:-9}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 log() { printf '[bench] %s\n' "$*" >&2; }
 out() { printf '%s\n' "$*" | tee -a "$REPORT"; }
@@ -237,23 +238,30 @@ install_case() { # $1 label, $2 encoding, $3 bytes
     # heap, and neither side should be the one to pay it.
     curl -sf -u elastic:changeme -X PUT -H 'Content-Type: application/json' -T "$d/put-body.json" "$es/_ml/trained_models/$model_id" -o /dev/null
     curl -sf -u elastic:changeme -X DELETE "$es/_ml/trained_models/$model_id" -o /dev/null
-    # Baseline 1: curl resolves the tag and downloads the zip.
-    local t0 t_dl t_put t_op url
-    t0=$(now)
-    url=$(curl -sf -H 'Accept: application/vnd.github+json' "$gh/repos/elastic/detection-rules/releases/tags/$tag" | jq -r '.assets[] | select(.name|endswith(".zip")) | .browser_download_url')
-    curl -sf -H 'Accept: application/octet-stream' -o "$WORK/curl.zip" "$url"
-    t_dl=$(calc "$(now) - $t0" 3)
-    # Baseline 2: curl streams the model file (as shipped) as the PUT body.
-    t0=$(now)
-    curl -sf -u elastic:changeme -X PUT -H 'Content-Type: application/json' -T "$d/put-body.json" "$es/_ml/trained_models/$model_id" -o /dev/null
-    t_put=$(calc "$(now) - $t0" 3)
-    curl -sf -u elastic:changeme -X DELETE "$es/_ml/trained_models/$model_id" -o /dev/null
-    rm -f "$WORK/curl.zip"
-    # The operator, one shot, fresh cache.
-    t0=$(now)
-    /usr/bin/time -v "$BIN/dga-operator" setup -t "$tag" -u "$es" -p changeme --github-api "$gh" \
-      --cache-dir "$WORK/cache-$enc" > "$d.setup.out" 2> "$d.setup.err" || { log "setup failed:"; cat "$d.setup.out" "$d.setup.err" >&2; }
-    t_op=$(calc "$(now) - $t0" 3)
+    local t_dl t_put t_op
+    baseline() {
+      local t0 url
+      # Baseline 1: curl resolves the tag and downloads the zip.
+      t0=$(now)
+      url=$(curl -sf -H 'Accept: application/vnd.github+json' "$gh/repos/elastic/detection-rules/releases/tags/$tag" | jq -r '.assets[] | select(.name|endswith(".zip")) | .browser_download_url')
+      curl -sf -H 'Accept: application/octet-stream' -o "$WORK/curl.zip" "$url"
+      t_dl=$(calc "$(now) - $t0" 3)
+      # Baseline 2: curl streams the model file (as shipped) as the PUT body.
+      t0=$(now)
+      curl -sf -u elastic:changeme -X PUT -H 'Content-Type: application/json' -T "$d/put-body.json" "$es/_ml/trained_models/$model_id" -o /dev/null
+      t_put=$(calc "$(now) - $t0" 3)
+      curl -sf -u elastic:changeme -X DELETE "$es/_ml/trained_models/$model_id" -o /dev/null
+      rm -f "$WORK/curl.zip"
+    }
+    operator() { # one shot, fresh cache
+      local t0
+      t0=$(now)
+      /usr/bin/time -v "$BIN/dga-operator" setup -t "$tag" -u "$es" -p changeme --github-api "$gh" \
+        --cache-dir "$WORK/cache-$enc" > "$d.setup.out" 2> "$d.setup.err" || { log "setup failed:"; cat "$d.setup.out" "$d.setup.err" >&2; }
+      t_op=$(calc "$(now) - $t0" 3)
+    }
+    # Alternate which goes first, so neither always meets the other's leftovers.
+    if [ $((run % 2)) -eq 1 ]; then baseline; operator; else operator; baseline; fi
     local rss; rss=$(awk -F: '/Maximum resident set size/{gsub(/ /,"",$2); print $2}' "$d.setup.err")
     local off; off=$(curl -sf "$admin/requests" | jq '[.[] | select(.off_spec != null)] | length')
     off_total=$((off_total + off))
@@ -266,7 +274,8 @@ install_case() { # $1 label, $2 encoding, $3 bytes
   median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
   lowest() { printf '%s\n' "$@" | sort -g | head -1; }
   highest() { printf '%s\n' "$@" | sort -g | tail -1; }
-  out "| $label | $(calc "$(stat -c %s "$zip")/1048576" 1) MiB zip, $(calc "$def_bytes/1000000" 0) MB definition, $(calc "$entry_bytes/1000000" 0) MB model file | $(median "${dls[@]}") s | $(median "${puts[@]}") s | $(median "${ops[@]}") s | $(calc "$(median "${ratios[@]}")" 2)x ($(calc "$(lowest "${ratios[@]}")" 2) to $(calc "$(highest "${ratios[@]}")" 2)) | $(calc "$(highest "${rsss[@]}")/1024" 1) MiB | $off_total |"
+  local best; best=$(calc "$(lowest "${ops[@]}") / ($(lowest "${dls[@]}") + $(lowest "${puts[@]}"))" 2)
+  out "| $label | $(calc "$(stat -c %s "$zip")/1048576" 1) MiB zip, $(calc "$def_bytes/1000000" 0) MB definition, $(calc "$entry_bytes/1000000" 0) MB model file | $(median "${dls[@]}") s | $(median "${puts[@]}") s | $(median "${ops[@]}") s | $(calc "$(median "${ratios[@]}")" 2)x ($(calc "$(lowest "${ratios[@]}")" 2) to $(calc "$(highest "${ratios[@]}")" 2)); best times: ${best}x | $(calc "$(highest "${rsss[@]}")/1024" 1) MiB | $off_total |"
   [ "$enc" = plain ] && PUT90="$(median "${puts[@]}") $entry_bytes"
   rm -rf "$d"
 }
@@ -275,7 +284,7 @@ if has a; then
   out ""
   out "## a. Install of a large release (dga-operator setup, fresh cache) vs. curl"
   out ""
-  out "Each case is run $INSTALL_RUNS times, each on a fresh stand-in (warmed by one untimed upload) and a fresh cache, baseline then operator: medians of the times, median ratio (lowest to highest run), highest peak RSS."
+  out "Each case is run $INSTALL_RUNS times, each on a fresh stand-in (warmed by one untimed upload) and a fresh cache, baseline and operator taking turns to go first. Reported: the medians of the times, the median of the runs' ratios (lowest to highest), the ratio of the best times (least disturbed by other jobs on the machine), and the highest peak RSS."
   out ""
   out "| release | size | curl download | curl PUT | operator setup | ratio (target <= 1.25x) | operator peak RSS (target <= 64 MiB) | off-spec |"
   out "|---|---|---|---|---|---|---|---|"
