@@ -67,6 +67,16 @@ impl Bed {
         rel
     }
 
+    /// A v2 release with `defect`, published under `tag`.
+    fn publish_bad(&self, tag: &str, defect: Defect) {
+        let out = self.dir.path().join("bad").join(tag);
+        let zip =
+            builder::write_bad_release(&BundleSpec::small(tag, Layout::V2), defect, &out).unwrap();
+        self.standin
+            .publish_release_files(REPO, tag, vec![(format!("{tag}.zip"), zip)])
+            .unwrap();
+    }
+
     /// An unpacked release in `<tmp>/unpacked-<layout>/<tag>/`.
     fn unpacked(&self, tag: &str, layout: Layout) -> Release {
         let dir = self.dir.path().join(format!("unpacked-{layout:?}"));
@@ -844,15 +854,7 @@ async fn release_and_bundle_problems() {
 
     // A published release whose zip is not a valid bundle.
     let bad_tag = "ML-DGA-20210128-1";
-    let bad_zip = builder::write_bad_release(
-        &BundleSpec::small(bad_tag, Layout::V2),
-        Defect::MissingPipeline,
-        &bed.dir.path().join("bad"),
-    )
-    .unwrap();
-    bed.standin
-        .publish_release_files(REPO, bad_tag, vec![(format!("{bad_tag}.zip"), bad_zip)])
-        .unwrap();
+    bed.publish_bad(bad_tag, Defect::MissingPipeline);
     let run = bed.cmd("setup", &["-t", bad_tag]).await;
     assert_eq!(run.code, 7, "{run}");
     assert!(run.stderr.contains("invalid bundle"), "{run}");
@@ -877,15 +879,7 @@ async fn release_and_bundle_problems() {
 async fn a_definition_elasticsearch_refuses_is_named_and_not_sent_again() {
     let bed = Bed::start().await;
     let tag = "ML-DGA-20210130-1";
-    let zip = builder::write_bad_release(
-        &BundleSpec::small(tag, Layout::V2),
-        Defect::UndecodableDefinition,
-        &bed.dir.path().join("undecodable"),
-    )
-    .unwrap();
-    bed.standin
-        .publish_release_files(REPO, tag, vec![(format!("{tag}.zip"), zip)])
-        .unwrap();
+    bed.publish_bad(tag, Defect::UndecodableDefinition);
     let model_puts = || {
         bed.standin
             .requests()
