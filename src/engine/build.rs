@@ -11,9 +11,9 @@ pub struct Desired {
     pub marker: Marker,
     pub release: String,
     pub bundle_sha256: String,
-    /// The id the model is installed under: the release's id plus 8 hex of the model file's
-    /// sha256, so a release that changes the model gets a new id (upgrades switch without a
-    /// gap) and one that does not reuses the installed model.
+    /// The id the model is installed under: the release's id plus the model file's CRC-32 (8
+    /// hex), so a release that changes the model gets a new id (upgrades switch without a gap)
+    /// and one that does not reuses the installed model.
     pub model_id: String,
     /// The release's own model id (what the old CLI installed).
     pub release_model_id: String,
