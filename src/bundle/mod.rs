@@ -14,7 +14,7 @@ pub use prefetch::{Prefetched, prefetch_model};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -820,13 +820,13 @@ fn extract_model(
         .map_err(|e| bad(name, format!("cannot write cache: {e}")))?;
     let mut file = BufWriter::with_capacity(256 * 1024, out);
     let mut hasher = crc32fast::Hasher::new();
-    let tee = TeeCrc {
-        inner: reader,
-        hasher: &mut hasher,
-    };
-    // Inflate on a thread of its own, so that it overlaps the scan and the write.
+    // Inflate on a thread of its own, so that it overlaps the checksum, the scan and the write
+    // (inflating is the longer part).
     let split = thread::scope(|s| {
-        let inflated = pipe::read_ahead(s, tee);
+        let inflated = TeeCrc {
+            inner: pipe::read_ahead(s, reader),
+            hasher: &mut hasher,
+        };
         json_scan::split_object(inflated, json_scan::MODEL_LARGE_KEYS, &mut file)
     })
     .map_err(|p| bad(name, format!("malformed JSON: {p}")))?;
@@ -966,11 +966,28 @@ struct TeeCrc<'a, R> {
     hasher: &'a mut crc32fast::Hasher,
 }
 
-impl<R: Read> Read for TeeCrc<'_, R> {
+/// Checksums what is consumed.
+impl<R: BufRead> Read for TeeCrc<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for TeeCrc<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        // Still buffered (`n` is at most what the last `fill_buf` gave): this reads nothing.
+        if n > 0
+            && let Ok(buf) = self.inner.fill_buf()
+        {
+            self.hasher.update(&buf[..n.min(buf.len())]);
+        }
+        self.inner.consume(n);
     }
 }
 
