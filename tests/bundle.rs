@@ -200,13 +200,13 @@ async fn fetch_from_releases_api_verifies_and_caches() {
         .publish_built("elastic/detection-rules", &rel)
         .unwrap();
     let f = fetcher(&standin, &tmp.path().join("cache"));
-    let b = f
-        .fetch(Request {
+    let fetch = || {
+        f.fetch(Request {
             tag: &rel.tag,
             source: None,
         })
-        .await
-        .unwrap();
+    };
+    let b = fetch().await.unwrap();
     assert_eq!(b.sha256, rel.zip_sha256);
     let downloads = || {
         standin
@@ -217,24 +217,13 @@ async fn fetch_from_releases_api_verifies_and_caches() {
     };
     assert_eq!(downloads(), 2, "zip and manifest");
     // The second fetch is served from the cache.
-    f.fetch(Request {
-        tag: &rel.tag,
-        source: None,
-    })
-    .await
-    .unwrap();
+    fetch().await.unwrap();
     assert_eq!(downloads(), 2);
     assert!(standin.off_spec_requests().is_empty());
     // An opened release whose files were removed from the cache is opened again from its zip,
     // not served from memory with a missing definition.
     std::fs::remove_dir_all(tmp.path().join("cache/bundles")).unwrap();
-    let again = f
-        .fetch(Request {
-            tag: &rel.tag,
-            source: None,
-        })
-        .await
-        .unwrap();
+    let again = fetch().await.unwrap();
     assert!(again.model.definition_path.exists());
     assert_eq!(downloads(), 2);
     // The first open took the model entry as it was extracted during the download; opening

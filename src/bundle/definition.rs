@@ -12,8 +12,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::thread;
 
-use super::json_scan;
 use super::pipe::{self, CHUNK};
+use super::{Limited, json_scan};
 
 /// What the checker found: `Err` holds the problem as the bundle error states it.
 pub type Verdict = Result<(), String>;
@@ -48,10 +48,11 @@ fn check_definition<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u6
         };
         let b64 =
             base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = Capped {
-            inner: flate2::read::GzDecoder::new(b64),
-            left: max_decompressed,
-        };
+        let gz = Limited::new(
+            flate2::read::GzDecoder::new(b64),
+            max_decompressed,
+            "it inflates to more than the largest definition accepted",
+        );
         // Decoding and scanning cost about the same: one thread each.
         thread::scope(|s| {
             let decoded = pipe::read_ahead(s, gz);
@@ -70,25 +71,6 @@ fn check_definition<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u6
         return Err("the definition has no `trained_model`".into());
     }
     Ok(())
-}
-
-/// A reader that fails once more than `left` bytes come out of `inner`.
-struct Capped<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "it inflates to more than the largest definition accepted",
-            )
-        })?;
-        Ok(n)
-    }
 }
 
 /// Reads a JSON string's content up to its closing quote (base64 has no escapes).

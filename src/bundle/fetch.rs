@@ -290,10 +290,9 @@ impl Fetcher {
         Ok((zip, manifest))
     }
 
-    /// Streams `url` into the cache; returns its sha256. Nothing partial is ever left under the
-    /// final name.
-    /// Downloads a zip into the cache; its sha256, and its model entry when that could be
-    /// extracted while the zip arrived (see `prefetch`).
+    /// Streams `url` into the cache (nothing partial is ever left under the final name); returns
+    /// its sha256, and its model entry when that could be extracted while the zip arrived (see
+    /// `prefetch`).
     async fn download(
         &self,
         url: &str,

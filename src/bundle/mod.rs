@@ -555,25 +555,38 @@ fn save_opened(dir: &Path, b: &Bundle) -> Result<(), BundleError> {
         })
 }
 
-/// A reader that refuses to yield more than `left` bytes (zip entries can lie about their size).
+/// A reader that fails with `too_large` once more than `left` bytes come out of `inner` (zip
+/// entries can lie about their size; gzip can inflate without end).
 struct Limited<R> {
     inner: R,
     left: u64,
-    name: String,
+    too_large: String,
+}
+
+impl<R> Limited<R> {
+    fn new(inner: R, left: u64, too_large: impl Into<String>) -> Self {
+        Limited {
+            inner,
+            left,
+            too_large: too_large.into(),
+        }
+    }
 }
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::other(format!(
-                "{}: larger than the limit",
-                self.name
-            )));
-        }
-        self.left -= n as u64;
+        self.left = self
+            .left
+            .checked_sub(n as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, self.too_large.clone()))?;
         Ok(n)
     }
+}
+
+/// The error of a file larger than its limit.
+fn too_large(name: &str) -> String {
+    format!("{name}: larger than the limit")
 }
 
 /// Files of a release, read one at a time through a size-limited reader.
@@ -608,11 +621,7 @@ impl<R: Read + io::Seek + Send> Source for ZipSource<R> {
             .archive
             .by_index(self.index(name))
             .map_err(|e| bad(name, format!("cannot read: {e}")))?;
-        f(&mut Limited {
-            inner: entry,
-            left: max,
-            name: name.to_string(),
-        })
+        f(&mut Limited::new(entry, max, too_large(name)))
     }
 
     fn facts(&mut self, name: &str) -> Option<prefetch::EntryFacts> {
@@ -651,11 +660,7 @@ impl Source for DirSource {
             .expect("classified name exists");
         let file =
             File::open(self.root.join(&self.rel[i])).map_err(|e| bad(name, e.to_string()))?;
-        f(&mut Limited {
-            inner: file,
-            left: max,
-            name: name.to_string(),
-        })
+        f(&mut Limited::new(file, max, too_large(name)))
     }
 }
 

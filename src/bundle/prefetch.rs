@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::{Extracted, Limited, Limits, extract_model};
+use super::{Extracted, Limited, Limits, extract_model, too_large};
 
 /// Where and how a zip holds an entry, as the central directory (or a local header) says.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,11 +126,7 @@ pub fn prefetch_model<R: Read + Send>(
             crc32: h.crc32,
             method,
         };
-        let mut limited = Limited {
-            inner: &mut data,
-            left: limits.max_entry_bytes,
-            name: out.name.clone(),
-        };
+        let mut limited = Limited::new(&mut data, limits.max_entry_bytes, too_large(&out.name));
         let path = out.staging.join("model.definition");
         out.extracted = Some(extract_model(&out.name, path, &mut limited).ok()?);
         return Some(out);

@@ -1111,6 +1111,19 @@ pub fn evaluate_with_config(
     let tm = def
         .get("trained_model")
         .ok_or("definition.trained_model missing")?;
+    // An ensemble and a lone tree carry these alike.
+    let labels_of = |m: &Value| {
+        m.get("classification_labels")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let target_type_of = |m: &Value| {
+        m.get("target_type")
+            .and_then(Value::as_str)
+            .unwrap_or("regression")
+            .to_string()
+    };
     let (outputs, labels, target_type, aggregate, class_weights): Evaluated<'_> =
         if let Some(ens) = tm.get("ensemble") {
             let models = ens
@@ -1126,28 +1139,16 @@ pub fn evaluate_with_config(
             }
             (
                 outs,
-                ens.get("classification_labels")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                ens.get("target_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("regression")
-                    .to_string(),
+                labels_of(ens),
+                target_type_of(ens),
                 ens.get("aggregate_output"),
                 ens.get("classification_weights"),
             )
         } else if let Some(tree) = tm.get("tree") {
             (
                 vec![eval_tree(tree, &feats, doc)?],
-                tree.get("classification_labels")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                tree.get("target_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("regression")
-                    .to_string(),
+                labels_of(tree),
+                target_type_of(tree),
                 None,
                 tree.get("classification_weights"),
             )
