@@ -4,6 +4,8 @@
 #
 #   k8s.sh assets           print a folder holding kube-apiserver, kube-controller-manager, etcd
 #                           (KUBEBUILDER_ASSETS, else the cache, else build it once into the cache)
+#   k8s.sh node-assets      print a folder holding kubelet, kube-scheduler and a static pause binary
+#                           (DGA_NODE_ASSETS, else the cache, else build them once into the cache)
 #   k8s.sh up DIR           start a control plane whose files live in DIR; writes DIR/kubeconfig
 #   k8s.sh down DIR         stop it
 #   k8s.sh run -- CMD...    up in a temp dir, run CMD with KUBECONFIG set, always down afterwards
@@ -16,6 +18,8 @@ K8S_VERSION=1.20.2
 DEB_SOURCE_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/dga-operator"
 CACHE_DIR="$CACHE_ROOT/k8s/$K8S_VERSION"
+# Beside it, not inside: the control plane's cache is replaced whole when it is rebuilt.
+NODE_CACHE_DIR="$CACHE_ROOT/k8s/$K8S_VERSION-node"
 
 log() { printf '[k8s] %s\n' "$*" >&2; }
 die() { printf '[k8s] error: %s\n' "$*" >&2; exit 1; }
@@ -47,20 +51,16 @@ enable_deb_src() {
   fi
 }
 
-build_assets() {
-  command -v apt-get >/dev/null 2>&1 || die "no apt-get: set KUBEBUILDER_ASSETS to a folder with kube-apiserver and etcd, or DGA_USE_KUBECONFIG=1 with KUBECONFIG"
-  log "building kube-apiserver $K8S_VERSION from Debian's source package (one time, ~5 minutes)"
+# Unpacks Debian's kubernetes source package into WORK (needs deb-src and the Go toolchain) and
+# prints the source folder.
+fetch_source() {
+  local work=$1
   enable_deb_src
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     dpkg-dev golang-go golang-github-modern-go-reflect2-dev etcd-server rsync >/dev/null
-  local work
-  work=$(mktemp -d "${TMPDIR:-/tmp}/dga-k8s-build.XXXXXX")
-  # The build tree is 2.4 GB: never leave it behind, whether the build succeeds or fails.
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" EXIT
   (cd "$work" && apt-get source -qq "kubernetes=$DEB_SOURCE_VERSION" >/dev/null 2>&1) ||
-    (cd "$work" && apt-get source "kubernetes=$DEB_SOURCE_VERSION")
+    (cd "$work" && apt-get source "kubernetes=$DEB_SOURCE_VERSION" >&2)
   local src
   src=$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -n1)
   [ -n "$src" ] || die "apt-get source produced no kubernetes-* folder"
@@ -69,12 +69,30 @@ build_assets() {
   rm -f "$src"/vendor/github.com/modern-go/reflect2/*.go "$src"/vendor/github.com/modern-go/reflect2/*.s
   cp "$r2"/*.go "$src"/vendor/github.com/modern-go/reflect2/
   cp "$r2"/*.s "$src"/vendor/github.com/modern-go/reflect2/ 2>/dev/null || true
+  echo "$src"
+}
+
+# make WHAT="..." in SRC with the version stamped; prints the folder holding the binaries.
+make_k8s() {
+  local src=$1 work=$2 what=$3
   (cd "$src" && CGO_ENABLED=0 GOFLAGS= GOCACHE="$work/gocache" \
     KUBE_GIT_VERSION=v$K8S_VERSION KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 KUBE_GIT_TREE_STATE=clean \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/build.log" 2>&1) ||
-    { tail -n 40 "$work/build.log" >&2; die "kubernetes build failed"; }
-  local bin
-  bin=$(dirname "$(find "$src/_output" -type f -name kube-apiserver | head -n1)")
+    make WHAT="$what" >"$work/build.log" 2>&1) ||
+    { tail -n 40 "$work/build.log" >&2; die "kubernetes build of $what failed"; }
+  dirname "$(find "$src/_output" -type f -name "$(basename "${what%% *}")" | head -n1)"
+}
+
+build_assets() {
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: set KUBEBUILDER_ASSETS to a folder with kube-apiserver and etcd, or DGA_USE_KUBECONFIG=1 with KUBECONFIG"
+  log "building kube-apiserver $K8S_VERSION from Debian's source package (one time, ~5 minutes)"
+  local work
+  work=$(mktemp -d "${TMPDIR:-/tmp}/dga-k8s-build.XXXXXX")
+  # The build tree is 2.4 GB: never leave it behind, whether the build succeeds or fails.
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" EXIT
+  local src bin
+  src=$(fetch_source "$work")
+  bin=$(make_k8s "$src" "$work" "cmd/kube-apiserver cmd/kube-controller-manager")
   local staging="$CACHE_DIR.partial"
   rm -rf "$staging" && mkdir -p "$staging"
   cp "$bin/kube-apiserver" "$bin/kube-controller-manager" "$staging/"
@@ -82,6 +100,49 @@ build_assets() {
   rm -rf "$CACHE_DIR" && mv "$staging" "$CACHE_DIR"
   rm -rf "$work"; trap - EXIT
   log "cached in $CACHE_DIR"
+}
+
+have_node_assets() {
+  local d=$1
+  [ -x "$d/kubelet" ] && [ -x "$d/kube-scheduler" ] && [ -x "$d/pause" ]
+}
+
+# The node's binaries are a separate cached step, so that a machine which already has the control
+# plane cached builds only these: the kubelet and kube-scheduler (Deployments' pods need binding to
+# the node) from the same source package as the apiserver, and the pod sandbox's pause process (a static build of the source's build/pause/linux/pause.c: no
+# registry is needed for the pause image).
+build_node_assets() {
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: set DGA_NODE_ASSETS to a folder with kubelet and a static pause binary"
+  log "building kubelet and kube-scheduler $K8S_VERSION from Debian's source package (one time, ~5 minutes)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+  local work
+  work=$(mktemp -d "${TMPDIR:-/tmp}/dga-kubelet-build.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" EXIT
+  local src bin
+  src=$(fetch_source "$work")
+  bin=$(make_k8s "$src" "$work" "cmd/kubelet cmd/kube-scheduler")
+  local staging="$NODE_CACHE_DIR.partial"
+  rm -rf "$staging" && mkdir -p "$staging"
+  cp "$bin/kubelet" "$bin/kube-scheduler" "$staging/"
+  gcc -Os -Wall -Werror -static -DVERSION="v$K8S_VERSION-dga" -o "$staging/pause" "$src/build/pause/linux/pause.c" ||
+    die "static build of pause.c failed"
+  rm -rf "$NODE_CACHE_DIR" && mv "$staging" "$NODE_CACHE_DIR"
+  rm -rf "$work"; trap - EXIT
+  log "cached in $NODE_CACHE_DIR"
+}
+
+cmd_node_assets() {
+  if [ -n "${DGA_NODE_ASSETS:-}" ]; then
+    have_node_assets "$DGA_NODE_ASSETS" || die "DGA_NODE_ASSETS=$DGA_NODE_ASSETS lacks kubelet, kube-scheduler or pause"
+    echo "$DGA_NODE_ASSETS"; return
+  fi
+  mkdir -p "$CACHE_ROOT"
+  exec 8>"$CACHE_ROOT/k8s-node-build.lock"
+  flock 8
+  have_node_assets "$NODE_CACHE_DIR" || build_node_assets
+  flock -u 8
+  echo "$NODE_CACHE_DIR"
 }
 
 cmd_assets() {
@@ -229,8 +290,9 @@ cmd_run() {
 
 case "${1:-}" in
   assets) shift; cmd_assets "$@" ;;
+  node-assets) shift; cmd_node_assets "$@" ;;
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   run) shift; cmd_run "$@" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
