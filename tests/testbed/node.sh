@@ -227,7 +227,7 @@ stop_pid() {
 node_pids() {
   local dir=$1 p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$dir/" && basename "$p"
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$dir/" && basename "$p"
   done
   true
 }
