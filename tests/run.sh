@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test. Installs and caches what the tests need (a kube-apiserver built from Debian's
-# source package on first use), starts a private control plane on loopback for the run and stops
-# it afterwards, whatever happens.
+# Runs every test. Installs and caches what the tests need (a kube-apiserver and a kubelet built
+# from Debian's source package on first use, containerd and buildah from Debian), starts a private
+# control plane on loopback and, where root can run containers, a node of it (tests/node.rs runs the
+# chart's pod there; elsewhere it skips, saying why), and stops both afterwards, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
@@ -12,4 +13,4 @@ cargo build --workspace --all-targets --locked
 # ids, so they run one at a time.
 extra=()
 [ -n "${DGA_TEST_ES_URL:-}" ] && extra=(-- --test-threads=1)
-exec tests/testbed/k8s.sh run -- cargo test --workspace --locked --no-fail-fast "$@" "${extra[@]}"
+exec tests/testbed/k8s.sh run -- tests/testbed/node.sh run -- cargo test --workspace --locked --no-fail-fast "$@" "${extra[@]}"

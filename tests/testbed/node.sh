@@ -293,8 +293,10 @@ cmd_run() {
   [ "${1:-}" = "--" ] && shift
   [ $# -gt 0 ] || die "usage: node.sh run -- CMD..."
   local w; w=$(why_not)
+  # An existing cluster (k8s.sh with DGA_USE_KUBECONFIG=1) is never given a node of ours.
+  [ "${DGA_USE_KUBECONFIG:-}" = 1 ] && w="an existing cluster is in use (DGA_USE_KUBECONFIG=1)"
   if [ -n "$w" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    cmd_deps && w=$(why_not)
+    [ "${DGA_USE_KUBECONFIG:-}" = 1 ] || { cmd_deps && w=$(why_not); }
   fi
   if [ -n "$w" ]; then
     log "no node here: $w; the node tests skip"
