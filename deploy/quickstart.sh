@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job in one command: a local Kubernetes control plane (real kube-apiserver + etcd on
-# loopback), an Elasticsearch/Kibana/GitHub-releases STAND-IN (or your real stack), the operator,
-# and an example DgaModel, waited on until Ready. Prints `kubectl get dgamodels` and the objects
+# loopback), an Elasticsearch/Kibana/GitHub-releases STAND-IN (or your real stack), the operator
+# (its image installed by its Helm chart on a local node where root can run one, else a local
+# process; DGA_IN_PROCESS=1 forces the latter), and an example DgaModel, waited on until Ready. Prints `kubectl get dgamodels` and the objects
 # the operator installed, then stops everything it started.
 #
 # Real stack instead of the stand-in:
@@ -24,10 +25,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/dga-quickstart.XXXXXX")
 pids=()
 cleanup() {
   if [ -n "${DGA_KEEP:-}" ]; then
-    echo "left running (DGA_KEEP=1): KUBECONFIG=$work/k8s/kubeconfig; stop with: kill ${pids[*]:-}; tests/testbed/k8s.sh down $work/k8s"
+    echo "left running (DGA_KEEP=1): KUBECONFIG=$work/k8s/kubeconfig; stop with: kill ${pids[*]:-}; tests/testbed/node.sh down $work/node; tests/testbed/k8s.sh down $work/k8s"
     return
   fi
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  [ -d "$work/node" ] && { tests/testbed/node.sh down "$work/node" || true; }
   tests/testbed/k8s.sh down "$work/k8s" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -74,9 +76,27 @@ fi
 kubectl create namespace dga-demo >/dev/null
 kubectl -n dga-demo create secret generic es "${secret_args[@]}" >/dev/null
 
-./target/debug/dga-operator run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
-  --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
-pids+=($!)
+# The route a platform team takes: the chart's pod on a node (containerd + kubelet here). Where no
+# node can run (not root, no cgroup v1) or DGA_IN_PROCESS=1, the operator runs as a local process.
+route=in-process
+if [ -z "${DGA_IN_PROCESS:-}" ] && tests/testbed/node.sh deps >/dev/null 2>&1 && tests/testbed/node.sh check >/dev/null; then
+  route=node
+  say "Starting a node (first run: ~5 min kubelet build, then cached), building the image, helm install"
+  tests/testbed/node.sh up "$work/node"
+  DGA_IMAGE_BINARY=./target/debug/dga-operator deploy/image.sh "$work/operator.oci.tar" localhost/dga-operator:quickstart
+  tests/testbed/node.sh import "$work/node" "$work/operator.oci.tar" >/dev/null
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  DGA_IMAGE_TAG=quickstart tests/testbed/node.sh values "$port" >"$work/values.json"
+  "$(tests/testbed/helm.sh)" install dga-operator charts/dga-operator -n dga-system --create-namespace \
+    -f "$work/values.json" --set crds.install=false --set githubApi="$GITHUB_API" >/dev/null
+  kubectl -n dga-system rollout status deployment/dga-operator --timeout=240s
+  kubectl -n dga-system get pods -o wide
+else
+  echo "no node here ($(tests/testbed/node.sh check || true)): running the operator as a local process"
+  ./target/debug/dga-operator run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
+    --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
+  pids+=($!)
+fi
 
 say "Applying a DgaModel for $TAG"
 kubectl apply -f - <<EOF
@@ -93,7 +113,8 @@ EOF
 
 if ! kubectl -n dga-demo wait --for=condition=Ready dgamodel/dga --timeout=180s >/dev/null; then
   kubectl -n dga-demo get dgamodel dga -o yaml >&2
-  tail -n 30 "$work/operator.log" >&2
+  if [ "$route" = node ]; then kubectl -n dga-system logs deployment/dga-operator --tail=30 >&2
+  else tail -n 30 "$work/operator.log" >&2; fi
   exit 1
 fi
 
@@ -124,4 +145,4 @@ if [ -z "${DGA_ES_URL:-}" ]; then
   echo "note: EnrichmentVerified is False here because the stand-in cannot run painless scripts;"
   echo "      against a real Elasticsearch the canary documents are scored and it turns True."
 fi
-say "Done: the operator installed $TAG and reports Ready."
+say "Done: the operator ($([ "$route" = node ] && echo "the chart's pod on the local node" || echo "a local process")) installed $TAG and reports Ready."

@@ -7,7 +7,7 @@
 //! test prints why and passes without running.
 //!
 //! The test bed's loopback-only control plane needs a few chart values no real cluster needs;
-//! they are all in `testbed_values`. One consequence: every pod shares the host's network
+//! they are all in `tests/testbed/node.sh values`. One consequence: every pod shares the host's network
 //! namespace, so one Deployment cannot run two replicas here (both would bind the metrics port);
 //! the leader-election test runs two releases on one Lease instead, each a Deployment of the
 //! chart, which is the same contest between two pods.
@@ -103,56 +103,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The apiserver's port on loopback, from KUBECONFIG.
-fn api_port() -> String {
-    let server = ok(
-        "kubectl config view",
-        kubectl(&[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ]),
-    );
-    server
-        .rsplit(':')
-        .next()
-        .expect("server URL with a port")
-        .trim()
-        .to_string()
-}
-
-/// Everything the loopback test bed needs beyond the chart's defaults, and nothing else:
-/// - the image, imported into the node (no registry: never pulled);
-/// - the host's network (the apiserver and the stand-in listen on loopback; there is no
-///   kube-proxy and no Service IPs), hence a metrics port of its own per release and the
-///   apiserver's address in KUBERNETES_SERVICE_HOST/PORT;
-/// - the ServiceAccount token as a projected volume (what the ServiceAccount admission plugin,
-///   off in this test bed, would add).
+/// The chart values the loopback test bed needs, from `tests/testbed/node.sh values` (the one
+/// place they are listed; the quickstart uses them too).
 fn testbed_values(metrics_port: u16) -> Value {
-    json!({
-        "image": {"repository": IMAGE_REPO, "tag": IMAGE_TAG, "pullPolicy": "Never"},
-        "hostNetwork": true,
-        "metrics": {"port": metrics_port},
-        "env": [
-            {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-            {"name": "KUBERNETES_SERVICE_PORT", "value": api_port()},
-        ],
-        "extraVolumes": [{
-            "name": "kube-api-access",
-            "projected": {"sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-            ]},
-        }],
-        "extraVolumeMounts": [{
-            "name": "kube-api-access",
-            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-            "readOnly": true,
-        }],
-    })
+    let out = Command::new(root().join("tests/testbed/node.sh"))
+        .args(["values", &metrics_port.to_string()])
+        .env("DGA_IMAGE_REPO", IMAGE_REPO)
+        .env("DGA_IMAGE_TAG", IMAGE_TAG)
+        .output()
+        .expect("run node.sh values");
+    serde_json::from_str(&ok("node.sh values", out)).expect("node.sh values prints JSON")
 }
 
 /// One `helm install` of the chart into the test's namespace.

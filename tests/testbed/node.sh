@@ -14,6 +14,7 @@
 #                           always down afterwards. Where no node can run, CMD runs without one and
 #                           DGA_NODE_SKIP says why (the node tests print it and skip).
 #   node.sh import DIR TAR  load an OCI archive into the node's containerd (namespace k8s.io)
+#   node.sh values PORT     print (JSON) the chart values a pod on this node needs, metrics on PORT
 #
 # Needs root (containers, mounts, cgroups). Facts this relies on, measured on the project's CI
 # machine (Debian 12, cgroup v1, no CAP_SYS_RESOURCE): see the comments at each setting.
@@ -314,6 +315,38 @@ cmd_run() {
   return $rc
 }
 
+# Everything the loopback test bed needs beyond the chart's defaults, and nothing else (the tests
+# and the quickstart both use this):
+# - the image, imported into the node (no registry: never pulled);
+# - the host's network (the apiserver and the stand-in listen on loopback; there is no kube-proxy
+#   and no Service IPs), hence a metrics port of its own per release and the apiserver's address
+#   in KUBERNETES_SERVICE_HOST/PORT;
+# - the ServiceAccount token as a projected volume (what the ServiceAccount admission plugin, off
+#   in this test bed, would add).
+cmd_values() {
+  local port=${1:?usage: node.sh values PORT} repo=${DGA_IMAGE_REPO:-localhost/dga-operator} tag=${DGA_IMAGE_TAG:-node-test}
+  local server api_port
+  server=$(kubectl config view --minify -o 'jsonpath={.clusters[0].cluster.server}')
+  api_port=${server##*:}
+  cat <<EOF
+{
+  "image": {"repository": "$repo", "tag": "$tag", "pullPolicy": "Never"},
+  "hostNetwork": true,
+  "metrics": {"port": $port},
+  "env": [
+    {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+    {"name": "KUBERNETES_SERVICE_PORT", "value": "$api_port"}
+  ],
+  "extraVolumes": [{"name": "kube-api-access", "projected": {"sources": [
+    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+  ]}}],
+  "extraVolumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]
+}
+EOF
+}
+
 case "${1:-}" in
   check) w=$(why_not); [ -z "$w" ] || { echo "$w"; exit 1; } ;;
   deps) shift; cmd_deps ;;
@@ -321,6 +354,7 @@ case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   run) shift; cmd_run "$@" ;;
   import) shift; cmd_import "$@" ;;
+  values) shift; cmd_values "$@" ;;
   buildah) shift; buildah_in "$@" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
