@@ -45,7 +45,7 @@ else
   bin="$CACHE_ROOT/image/target/$TARGET/release/dga-operator"
   # A dynamic binary would fail in a FROM scratch image with a bare "no such file or directory".
   if command -v file >/dev/null 2>&1; then
-    file -L "$bin" | grep -q 'statically linked' || die "$bin is not statically linked: $(file -L "$bin")"
+    file -L "$bin" | grep -qE 'statically linked|static-pie linked' || die "$bin is not statically linked: $(file -L "$bin")"
   fi
 fi
 
