@@ -380,7 +380,7 @@ async fn deleting_the_leaders_pod_hands_over_and_the_object_keeps_converging() {
             .and_then(|l| l.spec?.holder_identity)
             .filter(|h| !h.is_empty())
     };
-    let first = wait_for(Duration::from_secs(60), || holder())
+    let first = wait_for(Duration::from_secs(60), holder)
         .await
         .expect("nobody took the Lease");
     let (leader, standby) = if first == pod_name(&pa) {
