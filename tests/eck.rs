@@ -64,7 +64,7 @@ async fn elasticsearch_and_kibana_resolve_by_eck_conventions() {
     let ns = ns("eck-resolve").await;
     let n = ns.name.clone();
     let (pw, es_ca) = eck::quickstart(&ns.client, &n, "quickstart").await;
-    let kb_ca = eck::kibana(&ns.client, &n, "kb").await;
+    let kb_ca = eck::kibana(&ns.client, &n, "kb", (&n, "quickstart")).await;
 
     let t = resolve(
         &ns.client,
@@ -133,7 +133,13 @@ async fn cross_namespace_references() {
     let elastic = ns("eck-elastic").await;
     let kibana = ns("eck-kibana").await;
     let (pw, es_ca) = eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
-    let kb_ca = eck::kibana(&kibana.client, &kibana.name, "kb").await;
+    let kb_ca = eck::kibana(
+        &kibana.client,
+        &kibana.name,
+        "kb",
+        (&elastic.name, "quickstart"),
+    )
+    .await;
 
     let t = resolve(
         &home.client,
@@ -279,7 +285,7 @@ async fn controller_connects_to_the_eck_service() {
     eck::install_crds(&env.ns.client).await;
     let n = env.ns.name.clone();
     eck::quickstart(&env.ns.client, &n, "quickstart").await;
-    eck::kibana(&env.ns.client, &n, "kb").await;
+    eck::kibana(&env.ns.client, &n, "kb", (&n, "quickstart")).await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.apply(
         "dga",

@@ -366,7 +366,7 @@ async fn whole_reconcile_under_the_chart_rbac(namespaced: bool) {
     env.secret("es", "changeme").await;
     eck::install_crds(&client).await;
     eck::quickstart(&client, &ns, "quickstart").await;
-    eck::kibana(&client, &ns, "kb").await;
+    eck::kibana(&client, &ns, "kb", (&ns, "quickstart")).await;
 
     let log = env.dir.path().join("operator.log");
     let mut op = Operator {
