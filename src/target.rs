@@ -257,16 +257,16 @@ fn credentials(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Result<Auth,
             password: Sensitive::new(p),
         },
         (Some(_), None, None) => {
-            return Err(("key `username` is set but `password` is missing".into(),));
+            return Err("key `username` is set but `password` is missing".into());
         }
         (None, Some(_), None) => {
-            return Err(("key `password` is set but `username` is missing".into(),));
+            return Err("key `password` is set but `username` is missing".into());
         }
         (None, None, None) => {
-            return Err((
+            return Err(
                 "no credentials: set `username` and `password`, `api-key`, or `token` (bearer)"
                     .into(),
-            ));
+            );
         }
     })
 }
