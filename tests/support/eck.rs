@@ -498,3 +498,13 @@ pub fn addr(url: &str) -> SocketAddr {
         .parse()
         .expect("stand-in address")
 }
+
+/// An ECK-shaped `Elasticsearch` (nodeSets) or `Kibana` (of Elasticsearch `quickstart`) with
+/// nothing else: what exists before ECK has written any Secret or Service.
+pub async fn create_object(client: &Client, ns: &str, ar: &ApiResource, name: &str) {
+    if ar.kind == "Kibana" {
+        kb_object(client, ns, name, (ns, "quickstart"), json!({})).await;
+    } else {
+        es_object(client, ns, name, json!({})).await;
+    }
+}
