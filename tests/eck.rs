@@ -91,11 +91,14 @@ async fn elasticsearch_and_kibana_resolve_by_eck_conventions() {
     assert_eq!(t.key(), t.elasticsearch.url);
     assert!(!format!("{t:?}").contains(&pw), "{t:?}");
 
-    // Without kibanaRef there is no Kibana (an ECK cluster has no kibana-url).
+    // Without kibanaRef: the ECK Kibana whose elasticsearchRef names the cluster.
     let t = resolve(&ns.client, &n, &by_name("quickstart", None), None)
         .await
         .unwrap();
-    assert!(t.kibana.is_none());
+    assert_eq!(
+        t.kibana.map(|k| k.url),
+        Some(format!("https://kb-kb-http.{n}.svc:5601"))
+    );
     ns.cleanup().await;
 }
 
