@@ -466,3 +466,73 @@ async fn controller_connects_to_the_eck_service() {
     );
     env.finish().await;
 }
+
+/// Through the controller, ECK's default (TLS) layout routed to the stand-in by the sniffing
+/// listeners of tests/support/eck.rs: the DgaModel installs, and no request carrying
+/// `Authorization` reached the cluster's or Kibana's listener in plaintext. A control request
+/// shows the listener does record a plaintext `Authorization`, so the empty list means something.
+#[tokio::test]
+async fn credentials_never_travel_in_plaintext_to_a_tls_cluster() {
+    let env = Env::start_with("eck-tls", StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let n = env.ns.name.clone();
+    let es = eck::addr(&env.standin.es_url());
+    let kb_addr = eck::addr(&env.standin.kibana_url());
+    // The stand-in's own credentials, set as ECK's generated `elastic` password.
+    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
+    eck::kibana_routed(
+        &env.ns.client,
+        &n,
+        "kb",
+        (&n, "quickstart"),
+        json!({}),
+        Some(kb_addr),
+    )
+    .await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstart"}, "kibanaRef": {"name": "kb"}}),
+    )
+    .await;
+    env.wait_ready("dga").await;
+    assert!(
+        !env.stack().models().await.is_empty(),
+        "nothing installed through the TLS routes"
+    );
+
+    let es_host = format!("quickstart-es-http.{n}.svc");
+    let kb_host = format!("kb-kb-http.{n}.svc");
+    let seen = |host: &str| {
+        eck::plaintext_authorizations()
+            .iter()
+            .filter(|h| *h == host)
+            .count()
+    };
+    assert_eq!(
+        seen(&es_host),
+        0,
+        "credentials sent in plaintext to {es_host}"
+    );
+    assert_eq!(
+        seen(&kb_host),
+        0,
+        "credentials sent in plaintext to {kb_host}"
+    );
+
+    // Control: the same listener, spoken to in plaintext with credentials, records it.
+    let plain = target::Endpoint::parse(
+        &format!("http://{es_host}:9200"),
+        Auth::Basic {
+            username: "elastic".into(),
+            password: "changeme".into(),
+        },
+        None,
+        "url",
+    )
+    .unwrap();
+    let http = plain.http_client(Duration::from_secs(10)).unwrap();
+    let _ = plain.auth.apply(http.get(&plain.url)).send().await;
+    assert_eq!(seen(&es_host), 1, "the plaintext control went unrecorded");
+    env.finish().await;
+}

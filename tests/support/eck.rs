@@ -379,14 +379,13 @@ async fn plaintext(conn: tokio::net::TcpStream, up: tokio::net::TcpStream, host:
         let mut window = std::mem::take(&mut tail);
         window.extend_from_slice(&buf[..n]);
         let lower = window.to_ascii_lowercase();
-        let hits = lower
-            .windows(16)
-            .filter(|w| w == b"\nauthorization:")
-            .count();
+        const NEEDLE: &[u8] = b"\nauthorization:";
+        let hits = lower.windows(NEEDLE.len()).filter(|w| *w == NEEDLE).count();
         for _ in 0..hits {
             PLAINTEXT_AUTH.lock().unwrap().push(host.clone());
         }
-        tail = window[window.len().saturating_sub(15)..].to_vec();
+        // Keep one byte short of a needle, so a header split across reads is seen exactly once.
+        tail = window[window.len().saturating_sub(NEEDLE.len() - 1)..].to_vec();
         if uw.write_all(&buf[..n]).await.is_err() {
             break;
         }
