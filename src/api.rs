@@ -85,8 +85,10 @@ pub struct DgaModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<EnrichmentSpec>,
 
-    /// An ECK `Kibana` resource to install the rules into (its `<name>-kb-http` service, with the
-    /// credentials of the cluster). Without it, the Secret's `kibana-url` is used.
+    /// An ECK `Kibana` resource to install the rules into (its `<name>-kb-http` service and base
+    /// path, with the credentials of the cluster); with `clusterRef.name` it must reference that
+    /// Elasticsearch. Without it: the ECK Kibana that references the cluster (in the cluster's or
+    /// the DgaModel's namespace), or the Secret's `kibana-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kibana_ref: Option<ObjectRef>,
 
@@ -182,14 +184,30 @@ pub struct ClusterRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 
-    /// Name of an ECK `Elasticsearch` resource. The operator uses its `<name>-es-http` service,
-    /// the `<name>-es-elastic-user` Secret and the `<name>-es-http-certs-public` CA.
+    /// Name of an ECK `Elasticsearch` resource. The operator uses its `<name>-es-http` service
+    /// (scheme from its `spec.http`, port by name from the Service), the
+    /// `<name>-es-elastic-user` Secret (or `credentialsSecret`) and the
+    /// `<name>-es-http-certs-public` CA; it never falls back to plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 
     /// Namespace of the ECK `Elasticsearch` resource. Default: the DgaModel's namespace.
+    /// Another namespace (here or in `kibanaRef`) is used only when the ServiceAccount
+    /// `serviceAccountName` of the DgaModel's namespace may `get` the referenced resource (a
+    /// SubjectAccessReview, as ECK checks its own cross-namespace references).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+
+    /// With `name`: the ServiceAccount, in the DgaModel's namespace, whose RBAC decides whether
+    /// a reference into another namespace is allowed. Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// With `name`: a Secret in the DgaModel's namespace holding the credentials to use instead
+    /// of ECK's `elastic` superuser: `username` and `password` (a `kubernetes.io/basic-auth`
+    /// Secret, e.g. an ECK file-realm user) or `api-key`. ECK's URL and CA are still used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 
     /// Do not verify the TLS certificates of Elasticsearch and Kibana. Only for test clusters:
     /// anyone on the path can then read the credentials. Every change made while this is set

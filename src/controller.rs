@@ -637,7 +637,9 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         }
         report.settle = Some(settle);
     }
-    let info = connect(&es, &keep_cache.keys[0], ctx, report).await?;
+    let info = connect(&es, &keep_cache.keys[0], ctx, report)
+        .await
+        .map_err(|e| target.explain(e))?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
     let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
@@ -945,7 +947,7 @@ async fn rules_pass(
         report.status.rules = None;
         if spec.enabled == Some(true) {
             let e = Error::InvalidSpec(
-                "spec.rules.enabled is true but no Kibana is known: add `kibana-url` to the cluster Secret".into(),
+                "spec.rules.enabled is true but no Kibana is known: set spec.kibanaRef (ECK) or add `kibana-url` to the cluster Secret".into(),
             );
             report.set(RULES, false, "NoKibana", e.to_string());
             return Err(e);
@@ -954,7 +956,7 @@ async fn rules_pass(
             RULES,
             false,
             "NoKibana",
-            "no Kibana URL known (add `kibana-url` to the cluster Secret); rules not installed",
+            "no Kibana known (set spec.kibanaRef to an ECK Kibana, or add `kibana-url` to the cluster Secret); rules not installed",
         );
         return Ok(());
     };

@@ -14,6 +14,14 @@ pub enum Error {
     #[error("{0}")]
     SecretInvalid(String),
 
+    /// A reference into another namespace that the DgaModel's identity may not follow.
+    #[error("{0}")]
+    ReferenceNotAllowed(String),
+
+    /// ECK has not yet created what the connection needs (a CA, a Secret, a Service).
+    #[error("{0}")]
+    WaitingForEck(String),
+
     #[error("release {tag} not found: {detail}")]
     ReleaseNotFound { tag: String, detail: String },
 
@@ -100,6 +108,8 @@ impl Error {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SecretNotFound(_) => "SecretNotFound",
             Error::SecretInvalid(_) => "SecretInvalid",
+            Error::ReferenceNotAllowed(_) => "ReferenceNotAllowed",
+            Error::WaitingForEck(_) => "WaitingForECK",
             Error::ReleaseNotFound { .. } => "ReleaseNotFound",
             Error::InvalidRelease(_) => "InvalidRelease",
             Error::InvalidBundle(_) => "InvalidBundle",
@@ -125,6 +135,7 @@ impl Error {
                 | Error::Transient { .. }
                 | Error::Kube(_)
                 | Error::SecretNotFound(_)
+                | Error::WaitingForEck(_)
         )
     }
 

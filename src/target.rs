@@ -150,6 +150,9 @@ impl Endpoint {
             .timeout(timeout)
             .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90));
+        if let Some((host, addr)) = routed(&self.url) {
+            b = b.resolve(&host, addr);
+        }
         if let Some(pem) = &self.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 Error::SecretInvalid(format!("`ca.crt` is not a PEM certificate: {e}"))
@@ -171,6 +174,49 @@ impl Endpoint {
 pub struct Target {
     pub elasticsearch: Endpoint,
     pub kibana: Option<Endpoint>,
+    /// The ECK resource behind `clusterRef.name`, as ECK last reported it.
+    pub eck: Option<EckState>,
+}
+
+/// What ECK reports about an Elasticsearch (its `status`), for messages while waiting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EckState {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub phase: Option<String>,
+    pub health: Option<String>,
+    pub version: Option<String>,
+}
+
+impl fmt::Display for EckState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
+        write!(
+            f,
+            "ECK reports {} {}/{} phase {}, health {}, version {}",
+            self.kind,
+            self.namespace,
+            self.name,
+            v(&self.phase),
+            v(&self.health),
+            v(&self.version)
+        )
+    }
+}
+
+impl Target {
+    /// Adds what ECK says about the cluster to an error that leaves it unreachable, so the
+    /// status shows ECK's own view while the operator waits.
+    pub fn explain(&self, e: Error) -> Error {
+        match (e, &self.eck) {
+            (Error::Unreachable { service, detail }, Some(s)) => Error::Unreachable {
+                service,
+                detail: format!("{detail} ({s})"),
+            },
+            (e, _) => e,
+        }
+    }
 }
 
 impl Target {
@@ -192,22 +238,17 @@ fn text(
     }
 }
 
-/// Builds the target from a Secret's data (keys documented on `ClusterRef::secret_name`).
-pub fn from_secret_data(
-    secret_name: &str,
-    data: &BTreeMap<String, k8s_openapi::ByteString>,
-) -> Result<Target, Error> {
-    let invalid = |m: String| Error::SecretInvalid(format!("Secret {secret_name}: {m}"));
-    let url = text(data, "url")?
-        .ok_or_else(|| invalid("key `url` is missing (the Elasticsearch URL)".into()))?;
-    let username = text(data, "username")?;
-    let password = text(data, "password")?;
-    let api_key = text(data, "api-key")?;
-    let token = text(data, "token")?;
-    let auth = match (username, password, api_key.or(token.clone())) {
-        (_, _, Some(k))
-            if token.as_deref() == Some(k.as_str()) && text(data, "api-key")?.is_none() =>
-        {
+/// The credential keys shared by the cluster Secret and `credentialsSecret`: `username` and
+/// `password`, `api-key`, or `token` (bearer). Err: what is wrong, for the caller to place.
+fn credentials(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Result<Auth, String> {
+    let text = |k: &str| text(data, k).map_err(|e| e.to_string());
+    let no_api_key = text("api-key")?.is_none();
+    let username = text("username")?;
+    let password = text("password")?;
+    let api_key = text("api-key")?;
+    let token = text("token")?;
+    Ok(match (username, password, api_key.or(token.clone())) {
+        (_, _, Some(k)) if token.as_deref() == Some(k.as_str()) && no_api_key => {
             Auth::Bearer(Sensitive::new(k))
         }
         (_, _, Some(k)) => Auth::ApiKey(Sensitive::new(k)),
@@ -216,22 +257,29 @@ pub fn from_secret_data(
             password: Sensitive::new(p),
         },
         (Some(_), None, None) => {
-            return Err(invalid(
-                "key `username` is set but `password` is missing".into(),
-            ));
+            return Err("key `username` is set but `password` is missing".into());
         }
         (None, Some(_), None) => {
-            return Err(invalid(
-                "key `password` is set but `username` is missing".into(),
-            ));
+            return Err("key `password` is set but `username` is missing".into());
         }
         (None, None, None) => {
-            return Err(invalid(
+            return Err(
                 "no credentials: set `username` and `password`, `api-key`, or `token` (bearer)"
                     .into(),
-            ));
+            );
         }
-    };
+    })
+}
+
+/// Builds the target from a Secret's data (keys documented on `ClusterRef::secret_name`).
+pub fn from_secret_data(
+    secret_name: &str,
+    data: &BTreeMap<String, k8s_openapi::ByteString>,
+) -> Result<Target, Error> {
+    let invalid = |m: String| Error::SecretInvalid(format!("Secret {secret_name}: {m}"));
+    let url = text(data, "url")?
+        .ok_or_else(|| invalid("key `url` is missing (the Elasticsearch URL)".into()))?;
+    let auth = credentials(data).map_err(invalid)?;
     let ca = data.get("ca.crt").map(|b| b.0.clone());
     let es = Endpoint::parse(&url, auth.clone(), ca.clone(), "url")
         .map_err(|e| invalid(e.to_string()))?;
@@ -244,6 +292,7 @@ pub fn from_secret_data(
     Ok(Target {
         elasticsearch: es,
         kibana,
+        eck: None,
     })
 }
 
@@ -254,18 +303,41 @@ pub async fn resolve(
     r: &ClusterRef,
     kibana_ref: Option<&ObjectRef>,
 ) -> Result<Target, Error> {
-    let mut target = resolve_cluster(client, namespace, r).await?;
-    if let Some(k) = kibana_ref {
-        target.kibana = Some(
-            resolve_eck_kibana(
-                client,
-                k.namespace.as_deref().unwrap_or(namespace),
-                &k.name,
-                &target.elasticsearch.auth,
-            )
-            .await?,
-        );
-    }
+    let mut target = match (&r.secret_name, &r.name) {
+        (Some(secret), None) => {
+            if r.credentials_secret.is_some() {
+                return Err(Error::InvalidSpec(
+                    "spec.clusterRef.credentialsSecret goes with `name` (an ECK Elasticsearch); \
+                     with secretName put the credentials in that Secret"
+                        .into(),
+                ));
+            }
+            let mut t = from_secret(client, namespace, secret).await?;
+            if let Some(k) = kibana_ref {
+                let kb = eck::kibana(client, namespace, r, k, None).await?;
+                t.kibana = Some(kb.endpoint(t.elasticsearch.auth.clone()));
+            }
+            t
+        }
+        (None, Some(name)) => {
+            let es = eck::elasticsearch(client, namespace, r, name).await?;
+            let kibana = match kibana_ref {
+                Some(k) => Some(eck::kibana(client, namespace, r, k, Some(&es)).await?),
+                None => eck::kibana_of(client, namespace, r, &es).await?,
+            };
+            let auth = es.auth.clone();
+            Target {
+                kibana: kibana.map(|k| k.endpoint(auth)),
+                eck: Some(es.state.clone()),
+                elasticsearch: es.endpoint,
+            }
+        }
+        _ => {
+            return Err(Error::InvalidSpec(
+                "spec.clusterRef: set exactly one of secretName or name".into(),
+            ));
+        }
+    };
     target.elasticsearch.insecure = r.insecure_skip_tls_verify;
     if let Some(k) = &mut target.kibana {
         k.insecure = r.insecure_skip_tls_verify;
@@ -273,71 +345,14 @@ pub async fn resolve(
     Ok(target)
 }
 
-async fn resolve_cluster(
-    client: &Client,
-    namespace: &str,
-    r: &ClusterRef,
-) -> Result<Target, Error> {
-    match (&r.secret_name, &r.name) {
-        (Some(secret), None) => {
-            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let s = api.get_opt(secret).await?.ok_or_else(|| {
-                Error::SecretNotFound(format!(
-                    "Secret {namespace}/{secret} named in spec.clusterRef.secretName does not exist"
-                ))
-            })?;
-            from_secret_data(secret, &s.data.unwrap_or_default())
-        }
-        (None, Some(name)) => {
-            resolve_eck(client, r.namespace.as_deref().unwrap_or(namespace), name).await
-        }
-        _ => Err(Error::InvalidSpec(
-            "spec.clusterRef: set exactly one of secretName or name".into(),
-        )),
-    }
-}
-
-/// ECK's conventions: `<name>-es-http` service (HTTPS on 9200), the `elastic` user's password in
-/// `<name>-es-elastic-user`, the CA in `<name>-es-http-certs-public`.
-async fn resolve_eck(client: &Client, namespace: &str, name: &str) -> Result<Target, Error> {
-    eck_resource_exists(
-        client,
-        namespace,
-        name,
-        "elasticsearch.k8s.elastic.co",
-        "Elasticsearch",
-        "elasticsearches",
-        "spec.clusterRef",
-    )
-    .await?;
+async fn from_secret(client: &Client, namespace: &str, secret: &str) -> Result<Target, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let user_secret = format!("{name}-es-elastic-user");
-    let s = api.get_opt(&user_secret).await?.ok_or_else(|| {
+    let s = api.get_opt(secret).await?.ok_or_else(|| {
         Error::SecretNotFound(format!(
-            "Secret {namespace}/{user_secret} not found: is spec.clusterRef.name an ECK Elasticsearch in {namespace}?"
+            "Secret {namespace}/{secret} named in spec.clusterRef.secretName does not exist"
         ))
     })?;
-    let password = text(&s.data.unwrap_or_default(), "elastic")?.ok_or_else(|| {
-        Error::SecretInvalid(format!(
-            "Secret {namespace}/{user_secret} has no key `elastic`"
-        ))
-    })?;
-    let ca_secret = format!("{name}-es-http-certs-public");
-    let ca = api
-        .get_opt(&ca_secret)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()));
-    let auth = Auth::Basic {
-        username: "elastic".into(),
-        password: Sensitive::new(password),
-    };
-    let scheme = if ca.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{name}-es-http.{namespace}.svc:9200");
-    Ok(Target {
-        elasticsearch: Endpoint::parse(&url, auth, ca, "url")?,
-        kibana: None,
-    })
+    from_secret_data(secret, &s.data.unwrap_or_default())
 }
 
 /// Checks that the ECK resource exists, so a typo gets a clear message rather than a missing
@@ -352,54 +367,552 @@ pub async fn eck_resource_exists(
     plural: &str,
     field: &str,
 ) -> Result<(), Error> {
-    use kube::api::{ApiResource, DynamicObject};
-    use kube::core::GroupVersionKind;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
-    match api.get_opt(name).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(Error::SecretNotFound(format!(
-            "{field}: ECK {kind} {namespace}/{name} not found"
-        ))),
-        // The CRD is not installed at all.
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::InvalidSpec(format!(
-            "{field}: ECK is not installed in this cluster (no {plural}.{group})"
-        ))),
-        Err(e) => Err(e.into()),
-    }
+    eck::get(client, namespace, name, group, kind, plural, field)
+        .await
+        .map(|_| ())
 }
 
-/// ECK's Kibana: `<name>-kb-http` (HTTPS on 5601 with the CA in `<name>-kb-http-certs-public`),
-/// using the cluster's credentials.
-async fn resolve_eck_kibana(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    auth: &Auth,
-) -> Result<Endpoint, Error> {
-    eck_resource_exists(
-        client,
-        namespace,
-        name,
-        "kibana.k8s.elastic.co",
-        "Kibana",
-        "kibanas",
-        "spec.kibanaRef",
-    )
-    .await?;
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let ca = api
-        .get_opt(&format!("{name}-kb-http-certs-public"))
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()));
-    let scheme = if ca.is_some() { "https" } else { "http" };
-    Endpoint::parse(
-        &format!("{scheme}://{name}-kb-http.{namespace}.svc:5601"),
-        auth.clone(),
-        ca,
-        "kibana-url",
-    )
+// --- host routing (tests) ----------------------------------------------------------------------
+/// Host names dialled at a fixed address instead of through DNS. Empty in production; the
+/// tests route ECK's `<svc>.<ns>.svc` names (there is no cluster DNS on the test machine) to
+/// listeners in front of the stand-in, so the operator's real URL, scheme and TLS checks apply.
+static ROUTES: std::sync::LazyLock<std::sync::RwLock<BTreeMap<String, std::net::SocketAddr>>> =
+    std::sync::LazyLock::new(Default::default);
+
+#[doc(hidden)]
+pub fn route_host(host: &str, addr: std::net::SocketAddr) {
+    ROUTES
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(host.to_ascii_lowercase(), addr);
+}
+
+fn routed(url: &str) -> Option<(String, std::net::SocketAddr)> {
+    let host = reqwest::Url::parse(url)
+        .ok()?
+        .host_str()?
+        .to_ascii_lowercase();
+    let routes = ROUTES.read().unwrap_or_else(|e| e.into_inner());
+    routes.get(&host).map(|a| (host, *a))
+}
+// --- end host routing --------------------------------------------------------------------------
+
+/// ECK's layout, read from ECK's own objects (elastic/cloud-on-k8s, checked at commit
+/// 7b93383d8ec1569ba99bdf9e59ad70a813fe99f8; see tests/fixtures/eck/SOURCE.md).
+mod eck {
+    use super::*;
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+    use kube::core::GroupVersionKind;
+    use serde_json::Value;
+
+    use crate::target::EckState;
+
+    pub const ES: (&str, &str, &str) = (
+        "elasticsearch.k8s.elastic.co",
+        "Elasticsearch",
+        "elasticsearches",
+    );
+    pub const KB: (&str, &str, &str) = ("kibana.k8s.elastic.co", "Kibana", "kibanas");
+
+    fn api(
+        client: &Client,
+        namespace: Option<&str>,
+        (group, kind, plural): (&str, &str, &str),
+    ) -> Api<DynamicObject> {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
+        match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        }
+    }
+
+    pub async fn get(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        group: &str,
+        kind: &str,
+        plural: &str,
+        field: &str,
+    ) -> Result<DynamicObject, Error> {
+        match api(client, Some(namespace), (group, kind, plural))
+            .get_opt(name)
+            .await
+        {
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => Err(Error::SecretNotFound(format!(
+                "{field}: ECK {kind} {namespace}/{name} not found"
+            ))),
+            // The CRD is not installed at all.
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::InvalidSpec(format!(
+                "{field}: ECK is not installed in this cluster (no {plural}.{group})"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// ECK's `HTTPConfig.Protocol()` (pkg/apis/common/v1/common.go): https unless the
+    /// self-signed certificate is disabled and no certificate Secret is given.
+    pub fn protocol(spec: &Value) -> &'static str {
+        let tls = &spec["http"]["tls"];
+        let self_signed_disabled = tls["selfSignedCertificate"]["disabled"].as_bool() == Some(true);
+        let user_certificate = tls["certificate"]["secretName"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        if !self_signed_disabled || user_certificate {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// ECK's own cross-namespace check (pkg/utils/rbac/access_review.go): the referencing
+    /// side's ServiceAccount must be allowed to `get` the referenced object; same namespace is
+    /// always allowed.
+    pub async fn check_access(
+        client: &Client,
+        from_ns: &str,
+        r: &ClusterRef,
+        (group, kind, plural): (&str, &str, &str),
+        namespace: &str,
+        name: &str,
+        field: &str,
+    ) -> Result<(), Error> {
+        if from_ns == namespace {
+            return Ok(());
+        }
+        let sa = r.service_account_name.as_deref().unwrap_or("default");
+        let valid = !sa.is_empty()
+            && sa.len() <= 253
+            && sa
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !sa.starts_with(['-', '.'])
+            && !sa.ends_with(['-', '.']);
+        if !valid {
+            return Err(Error::InvalidSpec(format!(
+                "spec.clusterRef.serviceAccountName `{sa}` is not a valid ServiceAccount name"
+            )));
+        }
+        let user = format!("system:serviceaccount:{from_ns}:{sa}");
+        let sar: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "resourceAttributes": {
+                    "namespace": namespace, "verb": "get", "group": group, "version": "v1",
+                    "resource": plural, "name": name,
+                },
+            },
+        }))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+        let answer = match reviews.create(&PostParams::default(), &sar).await {
+            Ok(a) => a,
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(Error::ReferenceNotAllowed(format!(
+                    "{field}: {kind} {namespace}/{name} is in another namespace and the operator \
+                     may not create subjectaccessreviews to check that {user} may reach it \
+                     (a namespaced install follows no cross-namespace reference)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let status = answer.status.unwrap_or_default();
+        if status.allowed && status.denied != Some(true) {
+            return Ok(());
+        }
+        Err(Error::ReferenceNotAllowed(format!(
+            "{field}: {user} may not `get` {plural}.{group} {namespace}/{name}, so this DgaModel \
+             may not use it; grant that (a Role in {namespace} with verbs [get] on {plural} \
+             {name}, bound to that ServiceAccount) or set spec.clusterRef.serviceAccountName to \
+             one that has it"
+        )))
+    }
+
+    /// The port named for the protocol in ECK's HTTP Service, as ECK's associations read it
+    /// (pkg/controller/association/service.go `findPortFor`).
+    async fn service_url(
+        client: &Client,
+        namespace: &str,
+        service: &str,
+        protocol: &str,
+        base_path: &str,
+    ) -> Result<String, Error> {
+        let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let svc = api.get_opt(service).await?.ok_or_else(|| {
+            Error::WaitingForEck(format!(
+                "waiting for ECK to create the Service {namespace}/{service}"
+            ))
+        })?;
+        let port = svc
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some(protocol))
+            .map(|p| p.port)
+            .ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "no port named [{protocol}] in Service {namespace}/{service} (ECK names the \
+                     HTTP port after the protocol; keep that name in spec.http.service)"
+                ))
+            })?;
+        Ok(format!(
+            "{protocol}://{service}.{namespace}.svc:{port}{base_path}"
+        ))
+    }
+
+    /// The CA to trust for an https endpoint: `ca.crt` of ECK's public certs Secret, or its
+    /// `tls.crt` when a user-provided certificate came without a CA (ECK then publishes only
+    /// that, pkg/controller/common/certificates/http_reconcile.go). None yet: wait.
+    async fn public_ca(
+        client: &Client,
+        namespace: &str,
+        secret: &str,
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let data = api
+            .get_opt(secret)
+            .await?
+            .and_then(|s| s.data)
+            .unwrap_or_default();
+        data.get("ca.crt")
+            .or_else(|| data.get("tls.crt"))
+            .map(|b| b.0.clone())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                Error::WaitingForEck(format!(
+                    "waiting for ECK to publish the certificate of {what} in Secret \
+                     {namespace}/{secret} (its spec.http serves https): nothing is sent before"
+                ))
+            })
+    }
+
+    fn state(obj: &DgaModelLike) -> EckState {
+        let st = &obj.data["status"];
+        let s = |k: &str| st[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        EckState {
+            kind: "Elasticsearch",
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            phase: s("phase"),
+            health: s("health"),
+            version: s("version"),
+        }
+    }
+    type DgaModelLike = DynamicObject;
+
+    pub struct ResolvedEs {
+        pub endpoint: Endpoint,
+        pub auth: Auth,
+        pub state: EckState,
+    }
+
+    pub async fn elasticsearch(
+        client: &Client,
+        home: &str,
+        r: &ClusterRef,
+        name: &str,
+    ) -> Result<ResolvedEs, Error> {
+        let namespace = r.namespace.as_deref().unwrap_or(home);
+        let field = "spec.clusterRef";
+        // Who may reach the cluster is decided before anything of it is read.
+        check_access(client, home, r, ES, namespace, name, field).await?;
+        let (group, kind, plural) = ES;
+        let obj = get(client, namespace, name, group, kind, plural, field).await?;
+        let state = state(&obj);
+        let spec = &obj.data["spec"];
+        let protocol = protocol(spec);
+        let auth = match &r.credentials_secret {
+            Some(secret) => credentials(client, home, secret).await?,
+            None => elastic_user(client, namespace, name, spec, &state).await?,
+        };
+        let url = service_url(client, namespace, &format!("{name}-es-http"), protocol, "")
+            .await
+            .map_err(|e| with_state(e, &state))?;
+        let ca = match protocol {
+            "https" => Some(
+                public_ca(
+                    client,
+                    namespace,
+                    &format!("{name}-es-http-certs-public"),
+                    &format!("Elasticsearch {namespace}/{name}"),
+                )
+                .await
+                .map_err(|e| with_state(e, &state))?,
+            ),
+            _ => None,
+        };
+        Ok(ResolvedEs {
+            endpoint: Endpoint::parse(&url, auth.clone(), ca, "url")?,
+            auth,
+            state,
+        })
+    }
+
+    /// Adds what ECK reports about the cluster to a waiting message.
+    fn with_state(e: Error, state: &EckState) -> Error {
+        match e {
+            Error::WaitingForEck(m) => Error::WaitingForEck(format!("{m}; {state}")),
+            other => other,
+        }
+    }
+
+    async fn credentials(client: &Client, home: &str, secret: &str) -> Result<Auth, Error> {
+        let api: Api<Secret> = Api::namespaced(client.clone(), home);
+        let s = api.get_opt(secret).await?.ok_or_else(|| {
+            Error::SecretNotFound(format!(
+                "Secret {home}/{secret} named in spec.clusterRef.credentialsSecret does not exist"
+            ))
+        })?;
+        super::credentials(&s.data.unwrap_or_default()).map_err(|m| {
+            Error::SecretInvalid(format!(
+                "Secret {home}/{secret} (spec.clusterRef.credentialsSecret): {m}"
+            ))
+        })
+    }
+
+    /// The `elastic` user ECK generates. ECK writes none with `spec.auth.disableElasticUser`
+    /// (ECK 2.13+) or when a file-realm user takes the name `elastic`.
+    async fn elastic_user(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        spec: &Value,
+        state: &EckState,
+    ) -> Result<Auth, Error> {
+        let secret = format!("{name}-es-elastic-user");
+        let advice = "set spec.clusterRef.credentialsSecret to a Secret in the DgaModel's \
+                      namespace with a least-privilege user (README: ECK file realm and roles)";
+        if spec["auth"]["disableElasticUser"].as_bool() == Some(true) {
+            return Err(Error::InvalidSpec(format!(
+                "ECK Elasticsearch {namespace}/{name} has spec.auth.disableElasticUser, so ECK \
+                 writes no `elastic` user: {advice}"
+            )));
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let Some(s) = api.get_opt(&secret).await? else {
+            // Once ECK reports the cluster Ready it has written every Secret it means to.
+            if state.phase.as_deref() == Some("Ready") {
+                return Err(Error::InvalidSpec(format!(
+                    "ECK wrote no Secret {namespace}/{secret} though Elasticsearch \
+                     {namespace}/{name} is Ready (a file-realm `elastic` user?): {advice}"
+                )));
+            }
+            return Err(Error::WaitingForEck(format!(
+                "waiting for ECK to create Secret {namespace}/{secret}; {state}"
+            )));
+        };
+        let password = text(&s.data.unwrap_or_default(), "elastic")?.ok_or_else(|| {
+            Error::SecretInvalid(format!("Secret {namespace}/{secret} has no key `elastic`"))
+        })?;
+        Ok(Auth::Basic {
+            username: "elastic".into(),
+            password: Sensitive::new(password),
+        })
+    }
+
+    pub struct ResolvedKb {
+        url: String,
+        ca: Option<Vec<u8>>,
+    }
+
+    impl ResolvedKb {
+        pub fn endpoint(self, auth: Auth) -> Endpoint {
+            Endpoint {
+                url: self.url.trim_end_matches('/').to_string(),
+                auth,
+                ca_pem: self.ca,
+                insecure: false,
+            }
+        }
+    }
+
+    /// Kibana's `elasticsearchRef` as (namespace, name); the namespace defaults to Kibana's.
+    fn es_ref(kb: &DynamicObject) -> Option<(String, String)> {
+        let r = &kb.data["spec"]["elasticsearchRef"];
+        let name = r["name"].as_str().filter(|s| !s.is_empty())?;
+        let ns = r["namespace"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .or_else(|| kb.metadata.namespace.clone())?;
+        Some((ns, name.to_string()))
+    }
+
+    /// ECK's `GetKibanaBasePath` (pkg/controller/kibana/pod.go): the base path counts only with
+    /// rewriteBasePath, from the `kibana` container's env or else from spec.config.
+    pub fn base_path(spec: &Value) -> String {
+        let env: BTreeMap<&str, &str> = spec["podTemplate"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == "kibana")
+            .flat_map(|c| c["env"].as_array().into_iter().flatten())
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str().unwrap_or(""))))
+            .collect();
+        if let Some(rewrite) = env.get("SERVER_REWRITEBASEPATH") {
+            return if rewrite.eq_ignore_ascii_case("true") {
+                env.get("SERVER_BASEPATH").unwrap_or(&"").to_string()
+            } else {
+                String::new()
+            };
+        }
+        let config = &spec["config"];
+        // Kibana's config takes dotted keys or nested objects alike.
+        let setting = |k: &str| {
+            let dotted = &config[format!("server.{k}")];
+            if dotted.is_null() {
+                config["server"][k].clone()
+            } else {
+                dotted.clone()
+            }
+        };
+        if setting("rewriteBasePath").as_bool() == Some(true) {
+            setting("basePath")
+                .as_str()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    async fn endpoint_of(client: &Client, kb: &DynamicObject) -> Result<ResolvedKb, Error> {
+        let namespace = kb.metadata.namespace.clone().unwrap_or_default();
+        let name = kb.metadata.name.clone().unwrap_or_default();
+        let spec = &kb.data["spec"];
+        let protocol = protocol(spec);
+        let url = service_url(
+            client,
+            &namespace,
+            &format!("{name}-kb-http"),
+            protocol,
+            &base_path(spec),
+        )
+        .await?;
+        let ca = match protocol {
+            "https" => Some(
+                public_ca(
+                    client,
+                    &namespace,
+                    &format!("{name}-kb-http-certs-public"),
+                    &format!("Kibana {namespace}/{name}"),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        Ok(ResolvedKb { url, ca })
+    }
+
+    /// The Kibana named by `kibanaRef`; with an ECK cluster it must reference that cluster.
+    pub async fn kibana(
+        client: &Client,
+        home: &str,
+        r: &ClusterRef,
+        k: &ObjectRef,
+        es: Option<&ResolvedEs>,
+    ) -> Result<ResolvedKb, Error> {
+        let namespace = k.namespace.as_deref().unwrap_or(home);
+        let field = "spec.kibanaRef";
+        check_access(client, home, r, KB, namespace, &k.name, field).await?;
+        let (group, kind, plural) = KB;
+        let kb = get(client, namespace, &k.name, group, kind, plural, field).await?;
+        if let Some(es) = es {
+            let want = (es.state.namespace.clone(), es.state.name.clone());
+            match es_ref(&kb) {
+                Some(got) if got == want => {}
+                got => {
+                    return Err(Error::InvalidSpec(format!(
+                        "spec.kibanaRef: Kibana {namespace}/{} belongs to {}, not to the \
+                         spec.clusterRef Elasticsearch {}/{}",
+                        k.name,
+                        got.map(|(n, e)| format!("Elasticsearch {n}/{e}"))
+                            .unwrap_or_else(|| {
+                                "no ECK Elasticsearch (no spec.elasticsearchRef.name)".into()
+                            }),
+                        want.0,
+                        want.1
+                    )));
+                }
+            }
+        }
+        endpoint_of(client, &kb).await
+    }
+
+    /// Without `kibanaRef`: the ECK Kibana whose `elasticsearchRef` names the cluster, looked
+    /// for in the cluster's namespace and the DgaModel's.
+    pub async fn kibana_of(
+        client: &Client,
+        home: &str,
+        r: &ClusterRef,
+        es: &ResolvedEs,
+    ) -> Result<Option<ResolvedKb>, Error> {
+        let want = (es.state.namespace.clone(), es.state.name.clone());
+        let mut namespaces = vec![want.0.clone()];
+        if home != want.0 {
+            namespaces.push(home.to_string());
+        }
+        let mut found = Vec::new();
+        for ns in namespaces {
+            let list = match api(client, Some(&ns), KB)
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(l) => l,
+                // No Kibana CRD: no Kibana.
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            found.extend(
+                list.items
+                    .into_iter()
+                    .filter(|kb| es_ref(kb).as_ref() == Some(&want)),
+            );
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => {
+                let kb = found.remove(0);
+                let (ns, name) = (
+                    kb.metadata.namespace.clone().unwrap_or_default(),
+                    kb.metadata.name.clone().unwrap_or_default(),
+                );
+                check_access(
+                    client,
+                    home,
+                    r,
+                    KB,
+                    &ns,
+                    &name,
+                    "the ECK Kibana of spec.clusterRef",
+                )
+                .await?;
+                endpoint_of(client, &kb).await.map(Some)
+            }
+            _ => Err(Error::InvalidSpec(format!(
+                "several ECK Kibanas reference Elasticsearch {}/{} ({}): name one in spec.kibanaRef",
+                want.0,
+                want.1,
+                found
+                    .iter()
+                    .map(|k| format!(
+                        "{}/{}",
+                        k.metadata.namespace.clone().unwrap_or_default(),
+                        k.metadata.name.clone().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

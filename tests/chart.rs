@@ -640,6 +640,8 @@ const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("", "secrets", "get"),
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "get"),
     ("kibana.k8s.elastic.co", "kibanas", "get"),
+    ("kibana.k8s.elastic.co", "kibanas", "list"),
+    ("", "services", "get"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
 ];
@@ -691,9 +693,15 @@ fn rbac_grants_only_the_allow_list() {
     // Cluster-wide mode (default).
     let d = docs(&template("dga-system", &[]));
     let cluster_role = one(&d, "ClusterRole");
+    let mut cluster_wide = set(WATCHED_NAMESPACE_RULES);
+    cluster_wide.extend(set(&[(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "create",
+    )]));
     assert_eq!(
         granted(cluster_role),
-        set(WATCHED_NAMESPACE_RULES),
+        cluster_wide,
         "the ClusterRole must grant exactly the allow-list"
     );
     let binding = one(&d, "ClusterRoleBinding");

@@ -16,7 +16,10 @@ use dga_operator::controller::Settings;
 use dga_operator::target::{self, Auth, Target};
 use dga_standin::StandinConfig;
 use dga_standin::bundle::Layout;
+use eck::{ES_GROUP, KB_GROUP};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::{Env, TestNs};
 
@@ -54,9 +57,10 @@ async fn resolve(
     r: &ClusterRef,
     k: Option<&ObjectRef>,
 ) -> Result<Target, String> {
+    // The error's stable reason first, so tests can assert it along with the message.
     target::resolve(client, ns, r, k)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{}: {e}", e.reason()))
 }
 
 #[tokio::test]
@@ -64,7 +68,7 @@ async fn elasticsearch_and_kibana_resolve_by_eck_conventions() {
     let ns = ns("eck-resolve").await;
     let n = ns.name.clone();
     let (pw, es_ca) = eck::quickstart(&ns.client, &n, "quickstart").await;
-    let kb_ca = eck::kibana(&ns.client, &n, "kb").await;
+    let kb_ca = eck::kibana(&ns.client, &n, "kb", (&n, "quickstart")).await;
 
     let t = resolve(
         &ns.client,
@@ -91,22 +95,46 @@ async fn elasticsearch_and_kibana_resolve_by_eck_conventions() {
     assert_eq!(t.key(), t.elasticsearch.url);
     assert!(!format!("{t:?}").contains(&pw), "{t:?}");
 
-    // Without kibanaRef there is no Kibana (an ECK cluster has no kibana-url).
+    // Without kibanaRef: the ECK Kibana whose elasticsearchRef names the cluster.
     let t = resolve(&ns.client, &n, &by_name("quickstart", None), None)
         .await
         .unwrap();
-    assert!(t.kibana.is_none());
+    assert_eq!(
+        t.kibana.map(|k| k.url),
+        Some(format!("https://kb-kb-http.{n}.svc:5601"))
+    );
     ns.cleanup().await;
 }
 
+/// TLS off as ECK lays it out (`spec.http.tls.selfSignedCertificate.disabled: true`): the Service
+/// port is named `http`, and the public certs Secret ECK wrote earlier still holds `ca.crt` (ECK
+/// does not delete it). The scheme comes from the spec (ECK's `Protocol()`), not from the Secret.
 #[tokio::test]
-async fn without_a_public_ca_secret_the_url_is_plain_http() {
-    // ECK with `spec.http.tls.selfSignedCertificate.disabled: true` publishes no CA.
+async fn tls_disabled_in_the_spec_is_plain_http_even_with_a_ca_published() {
     let ns = ns("eck-plain").await;
     let n = ns.name.clone();
-    eck::create_object(&ns.client, &n, &eck::es_resource(), "plain").await;
+    let off = json!({"http": {"tls": {"selfSignedCertificate": {"disabled": true}}}});
+    eck::es_object(&ns.client, &n, "plain", off.clone()).await;
     eck::secret(&ns.client, &n, "plain-es-elastic-user", "elastic", b"pw").await;
-    eck::create_object(&ns.client, &n, &eck::kb_resource(), "plainkb").await;
+    eck::secret(
+        &ns.client,
+        &n,
+        "plain-es-http-certs-public",
+        "ca.crt",
+        &eck::ca_pem("leftover-es"),
+    )
+    .await;
+    eck::service(&ns.client, &n, "plain-es-http", json!({}), "http", 9200).await;
+    eck::kb_object(&ns.client, &n, "plainkb", (&n, "plain"), off).await;
+    eck::secret(
+        &ns.client,
+        &n,
+        "plainkb-kb-http-certs-public",
+        "ca.crt",
+        &eck::ca_pem("leftover-kb"),
+    )
+    .await;
+    eck::service(&ns.client, &n, "plainkb-kb-http", json!({}), "http", 5601).await;
     let t = resolve(
         &ns.client,
         &n,
@@ -120,11 +148,92 @@ async fn without_a_public_ca_secret_the_url_is_plain_http() {
         format!("http://plain-es-http.{n}.svc:9200")
     );
     assert!(t.elasticsearch.ca_pem.is_none());
-    assert_eq!(
-        t.kibana.unwrap().url,
-        format!("http://plainkb-kb-http.{n}.svc:5601")
-    );
+    let k = t.kibana.unwrap();
+    assert_eq!(k.url, format!("http://plainkb-kb-http.{n}.svc:5601"));
+    assert!(k.ca_pem.is_none());
     ns.cleanup().await;
+}
+
+/// TLS on (ECK's default) but no CA published yet: resolving waits (`WaitingForECK`) and never
+/// falls back to an http URL, for Elasticsearch and for Kibana.
+#[tokio::test]
+async fn https_without_a_published_ca_waits_and_never_downgrades() {
+    let ns = ns("eck-noca").await;
+    let n = ns.name.clone();
+    eck::es_object(&ns.client, &n, "young", json!({})).await;
+    eck::secret(&ns.client, &n, "young-es-elastic-user", "elastic", b"pw").await;
+    eck::service(&ns.client, &n, "young-es-http", json!({}), "https", 9200).await;
+    let e = resolve(&ns.client, &n, &by_name("young", None), None)
+        .await
+        .unwrap_err();
+    assert!(e.starts_with("WaitingForECK: "), "{e}");
+    assert!(
+        e.contains(&format!("{n}/young-es-http-certs-public")),
+        "{e}"
+    );
+    assert!(!e.contains("http://"), "{e}");
+
+    // A certs Secret with neither `ca.crt` nor `tls.crt` is still nothing to trust.
+    eck::secret(&ns.client, &n, "young-es-http-certs-public", "other", b"x").await;
+    let e = resolve(&ns.client, &n, &by_name("young", None), None)
+        .await
+        .unwrap_err();
+    assert!(e.starts_with("WaitingForECK: "), "{e}");
+
+    // Elasticsearch complete, its Kibana (TLS by default) without a published CA.
+    eck::quickstart(&ns.client, &n, "quickstart").await;
+    eck::kb_object(&ns.client, &n, "kb", (&n, "quickstart"), json!({})).await;
+    eck::service(&ns.client, &n, "kb-kb-http", json!({}), "https", 5601).await;
+    for k in [Some(kb("kb", None)), None] {
+        let e = resolve(&ns.client, &n, &by_name("quickstart", None), k.as_ref())
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("WaitingForECK: "), "{e}");
+        assert!(e.contains(&format!("{n}/kb-kb-http-certs-public")), "{e}");
+    }
+    ns.cleanup().await;
+}
+
+/// A Role in `namespace` allowing `get` on `resource.group`, bound to the ServiceAccount
+/// `default` of `home`'s namespace: what a user grants for a cross-namespace reference.
+async fn grant_get(home: &TestNs, namespace: &str, group: &str, resource: &str) {
+    let name = format!("dga-{}-{resource}", home.name);
+    let roles: Api<Role> = Api::namespaced(home.client.clone(), namespace);
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [group], "resources": [resource], "verbs": ["get"]}],
+    }))
+    .unwrap();
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    let bindings: Api<RoleBinding> = Api::namespaced(home.client.clone(), namespace);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": home.name}],
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// The apiserver's RBAC authorizer sees a new binding through its informer: poll until the
+/// refusal is about `resource` (no longer about what was just granted).
+async fn wait_refusal(
+    home: &TestNs,
+    r: &ClusterRef,
+    k: Option<&ObjectRef>,
+    resource: &str,
+) -> String {
+    support::wait_for(Duration::from_secs(60), || async {
+        match resolve(&home.client, &home.name, r, k).await {
+            Err(e) if e.starts_with("ReferenceNotAllowed: ") && e.contains(resource) => Some(e),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no ReferenceNotAllowed about {resource}"))
 }
 
 #[tokio::test]
@@ -133,16 +242,51 @@ async fn cross_namespace_references() {
     let elastic = ns("eck-elastic").await;
     let kibana = ns("eck-kibana").await;
     let (pw, es_ca) = eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
-    let kb_ca = eck::kibana(&kibana.client, &kibana.name, "kb").await;
-
-    let t = resolve(
-        &home.client,
-        &home.name,
-        &by_name("quickstart", Some(&elastic.name)),
-        Some(&kb("kb", Some(&kibana.name))),
+    let kb_ca = eck::kibana(
+        &kibana.client,
+        &kibana.name,
+        "kb",
+        (&elastic.name, "quickstart"),
     )
+    .await;
+    let es_ref = by_name("quickstart", Some(&elastic.name));
+    let kb_ref = kb("kb", Some(&kibana.name));
+    let sa = format!("system:serviceaccount:{}:default", home.name);
+
+    // Without a grant the reference is refused (Stalled), naming who lacks which permission.
+    let e = resolve(&home.client, &home.name, &es_ref, Some(&kb_ref))
+        .await
+        .unwrap_err();
+    assert!(e.starts_with("ReferenceNotAllowed: "), "{e}");
+    assert!(
+        e.contains(&sa)
+            && e.contains(&format!(
+                "may not `get` elasticsearches.elasticsearch.k8s.elastic.co {}/quickstart",
+                elastic.name
+            )),
+        "{e}"
+    );
+    assert!(!e.contains(&pw), "{e}");
+
+    // Elasticsearch granted, Kibana not yet: now the Kibana reference is the one refused.
+    grant_get(&home, &elastic.name, ES_GROUP, "elasticsearches").await;
+    let e = wait_refusal(&home, &es_ref, Some(&kb_ref), "kibanas").await;
+    assert!(
+        e.contains(&sa)
+            && e.contains(&format!(
+                "may not `get` kibanas.kibana.k8s.elastic.co {}/kb",
+                kibana.name
+            )),
+        "{e}"
+    );
+    grant_get(&home, &kibana.name, KB_GROUP, "kibanas").await;
+    let t = support::wait_for(Duration::from_secs(60), || async {
+        resolve(&home.client, &home.name, &es_ref, Some(&kb_ref))
+            .await
+            .ok()
+    })
     .await
-    .unwrap();
+    .expect("resolves once both Roles are bound");
     assert_eq!(
         t.elasticsearch.url,
         format!("https://quickstart-es-http.{}.svc:9200", elastic.name)
@@ -279,7 +423,7 @@ async fn controller_connects_to_the_eck_service() {
     eck::install_crds(&env.ns.client).await;
     let n = env.ns.name.clone();
     eck::quickstart(&env.ns.client, &n, "quickstart").await;
-    eck::kibana(&env.ns.client, &n, "kb").await;
+    eck::kibana(&env.ns.client, &n, "kb", (&n, "quickstart")).await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.apply(
         "dga",
@@ -320,5 +464,75 @@ async fn controller_connects_to_the_eck_service() {
         text.contains("spec.clusterRef") && text.contains(&format!("{n}/quickstrat")),
         "{text}"
     );
+    env.finish().await;
+}
+
+/// Through the controller, ECK's default (TLS) layout routed to the stand-in by the sniffing
+/// listeners of tests/support/eck.rs: the DgaModel installs, and no request carrying
+/// `Authorization` reached the cluster's or Kibana's listener in plaintext. A control request
+/// shows the listener does record a plaintext `Authorization`, so the empty list means something.
+#[tokio::test]
+async fn credentials_never_travel_in_plaintext_to_a_tls_cluster() {
+    let env = Env::start_with("eck-tls", StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let n = env.ns.name.clone();
+    let es = eck::addr(&env.standin.es_url());
+    let kb_addr = eck::addr(&env.standin.kibana_url());
+    // The stand-in's own credentials, set as ECK's generated `elastic` password.
+    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
+    eck::kibana_routed(
+        &env.ns.client,
+        &n,
+        "kb",
+        (&n, "quickstart"),
+        json!({}),
+        Some(kb_addr),
+    )
+    .await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstart"}, "kibanaRef": {"name": "kb"}}),
+    )
+    .await;
+    env.wait_ready("dga").await;
+    assert!(
+        !env.stack().models().await.is_empty(),
+        "nothing installed through the TLS routes"
+    );
+
+    let es_host = format!("quickstart-es-http.{n}.svc");
+    let kb_host = format!("kb-kb-http.{n}.svc");
+    let seen = |host: &str| {
+        eck::plaintext_authorizations()
+            .iter()
+            .filter(|h| *h == host)
+            .count()
+    };
+    assert_eq!(
+        seen(&es_host),
+        0,
+        "credentials sent in plaintext to {es_host}"
+    );
+    assert_eq!(
+        seen(&kb_host),
+        0,
+        "credentials sent in plaintext to {kb_host}"
+    );
+
+    // Control: the same listener, spoken to in plaintext with credentials, records it.
+    let plain = target::Endpoint::parse(
+        &format!("http://{es_host}:9200"),
+        Auth::Basic {
+            username: "elastic".into(),
+            password: "changeme".into(),
+        },
+        None,
+        "url",
+    )
+    .unwrap();
+    let http = plain.http_client(Duration::from_secs(10)).unwrap();
+    let _ = plain.auth.apply(http.get(&plain.url)).send().await;
+    assert_eq!(seen(&es_host), 1, "the plaintext control went unrecorded");
     env.finish().await;
 }
