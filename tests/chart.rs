@@ -638,6 +638,7 @@ const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("dgaoperator.io", "dgamodels", "patch"), // finalizer (merge patch with resourceVersion)
     ("dgaoperator.io", "dgamodels/status", "patch"),
     ("", "secrets", "get"),
+    ("", "secrets", "patch"), // secret-protection finalizer (merge patch with resourceVersion)
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "get"),
     ("kibana.k8s.elastic.co", "kibanas", "get"),
     ("events.k8s.io", "events", "create"),
