@@ -97,7 +97,13 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
             )
             .header("www-authenticate", "ApiKey");
     }
-    let m = match spec::es_check(&r.method, &r.path, &r.query, r.body.len()) {
+    let m = match spec::es_check_in(
+        sh.cfg.es_profile().spec_set(),
+        &r.method,
+        &r.path,
+        &r.query,
+        r.body.len(),
+    ) {
         Ok(m) => m,
         Err(o) => {
             let mut resp = err(400, "illegal_argument_exception", &o.reason);

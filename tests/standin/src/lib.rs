@@ -25,6 +25,7 @@
 
 pub mod bundle;
 pub mod model;
+pub mod profile;
 
 mod es;
 mod github;

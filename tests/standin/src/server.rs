@@ -65,6 +65,16 @@ pub struct StandinConfig {
     pub kibana_version: String,
 }
 
+impl StandinConfig {
+    /// The version profile `es_version` selects (see [`crate::profile`]); a version the stand-in
+    /// cannot parse falls back to the default profile (the binary refuses it at start).
+    pub fn es_profile(&self) -> crate::profile::Profile {
+        crate::profile::Profile::parse(&self.es_version).unwrap_or_else(|_| {
+            crate::profile::Profile::parse(crate::profile::DEFAULT).expect("default profile")
+        })
+    }
+}
+
 impl Default for StandinConfig {
     fn default() -> Self {
         StandinConfig {
@@ -710,6 +720,11 @@ impl Standin {
         kibana_port: u16,
         github_port: u16,
     ) -> io::Result<Standin> {
+        let mut cfg = cfg;
+        // A named profile ("7.10") reports its full version, as a real node would.
+        if let Ok(p) = crate::profile::Profile::parse(&cfg.es_version) {
+            cfg.es_version = p.to_string();
+        }
         let shared = Arc::new(Shared::new(cfg));
         let es = TcpListener::bind((host, es_port)).await?;
         let kb = TcpListener::bind((host, kibana_port)).await?;
