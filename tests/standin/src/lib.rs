@@ -29,6 +29,7 @@ pub mod profile;
 
 mod es;
 mod github;
+mod indices;
 mod kibana;
 pub mod server;
 pub mod spec;

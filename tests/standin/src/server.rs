@@ -900,6 +900,23 @@ impl Standin {
             .index_settings
             .insert(index.into(), settings);
     }
+    /// Stores a composable index template as `PUT _index_template/{name}` would.
+    pub fn put_index_template(&self, name: &str, body: Value) {
+        self.shared.st().index_templates.insert(name.into(), body);
+    }
+    /// Creates data stream `name` (first backing index from its matching index template), as
+    /// the first write to it (or `PUT _data_stream/{name}`) would.
+    pub fn create_data_stream(&self, name: &str) -> Result<(), String> {
+        crate::indices::create_data_stream(&mut self.shared.st(), name)
+    }
+    /// Rolls data stream `name` over (as `POST {name}/_rollover` would); returns the new write
+    /// index, whose settings come from the index template as it is now.
+    pub fn rollover(&self, name: &str) -> Result<String, String> {
+        crate::indices::rollover(&mut self.shared.st(), name)
+    }
+    pub fn data_streams(&self) -> BTreeMap<String, Value> {
+        self.shared.st().data_streams.clone()
+    }
     pub fn put_data_stream(&self, name: &str, ds: Value) {
         self.shared.st().data_streams.insert(name.into(), ds);
     }
