@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::build::hook;
 use super::diff::{Action, Plan, owned_ids};
 use super::observe::{Ids, observe};
 use super::{Desired, Holder, Marker, Owner, holder};
@@ -15,6 +16,8 @@ pub struct Applied {
     pub done: Vec<Action>,
     /// Things left alone, for the status message (e.g. a stale model still in use elsewhere).
     pub warnings: Vec<String>,
+    /// The plan's notes: things left alone on purpose (see `Plan::notes`).
+    pub notes: Vec<String>,
 }
 
 pub async fn apply(
@@ -22,7 +25,10 @@ pub async fn apply(
     d: &Desired,
     plan: &Plan,
 ) -> Result<Applied, (Applied, Error)> {
-    let mut out = Applied::default();
+    let mut out = Applied {
+        notes: plan.notes.clone(),
+        ..Applied::default()
+    };
     if !plan.conflicts.is_empty() {
         return Err((out, Error::Conflict(plan.conflicts.join("; "))));
     }
@@ -87,6 +93,14 @@ async fn step(
             es.put_pipeline(id, body).await
         }
         Action::DeletePipeline { id, .. } => es.delete_pipeline(id).await,
+        Action::HookIn { id, .. } => {
+            // Read again right before the write: the hook is shared, keep what it holds now.
+            let current = es.get_pipelines(std::slice::from_ref(id)).await?;
+            let imp = accepts_ignore_missing_pipeline(es).await?;
+            let body = hook::with_ours(d, current.get(id), imp);
+            es.put_pipeline(id, &body).await
+        }
+        Action::HookOut { id, .. } => hook_out(es, &d.owner, id).await.map(drop),
         Action::WireIndex { index, .. } => es.set_final_pipeline(index, Some(&d.router)).await,
         Action::UnwireIndex { index, .. } => es.set_final_pipeline(index, None).await,
         Action::DeleteScript { id, .. } => es.delete_script(id).await,
@@ -123,7 +137,20 @@ pub async fn cleanup(
             removed.push(format!("index.final_pipeline of {index}"));
         }
     }
-    let mut pipelines: Vec<&String> = ours.pipelines.iter().collect();
+    // Hooks first: only our processor leaves them (the hook too, if we made it and it is empty).
+    let tag = hook::tag_of(owner);
+    let mut hooks = Vec::new();
+    for (id, body) in &observed.pipelines {
+        if hook::without_ours(&tag, owner, body).is_some() && hook_out(es, owner, id).await? {
+            removed.push(format!("the router call in ingest pipeline {id}"));
+            hooks.push(id.clone());
+        }
+    }
+    let mut pipelines: Vec<&String> = ours
+        .pipelines
+        .iter()
+        .filter(|id| !hooks.contains(id))
+        .collect();
     // Routers (pipelines that call another pipeline) go first, so nothing calls a missing one.
     pipelines.sort_by_key(|id| !calls_pipeline(&observed.pipelines[*id]));
     for id in pipelines {
@@ -139,6 +166,26 @@ pub async fn cleanup(
         removed.push(format!("trained model {id}"));
     }
     Ok(removed)
+}
+
+/// Removes our processor from hook `id` (read fresh); true when there was one.
+async fn hook_out(es: &Elasticsearch, owner: &Owner, id: &str) -> Result<bool, Error> {
+    let current = es.get_pipelines(&[id.to_string()]).await?;
+    let Some(body) = current.get(id) else {
+        return Ok(false);
+    };
+    match hook::without_ours(&hook::tag_of(owner), owner, body) {
+        None => Ok(false),
+        Some(None) => es.delete_pipeline(id).await.map(|_| true),
+        Some(Some(rest)) => es.put_pipeline(id, &rest).await.map(|_| true),
+    }
+}
+
+/// `ignore_missing_pipeline` on the `pipeline` processor: accepted from 8.3 (ES PR #87354).
+async fn accepts_ignore_missing_pipeline(es: &Elasticsearch) -> Result<bool, Error> {
+    let info = es.info().await?;
+    let mut v = info.version.split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    Ok((v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (8, 3))
 }
 
 fn calls_pipeline(body: &Value) -> bool {

@@ -22,10 +22,12 @@ pub struct Desired {
     pub model: ModelFile,
     /// Stored scripts as PUT bodies, in install order.
     pub scripts: Vec<(String, Value)>,
-    /// Pipelines as PUT bodies, in install order: the inference pipeline, the router, then the
-    /// `@custom` hooks that call the router.
+    /// Pipelines as PUT bodies, in install order: the inference pipeline, then the router.
     pub pipelines: Vec<(String, Value)>,
     pub router: String,
+    /// `@custom` hook pipelines (Fleet's per-data-stream extension point) that get our `pipeline`
+    /// processor added to whatever they hold (see [`hook`]).
+    pub hooks: Vec<String>,
     /// Index patterns whose indices get `index.final_pipeline` = the router.
     pub wire_indices: Vec<String>,
 }
@@ -125,14 +127,6 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
         pipelines.push((p.id.clone(), body));
     }
     let router = bundle.pipeline(PipelineRole::Router).id.clone();
-    for hook in &wiring.custom_pipelines {
-        let body = serde_json::json!({
-            "description": "Scores DNS questions for DGA domains (dga-operator)",
-            "processors": [{"pipeline": {"name": router}}],
-            "_meta": {MARKER_KEY: marker},
-        });
-        pipelines.push((hook.clone(), body));
-    }
 
     Desired {
         owner: owner.clone(),
@@ -146,7 +140,131 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
         scripts,
         pipelines,
         router,
+        hooks: wiring.custom_pipelines.clone(),
         wire_indices: wiring.indices.clone(),
+    }
+}
+
+/// Fields Elasticsearch adds to a GET answer that a PUT must not carry and drift must not see:
+/// pipelines' `created_date_millis`/`modified_date_millis` (and `?human` forms) from 9.2 (ES PR
+/// #130847; elasticsearch-specification `ingest/_types/Pipeline.ts`).
+pub const SERVER_FIELDS: [&str; 4] = [
+    "created_date_millis",
+    "modified_date_millis",
+    "created_date",
+    "modified_date",
+];
+
+/// A GET answer without the fields the server adds (what a PUT of it would write).
+pub fn as_written(body: &Value) -> Value {
+    let mut b = body.clone();
+    if let Some(o) = b.as_object_mut() {
+        for k in SERVER_FIELDS {
+            o.remove(k);
+        }
+    }
+    b
+}
+
+/// Our processor in a `@custom` hook, and how a hook body gains or loses it. A hook is not
+/// ours: Fleet (or a person) may hold other processors in it, so it is only ever added to.
+pub mod hook {
+    use serde_json::{Value, json};
+
+    use super::{Desired, MARKER_KEY};
+
+    /// The `tag` that marks our processor (tags are accepted on every processor in every
+    /// version; the owner key keeps two DgaModels' processors apart).
+    pub fn tag(d: &Desired) -> String {
+        tag_of(&d.owner)
+    }
+
+    /// Elastic's recipe: a `pipeline` processor with `ignore_missing_pipeline` and
+    /// `ignore_failure` (elastic/integrations packages/dga README). `ignore_missing_pipeline` is
+    /// accepted from 8.3 (ES PR #87354); before, `ignore_failure` alone keeps a missing router
+    /// from failing the document.
+    pub fn processor(d: &Desired, ignore_missing_pipeline: bool) -> Value {
+        let mut p = json!({"name": d.router, "tag": tag(d), "ignore_failure": true});
+        if ignore_missing_pipeline {
+            p["ignore_missing_pipeline"] = json!(true);
+        }
+        json!({"pipeline": p})
+    }
+
+    fn is_tagged(p: &Value, tag: &str) -> bool {
+        p.pointer("/pipeline/tag").and_then(Value::as_str) == Some(tag)
+    }
+
+    /// Whether the hook already calls our router through our processor.
+    pub fn holds_ours(d: &Desired, body: &Value) -> bool {
+        let tag = tag(d);
+        processors(body).iter().any(|p| {
+            is_tagged(p, &tag) && p.pointer("/pipeline/name").and_then(Value::as_str) == Some(&d.router)
+        })
+    }
+
+    /// A DGA router the hook calls that is not ours: Fleet's `<version>-ml_dga_ingest_pipeline`
+    /// (elastic/integrations packages/dga), or our router wired by hand.
+    pub fn foreign_dga_call(d: &Desired, body: &Value) -> Option<String> {
+        let tag = tag(d);
+        processors(body).iter().find_map(|p| {
+            let name = p.pointer("/pipeline/name").and_then(Value::as_str)?;
+            (!is_tagged(p, &tag) && (name == d.router || name.ends_with("ml_dga_ingest_pipeline")))
+                .then(|| name.to_string())
+        })
+    }
+
+    fn processors(body: &Value) -> Vec<Value> {
+        body.get("processors")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `current` (None: the hook does not exist) with our processor added or refreshed, every
+    /// other processor and field kept. A hook we create carries our marker.
+    pub fn with_ours(d: &Desired, current: Option<&Value>, ignore_missing_pipeline: bool) -> Value {
+        let tag = tag(d);
+        let mut body = match current {
+            Some(c) => super::as_written(c),
+            None => json!({
+                "description": "Calls the DGA enrichment (dga-operator)",
+                "processors": [],
+                "_meta": {MARKER_KEY: d.marker},
+            }),
+        };
+        let mut procs: Vec<Value> = processors(&body)
+            .into_iter()
+            .filter(|p| !is_tagged(p, &tag))
+            .collect();
+        procs.push(processor(d, ignore_missing_pipeline));
+        body["processors"] = Value::Array(procs);
+        body
+    }
+
+    /// What to do with a hook on removal: None = nothing of ours in it; Some(None) = delete it
+    /// (we created it and it holds nothing else); Some(Some(body)) = PUT it without our processor.
+    pub fn without_ours(tag: &str, owner: &super::super::Owner, current: &Value) -> Option<Option<Value>> {
+        let procs = processors(current);
+        if !procs.iter().any(|p| is_tagged(p, tag)) {
+            return None;
+        }
+        let rest: Vec<Value> = procs.into_iter().filter(|p| !is_tagged(p, tag)).collect();
+        let ours = super::super::holder(
+            super::super::Marker::from_meta(current.get("_meta")).as_ref(),
+            owner,
+        ) == super::super::Holder::Us;
+        if rest.is_empty() && ours {
+            return Some(None);
+        }
+        let mut body = super::as_written(current);
+        body["processors"] = Value::Array(rest);
+        Some(Some(body))
+    }
+
+    /// The tag of an owner, without a Desired (cleanup has only the owner).
+    pub fn tag_of(owner: &super::super::Owner) -> String {
+        format!("dga-operator:{}", owner.key())
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::build::referenced_models;
+use super::build::{as_written, hook, referenced_models};
 use super::observe::{Ids, Observed};
 use super::{Desired, Holder, Marker, holder};
 
@@ -72,6 +72,16 @@ pub enum Action {
         index: String,
         reason: Reason,
     },
+    /// Add our `pipeline` processor to a `@custom` hook, keeping what it holds.
+    HookIn {
+        id: String,
+        reason: Reason,
+    },
+    /// Remove our processor from a hook (the hook itself only if we created it and it is empty).
+    HookOut {
+        id: String,
+        reason: Reason,
+    },
 }
 
 impl Action {
@@ -84,7 +94,9 @@ impl Action {
             | Action::DeleteScript { reason, .. }
             | Action::DeleteModel { reason, .. }
             | Action::WireIndex { reason, .. }
-            | Action::UnwireIndex { reason, .. } => *reason,
+            | Action::UnwireIndex { reason, .. }
+            | Action::HookIn { reason, .. }
+            | Action::HookOut { reason, .. } => *reason,
         }
     }
 }
@@ -106,6 +118,12 @@ impl fmt::Display for Action {
             Action::UnwireIndex { index, reason } => {
                 write!(f, "{reason}: unset index.final_pipeline of {index}")
             }
+            Action::HookIn { id, reason } => {
+                write!(f, "{reason} the router call in ingest pipeline {id}")
+            }
+            Action::HookOut { id, reason } => {
+                write!(f, "{reason}: remove the router call from ingest pipeline {id}")
+            }
         }
     }
 }
@@ -115,6 +133,9 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Objects in the way that the owner may not take: nothing is applied while any remain.
     pub conflicts: Vec<String>,
+    /// Things left alone on purpose, for the status (e.g. a hook Fleet's DGA pipeline already
+    /// enriches).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -225,7 +246,8 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
                     h = Holder::Us;
                 }
                 match h {
-                    Holder::Us if seen == body => {}
+                    // Only what we write counts: fields the server adds are not drift.
+                    Holder::Us if as_written(seen) == *body => {}
                     Holder::Us => plan.actions.push(Action::PutPipeline {
                         id: id.clone(),
                         reason: put_reason(marker.as_ref()),
@@ -252,12 +274,26 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
                 holder(Marker::from_meta(p.get("_meta")).as_ref(), &d.owner) == Holder::Us
             })
     };
-    let hooked: Vec<&String> = d
-        .pipelines
-        .iter()
-        .map(|(id, _)| id)
-        .filter(|id| id.ends_with("@custom"))
-        .collect();
+    // `@custom` hooks: our processor added to whatever they hold, once the router exists.
+    for id in &d.hooks {
+        match o.pipelines.get(id) {
+            None => plan.actions.push(Action::HookIn {
+                id: id.clone(),
+                reason: Reason::Create,
+            }),
+            Some(seen) if hook::holds_ours(d, seen) => {}
+            Some(seen) => match hook::foreign_dga_call(d, seen) {
+                Some(name) => plan.notes.push(format!(
+                    "ingest pipeline {id} already calls {name} (Fleet's DGA pipeline or a hand-made call): not enriched a second time"
+                )),
+                None => plan.actions.push(Action::HookIn {
+                    id: id.clone(),
+                    reason: Reason::Create,
+                }),
+            },
+        }
+    }
+    let hooked: Vec<&String> = d.hooks.iter().collect();
     for (index, settings) in &o.indices {
         let wanted = d.wire_indices.iter().any(|p| wildcard(p, index));
         let fin = settings.final_pipeline.as_deref();
@@ -290,9 +326,22 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
     }
 
     // Deletions, after the switch: pipelines, scripts, then models.
-    let desired_pipelines: Vec<&String> = d.pipelines.iter().map(|(id, _)| id).collect();
+    let desired_pipelines: Vec<&String> = d
+        .pipelines
+        .iter()
+        .map(|(id, _)| id)
+        .chain(d.hooks.iter())
+        .collect();
+    let tag = hook::tag(d);
     for (id, body) in o.pipelines.iter().rev() {
         if desired_pipelines.contains(&id) {
+            continue;
+        }
+        if hook::without_ours(&tag, &d.owner, body).is_some() {
+            plan.actions.push(Action::HookOut {
+                id: id.clone(),
+                reason: Reason::Stale,
+            });
             continue;
         }
         let marker = Marker::from_meta(body.get("_meta"));
@@ -362,10 +411,12 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
             ids.scripts.insert(id.clone());
         }
     }
+    let tag = hook::tag_of(owner);
     for (id, p) in &o.pipelines {
         let marker = Marker::from_meta(p.get("_meta"));
         if holder(marker.as_ref(), owner) == Holder::Us
             || (marker.is_none() && known.pipelines.contains(id))
+            || hook::without_ours(&tag, owner, p).is_some()
         {
             ids.pipelines.insert(id.clone());
         }

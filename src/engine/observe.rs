@@ -27,6 +27,7 @@ impl Ids {
             .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
         ids.pipelines
             .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+        ids.pipelines.extend(desired.hooks.iter().cloned());
         ids.indices.extend(desired.wire_indices.iter().cloned());
         ids
     }
@@ -43,6 +44,8 @@ impl Ids {
             DeletePipeline { id, .. } => drop(self.pipelines.remove(id)),
             WireIndex { index, .. } => drop(self.indices.insert(index.clone())),
             UnwireIndex { index, .. } => drop(self.indices.remove(index)),
+            HookIn { id, .. } => drop(self.pipelines.insert(id.clone())),
+            HookOut { id, .. } => drop(self.pipelines.remove(id)),
         }
     }
 }
