@@ -1233,18 +1233,37 @@ impl Sim<'_> {
                         }
                     }
                 }
-                let model_cfg = self
+                let (model_cfg, field_names) = self
                     .sh
                     .st()
                     .models
                     .get(mid)
-                    .map(|m| m.config["inference_config"].clone())
-                    .unwrap_or(json!({}));
+                    .map(|m| {
+                        (
+                            m.config["inference_config"].clone(),
+                            m.config["input"]["field_names"].clone(),
+                        )
+                    })
+                    .unwrap_or((json!({}), json!([])));
                 let cfg = match conf.get("inference_config") {
                     Some(c) => merge_inference_config(&model_cfg, c),
                     None => model_cfg,
                 };
-                let mut result = crate::model::evaluate_with_config(&def, &input, &cfg)?;
+                // LocalModel.infer: none of the model's input fields in the document gives a
+                // warning instead of a prediction.
+                let any_input = field_names.as_array().is_some_and(|names| {
+                    names
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|n| util::get_field(&input, n).is_some_and(|v| !v.is_null()))
+                });
+                let mut result = if any_input {
+                    crate::model::evaluate_with_config(&def, &input, &cfg)?
+                } else {
+                    json!({"warning": format!(
+                        "Model [{mid}] could not be inferred as all fields were missing"
+                    )})
+                };
                 if let Some(o) = result.as_object_mut() {
                     o.entry("model_id").or_insert_with(|| json!(mid));
                 }
