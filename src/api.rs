@@ -36,12 +36,14 @@ pub fn is_release_tag(tag: &str) -> bool {
     shortname = "dga",
     namespaced,
     status = "DgaModelStatus",
-    printcolumn = r#"{"name":"Tag","type":"string","jsonPath":".spec.releaseTag"}"#,
-    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".status.modelId"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Release","type":"string","description":"The release installed and serving","jsonPath":".status.installedTag"}"#,
+    printcolumn = r#"{"name":"State","type":"string","description":"Pending, Installing, Installed, Retrying, NeedsAttention, Planned, Suspended or Deleting","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Rules","type":"string","jsonPath":".status.rules"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Wanted","type":"string","priority":1,"description":"spec.releaseTag","jsonPath":".spec.releaseTag"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","priority":1,"jsonPath":".status.modelId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DgaModelSpec {
@@ -256,12 +258,23 @@ pub enum DeletionPolicy {
 }
 
 /// What the operator observed and did.
+///
+/// The schema defaults a missing status to `{observedGeneration: -1, state: Pending}` (the
+/// apiserver applies it on every read), so a DgaModel the operator has not yet spoken about reads
+/// as in progress to kstatus (Flux), Argo CD and `kubectl wait` from its first second, not as
+/// healthy: the fix Flux made for its own kinds (fluxcd/kustomize-controller#387,
+/// fluxcd/helm-controller#294).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": -1, "state": "Pending"}))]
 pub struct DgaModelStatus {
-    /// The generation of the spec that this status describes.
+    /// The generation of the spec that this status describes (-1: not yet seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// One word for `kubectl get`: what the operator is doing or waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
 
     /// kstatus conditions (`Ready`, `Reconciling`, `Stalled`) and one per part of the install.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -300,6 +313,28 @@ pub struct DgaModelStatus {
     /// The objects this DgaModel installed and owns; removed on delete.
     #[serde(default, skip_serializing_if = "InstalledObjects::is_empty")]
     pub objects: InstalledObjects,
+}
+
+/// The state column: derived from the conditions (see `status::state`), so it never disagrees
+/// with them.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum State {
+    /// The operator has not yet reported on this object (the schema default).
+    Pending,
+    /// A pass is changing the cluster: first install, upgrade or repair (`Reconciling=True`).
+    Installing,
+    /// Installed and current (`Ready=True`).
+    Installed,
+    /// A transient error (unreachable, 429, 5xx); retried with backoff (`Reconciling=True`).
+    Retrying,
+    /// A person must fix something, named in `Stalled` (`Stalled=True`).
+    NeedsAttention,
+    /// `mode: Plan`: the plan is computed (`Ready=True`, `ChangesPending` says what).
+    Planned,
+    /// `suspend: true`: hands off (`Ready=True` when current, `Stalled=True` with changes held).
+    Suspended,
+    /// Deleted; the operator is removing what it installed.
+    Deleting,
 }
 
 /// Ids of the objects a DgaModel owns in Elasticsearch.

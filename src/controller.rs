@@ -22,10 +22,11 @@ use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
 use crate::status::{
-    self, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, READY, RECONCILING, RULES,
-    STALLED, VERIFIED,
+    self, CHANGES_PENDING, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, PROGRESSING,
+    READY, RECONCILING, RULES, STALLED, SUSPENDED, VERIFIED,
 };
 use crate::target::{self, Target};
+use crate::watches;
 
 /// Operator settings (flags of `dga-operator run`).
 #[derive(Clone, Debug)]
@@ -242,8 +243,29 @@ pub async fn run(ctx: Arc<Context>) {
         None => Api::all(ctx.client.clone()),
     };
     let concurrency = ctx.settings.concurrency;
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let mut controller = Controller::new(api, watcher::Config::default().any_semantic());
     ctx.metrics.watch(controller.store()); // metrics: objects gauge
+    // Re-run the DgaModels that depend on a Secret or ECK object as soon as it changes.
+    let ns = ctx.settings.namespace.as_deref();
+    for kind in [
+        watches::Kind::Secret,
+        watches::Kind::Elasticsearch,
+        watches::Kind::Kibana,
+    ] {
+        let store = controller.store();
+        controller = controller.watches_stream_with(
+            watches::trigger(&ctx.client, ns, kind),
+            move |o| {
+                watches::dependents(
+                    &store,
+                    kind,
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                )
+            },
+            watches::eck_resource(kind),
+        );
+    }
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
@@ -339,6 +361,17 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         return Ok(Requeue::requeue(ctx.settings.resync));
     }
     let mut report = Report::new(&obj);
+    // A generation the status does not describe yet (a new object: -1 by the CRD's default, or
+    // an edited spec): say at once that the operator is on it, so a pass that hangs on a server
+    // that never answers still reads as in progress, never as the last pass's verdict.
+    if report.status.observed_generation != obj.metadata.generation {
+        let msg = format!(
+            "working on generation {}: release {}",
+            obj.metadata.generation.unwrap_or_default(),
+            obj.spec.release_tag
+        );
+        report.progress(&ctx, msg).await;
+    }
     let outcome = pass(&obj, &ctx, &mut report).await;
     let requeue = match &outcome {
         Ok(()) => {
@@ -380,6 +413,15 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
 /// What a pass learnt, turned into status and events at the end.
 struct Report {
     status: DgaModelStatus,
+    /// The status on the server when the pass started, and after any write it made since.
+    original: Option<DgaModelStatus>,
+    written: Option<DgaModelStatus>,
+    namespace: String,
+    name: String,
+    deleting: bool,
+    suspend: bool,
+    /// Where the credentials come from, for the fix a Stalled message names.
+    cluster: String,
     generation: Option<i64>,
     now: Time,
     events: Vec<Event>,
@@ -399,6 +441,13 @@ impl Report {
     fn new(obj: &DgaModel) -> Self {
         Report {
             status: obj.status.clone().unwrap_or_default(),
+            original: obj.status.clone(),
+            written: None,
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            deleting: obj.meta().deletion_timestamp.is_some(),
+            suspend: obj.spec.suspend,
+            cluster: describe_cluster_ref(obj),
             generation: obj.metadata.generation,
             now: Time(jiff::Timestamp::now()),
             events: Vec::new(),
@@ -411,7 +460,13 @@ impl Report {
         }
     }
 
-    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+    fn set(
+        &mut self,
+        type_: &str,
+        ok: impl Into<crate::api::ConditionStatus>,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         status::set(
             &mut self.status.conditions,
             type_,
@@ -421,6 +476,54 @@ impl Report {
             self.generation,
             &self.now,
         );
+    }
+
+    /// Says, before the pass's end, that it is changing the cluster (`Reconciling=True`,
+    /// `Ready=False`): kstatus, Argo CD and `kubectl wait` then see work in progress, not the last
+    /// pass's verdict. Skipped when the status already says `Reconciling` (a retry after a
+    /// transient error keeps its reason). A refused write only costs the early notice.
+    async fn progress(&mut self, ctx: &Context, message: String) {
+        if status::is_true(&self.status.conditions, RECONCILING) {
+            return;
+        }
+        self.set(READY, false, PROGRESSING, message.clone());
+        self.set(RECONCILING, true, PROGRESSING, message);
+        self.set(STALLED, false, PROGRESSING, "");
+        self.status.observed_generation = self.generation;
+        self.settle_state();
+        let api: Api<DgaModel> = Api::namespaced(ctx.client.clone(), &self.namespace);
+        match self.write_status(&api).await {
+            Ok(_) => {}
+            Err(e) => debug!(namespace = self.namespace, name = self.name, error = %e, "could not write the Reconciling status"),
+        }
+    }
+
+    fn settle_state(&mut self) {
+        status::sort(&mut self.status.conditions);
+        self.status.state = Some(status::state(
+            &self.status.conditions,
+            self.deleting,
+            self.plan_mode,
+            self.suspend,
+        ));
+    }
+
+    /// Merge-patches the status against what the server holds; the new resourceVersion, if any
+    /// write was needed.
+    async fn write_status(&mut self, api: &Api<DgaModel>) -> Result<Option<String>, Error> {
+        let old = self.written.clone().or_else(|| self.original.clone());
+        if old.as_ref() == Some(&self.status) {
+            return Ok(None);
+        }
+        let old = serde_json::to_value(&old).unwrap_or_default();
+        let mut new = serde_json::to_value(&self.status).unwrap_or_default();
+        null_removed(&old, &mut new);
+        let patch = json!({ "status": new });
+        let after = api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        self.written = Some(self.status.clone());
+        Ok(after.metadata.resource_version)
     }
 
     fn event(&mut self, warning: bool, reason: &str, action: &str, note: String) {
@@ -463,43 +566,83 @@ impl Report {
                 if self.plan_mode && old_plan != self.status.plan {
                     self.event(false, "Planned", "Plan", format!("plan: {summary}"));
                 }
-                let (reason, message) = match &self.suspended {
-                    Some(_) if self.plan_mode && !pending.is_empty() => {
+                let held = !pending.is_empty();
+                if self.suspended.is_some() {
+                    let (reason, message) = if held {
+                        ("ChangesPending", format!("{} pending: {summary}", pending.len()))
+                    } else {
+                        ("NoChanges", "the cluster matches the spec".to_string())
+                    };
+                    self.set(CHANGES_PENDING, held, reason, message);
+                } else {
+                    self.status.conditions.retain(|c| c.type_ != CHANGES_PENDING);
+                }
+                // What needs a person although the pass itself went through.
+                let mut stalled: Option<(&str, String)> = None;
+                let (reason, message) = if self.plan_mode {
+                    // Plan mode did what it was asked: it reads as done; ChangesPending says what
+                    // Apply would do.
+                    if held {
                         ("Planned", format!("mode Plan; would: {summary}"))
+                    } else {
+                        (
+                            "InSync",
+                            "mode Plan; the cluster already matches the spec".to_string(),
+                        )
                     }
-                    Some(_) if self.plan_mode => (
-                        "InSync",
-                        "mode Plan; the cluster already matches the spec".to_string(),
-                    ),
-                    Some(plan) if !plan.is_empty() => (
-                        "Suspended",
-                        format!("suspended; pending changes not applied: {}", plan.summary()),
-                    ),
-                    Some(_) => (
-                        "Suspended",
-                        "suspended; the installed release is current".to_string(),
-                    ),
-                    None => (
+                } else if self.suspended.is_some() {
+                    // Suspended with changes held: nothing will happen until a person resumes,
+                    // so Flux fails at once with the reason instead of timing out.
+                    if held {
+                        let m = format!(
+                            "suspended; {} change(s) held back ({summary}): set spec.suspend to false to apply them",
+                            pending.len()
+                        );
+                        stalled = Some((SUSPENDED, m.clone()));
+                        (SUSPENDED, m)
+                    } else {
+                        (
+                            SUSPENDED,
+                            "suspended; the installed release is current".to_string(),
+                        )
+                    }
+                } else if let Some(v) = status::get(&self.status.conditions, VERIFIED)
+                    .filter(|c| c.status == crate::api::ConditionStatus::False)
+                {
+                    // The enrichment answered wrongly: the install stays, a person must look.
+                    let m = format!(
+                        "release {} installed, but the canary documents were scored wrongly: {}; see the VerificationFailed event, check the model and the pipelines",
+                        self.status.installed_tag.clone().unwrap_or_default(),
+                        v.message
+                    );
+                    stalled = Some(("VerificationFailed", m.clone()));
+                    ("VerificationFailed", m)
+                } else {
+                    (
                         "Installed",
                         format!(
                             "release {} installed (model {})",
                             self.status.installed_tag.clone().unwrap_or_default(),
                             self.status.model_id.clone().unwrap_or_default()
                         ),
-                    ),
+                    )
                 };
-                let ready =
-                    self.suspended.as_ref().is_none_or(Plan::is_empty) && !self.rules_pending;
-                self.set(READY, ready, reason, message);
+                self.set(READY, stalled.is_none(), reason, message);
                 self.set(RECONCILING, false, "Idle", "");
-                self.set(STALLED, false, "Idle", "");
+                match stalled {
+                    Some((r, m)) => self.set(STALLED, true, r, m),
+                    None => self.set(STALLED, false, "Idle", ""),
+                }
                 if self.applied_something || self.status.last_sync_time.is_none() {
                     self.status.last_sync_time = Some(self.now.clone());
                 }
                 self.status.observed_generation = self.generation;
             }
             Some(e) => {
-                let msg = e.to_string();
+                let msg = match remedy(e, &self.cluster) {
+                    Some(fix) if e.is_stalled() => format!("{e}; to fix: {fix}"),
+                    _ => e.to_string(),
+                };
                 self.set(READY, false, e.reason(), msg.clone());
                 self.set(
                     RECONCILING,
@@ -528,30 +671,16 @@ impl Report {
                 }
             }
         }
-        status::sort(&mut self.status.conditions);
+        self.settle_state();
     }
 
     async fn publish(
-        &self,
+        &mut self,
         api: &Api<DgaModel>,
         obj: &DgaModel,
         ctx: &Context,
     ) -> Result<Option<String>, Error> {
-        let mut written = None;
-        if obj.status.as_ref() != Some(&self.status) {
-            let old = serde_json::to_value(&obj.status).unwrap_or_default();
-            let mut new = serde_json::to_value(&self.status).unwrap_or_default();
-            null_removed(&old, &mut new);
-            let patch = json!({ "status": new });
-            let after = api
-                .patch_status(
-                    &obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            written = after.metadata.resource_version;
-        }
+        let written = self.write_status(api).await?;
         let reference = obj.object_ref(&());
         for ev in &self.events {
             if let Err(e) = ctx.recorder.publish(ev, &reference).await {
@@ -770,6 +899,11 @@ async fn apply_es(
         report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
         return Err(Error::Conflict(plan.conflicts.join("; ")));
     }
+    if !plan.is_empty() {
+        report
+            .progress(ctx, format!("applying: {}", plan.summary()))
+            .await;
+    }
     let result = engine::apply(es, desired, &plan).await;
     let (applied, err) = match result {
         Ok(a) => (a, None),
@@ -888,6 +1022,14 @@ async fn apply_es(
         Ok(engine::verify::Verdict::Passed(summary)) => {
             report.set(VERIFIED, true, "Verified", summary)
         }
+        // Nothing proven either way (the server cannot run a processor, e.g. the stand-in and
+        // painless): Unknown, not a failure.
+        Ok(engine::verify::Verdict::Unproven(why)) => report.set(
+            VERIFIED,
+            crate::api::ConditionStatus::Unknown,
+            "Unproven",
+            format!("the canary run could not be completed: {why}"),
+        ),
         Ok(v) => {
             let problem = v.message().to_string();
             if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
@@ -898,7 +1040,7 @@ async fn apply_es(
         }
         Err(e) => report.set(
             VERIFIED,
-            false,
+            crate::api::ConditionStatus::Unknown,
             e.reason(),
             format!("could not run _simulate: {e}"),
         ),
@@ -1015,6 +1157,12 @@ async fn rules_pass(
         .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
     let mut done = Vec::new();
+    if !suspended && !actions.is_empty() {
+        let what: Vec<String> = actions.iter().map(|a| a.describe()).collect();
+        report
+            .progress(ctx, format!("applying in Kibana: {}", what.join("; ")))
+            .await;
+    }
     for a in &actions {
         done.push(a.describe());
         if !suspended {
@@ -1210,6 +1358,22 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
     let status = obj.status.clone().unwrap_or_default();
     let left = describe_objects(&status.objects);
     let mut report = Report::new(obj);
+    // The state column and Ready say so while the cleanup runs (kstatus reads Terminating from
+    // the deletionTimestamp alone).
+    if obj.spec.deletion_policy == DeletionPolicy::Delete
+        && report.status.state != Some(crate::api::State::Deleting)
+    {
+        report.set(
+            READY,
+            false,
+            "Deleting",
+            "deleting: removing what this DgaModel installed",
+        );
+        report.settle_state();
+        if let Err(e) = report.write_status(api).await {
+            debug!(error = %e, "could not write the Deleting status");
+        }
+    }
     let (event_type_warning, reason, note) = if obj.spec.deletion_policy == DeletionPolicy::Retain {
         (
             false,
@@ -1338,6 +1502,44 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
+}
+
+/// The credentials' home, as a person would look for it.
+fn describe_cluster_ref(obj: &DgaModel) -> String {
+    let ns = obj.namespace().unwrap_or_default();
+    let r = &obj.spec.cluster_ref;
+    match (&r.secret_name, &r.name) {
+        (Some(s), _) => format!("Secret {ns}/{s} (spec.clusterRef.secretName)"),
+        (None, Some(n)) => {
+            let ens = r.namespace.clone().unwrap_or(ns);
+            format!("Secret {ens}/{n}-es-elastic-user of ECK Elasticsearch {ens}/{n}")
+        }
+        _ => "spec.clusterRef".to_string(),
+    }
+}
+
+/// What a person does about an error that needs one; the Stalled message ends with it.
+fn remedy(e: &Error, cluster: &str) -> Option<String> {
+    Some(match e {
+        Error::SecretNotFound(_) => format!(
+            "create it, or correct spec.clusterRef; the operator notices the change within seconds ({cluster})"
+        ),
+        Error::SecretInvalid(_) => format!("correct the keys of {cluster}"),
+        Error::Unauthorized { .. } => format!(
+            "put credentials the service accepts into {cluster}; the operator notices the change within seconds"
+        ),
+        Error::LicenseInsufficient(_) => {
+            "install a platinum or enterprise licence, or start a trial (POST _license/start_trial?acknowledge=true)"
+                .to_string()
+        }
+        Error::Conflict(_) => {
+            "remove the objects named, or set spec.overwrite: true to take them over (never another DgaModel's)"
+                .to_string()
+        }
+        Error::ReleaseNotFound { .. } => "correct spec.releaseTag or spec.source".to_string(),
+        Error::InvalidSpec(_) => "correct the field named".to_string(),
+        _ => return None,
+    })
 }
 
 fn describe_objects(o: &InstalledObjects) -> String {

@@ -127,14 +127,14 @@ impl Error {
     }
 
     /// Transient errors retry soon with backoff; the others need a change (spec, Secret,
-    /// cluster) and are retried only at a slow pace.
+    /// cluster) and are retried only at a slow pace. A missing Secret or ECK object needs a
+    /// person too: the operator watches them, so it sees the fix at once.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Unreachable { .. }
                 | Error::Transient { .. }
                 | Error::Kube(_)
-                | Error::SecretNotFound(_)
                 | Error::WaitingForEck(_)
         )
     }

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod target;
+pub mod watches;

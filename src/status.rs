@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{Condition, ConditionStatus};
+use crate::api::{Condition, ConditionStatus, State};
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
@@ -15,6 +15,13 @@ pub const PIPELINES: &str = "PipelinesInstalled";
 pub const KIBANA_REACHABLE: &str = "KibanaReachable";
 pub const RULES: &str = "RulesInstalled";
 pub const VERIFIED: &str = "EnrichmentVerified";
+/// `mode: Plan` and `suspend`: `True` while changes are computed but not applied; says which.
+pub const CHANGES_PENDING: &str = "ChangesPending";
+
+/// `Reconciling` reason of a pass that is changing the cluster (not of a retry after an error).
+pub const PROGRESSING: &str = "Progressing";
+/// `Stalled` reason of a suspended object with changes held back.
+pub const SUSPENDED: &str = "Suspended";
 
 /// Sets a condition, keeping its transition time when the status is unchanged.
 pub fn set(
@@ -75,10 +82,11 @@ fn truncate(s: String, n: usize) -> String {
 
 /// Keeps conditions in a stable order so equal statuses compare equal.
 pub fn sort(conditions: &mut [Condition]) {
-    const ORDER: [&str; 10] = [
+    const ORDER: [&str; 11] = [
         READY,
         RECONCILING,
         STALLED,
+        CHANGES_PENDING,
         ES_REACHABLE,
         LICENSE,
         MODEL,
@@ -93,6 +101,39 @@ pub fn sort(conditions: &mut [Condition]) {
             .position(|o| *o == c.type_)
             .unwrap_or(ORDER.len())
     });
+}
+
+/// The state column, read off the conditions so that it never disagrees with what kstatus,
+/// Argo CD and `kubectl wait` read from them. `plan`/`suspend` come from the spec the conditions
+/// were computed for.
+pub fn state(conditions: &[Condition], deleting: bool, plan: bool, suspend: bool) -> State {
+    let stalled = get(conditions, STALLED).filter(|c| c.status == ConditionStatus::True);
+    let reconciling = get(conditions, RECONCILING).filter(|c| c.status == ConditionStatus::True);
+    if deleting {
+        State::Deleting
+    } else if let Some(c) = stalled {
+        if c.reason == SUSPENDED {
+            State::Suspended
+        } else {
+            State::NeedsAttention
+        }
+    } else if let Some(c) = reconciling {
+        if c.reason == PROGRESSING {
+            State::Installing
+        } else {
+            State::Retrying
+        }
+    } else if is_true(conditions, READY) {
+        if plan {
+            State::Planned
+        } else if suspend {
+            State::Suspended
+        } else {
+            State::Installed
+        }
+    } else {
+        State::Pending
+    }
 }
 
 #[cfg(test)]

@@ -628,19 +628,56 @@ fn pod_meets_restricted_and_runs_with_the_documented_flags() {
     );
 }
 
+/// The install notes print the Argo CD health rule for `argocd-cm`, exactly as shipped in
+/// deploy/argocd/health.lua (the chart's files/ copy is checked byte for byte by tests/gitops.rs).
+#[test]
+fn install_notes_carry_the_argocd_health_rule() {
+    let out = ok(
+        "helm install --dry-run=client",
+        run_helm(&[
+            "install",
+            "dga-operator",
+            CHART,
+            "--namespace",
+            "dga-system",
+            "--dry-run=client",
+        ]),
+    );
+    let notes = &out[out.find("NOTES:").expect("helm prints NOTES")..];
+    assert!(
+        notes.contains("resource.customizations.health.dgaoperator.io_DgaModel: |"),
+        "{notes}"
+    );
+    let lua = std::fs::read_to_string(root().join("deploy/argocd/health.lua")).unwrap();
+    let key = notes
+        .find("io_DgaModel: |\n")
+        .expect("the argocd-cm key ends its line");
+    let block = &notes[key + "io_DgaModel: |\n".len()..];
+    let indented: String = lua.lines().map(|l| format!("         {l}\n")).collect();
+    assert!(
+        block.starts_with(&indented),
+        "NOTES do not carry health.lua as a block scalar:\n{notes}"
+    );
+}
+
 /// Everything the operator may do, as (apiGroup, resource, verb). Each entry is a call the
 /// operator makes (tests/rbac.rs audits this against the requests of a real run); the chart must
-/// grant exactly these, nothing more (no wildcards, no list or
-/// watch of Secrets, no writes outside DgaModels and Events).
+/// grant exactly these, nothing more (no wildcards, no writes outside DgaModels and Events;
+/// Secrets are listed and watched for their metadata only, so a fix is seen at once).
 const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("dgaoperator.io", "dgamodels", "list"),
     ("dgaoperator.io", "dgamodels", "watch"),
     ("dgaoperator.io", "dgamodels", "patch"), // finalizer (merge patch with resourceVersion)
     ("dgaoperator.io", "dgamodels/status", "patch"),
     ("", "secrets", "get"),
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "get"),
+    ("elasticsearch.k8s.elastic.co", "elasticsearches", "list"),
+    ("elasticsearch.k8s.elastic.co", "elasticsearches", "watch"),
     ("kibana.k8s.elastic.co", "kibanas", "get"),
     ("kibana.k8s.elastic.co", "kibanas", "list"),
+    ("kibana.k8s.elastic.co", "kibanas", "watch"),
     ("", "services", "get"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),

@@ -148,7 +148,7 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
     s["mode"] = "Plan".into();
     env.apply("dga", s.clone()).await;
     let m = env
-        .wait_condition("dga", "Ready", "False", Some("Planned"))
+        .wait_condition("dga", "Ready", "True", Some("Planned"))
         .await;
     let plan = m.status.unwrap().plan.unwrap();
     assert!(
@@ -183,7 +183,7 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
     s["mode"] = "Plan".into();
     env.apply("dga", s).await;
     let m = env
-        .wait_condition("dga", "Ready", "False", Some("Planned"))
+        .wait_condition("dga", "Ready", "True", Some("Planned"))
         .await;
     let plan = m.status.unwrap().plan.unwrap();
     let old_model = st.model_id.unwrap();
@@ -204,8 +204,9 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
 async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
     let env = Env::start("life-verify").await;
     env.secret("es", "changeme").await;
-    // The package's own pipelines use painless, which the stand-in cannot run: verification must
-    // fail there, say why, and leave the working install alone. A real stack runs painless.
+    // The package's own pipelines use painless, which the stand-in cannot run: verification is
+    // not possible there (Unknown, not a failure), says why, and leaves the working install
+    // alone. A real stack runs painless.
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.apply("painless", spec(&rel.tag)).await;
     env.wait_ready("painless").await;
@@ -215,12 +216,7 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
         return env.finish().await;
     }
     let m = env
-        .wait_condition(
-            "painless",
-            "EnrichmentVerified",
-            "False",
-            Some("VerificationFailed"),
-        )
+        .wait_condition("painless", "EnrichmentVerified", "Unknown", Some("Unproven"))
         .await;
     let st = m.status.unwrap();
     let msg = dga_operator::status::get(&st.conditions, "EnrichmentVerified")
@@ -233,9 +229,8 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
     );
     assert!(
         dga_operator::status::is_true(&st.conditions, "Ready"),
-        "a verification failure does not undo a working install"
+        "a verification that cannot be made is no failure"
     );
-    env.wait_event("painless", "VerificationFailed").await;
     env.delete("painless").await;
     env.wait_gone("painless").await;
 

@@ -366,18 +366,18 @@ async fn whole_reconcile_under_the_chart_rbac(namespaced: bool) {
     let kubeconfig = env.dir.path().join("sa.kubeconfig");
     token_kubeconfig(&token, &kubeconfig);
     let sa_user = format!("system:serviceaccount:{ns}:{fullname}");
-    // Sanity: the token really is the ServiceAccount (not admin): it may not list Secrets.
+    // Sanity: the token really is the ServiceAccount (not admin): it may not list ConfigMaps.
     let whoami = kubectl(&[
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "get",
-        "secrets",
+        "configmaps",
         "-n",
         &ns,
     ]);
     assert!(
         !whoami.status.success() && String::from_utf8_lossy(&whoami.stderr).contains(&sa_user),
-        "the token should be {sa_user} and refused a Secret list: {}",
+        "the token should be {sa_user} and refused a ConfigMap list: {}",
         String::from_utf8_lossy(&whoami.stderr)
     );
 
@@ -564,7 +564,10 @@ async fn whole_reconcile_under_the_chart_rbac(namespaced: bool) {
         };
         assert_eq!(can("list", "dgamodels.dgaoperator.io", true), "yes");
         assert_eq!(can("watch", "dgamodels.dgaoperator.io", true), "yes");
-        assert_eq!(can("list", "secrets", true), "no");
+        // Secrets: listed and watched (metadata only) to notice a fix at once; never written.
+        assert_eq!(can("watch", "secrets", true), "yes");
+        assert_eq!(can("update", "secrets", false), "no");
+        assert_eq!(can("list", "configmaps", true), "no");
         assert_eq!(can("delete", "dgamodels.dgaoperator.io", false), "no");
     }
     drop(op);
