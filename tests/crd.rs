@@ -56,7 +56,7 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
 
     // Status goes through the subresource and does not bump the generation.
     let status = json!({"status": {
-        "observedGeneration": gen1, "installedTag": "ML-DGA-20201129-25", "modelId": "dga_1611725_2.0",
+        "observedGeneration": gen1, "installedTag": "ML-DGA-20201129-25", "modelId": "dga_1611725_2.0", "state": "Installed",
         "conditions": [{"type": "Ready", "status": "True", "reason": "Installed", "message": "ok",
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
     let after = api
@@ -95,13 +95,24 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
     let out = support::kubectl(&["get", "dga", "-n", &ns.name]);
     let text = String::from_utf8_lossy(&out.stdout);
     let header = text.lines().next().unwrap_or_default().to_string();
-    for col in ["NAME", "TAG", "MODEL", "READY", "REASON", "AGE"] {
+    for col in ["NAME", "RELEASE", "STATE", "RULES", "AGE"] {
         assert!(header.contains(col), "column {col} missing in {header:?}");
     }
+    // The installed release, not the wanted one (the spec was just bumped).
     assert!(
-        text.contains("ML-DGA-20210126-1")
-            && text.contains("dga_1611725_2.0")
+        text.contains("ML-DGA-20201129-25")
+            && !text.contains("ML-DGA-20210126-1")
             && text.contains("Installed"),
+        "{text}"
+    );
+    let out = support::kubectl(&["get", "dga", "-n", &ns.name, "-o", "wide"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or_default().to_string();
+    for col in ["WANTED", "MODEL", "READY", "MESSAGE"] {
+        assert!(header.contains(col), "wide column {col} missing in {header:?}");
+    }
+    assert!(
+        text.contains("ML-DGA-20210126-1") && text.contains("dga_1611725_2.0"),
         "{text}"
     );
 

@@ -30,7 +30,10 @@ local function say(c)
   if c.message ~= nil and c.message ~= "" then
     return c.message
   end
-  return c.reason or ""
+  if c.reason ~= nil and c.reason ~= "" then
+    return c.reason
+  end
+  return c.type .. " is " .. c.status
 end
 local stalled = conditions["Stalled"]
 if stalled ~= nil and stalled.status == "True" then
