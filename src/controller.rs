@@ -494,7 +494,9 @@ impl Report {
         let api: Api<DgaModel> = Api::namespaced(ctx.client.clone(), &self.namespace);
         match self.write_status(&api).await {
             Ok(_) => {}
-            Err(e) => debug!(namespace = self.namespace, name = self.name, error = %e, "could not write the Reconciling status"),
+            Err(e) => {
+                debug!(namespace = self.namespace, name = self.name, error = %e, "could not write the Reconciling status")
+            }
         }
     }
 
@@ -569,13 +571,18 @@ impl Report {
                 let held = !pending.is_empty();
                 if self.suspended.is_some() {
                     let (reason, message) = if held {
-                        ("ChangesPending", format!("{} pending: {summary}", pending.len()))
+                        (
+                            "ChangesPending",
+                            format!("{} pending: {summary}", pending.len()),
+                        )
                     } else {
                         ("NoChanges", "the cluster matches the spec".to_string())
                     };
                     self.set(CHANGES_PENDING, held, reason, message);
                 } else {
-                    self.status.conditions.retain(|c| c.type_ != CHANGES_PENDING);
+                    self.status
+                        .conditions
+                        .retain(|c| c.type_ != CHANGES_PENDING);
                 }
                 // What needs a person although the pass itself went through.
                 let mut stalled: Option<(&str, String)> = None;

@@ -97,7 +97,11 @@ pub fn dependents(
 /// The watched kinds: core Secrets and ECK's (elastic/cloud-on-k8s, `config/crds/v1`).
 pub fn eck_resource(kind: Kind) -> ApiResource {
     let (group, k, plural) = match kind {
-        Kind::Elasticsearch => ("elasticsearch.k8s.elastic.co", "Elasticsearch", "elasticsearches"),
+        Kind::Elasticsearch => (
+            "elasticsearch.k8s.elastic.co",
+            "Elasticsearch",
+            "elasticsearches",
+        ),
         Kind::Kibana => ("kibana.k8s.elastic.co", "Kibana", "kibanas"),
         Kind::Secret => ("", "Secret", "secrets"),
     };
@@ -110,8 +114,7 @@ pub fn trigger(
     client: &Client,
     namespace: Option<&str>,
     kind: Kind,
-) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static
-{
+) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     let ar = eck_resource(kind);
     let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -146,7 +149,8 @@ mod tests {
 
     #[test]
     fn secret_and_eck_dependencies() {
-        let m = model(json!({"releaseTag": "ML-DGA-20210126-1", "clusterRef": {"secretName": "es"}}));
+        let m =
+            model(json!({"releaseTag": "ML-DGA-20210126-1", "clusterRef": {"secretName": "es"}}));
         let d = dependencies(&m);
         assert!(d[0].matches(Kind::Secret, "home", "es"));
         assert!(!d[0].matches(Kind::Secret, "home", "es2"));
@@ -159,7 +163,11 @@ mod tests {
         let any = |k, ns, n| d.iter().any(|x| x.matches(k, ns, n));
         assert!(any(Kind::Elasticsearch, "elastic", "quickstart"));
         assert!(any(Kind::Secret, "elastic", "quickstart-es-elastic-user"));
-        assert!(any(Kind::Secret, "elastic", "quickstart-es-http-certs-public"));
+        assert!(any(
+            Kind::Secret,
+            "elastic",
+            "quickstart-es-http-certs-public"
+        ));
         assert!(!any(Kind::Secret, "home", "quickstart-es-elastic-user"));
         assert!(any(Kind::Kibana, "home", "kb"));
         assert!(any(Kind::Secret, "home", "kb-kb-http-certs-public"));

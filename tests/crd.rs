@@ -109,7 +109,10 @@ async fn round_trip_defaults_status_generation_and_finalizer() {
     let text = String::from_utf8_lossy(&out.stdout);
     let header = text.lines().next().unwrap_or_default().to_string();
     for col in ["WANTED", "MODEL", "READY", "MESSAGE"] {
-        assert!(header.contains(col), "wide column {col} missing in {header:?}");
+        assert!(
+            header.contains(col),
+            "wide column {col} missing in {header:?}"
+        );
     }
     assert!(
         text.contains("ML-DGA-20210126-1") && text.contains("dga_1611725_2.0"),

@@ -53,15 +53,19 @@ async fn wait_raw(env: &Env, name: &str, what: &str, pred: impl Fn(&Value) -> bo
         pred(&o).then_some(o)
     })
     .await;
-    found.unwrap_or_else(|| panic!("{name}: {what} not reached; last: {:#}", last.lock().unwrap()))
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name}: {what} not reached; last: {:#}",
+            last.lock().unwrap()
+        )
+    })
 }
 
 /// Condition `type_` is `status` (and has `reason`) for the current generation.
 fn has(obj: &Value, type_: &str, status: &str, reason: Option<&str>) -> bool {
     current(obj)
-        && condition(obj, type_).is_some_and(|c| {
-            c["status"] == status && reason.is_none_or(|r| c["reason"] == r)
-        })
+        && condition(obj, type_)
+            .is_some_and(|c| c["status"] == status && reason.is_none_or(|r| c["reason"] == r))
 }
 
 fn check(env: &Env, key: &str, obj: &Value) {
@@ -111,7 +115,8 @@ async fn lifecycle_states_read_the_same_to_flux_argocd_and_kubectl_wait() {
     check(&env, "edited", &o);
     env.start_controller();
     let o = wait_raw(&env, "dga", "release 2 installed", |o| {
-        has(o, "Ready", "True", Some("Installed")) && o["status"]["installedTag"] == two.tag.as_str()
+        has(o, "Ready", "True", Some("Installed"))
+            && o["status"]["installedTag"] == two.tag.as_str()
     })
     .await;
     check(&env, "installed", &o);
@@ -154,7 +159,9 @@ async fn lifecycle_states_read_the_same_to_flux_argocd_and_kubectl_wait() {
     })
     .await;
     check(&env, "suspended-pending", &o);
-    let msg = condition(&o, "Stalled").unwrap()["message"].as_str().unwrap();
+    let msg = condition(&o, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap();
     assert!(msg.contains("spec.suspend"), "the fix is named: {msg}");
     env.apply("dga", spec(&three.tag, "es")).await;
     let o = wait_raw(&env, "dga", "release 3 installed", |o| {
@@ -166,7 +173,8 @@ async fn lifecycle_states_read_the_same_to_flux_argocd_and_kubectl_wait() {
 
     // Deleting: a second finalizer keeps the object after the operator's cleanup is done.
     let api = env.models_api();
-    let hold = json!({"metadata": {"finalizers": [dga_operator::api::FINALIZER, "dga-tests/hold"]}});
+    let hold =
+        json!({"metadata": {"finalizers": [dga_operator::api::FINALIZER, "dga-tests/hold"]}});
     api.patch("dga", &PatchParams::default(), &Patch::Merge(&hold))
         .await
         .unwrap();
@@ -176,7 +184,10 @@ async fn lifecycle_states_read_the_same_to_flux_argocd_and_kubectl_wait() {
     })
     .await;
     check(&env, "deleting", &o);
-    assert!(env.stack().models().await.is_empty(), "the model was removed");
+    assert!(
+        env.stack().models().await.is_empty(),
+        "the model was removed"
+    );
     api.patch(
         "dga",
         &PatchParams::default(),
@@ -197,12 +208,16 @@ async fn failures_that_need_a_person_are_stalled_and_clear_within_seconds_of_the
     env.start_controller();
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     let ns = env.ns.name.clone();
-    let stalled = |reason: &'static str| {
-        move |o: &Value| has(o, "Stalled", "True", Some(reason))
-    };
+    let stalled = |reason: &'static str| move |o: &Value| has(o, "Stalled", "True", Some(reason));
     let fix_named = |o: &Value| {
-        let m = condition(o, "Stalled").unwrap()["message"].as_str().unwrap().to_string();
-        assert!(m.contains("to fix:"), "the Stalled message names the fix: {m}");
+        let m = condition(o, "Stalled").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            m.contains("to fix:"),
+            "the Stalled message names the fix: {m}"
+        );
     };
 
     // A licence without inference (stand-in only: a real stack's licence is what it is).
@@ -210,7 +225,13 @@ async fn failures_that_need_a_person_are_stalled_and_clear_within_seconds_of_the
         env.standin.set_license("basic");
         env.secret("lic-es", "changeme").await;
         env.apply("lic", spec(&rel.tag, "lic-es")).await;
-        let o = wait_raw(&env, "lic", "LicenseInsufficient", stalled("LicenseInsufficient")).await;
+        let o = wait_raw(
+            &env,
+            "lic",
+            "LicenseInsufficient",
+            stalled("LicenseInsufficient"),
+        )
+        .await;
         check(&env, "licence", &o);
         fix_named(&o);
         env.delete("lic").await;
@@ -386,11 +407,9 @@ fn every_table_row_is_exercised_and_the_argocd_rule_ships_in_the_readme() {
     }
     // The argocd-cm snippet in the README and the chart's copy are the shipped rule.
     let lua = health::health_lua();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let indented: String = lua
-        .lines()
-        .map(|l| format!("    {l}\n"))
-        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let indented: String = lua.lines().map(|l| format!("    {l}\n")).collect();
     assert!(
         readme.contains(&format!(
             "  resource.customizations.health.dgaoperator.io_DgaModel: |\n{indented}```"
@@ -402,7 +421,10 @@ fn every_table_row_is_exercised_and_the_argocd_rule_ships_in_the_readme() {
         "/charts/dga-operator/files/argocd-health.lua"
     ))
     .unwrap();
-    assert_eq!(chart, lua, "charts/dga-operator/files/argocd-health.lua is a stale copy");
+    assert_eq!(
+        chart, lua,
+        "charts/dga-operator/files/argocd-health.lua is a stale copy"
+    );
     // An object Argo CD has no status for yet, and odd shapes, do not break the rule.
     for obj in [
         json!({"metadata": {"name": "x", "generation": 1}}),

@@ -216,7 +216,12 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
         return env.finish().await;
     }
     let m = env
-        .wait_condition("painless", "EnrichmentVerified", "Unknown", Some("Unproven"))
+        .wait_condition(
+            "painless",
+            "EnrichmentVerified",
+            "Unknown",
+            Some("Unproven"),
+        )
         .await;
     let st = m.status.unwrap();
     let msg = dga_operator::status::get(&st.conditions, "EnrichmentVerified")

@@ -85,10 +85,8 @@ pub fn argocd(obj: &Value) -> (String, String) {
 }
 
 pub fn health_lua() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/health.lua"),
-    )
-    .expect("deploy/argocd/health.lua")
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/health.lua"))
+        .expect("deploy/argocd/health.lua")
 }
 
 /// Runs a health script as Argo CD does: `obj` set, the returned table's status and message.
@@ -196,7 +194,11 @@ pub fn assert_reads_as(key: &str, namespace: &str, obj: &Value) {
         .unwrap_or_else(|| panic!("README health table has no row `{key}`"));
     let name = obj["metadata"]["name"].as_str().unwrap();
     let state = obj.pointer("/status/state").and_then(Value::as_str);
-    assert_eq!(state, Some(row.state.as_str()), "{key}: state column; {obj:#}");
+    assert_eq!(
+        state,
+        Some(row.state.as_str()),
+        "{key}: state column; {obj:#}"
+    );
     let conditions = obj
         .pointer("/status/conditions")
         .and_then(Value::as_array)
