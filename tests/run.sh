@@ -13,4 +13,12 @@ cargo build --workspace --all-targets --locked
 # ids, so they run one at a time.
 extra=()
 [ -n "${DGA_TEST_ES_URL:-}" ] && extra=(-- --test-threads=1)
-exec tests/testbed/k8s.sh run -- tests/testbed/node.sh run -- cargo test --workspace --locked --no-fail-fast "$@" "${extra[@]}"
+rc=0
+tests/testbed/k8s.sh run -- tests/testbed/node.sh run -- cargo test --workspace --locked --no-fail-fast "$@" "${extra[@]}" || rc=$?
+# The main command as a newcomer runs it (a clean clone builds and runs deploy/quickstart.sh), so
+# that it cannot break unseen. Skipped when the run is filtered (arguments given) or
+# DGA_SKIP_QUICKSTART=1.
+if [ $# -eq 0 ] && [ -z "${DGA_SKIP_QUICKSTART:-}" ]; then
+  tests/quickstart-clean-clone.sh || rc=$((rc == 0 ? 1 : rc))
+fi
+exit "$rc"
