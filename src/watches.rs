@@ -66,12 +66,24 @@ pub fn dependencies(m: &DgaModel) -> Vec<Dependency> {
         let ns = r.namespace.as_deref().unwrap_or(&home);
         out.push(dep(Kind::Elasticsearch, ns, n.clone(), false));
         out.push(dep(Kind::Secret, ns, format!("{n}-es-"), true));
+        if let Some(c) = &r.credentials_secret {
+            out.push(dep(Kind::Secret, &home, c.clone(), false));
+        }
+        if m.spec.kibana_ref.is_none() {
+            // The cluster's Kibana is found, not named (target.rs): any Kibana in the
+            // cluster's or the DgaModel's namespace, and its Secrets, may be the one.
+            for ns in [ns, home.as_str()] {
+                out.push(dep(Kind::Kibana, ns, String::new(), true));
+                out.push(dep(Kind::Secret, ns, String::new(), true));
+            }
+        }
     }
     if let Some(k) = &m.spec.kibana_ref {
         let ns = k.namespace.as_deref().unwrap_or(&home);
         out.push(dep(Kind::Kibana, ns, k.name.clone(), false));
         out.push(dep(Kind::Secret, ns, format!("{}-kb-", k.name), true));
     }
+    out.dedup();
     out
 }
 
@@ -172,5 +184,18 @@ mod tests {
         assert!(any(Kind::Kibana, "home", "kb"));
         assert!(any(Kind::Secret, "home", "kb-kb-http-certs-public"));
         assert!(!any(Kind::Elasticsearch, "home", "quickstart"));
+        assert!(!any(Kind::Kibana, "elastic", "other-kb"));
+
+        // credentialsSecret lives in the DgaModel's namespace; without kibanaRef any Kibana of
+        // the cluster's or the DgaModel's namespace may be the one found.
+        let m = model(json!({"releaseTag": "ML-DGA-20210126-1",
+            "clusterRef": {"name": "quickstart", "namespace": "elastic", "credentialsSecret": "dga-user"}}));
+        let d = dependencies(&m);
+        let any = |k, ns, n| d.iter().any(|x| x.matches(k, ns, n));
+        assert!(any(Kind::Secret, "home", "dga-user"));
+        assert!(any(Kind::Kibana, "elastic", "kb"));
+        assert!(any(Kind::Kibana, "home", "kb"));
+        assert!(any(Kind::Secret, "elastic", "kb-kb-http-certs-public"));
+        assert!(!any(Kind::Kibana, "third", "kb"));
     }
 }
