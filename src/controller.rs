@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -21,6 +21,7 @@ use crate::bundle::fetch::{Fetcher, Request};
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
+use crate::events::Recorder;
 use crate::status::{
     self, CHANGES_PENDING, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, PROGRESSING,
     READY, RECONCILING, RULES, STALLED, SUSPENDED, VERIFIED,
@@ -635,10 +636,10 @@ impl Report {
                     )
                 };
                 self.set(READY, stalled.is_none(), reason, message);
-                self.set(RECONCILING, false, "Idle", "");
+                self.set(RECONCILING, false, "Idle", "the last pass finished");
                 match stalled {
                     Some((r, m)) => self.set(STALLED, true, r, m),
-                    None => self.set(STALLED, false, "Idle", ""),
+                    None => self.set(STALLED, false, "Idle", "the last pass finished"),
                 }
                 if self.applied_something || self.status.last_sync_time.is_none() {
                     self.status.last_sync_time = Some(self.now.clone());
@@ -651,26 +652,27 @@ impl Report {
                     _ => e.to_string(),
                 };
                 self.set(READY, false, e.reason(), msg.clone());
-                self.set(
-                    RECONCILING,
-                    e.is_transient(),
-                    e.reason(),
-                    if e.is_transient() {
-                        msg.clone()
-                    } else {
-                        String::new()
-                    },
-                );
-                self.set(
-                    STALLED,
-                    e.is_stalled(),
-                    e.reason(),
-                    if e.is_stalled() {
-                        msg.clone()
-                    } else {
-                        String::new()
-                    },
-                );
+                // The False side says what the other condition means, not the reason again.
+                if e.is_transient() {
+                    self.set(RECONCILING, true, e.reason(), msg.clone());
+                } else {
+                    self.set(
+                        RECONCILING,
+                        false,
+                        "WaitingForChange",
+                        "not retrying on a backoff: a change to the spec, the Secret or the cluster is needed (looked at again every resync)",
+                    );
+                }
+                if e.is_stalled() {
+                    self.set(STALLED, true, e.reason(), msg.clone());
+                } else {
+                    self.set(
+                        STALLED,
+                        false,
+                        "Retrying",
+                        "the error may pass: retrying with backoff (see Reconciling)",
+                    );
+                }
                 self.status.observed_generation = self.generation;
                 // One Warning per new problem, not one per retry.
                 if old_ready != Some((e.reason().to_string(), msg.clone())) {
@@ -715,6 +717,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         spec.kibana_ref.as_ref(),
     )
     .await?;
+    crate::protection::protect(&ctx.client, obj).await?;
     let bundle = ctx
         .fetcher
         .fetch(Request {
@@ -782,7 +785,15 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {
-        record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
+        let owned = engine::diff::owned_ids(&observed, &owner, &known);
+        record_objects(report, &owned);
+        held_back_conditions(
+            report,
+            &desired,
+            &owned,
+            &plan,
+            spec.mode == crate::api::Mode::Plan,
+        );
         report.suspended = Some(plan);
     } else {
         let insecure = target.elasticsearch.insecure;
@@ -805,6 +816,74 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     .await;
     keep_cache.armed = r.is_err();
     r
+}
+
+/// Suspended or Plan mode: the model and pipeline conditions say what the cluster holds now
+/// (a pipeline deleted by hand while suspended is not `Installed`), and what would change.
+fn held_back_conditions(
+    report: &mut Report,
+    desired: &engine::Desired,
+    owned: &Ids,
+    plan: &Plan,
+    plan_mode: bool,
+) {
+    use engine::Action;
+    let (reason, lead) = if plan_mode {
+        ("Planned", "mode Plan; would")
+    } else {
+        ("Suspended", "suspended; pending")
+    };
+    let pending = |want: &dyn Fn(&Action) -> bool| -> Vec<String> {
+        plan.actions
+            .iter()
+            .filter(|a| want(a))
+            .map(ToString::to_string)
+            .collect()
+    };
+    let model_pending = pending(&|a| matches!(a, Action::PutModel { .. }));
+    let model_in = owned.models.contains(&desired.model_id) && model_pending.is_empty();
+    if model_in {
+        report.set(
+            MODEL,
+            true,
+            "Installed",
+            format!("trained model {}", desired.model_id),
+        );
+    } else {
+        report.set(
+            MODEL,
+            false,
+            reason,
+            format!("{lead}: {}", model_pending.join("; ")),
+        );
+    }
+    let pipes_pending =
+        pending(&|a| matches!(a, Action::PutPipeline { .. } | Action::PutScript { .. }));
+    let pipes_in = pipes_pending.is_empty()
+        && desired
+            .pipelines
+            .iter()
+            .all(|(id, _)| owned.pipelines.contains(id))
+        && desired
+            .scripts
+            .iter()
+            .all(|(id, _)| owned.scripts.contains(id));
+    let ids = desired
+        .pipelines
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pipes_in {
+        report.set(PIPELINES, true, "Installed", format!("pipelines {ids}"));
+    } else {
+        report.set(
+            PIPELINES,
+            false,
+            reason,
+            format!("{lead}: {}", pipes_pending.join("; ")),
+        );
+    }
 }
 
 /// A resync of a settled object: glance at the cluster and, when nothing changed, run the
@@ -934,7 +1013,7 @@ async fn apply_es(
             conflicts: vec![],
         };
         ctx.metrics
-            .drift_repaired(crate::metrics::drift_repairs(&done, known)); // metrics
+            .drift_repaired(crate::metrics::drift_repairs(&done)); // metrics
         let (reason, verb) = if done.has(Reason::Upgrade) {
             (
                 "Upgraded",
@@ -1170,6 +1249,11 @@ async fn rules_pass(
         .iter()
         .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
+    // A rule, job or datafeed created again where the status records them installed was
+    // removed by hand: a repair, counted and reported as one.
+    let rules_recorded = report.status.objects.rules_space.as_deref() == Some(space.as_str());
+    let job_recorded = !report.status.objects.jobs.is_empty();
+    let mut repairs = 0usize;
     let mut done = Vec::new();
     if !suspended && !actions.is_empty() {
         let what: Vec<String> = actions.iter().map(|a| a.describe()).collect();
@@ -1178,7 +1262,12 @@ async fn rules_pass(
             .await;
     }
     for a in &actions {
-        done.push(a.describe());
+        if rules_recorded && matches!(a, RuleAction::Create(_)) {
+            repairs += 1;
+            done.push(format!("repair: {}", a.describe()));
+        } else {
+            done.push(a.describe());
+        }
         if !suspended {
             kibana::rules::apply(&client, &space, a)
                 .await
@@ -1201,7 +1290,14 @@ async fn rules_pass(
                 suspended,
             )
             .await?;
-            done.extend(ch.done);
+            for d in ch.done {
+                if job_recorded && d.starts_with("create ") {
+                    repairs += 1;
+                    done.push(format!("repair: {d}"));
+                } else {
+                    done.push(d);
+                }
+            }
         }
         if let Some(s) = report.settle.as_mut() {
             s.job = true;
@@ -1219,19 +1315,30 @@ async fn rules_pass(
     if suspended {
         report.rules_pending = !done.is_empty();
         report.rules_plan = done.clone();
-        let msg = if done.is_empty() {
-            "suspended; rules are current".to_string()
-        } else {
-            format!("suspended; pending: {}", done.join("; "))
+        let plan_mode = obj.spec.mode == crate::api::Mode::Plan;
+        let (reason, msg) = match (plan_mode, done.is_empty()) {
+            (true, true) => ("InSync", "mode Plan; rules are current".to_string()),
+            (true, false) => ("Planned", format!("mode Plan; would: {}", done.join("; "))),
+            (false, true) => ("Suspended", "suspended; rules are current".to_string()),
+            (false, false) => (
+                "Suspended",
+                format!("suspended; pending: {}", done.join("; ")),
+            ),
         };
-        report.set(RULES, done.is_empty(), "Suspended", msg);
+        report.set(RULES, done.is_empty(), reason, msg);
         return Ok(());
     }
     report.status.objects.rules_space = wanted.then(|| space.clone());
     report.status.rules = Some(format!("{}/{}", desired.len(), desired.len()));
     if !done.is_empty() {
         report.applied_something = true;
-        report.event(false, "RulesSynced", "Apply", done.join("; "));
+        ctx.metrics.drift_repaired(repairs); // metrics
+        let reason = if repairs > 0 {
+            "DriftRepaired"
+        } else {
+            "RulesSynced"
+        };
+        report.event(false, reason, "Apply", done.join("; "));
     }
     let msg = if wanted {
         let skipped = if needs_job {
@@ -1405,6 +1512,14 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
                     format!("removed {}", removed.join(", "))
                 },
             ),
+            // Nothing recorded as installed: the one look at the well-known ids (for a crash
+            // between a write and its status) could not be made, and waiting would only hold
+            // the object (and its namespace) for `--delete-timeout` over nothing.
+            Err(e) if status.objects.is_empty() => (
+                false,
+                "Removed",
+                format!("nothing recorded as installed; could not check the cluster ({e})"),
+            ),
             Err(e) => {
                 let since = obj
                     .meta()
@@ -1414,7 +1529,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
                     .unwrap_or_else(jiff::Timestamp::now);
                 let waited = jiff::Timestamp::now().duration_since(since).unsigned_abs();
                 if waited < ctx.settings.delete_timeout {
-                    report.finish(Some(&e));
+                    pending_deletion(&mut report, &e, since, ctx.settings.delete_timeout, &left);
                     report.publish(api, obj, ctx).await?;
                     let delay = ctx.backoff(&owner.uid, e.retry_after());
                     return Ok(Requeue::requeue(
@@ -1437,6 +1552,8 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
             }
         }
     };
+    // The Secret outlives the cleanup (see `protection`); released just before the finalizer.
+    crate::protection::release_for(&ctx.client, obj).await?;
     report.event(event_type_warning, reason, "Delete", note);
     // Events first: the object may be gone right after the finalizer goes.
     let reference = obj.object_ref(&());
@@ -1471,6 +1588,42 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
         "finalized"
     );
     Ok(Requeue::await_change())
+}
+
+/// A deletion waiting for its cluster: what failed, and when the finalizer is released anyway.
+fn pending_deletion(
+    report: &mut Report,
+    e: &Error,
+    since: jiff::Timestamp,
+    timeout: Duration,
+    left: &str,
+) {
+    let deadline = jiff::SignedDuration::try_from(timeout)
+        .ok()
+        .and_then(|d| since.checked_add(d).ok())
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_default();
+    let msg = format!(
+        "deleting: cleanup failed ({e}); retrying until {deadline}, then the finalizer is released and left behind: {left}"
+    );
+    if e.service() == Some(Service::Elasticsearch) {
+        report.set(ES_REACHABLE, false, e.reason(), e.to_string());
+    }
+    // Ready already says `Deleting` from the start of the cleanup; Reconciling says it once a
+    // cleanup has failed, which is what the Warning is about.
+    let old = status::get(&report.status.conditions, RECONCILING).map(|c| c.reason.clone());
+    report.set(READY, false, "Deleting", msg.clone());
+    report.set(RECONCILING, true, "Deleting", msg.clone());
+    report.set(
+        STALLED,
+        false,
+        "Deleting",
+        format!("deletion pending until {deadline}"),
+    );
+    if old.as_deref() != Some("Deleting") {
+        report.event(true, "DeletionPending", "Delete", msg);
+    }
+    report.settle_state();
 }
 
 async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
