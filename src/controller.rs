@@ -292,6 +292,7 @@ fn owner_of(obj: &DgaModel) -> Owner {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
         uid: obj.uid().unwrap_or_default(),
+        adopted: Vec::new(),
     }
 }
 
@@ -740,8 +741,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             .collect(),
         armed: true,
     };
-    let owner = owner_of(obj);
-    let desired = engine::build_with(
+    let mut owner = owner_of(obj);
+    let mut desired = engine::build_with(
         &bundle,
         &owner,
         &engine::Wiring::from_spec(spec.enrichment.as_ref()),
@@ -782,6 +783,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
     let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
+    desired.owner.adopted = owner.adopted.clone();
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {
@@ -816,6 +819,62 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     .await;
     keep_cache.armed = r.is_err();
     r
+}
+
+/// DgaModels that no longer exist (deleted with `Retain`, or their cleanup abandoned) whose
+/// markers are on objects this one may take: any object with `overwrite`, else only those its
+/// status records (a model taken over earlier keeps its first marker: models cannot be
+/// rewritten in place). A DgaModel re-created under the same name has a new uid: still gone.
+/// An owner that cannot be looked up (another namespace, no access) is never taken from.
+async fn gone_owners(
+    client: &Client,
+    observed: &engine::Observed,
+    me: &Owner,
+    recorded: &Ids,
+    overwrite: bool,
+) -> Vec<String> {
+    let pick = |set: &std::collections::BTreeSet<String>, id: &str| overwrite || set.contains(id);
+    let markers = observed
+        .models
+        .iter()
+        .filter(|(id, _)| pick(&recorded.models, id))
+        .filter_map(|(_, m)| engine::Marker::from_meta(m.get("metadata")))
+        .chain(
+            observed
+                .pipelines
+                .iter()
+                .filter(|(id, _)| pick(&recorded.pipelines, id))
+                .filter_map(|(_, p)| engine::Marker::from_meta(p.get("_meta"))),
+        )
+        .chain(
+            observed
+                .scripts
+                .iter()
+                .filter(|(id, _)| pick(&recorded.scripts, id))
+                .filter_map(|(_, s)| {
+                    engine::Marker::from_script_source(s.get("source")?.as_str()?)
+                }),
+        );
+    let mut candidates: HashMap<String, String> = HashMap::new();
+    for m in markers {
+        if m.owner != me.key() && !m.owner.starts_with('/') {
+            candidates.insert(m.owner, m.owner_uid);
+        }
+    }
+    let mut gone = Vec::new();
+    for (key, uid) in candidates {
+        let Some((ns, name)) = key.split_once('/') else {
+            continue;
+        };
+        let api: Api<DgaModel> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(None) => gone.push(key),
+            Ok(Some(m)) if m.uid().as_deref() != Some(uid.as_str()) => gone.push(key),
+            _ => {}
+        }
+    }
+    gone.sort();
+    gone
 }
 
 /// Suspended or Plan mode: the model and pipeline conditions say what the cluster holds now
@@ -1627,6 +1686,8 @@ fn pending_deletion(
 }
 
 async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
+    let mut owner = owner.clone();
+    let owner = &mut owner;
     let target: Target = target::resolve(
         &ctx.client,
         &obj.namespace().unwrap_or_default(),
@@ -1667,6 +1728,9 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
     to_observe
         .indices
         .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
+    // Leftovers this DgaModel took over go with it (models keep their first marker).
+    let observed = engine::observe(&es, &to_observe).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, owner, &recorded, false).await;
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
 }

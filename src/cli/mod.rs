@@ -197,6 +197,20 @@ pub struct PlanArgs {
 pub struct RemoveArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Also remove what the deleted DgaModel NAMESPACE/NAME left behind (deletionPolicy Retain,
+    /// or a cleanup the operator gave up on). Repeatable. Only for DgaModels that no longer
+    /// exist: the operator of a live one would put its objects back.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_owner_key)]
+    pub leftovers_of: Vec<String>,
+}
+
+fn parse_owner_key(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME of a DgaModel")),
+    }
 }
 
 /// A failure to report: exit code, one-line message, optional hint.
@@ -855,7 +869,8 @@ pub async fn remove(args: RemoveArgs) -> i32 {
 async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     let conn = connection(&args.connection)?;
     let (es, _) = connect(out, &conn, false).await?;
-    let owner = Owner::cli();
+    let mut owner = Owner::cli();
+    owner.adopted = args.leftovers_of.clone();
     let known = known_ids();
     let removed = out
         .step(
@@ -868,7 +883,7 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
         removed.extend(
             out.step(
                 "removing the detection rules dga-operator setup installed",
-                rules::remove(kb, conn.timeout, &es),
+                rules::remove(kb, conn.timeout, &es, &owner),
             )
             .await?,
         );

@@ -130,15 +130,20 @@ pub async fn remove(
     kb: &Endpoint,
     timeout: std::time::Duration,
     es: &Elasticsearch,
+    owner: &Owner,
 ) -> Result<Vec<String>, Failure> {
     let client = client(kb, timeout)?;
-    let tag = kibana::owner_tag(&Owner::cli().key());
-    let observed = kibana::rules::observe(&client, SPACE, &[], &tag).await?;
     let mut removed = Vec::new();
-    for a in kibana::diff(&[], &observed, &tag) {
-        kibana::rules::apply(&client, SPACE, &a).await?;
-        removed.push(format!("detection rule {}", a.rule_id()));
+    // The CLI's rules, then those of each deleted DgaModel named with --leftovers-of (in the
+    // space the CLI uses; a DgaModel's rules may sit in another one).
+    for key in std::iter::once(owner.key()).chain(owner.adopted.iter().cloned()) {
+        let tag = kibana::owner_tag(&key);
+        let observed = kibana::rules::observe(&client, SPACE, &[], &tag).await?;
+        for a in kibana::diff(&[], &observed, &tag) {
+            kibana::rules::apply(&client, SPACE, &a).await?;
+            removed.push(format!("detection rule {}", a.rule_id()));
+        }
     }
-    removed.extend(engine::mljob::remove(es, &Owner::cli()).await?);
+    removed.extend(engine::mljob::remove(es, owner).await?);
     Ok(removed)
 }

@@ -155,6 +155,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
     // An upgrade is an object marked with another release; an object whose marker a person
     // removed (edited by hand) is a repair, as is re-creating what the status records.
     let put_reason = |marker: Option<&Marker>| match marker {
+        Some(m) if m.owner != d.owner.key() => Reason::Adopt,
         Some(m) if m.bundle_sha256 != d.bundle_sha256 => Reason::Upgrade,
         _ => Reason::Repair,
     };
