@@ -1671,6 +1671,7 @@ fn pending_deletion(
     // Ready already says `Deleting` from the start of the cleanup; Reconciling says it once a
     // cleanup has failed, which is what the Warning is about.
     let old = status::get(&report.status.conditions, RECONCILING).map(|c| c.reason.clone());
+    report.status.observed_generation = report.generation;
     report.set(READY, false, "Deleting", msg.clone());
     report.set(RECONCILING, true, "Deleting", msg.clone());
     report.set(
@@ -1701,6 +1702,18 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
     let es = Elasticsearch::new(target.elasticsearch, ctx.settings.request_timeout)?;
+    let recorded = recorded_ids(obj.status.as_ref());
+    let mut to_observe = ids_to_observe(&recorded);
+    // Also the indices the spec wires, in case the status never recorded them (a crash right
+    // after wiring): an index must not keep pointing at a pipeline that is about to go.
+    to_observe
+        .indices
+        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
+    // Leftovers this DgaModel took over go with it (a model, and the job, keep their first
+    // marker).
+    let observed = engine::observe(&es, &to_observe).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, owner, &recorded, false).await;
+    let owner = &*owner;
     let mut removed = Vec::new();
     // Rules first (they alert on the enrichment), then the job, then the enrichment itself.
     let status = obj.status.clone().unwrap_or_default();
@@ -1721,16 +1734,6 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
     if !status.objects.jobs.is_empty() {
         removed.extend(engine::mljob::remove(&es, owner).await?);
     }
-    let recorded = recorded_ids(obj.status.as_ref());
-    let mut to_observe = ids_to_observe(&recorded);
-    // Also the indices the spec wires, in case the status never recorded them (a crash right
-    // after wiring): an index must not keep pointing at a pipeline that is about to go.
-    to_observe
-        .indices
-        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
-    // Leftovers this DgaModel took over go with it (models keep their first marker).
-    let observed = engine::observe(&es, &to_observe).await?;
-    owner.adopted = gone_owners(&ctx.client, &observed, owner, &recorded, false).await;
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
 }
