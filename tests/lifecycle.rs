@@ -697,7 +697,7 @@ async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
         .sum()
 }
 
