@@ -1361,7 +1361,11 @@ async fn rules_pass(
         if let Some(s) = report.settle.as_mut() {
             s.job = true;
         }
-        report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
+        // Suspended or planned, the job is not there to record (a later pass would take its
+        // first creation for a repair).
+        if !suspended {
+            report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
+        }
     } else if !report.status.objects.jobs.is_empty() && !suspended {
         done.extend(
             engine::mljob::remove(es, owner)

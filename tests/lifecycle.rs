@@ -1,11 +1,17 @@
-//! Lifecycle a GitOps user can trust: zero-gap upgrades and Plan mode.
+//! Lifecycle a GitOps user can trust: zero-gap upgrades and Plan mode; and the edges of issue 15
+//! (namespace deletion, deleting what never installed, leftovers, events that tell the truth,
+//! status that is not stale).
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dga_operator::controller::Settings;
+use dga_standin::StandinConfig;
 use dga_standin::bundle::{BundleSpec, Layout};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
 use serde_json::{Value, json};
 use support::{Env, wait_for};
 
@@ -466,11 +472,6 @@ async fn delete_unwires_even_when_the_status_lost_track() {
 // The edges of issue 15: namespace deletion, deleting what never installed, leftovers, events
 // that tell the truth, status that is not stale.
 
-use dga_operator::controller::Settings;
-use dga_standin::StandinConfig;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::Api;
-
 fn cond(s: &dga_operator::api::DgaModelStatus, t: &str) -> (String, String, String) {
     let c = s
         .conditions
@@ -669,13 +670,13 @@ async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
             env.standin.kibana_url(),
         ];
         args.extend(extra);
-        std::process::Command::new(env!("CARGO_BIN_EXE_dga-operator"))
-            .args(&args)
+        // Not std's blocking Command: the stand-in answers from this test's runtime.
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dga-operator"))
+            .args(args)
             .env_remove("DGA_ES_PASSWORD")
             .output()
-            .unwrap()
     };
-    let out = run(vec![]);
+    let out = run(vec![]).await.unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(
         !env.stack().pipelines().await.is_empty(),
@@ -684,7 +685,9 @@ async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
     let out = run(vec![
         "--leftovers-of".into(),
         format!("{}/old", env.ns.name),
-    ]);
+    ])
+    .await
+    .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("removed trained model"), "{text}");
@@ -697,7 +700,13 @@ async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .filter_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -765,12 +774,12 @@ async fn repairs_are_reported_as_repairs_each_with_its_own_note_and_counted() {
         (repairs.len() >= 3).then_some((ev, repairs))
     })
     .await;
-    let (all, repairs) = notes.unwrap_or_else(|| {
+    let Some((all, repairs)) = notes else {
         panic!(
             "three DriftRepaired events expected: {:?}",
-            futures::executor::block_on(env.events("dga"))
+            env.events("dga").await
         )
-    });
+    };
     let has = |what: &str| repairs.iter().any(|n| n.contains(what));
     assert!(
         has(&format!("repair ingest pipeline {}", rel.router_pipeline)),
@@ -812,8 +821,9 @@ async fn suspended_and_plan_mode_conditions_say_what_the_cluster_holds() {
     let mut planned = spec(&rel.tag);
     planned["mode"] = "Plan".into();
     env.apply("plan", planned).await;
+    // Plan mode did what it was asked: Ready (ChangesPending says what Apply would do).
     let m = env
-        .wait_condition("plan", "Ready", "False", Some("Planned"))
+        .wait_condition("plan", "Ready", "True", Some("Planned"))
         .await;
     let st = m.status.unwrap();
     let (status, reason, msg) = cond(&st, "RulesInstalled");
@@ -823,6 +833,8 @@ async fn suspended_and_plan_mode_conditions_say_what_the_cluster_holds() {
         "{msg}"
     );
     assert!(msg.starts_with("mode Plan; would:"), "{msg}");
+    // Nothing was installed before: the first creation of the job is no repair.
+    assert!(!msg.contains("repair"), "{msg}");
     assert_eq!(cond(&st, "PipelinesInstalled").1, "Planned");
     env.delete("plan").await;
     env.wait_gone("plan").await;

@@ -199,7 +199,8 @@ pub struct RemoveArgs {
     pub connection: ConnectionArgs,
     /// Also remove what the deleted DgaModel NAMESPACE/NAME left behind (deletionPolicy Retain,
     /// or a cleanup the operator gave up on). Repeatable. Only for DgaModels that no longer
-    /// exist: the operator of a live one would put its objects back.
+    /// exist: the operator of a live one would put its objects back. Of the enrichment wiring,
+    /// the default hook pipeline and indices are looked at.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_owner_key)]
     pub leftovers_of: Vec<String>,
 }
@@ -871,7 +872,14 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     let (es, _) = connect(out, &conn, false).await?;
     let mut owner = Owner::cli();
     owner.adopted = args.leftovers_of.clone();
-    let known = known_ids();
+    let mut known = known_ids();
+    if !owner.adopted.is_empty() {
+        // A DgaModel also wires the enrichment in: by default through these hook pipelines and
+        // indices (hooks its spec named otherwise are not known here).
+        let wiring = engine::Wiring::from_spec(None);
+        known.pipelines.extend(wiring.custom_pipelines);
+        known.indices.extend(wiring.indices);
+    }
     let removed = out
         .step(
             "removing what dga-operator setup installed",
