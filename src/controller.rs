@@ -490,7 +490,7 @@ impl Report {
         }
         self.set(READY, false, PROGRESSING, message.clone());
         self.set(RECONCILING, true, PROGRESSING, message);
-        self.set(STALLED, false, PROGRESSING, "");
+        self.set(STALLED, false, PROGRESSING, "a pass is under way");
         self.status.observed_generation = self.generation;
         self.settle_state();
         let api: Api<DgaModel> = Api::namespaced(ctx.client.clone(), &self.namespace);

@@ -560,7 +560,8 @@ async fn deletions_finish_at_once_with_nothing_recorded_and_show_a_pending_deadl
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "wrong-password").await;
     env.apply("never", spec(&rel.tag)).await;
-    let m = env.wait_condition("never", "Ready", "False", None).await;
+    // Stalled, not the Ready=False a pass writes when it starts.
+    let m = env.wait_condition("never", "Stalled", "True", None).await;
     let st = m.status.unwrap();
     // The False side of Stalled/Reconciling explains itself instead of repeating the reason.
     for t in ["Reconciling", "Stalled"] {
