@@ -157,20 +157,12 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let exp = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << (n - 1).min(16));
-        let capped = exp.min(self.settings.backoff_cap);
-        let jitter = rand::random_range(0.8..1.2);
-        capped
-            .mul_f64(jitter)
-            .max(retry_after.unwrap_or_default())
-            .min(
-                self.settings
-                    .backoff_cap
-                    .max(retry_after.unwrap_or_default()),
-            )
+        crate::backoff::delay(
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+            n,
+            retry_after,
+        )
     }
 
     fn succeeded(&self, uid: &str) {

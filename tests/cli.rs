@@ -569,7 +569,7 @@ async fn bad_input_is_refused_before_any_request() {
         ),
         (vec!["setup"], "no release given"),
         (vec!["setup", "-t", TAG, "-d", &dir], "not both"),
-        (vec!["setup", "-d", "/nonexistent/dga"], "no such folder"),
+        (vec!["setup", "-d", "/nonexistent/dga"], "No such file"),
         (vec!["setup", "-d", &dir, "--sha256", "ab"], "go with -t"),
         (
             vec!["setup", "-t", TAG, "--sha256", "xyz"],
