@@ -1362,7 +1362,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
     }
     let owner = owner_of(obj);
     let status = obj.status.clone().unwrap_or_default();
-    let left = describe_objects(&status.objects);
+    let left = describe_objects(&status.objects, &owner);
     let mut report = Report::new(obj);
     // The state column and Ready say so while the cleanup runs (kstatus reads Terminating from
     // the deletionTimestamp alone).
@@ -1548,9 +1548,34 @@ fn remedy(e: &Error, cluster: &str) -> Option<String> {
     })
 }
 
-fn describe_objects(o: &InstalledObjects) -> String {
+/// Everything the status records, every kind: what a person has to remove by hand after a
+/// `Retain` or an abandoned cleanup.
+fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
     let mut parts: Vec<String> = Vec::new();
-    parts.extend(o.pipelines.iter().map(|p| format!("ingest pipeline {p}")));
+    if let Some(space) = &o.rules_space {
+        parts.push(format!(
+            "the detection rules tagged {} in Kibana space {space}",
+            crate::kibana::owner_tag(&owner.key())
+        ));
+    }
+    for job in &o.jobs {
+        parts.push(format!(
+            "anomaly detection job {job} and datafeed {}",
+            engine::mljob::datafeed_id(job)
+        ));
+    }
+    parts.extend(
+        o.wired_indices
+            .iter()
+            .map(|i| format!("index.final_pipeline of index {i}")),
+    );
+    for p in &o.pipelines {
+        if p.ends_with("@custom") {
+            parts.push(format!("ingest pipeline hook {p}"));
+        } else {
+            parts.push(format!("ingest pipeline {p}"));
+        }
+    }
     parts.extend(o.scripts.iter().map(|p| format!("stored script {p}")));
     parts.extend(o.models.iter().map(|p| format!("trained model {p}")));
     if parts.is_empty() {

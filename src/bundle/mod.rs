@@ -192,20 +192,22 @@ pub fn open_zip_prefetched(
             ),
         ));
     }
+    // Which of two same-named entries an unzip tool keeps differs (the zip crate keeps the
+    // last, under the first one's index): refuse to guess.
+    if let Some(name) = duplicate_entry(zip_path, archive.central_directory_start())
+        .map_err(|e| bad(&zip_name, format!("cannot read the central directory: {e}")))?
+    {
+        return Err(bad(&name, "appears twice in the zip"));
+    }
     // Check every entry before extracting any.
     let mut declared_total: u64 = 0;
     let mut names = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     for i in 0..archive.len() {
         let entry = archive
             .by_index_raw(i)
             .map_err(|e| bad(&zip_name, format!("entry {i}: {e}")))?;
         let name = entry.name().to_string();
         check_entry_name(&name)?;
-        // Which of two same-named entries an unzip tool keeps differs: refuse to guess.
-        if !seen.insert(name.clone()) {
-            return Err(bad(&name, "appears twice in the zip"));
-        }
         if entry.is_symlink() {
             return Err(bad(
                 &name,
@@ -245,6 +247,31 @@ pub fn open_zip_prefetched(
     save_opened(dir, &bundle)?;
     opening.keep();
     Ok(bundle)
+}
+
+/// The first name that two central directory records share. The zip crate's reader keys
+/// entries by name, so it cannot tell; the records are walked here (APPNOTE 4.3.12: a 46-byte
+/// fixed part, then name, extra field and comment).
+fn duplicate_entry(zip_path: &Path, dir_start: u64) -> io::Result<Option<String>> {
+    use std::io::Seek;
+    let mut f = BufReader::new(File::open(zip_path)?);
+    f.seek(io::SeekFrom::Start(dir_start))?;
+    let mut seen = std::collections::HashSet::new();
+    // A zip without ZIP64 holds at most 65535 entries; ours are refused far below that.
+    for _ in 0..=u16::MAX {
+        let mut h = [0u8; 46];
+        if f.read_exact(&mut h).is_err() || h[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            break;
+        }
+        let field = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+        let mut name = vec![0u8; field(28) as usize];
+        f.read_exact(&mut name)?;
+        f.seek_relative(i64::from(field(30)) + i64::from(field(32)))?;
+        if !seen.insert(name.clone()) {
+            return Ok(Some(String::from_utf8_lossy(&name).into_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// What makes a zip file unusable as a zip (`None`: its central directory reads and every entry

@@ -87,6 +87,18 @@ pub async fn ensure(
                     )));
                 }
             }
+            // The marker names the release: after an upgrade (or a takeover) the job says
+            // which release it serves, like every other object.
+            if Marker::from_meta(job.get("custom_settings")).as_ref() != Some(marker) {
+                ch.done.push(format!(
+                    "mark anomaly detection job {JOB_ID} as installed with release {}",
+                    marker.release
+                ));
+                if !dry_run {
+                    let update = json!({"custom_settings": {MARKER_KEY: marker}});
+                    es.update_job(JOB_ID, &update).await?;
+                }
+            }
         }
     }
     let want_feed = datafeed_body(JOB_ID, index);

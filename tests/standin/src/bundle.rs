@@ -698,6 +698,13 @@ pub enum Defect {
     /// The model's definition is a `compressed_definition` that is base64 but not of gzip:
     /// only a parse of the definition (Elasticsearch's, or ours after a refusal) finds it.
     UndecodableDefinition,
+    /// The model's `definition` is plain JSON with balanced brackets but a bad value inside
+    /// `trained_model` (`[1,, 2]`): a scan for its structure passes, a JSON parser does not.
+    InvalidJsonDefinition,
+    /// The router pipeline file appears twice under the same name, the second copy with another
+    /// `description` (written under a name of the same length, then renamed in place: the zip
+    /// crate's writer refuses duplicates).
+    DuplicateEntry,
 }
 
 /// Zip entries in memory: name and bytes.
@@ -735,6 +742,7 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
     let mut zip = ZipWriter::new(BufWriter::new(File::create(&zip_path)?));
     let mut symlink = None;
     let mut bomb = None;
+    let mut duplicate: Option<(String, String)> = None;
     match &defect {
         Defect::ParentTraversal => {
             let b = files[model_pos].1.clone();
@@ -778,6 +786,25 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
             m.insert("compressed_definition".into(), "bm90IGd6aXA=".into());
             files[model_pos].1 = serde_json::to_vec(&v)?;
         }
+        Defect::InvalidJsonDefinition => {
+            let mut v: Value = serde_json::from_slice(&files[model_pos].1)?;
+            let m = v.as_object_mut().unwrap();
+            m.remove("compressed_definition");
+            m.insert("definition".into(), "@definition@".into());
+            let text = serde_json::to_string(&v)?.replace(
+                "\"@definition@\"",
+                r#"{"trained_model": {"tree": {"feature_names": ["a"], "tree_structure": [1,, 2]}}}"#,
+            );
+            files[model_pos].1 = text.into_bytes();
+        }
+        Defect::DuplicateEntry => {
+            let router = files.iter().find(|(n, _)| *n == router_path).unwrap();
+            let mut v: Value = serde_json::from_slice(&router.1)?;
+            v["description"] = "the second copy".into();
+            let twin = format!("{}X", &router_path[..router_path.len() - 1]);
+            files.push((twin.clone(), serde_json::to_vec(&v)?));
+            duplicate = Some((twin, router_path.clone()));
+        }
     }
     zip.add_directory(format!("{}/", spec.tag), opts)
         .map_err(zerr)?;
@@ -801,6 +828,23 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
         zip.write_all(&model)?;
     }
     zip.finish().map_err(zerr)?.flush()?;
+    if let Some((twin, name)) = duplicate {
+        // Same length, so every offset in the zip stays right; names are outside the CRC.
+        let bytes = fs::read(&zip_path)?;
+        let (from, to) = (twin.as_bytes(), name.as_bytes());
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(from) {
+                out.extend_from_slice(to);
+                i += from.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        fs::write(&zip_path, out)?;
+    }
     Ok(zip_path)
 }
 

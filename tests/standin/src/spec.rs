@@ -66,6 +66,7 @@ static ES_FILES: &[(&str, &str)] = es_files!(
     "ml.put_trained_model_alias.json",
     "ml.start_datafeed.json",
     "ml.stop_datafeed.json",
+    "ml.update_job.json",
     "put_script.json",
 );
 
