@@ -1135,6 +1135,25 @@ mod tests {
         let b = read_entry(&z, &format!("{t}/dga_875109_1.0_model.json")).unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert!(v.get("definition").is_none() && v["compressed_definition"] == "bm90IGd6aXA=");
+        let z = write_bad_release(&spec, Defect::InvalidJsonDefinition, &sub("j")).unwrap();
+        let b = read_entry(&z, &format!("{t}/dga_875109_1.0_model.json")).unwrap();
+        assert!(serde_json::from_slice::<Value>(&b).is_err());
+        let text = String::from_utf8(b).unwrap();
+        assert!(text.contains(r#""definition":{"trained_model""#), "{text}");
+        let z = write_bad_release(&spec, Defect::DuplicateEntry, &sub("k")).unwrap();
+        // The central directory holds the name twice (the reader keeps one of them).
+        let bytes = fs::read(&z).unwrap();
+        let name = format!("{t}/dga_875109_1.0_ingest_pipeline1.json");
+        let mut central = 0;
+        for i in 0..bytes.len().saturating_sub(46) {
+            if bytes[i..].starts_with(&[0x50, 0x4b, 0x01, 0x02])
+                && bytes[i + 46..].starts_with(name.as_bytes())
+            {
+                central += 1;
+            }
+        }
+        assert_eq!(central, 2);
+        assert!(!String::from_utf8_lossy(&bytes).contains(".jsoX"));
         let z = dir.join("custom.zip");
         write_custom_zip(&z, &[("x/../y.json", b"{}"), ("/abs.json", b"[]")]).unwrap();
         assert_eq!(list(&z).len(), 2);
