@@ -469,10 +469,19 @@ impl Fetcher {
             // kept (the next attempt asks again).
             let probe = tmp.clone();
             if let Ok(Err(why)) = tokio::task::spawn_blocking(move || super::is_zip(&probe)).await {
-                return Err(Error::InvalidRelease(format!(
-                    "the download from {} is not a zip file ({n} bytes: {why})",
-                    redact_url(url)
-                )));
+                // The release's zip is what is wrong (InvalidBundle, as when a cached zip does
+                // not open), named as the URL's last segment.
+                let file = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.path_segments()?.next_back().map(str::to_string))
+                    .unwrap_or_else(|| "the release zip".into());
+                return Err(Error::InvalidBundle(super::BundleError {
+                    file,
+                    problem: format!(
+                        "not a valid zip: the download from {} is not a zip file ({n} bytes: {why})",
+                        redact_url(url)
+                    ),
+                }));
             }
             tokio::fs::rename(&tmp, self.zip_path(&sha))
                 .await
