@@ -1627,7 +1627,7 @@ async fn progress_lines_stay_whole_off_a_terminal() {
             !l.contains("Elasticsearch ") || l.starts_with("Elasticsearch "),
             "a line begun by one task, finished by another: {l:?}\n{run}"
         );
-        assert_eq!(l.matches(" ... ").count() <= 1, true, "{l:?}\n{run}");
+        assert!(l.matches(" ... ").count() <= 1, "{l:?}\n{run}");
     }
 }
 
