@@ -874,34 +874,48 @@ async fn release_and_bundle_problems() {
 /// The definition is not parsed before the upload (Elasticsearch parses it, and the parse was
 /// most of an install's time). When Elasticsearch refuses it, the error names the release file
 /// and the problem, nothing else is written, and the next run refuses the release without
-/// uploading it again.
+/// uploading it again. Also for a definition that is not JSON at all (balanced brackets, a bad
+/// value inside; issue 15, finding 9), which used to exit 1 without naming the file.
 #[tokio::test]
 async fn a_definition_elasticsearch_refuses_is_named_and_not_sent_again() {
     let bed = Bed::start().await;
-    let tag = "ML-DGA-20210130-1";
-    bed.publish_bad(tag, Defect::UndecodableDefinition);
-    let model_puts = || {
-        bed.standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
-            .map(|r| r.status)
-            .collect::<Vec<u16>>()
-    };
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("invalid bundle"), "{run}");
-    assert!(run.stderr.contains("_model.json"), "names the file: {run}");
-    assert!(run.stderr.contains("does not decode"), "{run}");
-    assert_eq!(model_puts(), vec![400], "one upload, refused");
-    assert!(bed.es_writes().len() == 1, "{:?}", bed.es_writes());
-    assert!(bed.standin.models().is_empty());
+    for (tag, defect, problem) in [
+        (
+            "ML-DGA-20210130-1",
+            Defect::UndecodableDefinition,
+            "does not decode",
+        ),
+        (
+            "ML-DGA-20210201-1",
+            Defect::InvalidJsonDefinition,
+            "`definition` is not valid JSON",
+        ),
+    ] {
+        bed.publish_bad(tag, defect);
+        bed.standin.clear_requests();
+        let model_puts = || {
+            bed.standin
+                .requests()
+                .iter()
+                .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
+                .map(|r| r.status)
+                .collect::<Vec<u16>>()
+        };
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{run}");
+        assert!(run.stderr.contains("invalid bundle"), "{run}");
+        assert!(run.stderr.contains("_model.json"), "names the file: {run}");
+        assert!(run.stderr.contains(problem), "{run}");
+        assert_eq!(model_puts(), vec![400], "one upload, refused");
+        assert!(bed.es_writes().len() == 1, "{:?}", bed.es_writes());
+        assert!(bed.standin.models().is_empty());
 
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("does not decode"), "{run}");
-    assert_eq!(model_puts(), vec![400], "not uploaded again");
-    assert!(bed.standin.scripts().is_empty() && bed.standin.pipelines().is_empty());
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{run}");
+        assert!(run.stderr.contains(problem), "{run}");
+        assert_eq!(model_puts(), vec![400], "not uploaded again");
+        assert!(bed.standin.scripts().is_empty() && bed.standin.pipelines().is_empty());
+    }
 }
 
 #[tokio::test]
@@ -1513,34 +1527,6 @@ async fn a_zip_with_two_entries_of_one_name_is_refused() {
     assert!(run.stderr.contains("appears twice in the zip"), "{run}");
     assert!(run.stderr.contains(".json"), "names the entry: {run}");
     assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
-}
-
-/// Finding 9: a definition that is not valid JSON (balanced brackets, a bad value inside) is
-/// refused by Elasticsearch; the CLI names the file, exits 7, and the next run refuses the
-/// release without uploading it again.
-#[tokio::test]
-async fn a_definition_that_is_not_json_is_named_and_not_sent_again() {
-    let bed = Bed::start().await;
-    let tag = "ML-DGA-20210201-1";
-    bed.publish_bad(tag, Defect::InvalidJsonDefinition);
-    let model_puts = || {
-        bed.standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
-            .map(|r| r.status)
-            .collect::<Vec<u16>>()
-    };
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("_model.json"), "names the file: {run}");
-    assert!(run.stderr.contains("is not valid JSON"), "{run}");
-    assert_eq!(model_puts(), vec![400], "one upload, refused");
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("is not valid JSON"), "{run}");
-    assert_eq!(model_puts(), vec![400], "not uploaded again");
-    assert!(bed.standin.models().is_empty() && bed.standin.pipelines().is_empty());
 }
 
 /// Finding 9: messages carry the HTTP status and the URL; an empty answer is called one; a

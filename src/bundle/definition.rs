@@ -36,29 +36,13 @@ pub fn check_file(path: &Path, key: &str) -> io::Result<Verdict> {
 /// The scan of `check_definition` copies the large values by their brackets alone (a stray
 /// comma or a misspelt `true` inside `trained_model` passes it); this second pass parses every
 /// value, so a definition that is not JSON is named as such.
-fn check_syntax<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u64) -> Verdict {
+fn check_syntax<R: BufRead + Send>(r: R, key: &str, max_decompressed: u64) -> Verdict {
     use serde::de::IgnoredAny;
     if key == "compressed_definition" {
-        let mut quote = [0u8];
-        r.read_exact(&mut quote).map_err(|e| e.to_string())?;
-        let unquoted = StopAtQuote {
-            inner: r,
-            done: false,
-        };
-        let b64 =
-            base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = Limited::new(
-            flate2::read::GzDecoder::new(b64),
-            max_decompressed,
-            "it inflates to more than the largest definition accepted",
-        );
+        let gz = inflate(r, max_decompressed)?;
         serde_json::from_reader::<_, IgnoredAny>(BufReader::with_capacity(CHUNK, gz))
             .map(drop)
-            .map_err(|e| {
-                format!(
-                    "`compressed_definition` does not decode to a JSON definition (base64 of gzip): {e}"
-                )
-            })
+            .map_err(|e| format!("{UNDECODABLE}: {e}"))
     } else {
         serde_json::from_reader::<_, IgnoredAny>(r)
             .map(drop)
@@ -66,36 +50,41 @@ fn check_syntax<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u64) -
     }
 }
 
+const UNDECODABLE: &str =
+    "`compressed_definition` does not decode to a JSON definition (base64 of gzip)";
+
+/// The JSON inside a `compressed_definition` string value (`r` starts at its opening quote),
+/// inflating to at most `max_decompressed` bytes.
+fn inflate<R: BufRead + Send>(mut r: R, max_decompressed: u64) -> Result<impl Read + Send, String> {
+    let mut quote = [0u8];
+    r.read_exact(&mut quote).map_err(|e| e.to_string())?;
+    if quote[0] != b'"' {
+        return Err("`compressed_definition` is not a string".into());
+    }
+    let unquoted = StopAtQuote {
+        inner: r,
+        done: false,
+    };
+    let b64 =
+        base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
+    Ok(Limited::new(
+        flate2::read::GzDecoder::new(b64),
+        max_decompressed,
+        "it inflates to more than the largest definition accepted",
+    ))
+}
+
 /// The definition must be an object with a `trained_model`; a compressed one must decode.
 /// `r` holds the raw JSON value of `key`.
-fn check_definition<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u64) -> Verdict {
+fn check_definition<R: BufRead + Send>(r: R, key: &str, max_decompressed: u64) -> Verdict {
     let split = if key == "compressed_definition" {
-        let mut quote = [0u8];
-        r.read_exact(&mut quote).map_err(|e| e.to_string())?;
-        if quote[0] != b'"' {
-            return Err("`compressed_definition` is not a string".into());
-        }
-        let unquoted = StopAtQuote {
-            inner: r,
-            done: false,
-        };
-        let b64 =
-            base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = Limited::new(
-            flate2::read::GzDecoder::new(b64),
-            max_decompressed,
-            "it inflates to more than the largest definition accepted",
-        );
+        let gz = inflate(r, max_decompressed)?;
         // Decoding and scanning cost about the same: one thread each.
         thread::scope(|s| {
             let decoded = pipe::read_ahead(s, gz);
             json_scan::split_object(decoded, json_scan::DEFINITION_LARGE_KEYS, &mut io::sink())
         })
-        .map_err(|e| {
-            format!(
-                "`compressed_definition` does not decode to a JSON definition (base64 of gzip): {e}"
-            )
-        })?
+        .map_err(|e| format!("{UNDECODABLE}: {e}"))?
     } else {
         json_scan::split_object(r, json_scan::DEFINITION_LARGE_KEYS, &mut io::sink())
             .map_err(|e| format!("`definition`: {e}"))?

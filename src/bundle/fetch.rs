@@ -397,10 +397,11 @@ impl Fetcher {
         let result = async {
             // Chunks arrive a few KB at a time: batch them into 1 MiB writes (bounded memory,
             // far fewer trips to the blocking pool than one write per chunk).
-            let mut file = tokio::io::BufWriter::with_capacity(
-                1 << 20,
-                tokio::fs::File::create(&tmp).await.map_err(io_err)?,
-            );
+            // Created here, not on the blocking pool: a create still in flight when the future
+            // is dropped would put the file there after the guard removed it.
+            let created = std::fs::File::create(&tmp).map_err(io_err)?;
+            let mut file =
+                tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(created));
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();

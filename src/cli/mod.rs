@@ -848,18 +848,17 @@ fn label(a: &Action, d: &engine::Desired) -> String {
 /// exit code is 130.
 async fn interruptible(cmd: &str, fut: impl std::future::Future<Output = i32>) -> i32 {
     tokio::select! {
-        code = fut => return code,
+        code = fut => {
+            // A run that failed dropped its download part-way (the cluster refused first): the
+            // thread extracting from it ends at the closed queue; let it clean up before exit.
+            settle_scratch().await;
+            return code;
+        }
         _ = tokio::signal::ctrl_c() => {}
     }
     // The command's future is dropped by now: its download removed its partial file.
     bundle::scratch::interrupt();
-    for _ in 0..250 {
-        if bundle::scratch::live() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bundle::scratch::remove_all();
+    settle_scratch().await;
     let mut f = Failure::new(
         EXIT_INTERRUPTED,
         "interrupted; nothing partial was left in the cache",
@@ -868,6 +867,18 @@ async fn interruptible(cmd: &str, fut: impl std::future::Future<Output = i32>) -
         f = f.hint("if setup had begun to write, run the same command again to finish: it picks up where this one stopped");
     }
     f.report()
+}
+
+/// Waits (up to 5 s) for the threads still writing into the cache to drop their guards, then
+/// removes whatever is still registered.
+async fn settle_scratch() {
+    for _ in 0..250 {
+        if bundle::scratch::live() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bundle::scratch::remove_all();
 }
 
 pub async fn setup(args: SetupArgs) -> i32 {
