@@ -1080,17 +1080,18 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
             .map(|id| format!("ingest pipeline {id}")),
     );
     kept.extend(left.scripts.keys().map(|id| format!("stored script {id}")));
-    let job = engine::mljob::JOB_ID;
-    if conn
-        .retry
-        .run(out, false, || es.get_job(job))
-        .await?
-        .is_some()
-    {
-        kept.push(format!(
-            "anomaly detection job {job} and datafeed {}",
-            engine::mljob::datafeed_id(job)
-        ));
+    for job in [engine::mljob::JOB_ID, engine::mljob::JOB_ID_EA] {
+        if conn
+            .retry
+            .run(out, false, || es.get_job(job))
+            .await?
+            .is_some()
+        {
+            kept.push(format!(
+                "anomaly detection job {job} and datafeed {}",
+                engine::mljob::datafeed_id(job)
+            ));
+        }
     }
     if !kept.is_empty() {
         out.line(format!(

@@ -69,13 +69,11 @@ pub async fn plan(
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
     let owner = Owner::cli();
-    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| {
-        Failure::from(crate::error::Error::Rejected {
-            service: crate::error::Service::Kibana,
-            what: "GET /api/status".into(),
-            status: 200,
-            detail: format!("version `{}` is not a stack version", status.version),
-        })
+    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| Error::Rejected {
+        service: crate::error::Service::Kibana,
+        what: "GET /api/status".into(),
+        status: 200,
+        detail: format!("version `{}` is not a stack version", status.version),
     })?;
     let features = kibana::KibanaFeatures::new(version);
     let mut input = RulesInput {
