@@ -932,6 +932,9 @@ async fn help_documents_exit_codes() {
             "5  licence",
             "6  conflict",
             "7  release or bundle",
+            "8  temporarily unavailable",
+            "130  interrupted",
+            "--retries",
             "--cloud-id",
             "--es-password",
         ] {
