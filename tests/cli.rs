@@ -1239,6 +1239,30 @@ async fn a_zip_bomb_is_refused_without_writing_and_refused_again_from_the_cache(
     assert!(bed.es_writes().is_empty());
 }
 
+/// Finding 7: a model entry that inflates past the size its zip entry declares is stopped at
+/// that size (not at the 512 MiB limit): nothing large is written, nothing is left.
+#[tokio::test]
+async fn a_zip_entry_that_lies_about_its_size_is_stopped_at_the_declared_size() {
+    let bed = Bed::start().await;
+    let tag = "ML-DGA-20210203-1";
+    bed.publish_bad(tag, Defect::LyingZipBomb { bytes: 600 << 20 });
+    let run = bed.cmd("setup", &["-t", tag]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(
+        run.stderr
+            .contains("inflates to more than the 1000 bytes its zip entry declares"),
+        "{run}"
+    );
+    let written: u64 = files_under(&bed.cache())
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".zip"))
+        .map(|(_, s)| s)
+        .sum();
+    assert!(written < 1 << 20, "{:?}", files_under(&bed.cache()));
+    assert!(partials(&bed.cache()).is_empty());
+    assert!(bed.es_writes().is_empty());
+}
+
 /// Finding 7: Ctrl-C while the release downloads ends the run with 130 and leaves no partial
 /// file in the cache.
 #[tokio::test]

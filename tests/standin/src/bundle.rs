@@ -687,6 +687,9 @@ pub enum Defect {
     /// The model file is `bytes` of JSON whitespace followed by the model: tiny compressed,
     /// huge uncompressed.
     ZipBomb { bytes: u64 },
+    /// `ZipBomb` whose model entry declares 1000 bytes uncompressed (local header and central
+    /// directory both), so only a reader that stops at the declared size is safe.
+    LyingZipBomb { bytes: u64 },
     /// A second file of the model kind (`dga_999999_9.9_model.json`).
     DuplicateModel,
     /// The inference pipeline file is truncated JSON.
@@ -756,7 +759,7 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
             files.retain(|(n, _)| *n != router_path);
             symlink = Some(router_path.clone());
         }
-        Defect::ZipBomb { bytes } => {
+        Defect::ZipBomb { bytes } | Defect::LyingZipBomb { bytes } => {
             let (_, model) = files.remove(model_pos);
             bomb = Some((model_path.clone(), *bytes, model));
         }
@@ -828,6 +831,23 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
         zip.write_all(&model)?;
     }
     zip.finish().map_err(zerr)?.flush()?;
+    if let Defect::LyingZipBomb { bytes } = defect {
+        assert!(bytes < u32::MAX as u64 / 2, "no zip64 sizes to patch");
+        let mut b = fs::read(&zip_path)?;
+        let name = model_path.as_bytes();
+        let lie = 1000u32.to_le_bytes();
+        // APPNOTE 4.3.7 / 4.3.12: uncompressed size at offset 22 of a local header, 24 of a
+        // central directory header; the name at 30 and 46.
+        for i in 0..b.len().saturating_sub(46) {
+            if b[i..].starts_with(&[0x50, 0x4b, 0x03, 0x04]) && b[i + 30..].starts_with(name) {
+                b[i + 22..i + 26].copy_from_slice(&lie);
+            }
+            if b[i..].starts_with(&[0x50, 0x4b, 0x01, 0x02]) && b[i + 46..].starts_with(name) {
+                b[i + 24..i + 28].copy_from_slice(&lie);
+            }
+        }
+        fs::write(&zip_path, b)?;
+    }
     if let Some((twin, name)) = duplicate {
         // Same length, so every offset in the zip stays right; names are outside the CRC.
         let bytes = fs::read(&zip_path)?;
@@ -1113,6 +1133,13 @@ mod tests {
             list(&z)
                 .iter()
                 .any(|(n, _, s)| n.ends_with("_model.json") && *s > 50_000_000)
+        );
+        let z = write_bad_release(&spec, Defect::LyingZipBomb { bytes: 50_000_000 }, &sub("l"))
+            .unwrap();
+        assert!(
+            list(&z)
+                .iter()
+                .any(|(n, _, s)| n.ends_with("_model.json") && *s == 1000)
         );
         let z = write_bad_release(&spec, Defect::DuplicateModel, &sub("e")).unwrap();
         assert_eq!(
