@@ -1602,7 +1602,13 @@ async fn messages_name_the_status_and_the_url() {
     let run = bed.run(&args).await;
     assert_ne!(run.code, 0, "{run}");
     assert!(!run.stderr.contains("Not Found: Not Found"), "{run}");
-    assert!(run.stderr.contains("HTTP 404"), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "{}/api/status answered Not Found (HTTP 404)",
+            bed.standin.kibana_url()
+        )),
+        "{run}"
+    );
 }
 
 /// Finding 9: off a terminal, the download and the cluster check run side by side and every
