@@ -836,7 +836,7 @@ async fn glance_pass(
         Ok(Glance::Unchanged(verdict)) => {
             let (state, _, message) = verified_condition(&verdict);
             let before = status::get(&report.status.conditions, VERIFIED)
-                .map(|c| (c.status.clone(), c.message.as_str()));
+                .map(|c| (c.status, c.message.as_str()));
             if before != Some((state, message.as_str())) {
                 info!(
                     namespace = ns,
