@@ -158,20 +158,12 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let exp = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << (n - 1).min(16));
-        let capped = exp.min(self.settings.backoff_cap);
-        let jitter = rand::random_range(0.8..1.2);
-        capped
-            .mul_f64(jitter)
-            .max(retry_after.unwrap_or_default())
-            .min(
-                self.settings
-                    .backoff_cap
-                    .max(retry_after.unwrap_or_default()),
-            )
+        crate::backoff::delay(
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+            n,
+            retry_after,
+        )
     }
 
     fn succeeded(&self, uid: &str) {
@@ -964,9 +956,17 @@ async fn glance_pass(
     if ctx.no_glance.lock().expect("no_glance").contains(&cluster) {
         return Ok(false);
     }
-    let feed = engine::mljob::datafeed_id(engine::mljob::JOB_ID);
+    // The job this DgaModel recorded (its id follows the stack version).
+    let job_id = report
+        .status
+        .objects
+        .jobs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| engine::mljob::JOB_ID.to_string());
+    let feed = engine::mljob::datafeed_id(&job_id);
     let tasks = job.then_some(JobTasks {
-        job: engine::mljob::JOB_ID,
+        job: &job_id,
         datafeed: &feed,
     });
     let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
@@ -974,7 +974,7 @@ async fn glance_pass(
         Ok(Glance::Unchanged(verdict)) => {
             let (state, _, message) = verified_condition(&verdict);
             let before = status::get(&report.status.conditions, VERIFIED)
-                .map(|c| (c.status.clone(), c.message.as_str()));
+                .map(|c| (c.status, c.message.as_str()));
             if before != Some((state, message.as_str())) {
                 info!(
                     namespace = ns,
@@ -1257,12 +1257,19 @@ async fn rules_pass(
     let wanted = spec.enabled.unwrap_or(true);
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
-    // A glance already proved the cluster side; Kibana's `_find` below proves it answers.
-    if !glanced {
-        kibana_status(ctx, &client, &kb.cache_key(), report).await?;
-    }
+    // Kibana's version decides which fields its rules accept and which job Elastic ships
+    // (cached like the cluster's, so a glance pass rarely asks again).
+    let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
+    let features = kibana::KibanaFeatures::new(
+        kibana::StackVersion::parse(&kstatus.version).ok_or_else(|| Error::Rejected {
+            service: crate::error::Service::Kibana,
+            what: "GET /api/status".into(),
+            status: 200,
+            detail: format!("version `{}` is not a stack version", kstatus.version),
+        })?,
+    );
 
-    let input = RulesInput {
+    let mut input = RulesInput {
         source_rules: bundle.rules.clone(),
         selected: spec.rule_ids.clone(),
         index: spec
@@ -1271,6 +1278,8 @@ async fn rules_pass(
             .unwrap_or_else(kibana::rules::default_index),
         enabled: spec.enable_new_rules.unwrap_or(true),
         owner: owner.key(),
+        kibana: features,
+        job_id: engine::mljob::job_id_for(&features).to_string(),
     };
     let unknown = kibana::rules::unknown_selected(&input);
     if !unknown.is_empty() {
@@ -1281,17 +1290,34 @@ async fn rules_pass(
         report.set(RULES, false, "InvalidSpec", e.to_string());
         return Err(e);
     }
-    let desired = if wanted {
+    let mut desired = if wanted {
         kibana::desired_rules(&input)
     } else {
         Vec::new()
     };
+    let needs_job = desired
+        .iter()
+        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
+    // The ML rule watches the job that exists: Fleet's module job if there is one.
+    let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
+    let job = match report.status.objects.jobs.first() {
+        Some(id) if checked => engine::mljob::JobChoice {
+            id: id.clone(),
+            fleet: false,
+        },
+        _ if needs_job => engine::mljob::choose(es, &features).await?,
+        _ => engine::mljob::JobChoice {
+            id: input.job_id.clone(),
+            fleet: false,
+        },
+    };
+    if job.id != input.job_id {
+        input.job_id = job.id.clone();
+        desired = kibana::desired_rules(&input);
+    }
     let own_tag = kibana::owner_tag(&owner.key());
     let observed = kibana::rules::observe(&client, &space, &desired, &own_tag).await?;
-    let mut actions = kibana::diff(&desired, &observed, &own_tag);
-    if obj.spec.overwrite {
-        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
-    }
+    let actions = kibana::rules::plan(&desired, &observed, &own_tag, obj.spec.overwrite);
     let conflicts: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
@@ -1304,9 +1330,6 @@ async fn rules_pass(
         report.set(RULES, false, "Conflict", e.to_string());
         return Err(e);
     }
-    let needs_job = desired
-        .iter()
-        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
     // A rule, job or datafeed created again where the status records them installed was
     // removed by hand: a repair, counted and reported as one.
@@ -1338,12 +1361,12 @@ async fn rules_pass(
     // The ML rule is useless without its job: install it alongside, remove it when unselected.
     if needs_job {
         // A glance that checked the job's tasks proved it open and fed.
-        let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
         if !checked {
             let ch = engine::mljob::ensure(
                 es,
                 owner,
                 marker,
+                &job,
                 &input.index,
                 obj.spec.overwrite,
                 suspended,
@@ -1361,10 +1384,15 @@ async fn rules_pass(
         if let Some(s) = report.settle.as_mut() {
             s.job = true;
         }
+        // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
         // Suspended or planned, the job is not there to record (a later pass would take its
         // first creation for a repair).
         if !suspended {
-            report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
+            report.status.objects.jobs = if job.fleet {
+                Vec::new()
+            } else {
+                vec![job.id.clone()]
+            };
         }
     } else if !report.status.objects.jobs.is_empty() && !suspended {
         done.extend(
@@ -1409,7 +1437,29 @@ async fn rules_pass(
         } else {
             " (the machine_learning rule is not selected: no anomaly job)".to_string()
         };
-        format!("{} rules in space {space}{skipped}", desired.len())
+        let job_note = if needs_job {
+            format!(
+                "; the machine_learning rule watches {}{}",
+                job.id,
+                if job.fleet {
+                    " (Fleet's DGA module job)"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "custom rules under the operator's rule_ids ({} on Kibana {}){job_note}: {} rules in space {space}{skipped}",
+            if features.prebuilt_rules() {
+                "not yet installed through Kibana's prebuilt-rules route"
+            } else {
+                "Kibana ships Elastic's DGA rules as prebuilt rules only from 8.9"
+            },
+            kstatus.version,
+            desired.len()
+        )
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };
@@ -1428,7 +1478,7 @@ async fn kibana_status(
     client: &crate::kibana::KibanaClient,
     key: &str,
     report: &mut Report,
-) -> Result<(), Error> {
+) -> Result<crate::kibana::KibanaStatus, Error> {
     let status = match ctx.cached(key) {
         Some(CachedInfo::Kibana(s)) => Ok(s),
         _ => client
@@ -1444,7 +1494,7 @@ async fn kibana_status(
                 "Reachable",
                 format!("Kibana {} ({})", s.version, s.level),
             );
-            Ok(())
+            Ok(s)
         }
         Err(e) => {
             report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());
@@ -1540,7 +1590,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
     }
     let owner = owner_of(obj);
     let status = obj.status.clone().unwrap_or_default();
-    let left = describe_objects(&status.objects);
+    let left = describe_objects(&status.objects, &owner);
     let mut report = Report::new(obj);
     // The state column and Ready say so while the cleanup runs (kstatus reads Terminating from
     // the deletionTimestamp alone).
@@ -1780,9 +1830,34 @@ fn remedy(e: &Error, cluster: &str) -> Option<String> {
     })
 }
 
-fn describe_objects(o: &InstalledObjects) -> String {
+/// Everything the status records, every kind: what a person has to remove by hand after a
+/// `Retain` or an abandoned cleanup.
+fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
     let mut parts: Vec<String> = Vec::new();
-    parts.extend(o.pipelines.iter().map(|p| format!("ingest pipeline {p}")));
+    if let Some(space) = &o.rules_space {
+        parts.push(format!(
+            "the detection rules tagged {} in Kibana space {space}",
+            crate::kibana::owner_tag(&owner.key())
+        ));
+    }
+    for job in &o.jobs {
+        parts.push(format!(
+            "anomaly detection job {job} and datafeed {}",
+            engine::mljob::datafeed_id(job)
+        ));
+    }
+    parts.extend(
+        o.wired_indices
+            .iter()
+            .map(|i| format!("index.final_pipeline of index {i}")),
+    );
+    for p in &o.pipelines {
+        if p.ends_with("@custom") {
+            parts.push(format!("ingest pipeline hook {p}"));
+        } else {
+            parts.push(format!("ingest pipeline {p}"));
+        }
+    }
     parts.extend(o.scripts.iter().map(|p| format!("stored script {p}")));
     parts.extend(o.models.iter().map(|p| format!("trained model {p}")));
     if parts.is_empty() {

@@ -5,11 +5,11 @@
 
 use serde_json::Value;
 
-use super::Failure;
 use super::progress::Out;
 use crate::bundle::Bundle;
 use crate::elasticsearch::Elasticsearch;
 use crate::engine::{self, Owner};
+use crate::error::Error;
 use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
 use crate::target::Endpoint;
 
@@ -23,6 +23,7 @@ pub struct RulesPlan {
     pub job_steps: Vec<String>,
     index: Vec<String>,
     needs_job: bool,
+    job: engine::mljob::JobChoice,
 }
 
 impl RulesPlan {
@@ -49,7 +50,7 @@ impl RulesPlan {
     }
 }
 
-fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, Failure> {
+fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, Error> {
     let http = kb.http_client(timeout)?;
     Ok(KibanaClient::new(http, &kb.url, kb.auth.clone()))
 }
@@ -63,28 +64,40 @@ pub async fn plan(
     bundle: &Bundle,
     marker: &engine::Marker,
     overwrite: bool,
-) -> Result<RulesPlan, Failure> {
+) -> Result<RulesPlan, Error> {
     let client = client(kb, timeout)?;
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
     let owner = Owner::cli();
-    let input = RulesInput {
+    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| Error::Rejected {
+        service: crate::error::Service::Kibana,
+        what: "GET /api/status".into(),
+        status: 200,
+        detail: format!("version `{}` is not a stack version", status.version),
+    })?;
+    let features = kibana::KibanaFeatures::new(version);
+    let mut input = RulesInput {
         source_rules: bundle.rules.clone(),
         owner: owner.key(),
+        kibana: features,
+        job_id: engine::mljob::job_id_for(&features).to_string(),
         ..RulesInput::default()
     };
-    let desired = kibana::desired_rules(&input);
-    let tag = kibana::owner_tag(&owner.key());
-    let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
-    let mut actions = kibana::diff(&desired, &observed, &tag);
-    if overwrite {
-        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
-    }
+    let mut desired = kibana::desired_rules(&input);
     let needs_job = desired
         .iter()
         .any(|r| r.get("type").and_then(Value::as_str) == Some("machine_learning"));
+    // The ML rule watches the job that exists: Fleet's module job if there is one.
+    let job = engine::mljob::choose(es, &features).await?;
+    if job.id != input.job_id {
+        input.job_id = job.id.clone();
+        desired = kibana::desired_rules(&input);
+    }
+    let tag = kibana::owner_tag(&owner.key());
+    let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
+    let actions = kibana::rules::plan(&desired, &observed, &tag, overwrite);
     let job_steps = if needs_job {
-        engine::mljob::ensure(es, &owner, marker, &input.index, overwrite, true)
+        engine::mljob::ensure(es, &owner, marker, &job, &input.index, overwrite, true)
             .await?
             .done
     } else {
@@ -96,28 +109,41 @@ pub async fn plan(
         job_steps,
         index: input.index,
         needs_job,
+        job,
     })
 }
 
-/// Carries out a plan without conflicts, one progress line a step.
+/// Carries out a plan without conflicts, one progress line a step; counts the changes in
+/// `made`.
 pub async fn apply(
     out: &Out,
     plan: &RulesPlan,
     es: &Elasticsearch,
     marker: &engine::Marker,
     overwrite: bool,
-) -> Result<(), Failure> {
+    made: &mut usize,
+) -> Result<(), Error> {
     for a in &plan.actions {
         out.step(&a.describe(), kibana::rules::apply(&plan.client, SPACE, a))
             .await?;
+        *made += 1;
     }
     if plan.needs_job && !plan.job_steps.is_empty() {
         let done = out
             .step(
                 "installing the anomaly detection job of the machine_learning rule",
-                engine::mljob::ensure(es, &Owner::cli(), marker, &plan.index, overwrite, false),
+                engine::mljob::ensure(
+                    es,
+                    &Owner::cli(),
+                    marker,
+                    &plan.job,
+                    &plan.index,
+                    overwrite,
+                    false,
+                ),
             )
             .await?;
+        *made += done.done.len();
         for d in done.done {
             out.line(format!("  {d}"));
         }
@@ -125,25 +151,57 @@ pub async fn apply(
     Ok(())
 }
 
-/// Deletes the rules (and the job) the CLI installed; returns what went.
+/// Deletes the rules (and the job) the CLI installed; returns what went, and the package's
+/// rules that stay because someone else installed them.
 pub async fn remove(
     kb: &Endpoint,
     timeout: std::time::Duration,
     es: &Elasticsearch,
     owner: &Owner,
-) -> Result<Vec<String>, Failure> {
+) -> Result<(Vec<String>, Vec<String>), Error> {
     let client = client(kb, timeout)?;
+    // The package's rule ids too, to say which of them stay.
+    let package = kibana::desired_rules(&RulesInput {
+        owner: owner.key(),
+        ..RulesInput::default()
+    });
     let mut removed = Vec::new();
+    let mut left = Vec::new();
     // The CLI's rules, then those of each deleted DgaModel named with --leftovers-of (in the
     // space the CLI uses; a DgaModel's rules may sit in another one).
-    for key in std::iter::once(owner.key()).chain(owner.adopted.iter().cloned()) {
-        let tag = kibana::owner_tag(&key);
-        let observed = kibana::rules::observe(&client, SPACE, &[], &tag).await?;
-        for a in kibana::diff(&[], &observed, &tag) {
+    let keys: Vec<String> = std::iter::once(owner.key())
+        .chain(owner.adopted.iter().cloned())
+        .collect();
+    let tags: Vec<String> = keys.iter().map(|k| kibana::owner_tag(k)).collect();
+    for tag in &tags {
+        let observed = kibana::rules::observe(&client, SPACE, &package, tag).await?;
+        let is_ours = |r: &Value| {
+            r.get("tags")
+                .and_then(Value::as_array)
+                .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str())))
+        };
+        let (ours, theirs): (Vec<Value>, Vec<Value>) = observed.into_iter().partition(is_ours);
+        for a in kibana::diff(&[], &ours, tag) {
             kibana::rules::apply(&client, SPACE, &a).await?;
             removed.push(format!("detection rule {}", a.rule_id()));
         }
+        // A package rule left in place is one no owner named here holds.
+        if tag == &tags[0] {
+            left = theirs;
+        }
     }
     removed.extend(engine::mljob::remove(es, owner).await?);
-    Ok(removed)
+    let is_any_ours = |r: &Value| {
+        r.get("tags").and_then(Value::as_array).is_some_and(|t| {
+            t.iter()
+                .any(|t| tags.iter().any(|tag| t.as_str() == Some(tag.as_str())))
+        })
+    };
+    let left = left
+        .iter()
+        .filter(|r| !is_any_ours(r))
+        .filter_map(|r| r.get("rule_id").and_then(Value::as_str))
+        .map(|id| format!("detection rule {id}"))
+        .collect();
+    Ok((removed, left))
 }

@@ -65,6 +65,16 @@ pub struct StandinConfig {
     pub kibana_version: String,
 }
 
+impl StandinConfig {
+    /// The version profile `es_version` selects (see [`crate::profile`]); a version the stand-in
+    /// cannot parse falls back to the default profile (the binary refuses it at start).
+    pub fn es_profile(&self) -> crate::profile::Profile {
+        crate::profile::Profile::parse(&self.es_version).unwrap_or_else(|_| {
+            crate::profile::Profile::parse(crate::profile::DEFAULT).expect("default profile")
+        })
+    }
+}
+
 impl Default for StandinConfig {
     fn default() -> Self {
         StandinConfig {
@@ -148,6 +158,9 @@ pub enum FaultAction {
     Delay(Duration),
     /// Handle normally, send the headers and part of the body, then drop the connection.
     CutBody,
+    /// Handle normally, send the headers and half the body, then send nothing more while
+    /// keeping the connection open (a host that stalls mid-download).
+    StallBody,
     /// Drop the connection without answering.
     Close,
 }
@@ -510,6 +523,28 @@ fn to_hyper(resp: Resp, svc: Service, cut: bool) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
+/// `to_hyper` whose body stops after its first half and never ends (`FaultAction::StallBody`).
+fn to_hyper_stalled(mut resp: Resp, svc: Service) -> Response<Body> {
+    let bytes = match std::mem::replace(&mut resp.body, RespBody::Bytes(Bytes::new())) {
+        RespBody::Bytes(b) => b,
+        RespBody::Source(AssetSource::Bytes(b)) => b,
+        RespBody::Source(AssetSource::File(path, _)) => {
+            std::fs::read(path).unwrap_or_default().into()
+        }
+    };
+    let len = bytes.len();
+    let half = bytes.slice(0..len / 2);
+    let mut full_len = to_hyper(resp, svc, false);
+    full_len
+        .headers_mut()
+        .insert("content-length", len.to_string().parse().expect("a number"));
+    let body = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, io::Error>(Frame::data(half)) }),
+        futures::stream::pending(),
+    );
+    full_len.map(|_| BodyExt::boxed(StreamBody::new(body)))
+}
+
 fn parse_query(q: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(q.as_bytes())
         .into_owned()
@@ -560,6 +595,7 @@ async fn handle(
         ));
     }
     let mut cut = false;
+    let mut stall = false;
     if let Some(action) = shared.match_fault(&rec) {
         rec.fault = Some(format!("{action:?}"));
         match action {
@@ -591,6 +627,7 @@ async fn handle(
             }
             FaultAction::Delay(d) => tokio::time::sleep(d).await,
             FaultAction::CutBody => cut = true,
+            FaultAction::StallBody => stall = true,
             FaultAction::Close => {
                 shared.record(rec);
                 return Err(io::Error::new(
@@ -650,6 +687,9 @@ async fn handle(
     rec.off_spec = resp.off_spec.clone();
     rec.api = resp.api.clone();
     shared.record(rec);
+    if stall {
+        return Ok(to_hyper_stalled(resp, svc));
+    }
     Ok(to_hyper(resp, svc, cut))
 }
 
@@ -710,6 +750,11 @@ impl Standin {
         kibana_port: u16,
         github_port: u16,
     ) -> io::Result<Standin> {
+        let mut cfg = cfg;
+        // A named profile ("7.10") reports its full version, as a real node would.
+        if let Ok(p) = crate::profile::Profile::parse(&cfg.es_version) {
+            cfg.es_version = p.to_string();
+        }
         let shared = Arc::new(Shared::new(cfg));
         let es = TcpListener::bind((host, es_port)).await?;
         let kb = TcpListener::bind((host, kibana_port)).await?;
@@ -884,6 +929,23 @@ impl Standin {
             .st()
             .index_settings
             .insert(index.into(), settings);
+    }
+    /// Stores a composable index template as `PUT _index_template/{name}` would.
+    pub fn put_index_template(&self, name: &str, body: Value) {
+        self.shared.st().index_templates.insert(name.into(), body);
+    }
+    /// Creates data stream `name` (first backing index from its matching index template), as
+    /// the first write to it (or `PUT _data_stream/{name}`) would.
+    pub fn create_data_stream(&self, name: &str) -> Result<(), String> {
+        crate::indices::create_data_stream(&mut self.shared.st(), name)
+    }
+    /// Rolls data stream `name` over (as `POST {name}/_rollover` would); returns the new write
+    /// index, whose settings come from the index template as it is now.
+    pub fn rollover(&self, name: &str) -> Result<String, String> {
+        crate::indices::rollover(&mut self.shared.st(), name)
+    }
+    pub fn data_streams(&self) -> BTreeMap<String, Value> {
+        self.shared.st().data_streams.clone()
     }
     pub fn put_data_stream(&self, name: &str, ds: Value) {
         self.shared.st().data_streams.insert(name.into(), ds);
