@@ -678,6 +678,11 @@ const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("kibana.k8s.elastic.co", "kibanas", "get"),
     ("kibana.k8s.elastic.co", "kibanas", "list"),
     ("kibana.k8s.elastic.co", "kibanas", "watch"),
+    (
+        "stackconfigpolicy.k8s.elastic.co",
+        "stackconfigpolicies",
+        "list",
+    ),
     ("", "services", "get"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
