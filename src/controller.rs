@@ -707,6 +707,17 @@ impl Report {
     }
 }
 
+/// Dereferences the DgaModel's cluster (and Kibana); a namespaced operator follows no reference
+/// into another namespace.
+async fn resolve_target(ctx: &Context, obj: &DgaModel) -> Result<Target, Error> {
+    let home = obj.namespace().unwrap_or_default();
+    let (r, k) = (&obj.spec.cluster_ref, obj.spec.kibana_ref.as_ref());
+    if ctx.settings.namespace.is_some() {
+        target::same_namespace_only(&home, r, k)?;
+    }
+    target::resolve(&ctx.client, &home, r, k).await
+}
+
 /// One reconcile pass for a live DgaModel: dereference, validate, fetch, build, observe, diff,
 /// apply. Conditions are set as each stage is passed.
 async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
@@ -717,13 +728,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             spec.release_tag
         )));
     }
-    let target = target::resolve(
-        &ctx.client,
-        &obj.namespace().unwrap_or_default(),
-        &spec.cluster_ref,
-        spec.kibana_ref.as_ref(),
-    )
-    .await?;
+    let target = resolve_target(ctx, obj).await?;
     let bundle = ctx
         .fetcher
         .fetch(Request {
@@ -1487,13 +1492,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
 }
 
 async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
-    let target: Target = target::resolve(
-        &ctx.client,
-        &obj.namespace().unwrap_or_default(),
-        &obj.spec.cluster_ref,
-        obj.spec.kibana_ref.as_ref(),
-    )
-    .await?;
+    let target: Target = resolve_target(ctx, obj).await?;
     let slot = ctx.cluster_slot(target.key());
     let _permit = slot
         .acquire()

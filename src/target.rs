@@ -379,6 +379,33 @@ pub fn from_secret_data(
     })
 }
 
+/// A namespaced operator (`--namespace`, the chart's `watchNamespace`) follows no reference into
+/// another namespace: it has no cluster-wide grants to check one with (no SubjectAccessReview)
+/// or to read one through.
+pub fn same_namespace_only(
+    home: &str,
+    r: &ClusterRef,
+    kibana_ref: Option<&ObjectRef>,
+) -> Result<(), Error> {
+    for (field, ns) in [
+        ("spec.clusterRef.namespace", r.namespace.as_deref()),
+        (
+            "spec.kibanaRef.namespace",
+            kibana_ref.and_then(|k| k.namespace.as_deref()),
+        ),
+    ] {
+        if let Some(ns) = ns.filter(|ns| *ns != home) {
+            return Err(Error::ReferenceNotAllowed(format!(
+                "{field}: `{ns}` is another namespace, and this operator is installed namespaced \
+                 (watching only {home}), so it follows no cross-namespace reference; put the \
+                 DgaModel in {ns}, or install the operator cluster-wide (where a \
+                 SubjectAccessReview decides)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Dereferences a DgaModel's `clusterRef` (and `kibanaRef`).
 pub async fn resolve(
     client: &Client,

@@ -197,7 +197,12 @@ async fn https_without_a_published_ca_waits_and_never_downgrades() {
 /// A Role in `namespace` allowing `get` on `resource.group`, bound to the ServiceAccount
 /// `default` of `home`'s namespace: what a user grants for a cross-namespace reference.
 async fn grant_get(home: &TestNs, namespace: &str, group: &str, resource: &str) {
-    let name = format!("dga-{}-{resource}", home.name);
+    grant_get_to(home, "default", namespace, group, resource).await
+}
+
+/// `grant_get` for the ServiceAccount `sa` of `home`'s namespace.
+async fn grant_get_to(home: &TestNs, sa: &str, namespace: &str, group: &str, resource: &str) {
+    let name = format!("dga-{}-{sa}-{resource}", home.name);
     let roles: Api<Role> = Api::namespaced(home.client.clone(), namespace);
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -209,7 +214,7 @@ async fn grant_get(home: &TestNs, namespace: &str, group: &str, resource: &str) 
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": home.name}],
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": home.name}],
     }))
     .unwrap();
     bindings
@@ -463,7 +468,7 @@ async fn controller_connects_to_the_eck_service() {
         json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstrat"}}),
     )
     .await;
-    let m = env.wait_condition("typo", "Ready", "False", None).await;
+    let m = env.wait_condition("typo", "Stalled", "True", None).await;
     let text = serde_json::to_string(&m.status).unwrap();
     assert!(
         text.contains("spec.clusterRef") && text.contains(&format!("{n}/quickstrat")),
@@ -722,4 +727,88 @@ async fn kibana_base_path_through_the_controller() {
         kb_requests.iter().find(|r| !r.path.starts_with("/kibana/"))
     );
     env.finish().await;
+}
+
+/// `clusterRef.serviceAccountName`: the SubjectAccessReview asks about that ServiceAccount of the
+/// DgaModel's namespace, not `default`; a name that is no ServiceAccount name is InvalidSpec.
+#[tokio::test]
+async fn service_account_name_is_the_identity_checked() {
+    let home = ns("eck-sa-home").await;
+    let elastic = ns("eck-sa-elastic").await;
+    let (pw, _) = eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
+    let with_sa = |sa: &str| ClusterRef {
+        service_account_name: Some(sa.into()),
+        ..by_name("quickstart", Some(&elastic.name))
+    };
+    let reader = with_sa("dga-reader");
+    let e = resolve(&home.client, &home.name, &reader, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.starts_with("ReferenceNotAllowed: ")
+            && e.contains(&format!("system:serviceaccount:{}:dga-reader", home.name)),
+        "{e}"
+    );
+    grant_get_to(&home, "dga-reader", &elastic.name, ES_GROUP, "elasticsearches").await;
+    let t = support::wait_for(Duration::from_secs(60), || async {
+        resolve(&home.client, &home.name, &reader, None).await.ok()
+    })
+    .await
+    .expect("dga-reader's grant lets the reference through");
+    assert_eq!(password(&t.elasticsearch.auth).1, pw);
+    // The grant is dga-reader's: `default` (no serviceAccountName) is still refused.
+    let e = resolve(
+        &home.client,
+        &home.name,
+        &by_name("quickstart", Some(&elastic.name)),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.starts_with("ReferenceNotAllowed: ")
+            && e.contains(&format!("system:serviceaccount:{}:default", home.name)),
+        "{e}"
+    );
+    let e = resolve(&home.client, &home.name, &with_sa("Not_A_Name"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.starts_with("InvalidSpec: ") && e.contains("spec.clusterRef.serviceAccountName"),
+        "{e}"
+    );
+    for ns in [home, elastic] {
+        ns.cleanup().await;
+    }
+}
+
+/// A namespaced operator (the chart's watchNamespace: `--namespace`, as the test controller
+/// runs) refuses a reference into another namespace with a clear Stalled, even where a
+/// SubjectAccessReview would allow it.
+#[tokio::test]
+async fn namespaced_operator_refuses_cross_namespace_references() {
+    let env = Env::start_with("eck-nsd", StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let elastic = ns("eck-nsd-elastic").await;
+    eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
+    grant_get(&env.ns, &elastic.name, ES_GROUP, "elasticsearches").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag,
+               "clusterRef": {"name": "quickstart", "namespace": elastic.name}}),
+    )
+    .await;
+    let m = env
+        .wait_condition("dga", "Stalled", "True", Some("ReferenceNotAllowed"))
+        .await;
+    let text = serde_json::to_string(&m.status).unwrap();
+    assert!(
+        text.contains("spec.clusterRef.namespace")
+            && text.contains(&elastic.name)
+            && text.contains("installed namespaced"),
+        "{text}"
+    );
+    env.finish().await;
+    elastic.cleanup().await;
 }
