@@ -368,7 +368,7 @@ fn examples_are_valid_dgamodels() {
             "crd/dgamodels.dgaoperator.io",
         ]),
     );
-    for ns in ["default", "security"] {
+    for ns in ["default", "security", "elastic-system"] {
         ensure_namespace(ns);
     }
     for example in ["secret-cluster", "eck-cluster", "mirror-url", "air-gapped"] {

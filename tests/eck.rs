@@ -619,10 +619,15 @@ async fn stack_config_policy_owned_hook_and_eck_licence_advice() {
     .await;
     env.standin.reserve_pipeline(hook, body.clone());
     env.standin.set_license("platinum");
-    // A spec change re-runs the Stalled DgaModel at once.
+    // A spec change (the default indices, spelled out) re-runs the Stalled DgaModel at once.
     let mut spec = spec;
-    spec["resyncPeriod"] = json!("1m");
-    env.apply("dga", spec.clone()).await;
+    spec["enrichment"] = json!({"indices": ["packetbeat-*"]});
+    let m = env.apply("dga", spec.clone()).await;
+    assert_eq!(
+        m.metadata.generation,
+        Some(2),
+        "the spec change is a new generation"
+    );
     let policy = format!("StackConfigPolicy {n}/dns-hooks manages `{hook}`");
     let msg = wait_message(&env, "dga", "Stalled", &policy).await;
     assert!(msg.starts_with("Conflict: "), "{msg}");
@@ -631,7 +636,8 @@ async fn stack_config_policy_owned_hook_and_eck_licence_advice() {
 
     // overwrite: Elasticsearch refuses the write; the status says why and whose.
     spec["overwrite"] = json!(true);
-    env.apply("dga", spec).await;
+    let m = env.apply("dga", spec).await;
+    assert_eq!(m.metadata.generation, Some(3));
     let msg = wait_message(
         &env,
         "dga",
@@ -749,7 +755,14 @@ async fn service_account_name_is_the_identity_checked() {
             && e.contains(&format!("system:serviceaccount:{}:dga-reader", home.name)),
         "{e}"
     );
-    grant_get_to(&home, "dga-reader", &elastic.name, ES_GROUP, "elasticsearches").await;
+    grant_get_to(
+        &home,
+        "dga-reader",
+        &elastic.name,
+        ES_GROUP,
+        "elasticsearches",
+    )
+    .await;
     let t = support::wait_for(Duration::from_secs(60), || async {
         resolve(&home.client, &home.name, &reader, None).await.ok()
     })
