@@ -477,28 +477,38 @@ async fn controller_connects_to_the_eck_service() {
     env.finish().await;
 }
 
+/// A controller environment with ECK's CRDs and an ECK `quickstart` cluster (TLS) routed to the
+/// stand-in, its `elastic` password the stand-in's own; with `kibana` (the Kibana spec's extra
+/// fields), also an ECK Kibana `kb` of it routed to the stand-in's Kibana.
+async fn routed_env(prefix: &str, kibana: Option<serde_json::Value>) -> Env {
+    let env = Env::start_with(prefix, StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let n = env.ns.name.clone();
+    let es = eck::addr(&env.standin.es_url());
+    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
+    if let Some(extra) = kibana {
+        let kb_addr = eck::addr(&env.standin.kibana_url());
+        eck::kibana_routed(
+            &env.ns.client,
+            &n,
+            "kb",
+            (&n, "quickstart"),
+            extra,
+            Some(kb_addr),
+        )
+        .await;
+    }
+    env
+}
+
 /// Through the controller, ECK's default (TLS) layout routed to the stand-in by the sniffing
 /// listeners of tests/support/eck.rs: the DgaModel installs, and no request carrying
 /// `Authorization` reached the cluster's or Kibana's listener in plaintext. A control request
 /// shows the listener does record a plaintext `Authorization`, so the empty list means something.
 #[tokio::test]
 async fn credentials_never_travel_in_plaintext_to_a_tls_cluster() {
-    let env = Env::start_with("eck-tls", StandinConfig::default(), Settings::default()).await;
-    eck::install_crds(&env.ns.client).await;
+    let env = routed_env("eck-tls", Some(json!({}))).await;
     let n = env.ns.name.clone();
-    let es = eck::addr(&env.standin.es_url());
-    let kb_addr = eck::addr(&env.standin.kibana_url());
-    // The stand-in's own credentials, set as ECK's generated `elastic` password.
-    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
-    eck::kibana_routed(
-        &env.ns.client,
-        &n,
-        "kb",
-        (&n, "quickstart"),
-        json!({}),
-        Some(kb_addr),
-    )
-    .await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.apply(
         "dga",
@@ -576,11 +586,8 @@ async fn wait_message(env: &Env, name: &str, type_: &str, needle: &str) -> Strin
 /// uploaded by hand).
 #[tokio::test]
 async fn stack_config_policy_owned_hook_and_eck_licence_advice() {
-    let env = Env::start_with("eck-scp", StandinConfig::default(), Settings::default()).await;
-    eck::install_crds(&env.ns.client).await;
+    let env = routed_env("eck-scp", None).await;
     let n = env.ns.name.clone();
-    let es = eck::addr(&env.standin.es_url());
-    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
     eck::label(&env.ns.client, &n, "quickstart", json!({"env": "prod"})).await;
     env.standin.set_license("basic");
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
@@ -691,19 +698,9 @@ async fn read_only_without_a_policy_names_file_based_settings() {
 /// with its rules installed.
 #[tokio::test]
 async fn kibana_base_path_through_the_controller() {
-    let env = Env::start_with("eck-kbpath", StandinConfig::default(), Settings::default()).await;
-    eck::install_crds(&env.ns.client).await;
-    let n = env.ns.name.clone();
-    let es = eck::addr(&env.standin.es_url());
-    let kb_addr = eck::addr(&env.standin.kibana_url());
-    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
-    eck::kibana_routed(
-        &env.ns.client,
-        &n,
-        "kb",
-        (&n, "quickstart"),
-        json!({"config": {"server.basePath": "/kibana", "server.rewriteBasePath": true}}),
-        Some(kb_addr),
+    let env = routed_env(
+        "eck-kbpath",
+        Some(json!({"config": {"server.basePath": "/kibana", "server.rewriteBasePath": true}})),
     )
     .await;
     env.standin.set_kibana_base_path("/kibana");
