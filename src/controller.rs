@@ -844,9 +844,17 @@ async fn glance_pass(
     if ctx.no_glance.lock().expect("no_glance").contains(&cluster) {
         return Ok(false);
     }
-    let feed = engine::mljob::datafeed_id(engine::mljob::JOB_ID);
+    // The job this DgaModel recorded (its id follows the stack version).
+    let job_id = report
+        .status
+        .objects
+        .jobs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| engine::mljob::JOB_ID.to_string());
+    let feed = engine::mljob::datafeed_id(&job_id);
     let tasks = job.then_some(JobTasks {
-        job: engine::mljob::JOB_ID,
+        job: &job_id,
         datafeed: &feed,
     });
     let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
@@ -1137,12 +1145,19 @@ async fn rules_pass(
     let wanted = spec.enabled.unwrap_or(true);
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
-    // A glance already proved the cluster side; Kibana's `_find` below proves it answers.
-    if !glanced {
-        kibana_status(ctx, &client, &kb.cache_key(), report).await?;
-    }
+    // Kibana's version decides which fields its rules accept and which job Elastic ships
+    // (cached like the cluster's, so a glance pass rarely asks again).
+    let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
+    let features = kibana::KibanaFeatures::new(
+        kibana::StackVersion::parse(&kstatus.version).ok_or_else(|| Error::Rejected {
+            service: crate::error::Service::Kibana,
+            what: "GET /api/status".into(),
+            status: 200,
+            detail: format!("version `{}` is not a stack version", kstatus.version),
+        })?,
+    );
 
-    let input = RulesInput {
+    let mut input = RulesInput {
         source_rules: bundle.rules.clone(),
         selected: spec.rule_ids.clone(),
         index: spec
@@ -1151,6 +1166,8 @@ async fn rules_pass(
             .unwrap_or_else(kibana::rules::default_index),
         enabled: spec.enable_new_rules.unwrap_or(true),
         owner: owner.key(),
+        kibana: features,
+        job_id: engine::mljob::job_id_for(&features).to_string(),
     };
     let unknown = kibana::rules::unknown_selected(&input);
     if !unknown.is_empty() {
@@ -1161,17 +1178,34 @@ async fn rules_pass(
         report.set(RULES, false, "InvalidSpec", e.to_string());
         return Err(e);
     }
-    let desired = if wanted {
+    let mut desired = if wanted {
         kibana::desired_rules(&input)
     } else {
         Vec::new()
     };
+    let needs_job = desired
+        .iter()
+        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
+    // The ML rule watches the job that exists: Fleet's module job if there is one.
+    let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
+    let job = match report.status.objects.jobs.first() {
+        Some(id) if checked => engine::mljob::JobChoice {
+            id: id.clone(),
+            fleet: false,
+        },
+        _ if needs_job => engine::mljob::choose(es, &features).await?,
+        _ => engine::mljob::JobChoice {
+            id: input.job_id.clone(),
+            fleet: false,
+        },
+    };
+    if job.id != input.job_id {
+        input.job_id = job.id.clone();
+        desired = kibana::desired_rules(&input);
+    }
     let own_tag = kibana::owner_tag(&owner.key());
     let observed = kibana::rules::observe(&client, &space, &desired, &own_tag).await?;
-    let mut actions = kibana::diff(&desired, &observed, &own_tag);
-    if obj.spec.overwrite {
-        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
-    }
+    let actions = kibana::rules::plan(&desired, &observed, &own_tag, obj.spec.overwrite);
     let conflicts: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
@@ -1184,9 +1218,6 @@ async fn rules_pass(
         report.set(RULES, false, "Conflict", e.to_string());
         return Err(e);
     }
-    let needs_job = desired
-        .iter()
-        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
     let mut done = Vec::new();
     if !suspended && !actions.is_empty() {
@@ -1208,12 +1239,12 @@ async fn rules_pass(
     // The ML rule is useless without its job: install it alongside, remove it when unselected.
     if needs_job {
         // A glance that checked the job's tasks proved it open and fed.
-        let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
         if !checked {
             let ch = engine::mljob::ensure(
                 es,
                 owner,
                 marker,
+                &job,
                 &input.index,
                 obj.spec.overwrite,
                 suspended,
@@ -1224,7 +1255,12 @@ async fn rules_pass(
         if let Some(s) = report.settle.as_mut() {
             s.job = true;
         }
-        report.status.objects.jobs = vec![engine::mljob::JOB_ID.to_string()];
+        // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
+        report.status.objects.jobs = if job.fleet {
+            Vec::new()
+        } else {
+            vec![job.id.clone()]
+        };
     } else if !report.status.objects.jobs.is_empty() && !suspended {
         done.extend(
             engine::mljob::remove(es, owner)
@@ -1257,7 +1293,29 @@ async fn rules_pass(
         } else {
             " (the machine_learning rule is not selected: no anomaly job)".to_string()
         };
-        format!("{} rules in space {space}{skipped}", desired.len())
+        let job_note = if needs_job {
+            format!(
+                "; the machine_learning rule watches {}{}",
+                job.id,
+                if job.fleet {
+                    " (Fleet's DGA module job)"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "custom rules under the operator's rule_ids ({} on Kibana {}){job_note}: {} rules in space {space}{skipped}",
+            if features.prebuilt_rules() {
+                "not yet installed through Kibana's prebuilt-rules route"
+            } else {
+                "Kibana ships Elastic's DGA rules as prebuilt rules only from 8.9"
+            },
+            kstatus.version,
+            desired.len()
+        )
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };
@@ -1276,7 +1334,7 @@ async fn kibana_status(
     client: &crate::kibana::KibanaClient,
     key: &str,
     report: &mut Report,
-) -> Result<(), Error> {
+) -> Result<crate::kibana::KibanaStatus, Error> {
     let status = match ctx.cached(key) {
         Some(CachedInfo::Kibana(s)) => Ok(s),
         _ => client
@@ -1292,7 +1350,7 @@ async fn kibana_status(
                 "Reachable",
                 format!("Kibana {} ({})", s.version, s.level),
             );
-            Ok(())
+            Ok(s)
         }
         Err(e) => {
             report.set(KIBANA_REACHABLE, false, e.reason(), e.to_string());

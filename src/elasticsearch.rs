@@ -31,7 +31,6 @@ pub struct Elasticsearch {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetadataGlance {
     pub scripts: BTreeMap<String, Value>,
-    pub indices: BTreeMap<String, crate::engine::observe::IndexPipelines>,
     /// Persistent task id -> the state it reports (`opened`, `started`, ...), if any.
     pub tasks: BTreeMap<String, Option<String>>,
 }
@@ -46,25 +45,6 @@ impl MetadataGlance {
             if let Some(s) = meta.pointer(&format!("/stored_scripts/{id}")) {
                 g.scripts.insert(id.clone(), s.clone());
             }
-        }
-        for (index, v) in meta
-            .get("indices")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let get = |k: &str| {
-                v.pointer(&format!("/settings/index/{k}"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            g.indices.insert(
-                index.clone(),
-                crate::engine::observe::IndexPipelines {
-                    default_pipeline: get("default_pipeline"),
-                    final_pipeline: get("final_pipeline"),
-                },
-            );
         }
         let tasks = meta
             .pointer("/persistent_tasks/tasks")
@@ -527,13 +507,17 @@ impl Elasticsearch {
     }
 
     /// `index.default_pipeline` and `index.final_pipeline` of the indices matching the names.
+    /// `index.uuid` is asked for too because Elasticsearch leaves out of a filtered settings
+    /// answer every index none of whose settings match the filter
+    /// (`TransportGetSettingsAction`: an index with empty filtered settings is not added), and
+    /// a new Packetbeat index has neither pipeline setting: every index has a uuid.
     pub async fn index_pipelines(
         &self,
         names: &[String],
     ) -> Result<BTreeMap<String, crate::engine::observe::IndexPipelines>, Error> {
         let what = "reading index pipeline settings";
         let path = format!(
-            "/{}/_settings/index.default_pipeline,index.final_pipeline?allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open",
+            "/{}/_settings/index.uuid,index.default_pipeline,index.final_pipeline?allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open",
             names.join(",")
         );
         let (status, body) = self
@@ -560,18 +544,20 @@ impl Elasticsearch {
         Ok(out)
     }
 
-    /// Stored scripts, index pipeline settings and persistent task states in one request: the
-    /// only API that returns several stored scripts at once is the cluster state. Elastic calls
+    /// Stored scripts and persistent task states in one request: the only API that returns
+    /// several stored scripts at once is the cluster state. Indices are never named in it:
+    /// Elasticsearch then answers with a metadata holding only those indices and none of the
+    /// customs (stored scripts, persistent tasks; `TransportClusterStateAction`), so index
+    /// settings come from [`Self::index_pipelines`]. Elastic calls
     /// its format internal, so callers treat anything unexpected as "cannot tell" and fall back
     /// to the per-object APIs; `local=true` keeps the read off the elected master.
     /// `None` when the cluster refuses the request (privileges, serverless).
     pub async fn glance_metadata(
         &self,
         scripts: &[String],
-        indices: &[String],
         tasks: bool,
     ) -> Result<Option<MetadataGlance>, Error> {
-        let what = "reading stored scripts, index settings and tasks from the cluster state";
+        let what = "reading stored scripts and tasks from the cluster state";
         let mut filter: Vec<String> = Vec::new();
         // filter_path splits on dots and reads `*` and `,`: such ids fall back to the whole map.
         if scripts.iter().all(|id| {
@@ -586,26 +572,11 @@ impl Elasticsearch {
         } else {
             filter.push("metadata.stored_scripts".into());
         }
-        if !indices.is_empty() {
-            // `state` is present on every index: it lists the indices that have no pipeline
-            // settings at all.
-            for k in [
-                "state",
-                "settings.index.default_pipeline",
-                "settings.index.final_pipeline",
-            ] {
-                filter.push(format!("metadata.indices.*.{k}"));
-            }
-        }
         if tasks {
             filter.push("metadata.persistent_tasks.tasks.id".into());
             filter.push("metadata.persistent_tasks.tasks.task.*.state".into());
         }
-        let path = if indices.is_empty() {
-            "/_cluster/state/metadata".to_string()
-        } else {
-            format!("/_cluster/state/metadata/{}", indices.join(","))
-        };
+        let path = "/_cluster/state/metadata";
         // Every part is plain ASCII (ids outside [A-Za-z0-9_-] never reach the filter), so the
         // query needs no escaping.
         let query = format!(
@@ -657,13 +628,9 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_glance_reads_scripts_indices_and_both_task_state_shapes() {
+    fn a_glance_reads_scripts_and_both_task_state_shapes() {
         let body = json!({"metadata": {
             "stored_scripts": {"s1": {"lang": "painless", "source": "x"}, "other": {"source": "y"}},
-            "indices": {
-                "pb-1": {"state": "open", "settings": {"index": {"final_pipeline": "r"}}},
-                "pb-2": {"state": "open"}
-            },
             "persistent_tasks": {"tasks": [
                 {"id": "job-j", "task": {"xpack/ml/job": {"state": {"state": "opened"}}}},
                 {"id": "datafeed-f", "task": {"xpack/ml/datafeed": {"state": "started"}}},
@@ -672,8 +639,6 @@ mod tests {
         }});
         let g = MetadataGlance::parse(&body, &["s1".into(), "s2".into()]);
         assert_eq!(g.scripts.keys().collect::<Vec<_>>(), ["s1"]);
-        assert_eq!(g.indices["pb-1"].final_pipeline.as_deref(), Some("r"));
-        assert_eq!(g.indices["pb-2"], Default::default());
         assert_eq!(g.tasks["job-j"].as_deref(), Some("opened"));
         assert_eq!(g.tasks["datafeed-f"].as_deref(), Some("started"));
         assert_eq!(g.tasks["job-k"], None);

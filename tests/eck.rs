@@ -468,6 +468,7 @@ async fn controller_connects_to_the_eck_service() {
         json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstrat"}}),
     )
     .await;
+    // Stalled, not the Ready=False a pass writes when it starts.
     let m = env.wait_condition("typo", "Stalled", "True", None).await;
     let text = serde_json::to_string(&m.status).unwrap();
     assert!(

@@ -347,32 +347,13 @@ async fn a_wrong_answer_is_visible_to_every_tool() {
     // A release whose inference pipeline leaves the model's raw fields: the canaries come back
     // without `ml_is_dga.malicious_prediction`, on processors the stand-in runs.
     let tag = "ML-DGA-20210126-9";
-    let mut model = Vec::new();
-    dga_standin::model::write_model_json(
-        &dga_standin::model::ModelSpec::new("dga_9_1.0", 60_000, 9),
-        dga_standin::model::ModelEncoding::Plain,
-        &mut model,
-    )
-    .unwrap();
-    let router = json!({"processors": [{"pipeline": {"name": "t_inference_pipeline", "if": "ctx.type == 'dns'"}}]});
-    let inference = json!({"processors": [
-        {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
-                       "inference_config": {"classification": {"num_top_classes": 1}}}}
-    ]});
-    let zip = env.dir.path().join("wrong.zip");
-    let (r, i) = (router.to_string(), inference.to_string());
-    dga_standin::bundle::write_custom_zip(
-        &zip,
-        &[
-            (&format!("{tag}/dga_9_1.0_model.json"), model.as_slice()),
-            (&format!("{tag}/t_ingest_pipeline.json"), r.as_bytes()),
-            (&format!("{tag}/t_inference_pipeline.json"), i.as_bytes()),
-        ],
-    )
-    .unwrap();
-    env.standin
-        .publish_release_files(support::REPO, tag, vec![(format!("{tag}.zip"), zip)])
-        .unwrap();
+    env.publish_without_painless(
+        tag,
+        json!([
+            {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
+                           "inference_config": {"classification": {"num_top_classes": 1}}}}
+        ]),
+    );
     env.apply("dga", spec(tag, "es")).await;
     let o = wait_raw(&env, "dga", "VerificationFailed", |o| {
         has(o, "Stalled", "True", Some("VerificationFailed"))

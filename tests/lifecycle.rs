@@ -241,34 +241,15 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
 
     // A release whose pipelines use only processors the stand-in can run verifies.
     let tag = "ML-DGA-20210126-8";
-    let mut model = Vec::new();
-    dga_standin::model::write_model_json(
-        &dga_standin::model::ModelSpec::new("dga_9_1.0", 60_000, 9),
-        dga_standin::model::ModelEncoding::Plain,
-        &mut model,
-    )
-    .unwrap();
-    let router = json!({"processors": [{"pipeline": {"name": "t_inference_pipeline", "if": "ctx.type == 'dns'"}}]});
-    let inference = json!({"processors": [
-        {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
-                       "inference_config": {"classification": {"num_top_classes": 1}}}},
-        {"rename": {"field": "ml_is_dga.predicted_value", "target_field": "ml_is_dga.malicious_prediction"}},
-        {"rename": {"field": "ml_is_dga.prediction_probability", "target_field": "ml_is_dga.malicious_probability"}}
-    ]});
-    let zip = env.dir.path().join("plain.zip");
-    let (r, i) = (router.to_string(), inference.to_string());
-    dga_standin::bundle::write_custom_zip(
-        &zip,
-        &[
-            (&format!("{tag}/dga_9_1.0_model.json"), model.as_slice()),
-            (&format!("{tag}/t_ingest_pipeline.json"), r.as_bytes()),
-            (&format!("{tag}/t_inference_pipeline.json"), i.as_bytes()),
-        ],
-    )
-    .unwrap();
-    env.standin
-        .publish_release_files(support::REPO, tag, vec![(format!("{tag}.zip"), zip)])
-        .unwrap();
+    env.publish_without_painless(
+        tag,
+        json!([
+            {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
+                           "inference_config": {"classification": {"num_top_classes": 1}}}},
+            {"rename": {"field": "ml_is_dga.predicted_value", "target_field": "ml_is_dga.malicious_prediction"}},
+            {"rename": {"field": "ml_is_dga.prediction_probability", "target_field": "ml_is_dga.malicious_probability"}}
+        ]),
+    );
     env.apply("plain", spec(tag)).await;
     let m = env
         .wait_condition("plain", "EnrichmentVerified", "True", Some("Verified"))

@@ -47,8 +47,8 @@ set -e
 [ "$rc" = 0 ] || { echo "quickstart failed (exit $rc)" >&2; exit 1; }
 grep -q '^==> Done: the operator .*installed .* and reports Ready' "$log" ||
   { echo "quickstart did not report the DgaModel Ready" >&2; exit 1; }
-grep -Eq '^dga-demo +dga +.* True ' "$log" ||
-  { echo "kubectl get dgamodels did not show READY True" >&2; exit 1; }
+grep -Eq '^dga-demo +dga +ML-DGA-[0-9]+-[0-9]+ +Installed ' "$log" ||
+  { echo "kubectl get dgamodels did not show the release Installed" >&2; exit 1; }
 if grep -q "chart's pod on the local node" "$log"; then
   grep -Eq '^dga-operator-[a-z0-9-]+ +1/1 +Running ' "$log" ||
     { echo "the operator's pod was not shown Running and Ready" >&2; exit 1; }

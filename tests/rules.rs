@@ -11,8 +11,17 @@ use dga_standin::bundle::Layout;
 use serde_json::{Value, json};
 use support::{Env, wait_for};
 
-const PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
-const ML_RULE: &str = "ff0d807d-869b-4a0d-a493-52bc46d2f1b1";
+/// Elastic's rule_id of the prediction rule (elastic/detection-rules, the fixture): what a user
+/// names in `spec.rules.ruleIds`.
+const ELASTIC_PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
+/// The operator's own rule_ids for Elastic's rules: it never writes under Elastic's.
+const PREDICTION: &str = dga_operator::kibana::rules::RULE_PREDICTION;
+const ML_RULE: &str = dga_operator::kibana::rules::RULE_ML_HIGH_SUM;
+
+/// Elastic's published DGA rule facts (tests/standin/fixtures, with source commits).
+fn elastic_facts() -> Value {
+    serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap()
+}
 
 fn spec(tag: &str) -> Value {
     json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
@@ -72,6 +81,28 @@ async fn rules_installed_once_repaired_and_the_users_choice_kept() {
         .filter(|r| r["rule_id"] != foreign["rule_id"])
         .collect();
     assert_eq!(ours.len(), 4, "four rules, no duplicates");
+    // Never under one of Elastic's rule_ids; the ML rule's window holds a final 15-minute bucket
+    // as Elastic's does.
+    let facts = elastic_facts();
+    for f in facts["rules"].as_array().unwrap() {
+        assert!(
+            ours.iter().all(|r| r["rule_id"] != f["rule_id"]),
+            "a rule under Elastic's rule_id {}",
+            f["rule_id"]
+        );
+    }
+    let ml = ours
+        .iter()
+        .find(|r| r["rule_id"] == ML_RULE)
+        .expect("ML rule");
+    let elastic_ml = facts["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "machine_learning")
+        .unwrap();
+    assert_eq!(ml["interval"], elastic_ml["interval"]);
+    assert_eq!(ml["from"], elastic_ml["from"]);
     for r in &ours {
         let tags = r["tags"].to_string();
         assert!(
@@ -169,7 +200,7 @@ async fn selected_rules_skip_the_job_and_a_space_is_honoured() {
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
     let mut s = spec(&rel.tag);
-    s["rules"] = json!({"ruleIds": [PREDICTION], "space": "secops", "enableNewRules": false, "index": ["dns-*"]});
+    s["rules"] = json!({"ruleIds": [ELASTIC_PREDICTION], "space": "secops", "enableNewRules": false, "index": ["dns-*"]});
     env.apply("dga", s).await;
     let m = env
         .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))

@@ -23,6 +23,7 @@ pub struct RulesPlan {
     pub job_steps: Vec<String>,
     index: Vec<String>,
     needs_job: bool,
+    job: engine::mljob::JobChoice,
 }
 
 impl RulesPlan {
@@ -68,23 +69,37 @@ pub async fn plan(
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
     let owner = Owner::cli();
-    let input = RulesInput {
+    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| {
+        Failure::from(crate::error::Error::Rejected {
+            service: crate::error::Service::Kibana,
+            what: "GET /api/status".into(),
+            status: 200,
+            detail: format!("version `{}` is not a stack version", status.version),
+        })
+    })?;
+    let features = kibana::KibanaFeatures::new(version);
+    let mut input = RulesInput {
         source_rules: bundle.rules.clone(),
         owner: owner.key(),
+        kibana: features,
+        job_id: engine::mljob::job_id_for(&features).to_string(),
         ..RulesInput::default()
     };
-    let desired = kibana::desired_rules(&input);
-    let tag = kibana::owner_tag(&owner.key());
-    let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
-    let mut actions = kibana::diff(&desired, &observed, &tag);
-    if overwrite {
-        actions = kibana::rules::overwrite_conflicts(actions, &desired, &observed);
-    }
+    let mut desired = kibana::desired_rules(&input);
     let needs_job = desired
         .iter()
         .any(|r| r.get("type").and_then(Value::as_str) == Some("machine_learning"));
+    // The ML rule watches the job that exists: Fleet's module job if there is one.
+    let job = engine::mljob::choose(es, &features).await?;
+    if job.id != input.job_id {
+        input.job_id = job.id.clone();
+        desired = kibana::desired_rules(&input);
+    }
+    let tag = kibana::owner_tag(&owner.key());
+    let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
+    let actions = kibana::rules::plan(&desired, &observed, &tag, overwrite);
     let job_steps = if needs_job {
-        engine::mljob::ensure(es, &owner, marker, &input.index, overwrite, true)
+        engine::mljob::ensure(es, &owner, marker, &job, &input.index, overwrite, true)
             .await?
             .done
     } else {
@@ -96,6 +111,7 @@ pub async fn plan(
         job_steps,
         index: input.index,
         needs_job,
+        job,
     })
 }
 
@@ -115,7 +131,15 @@ pub async fn apply(
         let done = out
             .step(
                 "installing the anomaly detection job of the machine_learning rule",
-                engine::mljob::ensure(es, &Owner::cli(), marker, &plan.index, overwrite, false),
+                engine::mljob::ensure(
+                    es,
+                    &Owner::cli(),
+                    marker,
+                    &plan.job,
+                    &plan.index,
+                    overwrite,
+                    false,
+                ),
             )
             .await?;
         for d in done.done {

@@ -136,17 +136,22 @@ pub async fn glance(
 
     let pipelines = es.get_pipelines(&list(&ids.pipelines)).await?;
     let Some(meta) = es
-        .glance_metadata(&list(&ids.scripts), &list(&ids.indices), job.is_some())
+        .glance_metadata(&list(&ids.scripts), job.is_some())
         .await?
     else {
         return Ok(Glance::Unavailable);
+    };
+    let indices = if ids.indices.is_empty() {
+        BTreeMap::new()
+    } else {
+        es.index_pipelines(&list(&ids.indices)).await?
     };
     let assumed_model = serde_json::json!({"metadata": {MARKER_KEY: desired.marker}});
     let observed = Observed {
         models: BTreeMap::from([(desired.model_id.clone(), assumed_model)]),
         scripts: meta.scripts,
         pipelines,
-        indices: meta.indices,
+        indices,
     };
     let plan = super::diff(desired, &observed, known, overwrite);
     if !plan.is_empty() {

@@ -6,10 +6,13 @@
 //!   `apply` to carry out one planned action.
 
 pub mod client;
+pub mod content;
 pub mod rules;
+pub mod version;
 
 pub use client::{KibanaClient, KibanaStatus};
 pub use rules::{RuleAction, RulesInput, desired_rules, diff, owner_tag};
+pub use version::{KibanaFeatures, StackVersion};
 
 /// The tag every rule of the package carries (the 2020 release's tag; kept for continuity).
 pub const DGA_TAG: &str = "ML-DGA";

@@ -26,6 +26,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
+use super::content::{self, own_rule_id};
+use super::version::{KibanaFeatures, StackVersion};
 use crate::error::Error;
 use crate::kibana::DGA_TAG;
 use crate::kibana::client::{KibanaClient, kql_quote};
@@ -38,21 +40,14 @@ pub fn owner_tag(owner: &str) -> String {
     format!("{OWNER_TAG_PREFIX}{owner}")
 }
 
-/// The index patterns query rules search when the spec names none.
-pub const DEFAULT_INDEX: [&str; 3] = [
-    "packetbeat-*",
-    "logs-network_traffic.dns-*",
-    "logs-endpoint.events.network-*",
-];
+pub use super::content::DEFAULT_INDEX;
 
-/// The ML job the `machine_learning` rule watches (created in Elasticsearch, not by this module).
-pub const ML_JOB_ID: &str = "dga_high_sum_probability";
-
-/// Current rule_ids of the package's rules.
-pub const RULE_PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
-pub const RULE_PROBABILITY: &str = "da7f5803-1cd4-42fd-a890-0173ae80ac69";
-pub const RULE_SUNBURST: &str = "bcaa15ce-2d41-44d7-a322-918f9db77766";
-pub const RULE_ML_HIGH_SUM: &str = "ff0d807d-869b-4a0d-a493-52bc46d2f1b1";
+/// The operator's rule_ids of the package's rules: [`super::content::own_rule_id`] of Elastic's
+/// (a unit test in content.rs derives them again), written out so that they can be constants.
+pub const RULE_PREDICTION: &str = "2c70d095-f572-8650-af31-0f8167bf7206";
+pub const RULE_PROBABILITY: &str = "738b6489-95d5-828d-bca1-9b5a19fea1e1";
+pub const RULE_SUNBURST: &str = "17556132-f39a-8a66-b0ee-02577d3afeb6";
+pub const RULE_ML_HIGH_SUM: &str = "bfd1543f-f4f3-85b9-97b8-4aee14cf560c";
 
 /// Fields Kibana manages itself; removed from rules shipped in a release (an export) before
 /// they are sent back.
@@ -94,6 +89,10 @@ pub struct RulesInput {
     pub enabled: bool,
     /// `"namespace/name"` of the owning resource.
     pub owner: String,
+    /// What the target Kibana accepts and ships.
+    pub kibana: KibanaFeatures,
+    /// The anomaly detection job the machine-learning rule watches.
+    pub job_id: String,
 }
 
 impl Default for RulesInput {
@@ -104,132 +103,14 @@ impl Default for RulesInput {
             index: default_index(),
             enabled: true,
             owner: String::new(),
+            kibana: KibanaFeatures::new(StackVersion::new(8, 17, 0)),
+            job_id: crate::engine::mljob::JOB_ID.to_string(),
         }
     }
 }
 
 pub fn default_index() -> Vec<String> {
     DEFAULT_INDEX.iter().map(|s| s.to_string()).collect()
-}
-
-fn threat() -> Value {
-    json!([{
-        "framework": "MITRE ATT&CK",
-        "tactic": {
-            "id": "TA0011",
-            "name": "Command and Control",
-            "reference": "https://attack.mitre.org/tactics/TA0011/"
-        },
-        "technique": [
-            {
-                "id": "T1071",
-                "name": "Application Layer Protocol",
-                "reference": "https://attack.mitre.org/techniques/T1071/",
-                "subtechnique": [{
-                    "id": "T1071.004",
-                    "name": "DNS",
-                    "reference": "https://attack.mitre.org/techniques/T1071/004/"
-                }]
-            },
-            {
-                "id": "T1568",
-                "name": "Dynamic Resolution",
-                "reference": "https://attack.mitre.org/techniques/T1568/",
-                "subtechnique": [{
-                    "id": "T1568.002",
-                    "name": "Domain Generation Algorithms",
-                    "reference": "https://attack.mitre.org/techniques/T1568/002/"
-                }]
-            }
-        ]
-    }])
-}
-
-const QUERY_SETUP: &str = "Needs DNS events enriched by the ML-DGA ingest pipeline (fields \
-ml_is_dga.malicious_prediction and ml_is_dga.malicious_probability), which dga-operator installs \
-into Elasticsearch; the pipeline must run on the indices this rule searches.";
-
-fn query_rule(
-    rule_id: &str,
-    name: &str,
-    description: &str,
-    query: &str,
-    risk: u8,
-    severity: &str,
-) -> Value {
-    json!({
-        "rule_id": rule_id,
-        "type": "query",
-        "language": "kuery",
-        "query": query,
-        "name": name,
-        "description": description,
-        "risk_score": risk,
-        "severity": severity,
-        "from": "now-10m",
-        "interval": "5m",
-        "tags": [DGA_TAG, "Domain: Network", "Use Case: Domain Generation Algorithm Detection", "Tactic: Command and Control"],
-        "author": ["dga-operator"],
-        "threat": threat(),
-        "setup": QUERY_SETUP,
-    })
-}
-
-/// The package's four rules as this operator writes them (before tags/index/enabled are set
-/// by [`desired_rules`]).
-pub fn builtin_rules() -> Vec<Value> {
-    vec![
-        query_rule(
-            RULE_PREDICTION,
-            "DGA model classified a DNS lookup as malicious",
-            "The ML-DGA classifier labelled the domain in a DNS question as generated by a \
-             domain generation algorithm. Malware uses such domains to find its command and \
-             control server. Lookups of avsvmcloud.com subdomains are left to the SUNBURST rule.",
-            "ml_is_dga.malicious_prediction:1 and not dns.question.registered_domain:avsvmcloud.com",
-            21,
-            "low",
-        ),
-        query_rule(
-            RULE_PROBABILITY,
-            "DNS lookup with a DGA probability above 0.98",
-            "The ML-DGA classifier gave the domain in a DNS question a probability above 0.98 of \
-             having been produced by a domain generation algorithm.",
-            "ml_is_dga.malicious_probability > 0.98",
-            21,
-            "low",
-        ),
-        query_rule(
-            RULE_SUNBURST,
-            "DGA-looking avsvmcloud.com subdomain (SUNBURST)",
-            "The ML-DGA classifier flagged a subdomain of avsvmcloud.com. The SUNBURST backdoor \
-             in trojanised SolarWinds Orion builds encoded victim data in generated subdomains of \
-             this domain; a hit deserves immediate investigation of the querying host.",
-            "ml_is_dga.malicious_prediction:1 and dns.question.registered_domain:avsvmcloud.com",
-            73,
-            "high",
-        ),
-        json!({
-            "rule_id": RULE_ML_HIGH_SUM,
-            "type": "machine_learning",
-            "machine_learning_job_id": [ML_JOB_ID],
-            "anomaly_threshold": 70,
-            "name": "Host with an unusual volume of likely DGA lookups",
-            "description": "The anomaly detection job dga_high_sum_probability found a source IP \
-                whose summed DGA probability over its DNS lookups is unusually high for a \
-                15-minute bucket: a host resolving many generated domains, as infected hosts \
-                searching for their command and control server do.",
-            "risk_score": 21,
-            "severity": "low",
-            "from": "now-10m",
-            "interval": "5m",
-            "tags": [DGA_TAG, "Domain: Network", "Use Case: Domain Generation Algorithm Detection", "Tactic: Command and Control", "Rule Type: ML"],
-            "author": ["dga-operator"],
-            "threat": threat(),
-            "setup": "Needs the ML-DGA ingest pipeline on DNS events and the anomaly detection \
-                job dga_high_sum_probability (high_sum of ml_is_dga.malicious_probability over \
-                source.ip, 15m buckets) with its datafeed started.",
-        }),
-    ]
 }
 
 fn rule_id(rule: &Value) -> Option<&str> {
@@ -254,16 +135,47 @@ pub fn unknown_selected(input: &RulesInput) -> Vec<String> {
     };
     let source = source(input);
     sel.iter()
-        .filter(|id| !source.iter().any(|r| rule_id(r) == Some(id.as_str())))
+        .filter(|id| {
+            let want = selector(id);
+            !source.iter().any(|r| rule_id(r) == Some(want.as_str()))
+        })
         .cloned()
         .collect()
 }
 
+/// A `ruleIds` entry as the rule_id the operator writes: Elastic's ids (current or legacy)
+/// name the operator's rule derived from them.
+fn selector(id: &str) -> String {
+    content::elastic_id(id)
+        .map(own_rule_id)
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// The rules to write: the release's, or Elastic's four as built for this Kibana. A release
+/// rule under one of Elastic's rule_ids is moved to the operator's id for it.
 fn source(input: &RulesInput) -> Vec<Value> {
     if input.source_rules.is_empty() {
-        builtin_rules()
+        content::builtin_rules(&input.kibana, &input.job_id)
     } else {
-        input.source_rules.clone()
+        input
+            .source_rules
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if let Some(e) = rule_id(&r).and_then(content::elastic_id) {
+                    r["rule_id"] = Value::String(own_rule_id(e));
+                }
+                if r.get("type").and_then(Value::as_str) == Some("machine_learning") {
+                    r["machine_learning_job_id"] = json!([input.job_id]);
+                }
+                if !input.kibana.setup_field()
+                    && let Some(o) = r.as_object_mut()
+                {
+                    o.remove("setup");
+                }
+                r
+            })
+            .collect()
     }
 }
 
@@ -289,7 +201,7 @@ pub fn desired_rules(input: &RulesInput) -> Vec<Value> {
         if input
             .selected
             .as_ref()
-            .is_some_and(|sel| !sel.contains(&id))
+            .is_some_and(|sel| !sel.iter().any(|s| selector(s) == id))
         {
             continue;
         }
@@ -414,6 +326,98 @@ pub fn diff(desired: &[Value], observed: &[Value], owner_tag: &str) -> Vec<RuleA
         }
     }
     out
+}
+
+/// Whether Kibana holds `rule` as one of Elastic's prebuilt rules (installed from the
+/// `security_detection_engine` package, not written through the rules API).
+pub fn is_prebuilt(rule: &Value) -> bool {
+    rule.get("immutable").and_then(Value::as_bool) == Some(true)
+        || rule.pointer("/rule_source/type").and_then(Value::as_str) == Some("external")
+}
+
+/// The whole rule plan for one space: [`diff`] of `desired` against `observed`, with
+///
+/// - a desired rule dropped when Elastic's prebuilt rule it stands for is installed (a person
+///   installed it; it is used as it is, never duplicated or taken);
+/// - rules left under one of Elastic's rule_ids (by the dga-operator CLI, an older operator
+///   build, or a person): ours are deleted (the operator's own rule_id replaces them); the
+///   CLI's and a person's are a [`RuleAction::Conflict`], or, with `overwrite`, adopted: deleted
+///   and replaced by the operator's rule, which keeps their enabled state;
+/// - with `overwrite`, conflicts on the operator's own rule_ids taken over
+///   ([`overwrite_conflicts`]). Another DgaModel's rules are never taken.
+pub fn plan(
+    desired: &[Value],
+    observed: &[Value],
+    owner_tag: &str,
+    overwrite: bool,
+) -> Vec<RuleAction> {
+    let installed_prebuilt: BTreeSet<&str> = observed
+        .iter()
+        .filter(|r| is_prebuilt(r))
+        .filter_map(rule_id)
+        .filter_map(content::elastic_id)
+        .collect();
+    let mut desired: Vec<Value> = desired
+        .iter()
+        .filter(|d| {
+            !rule_id(d)
+                .and_then(content::elastic_of_own)
+                .is_some_and(|e| installed_prebuilt.contains(e))
+        })
+        .cloned()
+        .collect();
+    let mut leftovers = Vec::new();
+    for have in observed {
+        let Some(id) = rule_id(have) else { continue };
+        let Some(elastic) = content::elastic_id(id) else {
+            continue;
+        };
+        if is_prebuilt(have) || has_tag(have, owner_tag) {
+            continue; // Elastic's own rule, or ours (deleted by the diff as no longer wanted)
+        }
+        let other = tags(have)
+            .into_iter()
+            .find_map(|t| t.strip_prefix(OWNER_TAG_PREFIX))
+            .map(String::from);
+        if other.as_deref().is_some_and(|o| !o.starts_with('/')) {
+            continue; // another DgaModel's: it migrates its own rules
+        }
+        let own = own_rule_id(elastic);
+        let name = have.get("name").and_then(Value::as_str).unwrap_or("");
+        let by = if other.is_some() {
+            "the dga-operator CLI"
+        } else {
+            "a person or older tooling"
+        };
+        if !overwrite {
+            leftovers.push(RuleAction::Conflict {
+                rule_id: id.to_string(),
+                detail: format!(
+                    "rule \"{name}\" holds Elastic's rule_id {id} (left by {by}); set overwrite \
+                     to replace it by the operator's rule {own}"
+                ),
+            });
+            continue;
+        }
+        leftovers.push(RuleAction::Delete {
+            rule_id: id.to_string(),
+        });
+        // The replacement keeps the adopted rule's enabled state.
+        if let (Some(e), Some(d)) = (
+            have.get("enabled").and_then(Value::as_bool),
+            desired
+                .iter_mut()
+                .find(|d| rule_id(d) == Some(own.as_str())),
+        ) {
+            d["enabled"] = Value::Bool(e);
+        }
+    }
+    let mut actions = diff(&desired, observed, owner_tag);
+    if overwrite {
+        actions = overwrite_conflicts(actions, &desired, observed);
+    }
+    leftovers.extend(actions);
+    leftovers
 }
 
 /// For a user who asked to overwrite: each [`RuleAction::Conflict`] becomes an
@@ -557,7 +561,10 @@ pub async fn observe(
     desired: &[Value],
     owner_tag: &str,
 ) -> Result<Vec<Value>, Error> {
-    let ids: Vec<&str> = desired.iter().filter_map(rule_id).collect();
+    let mut ids: Vec<&str> = desired.iter().filter_map(rule_id).collect();
+    // Elastic's ids too: a rule left under one blocks or duplicates ours (see [`plan`]).
+    ids.extend(content::ELASTIC_RULE_IDS);
+    ids.extend(content::LEGACY_RULE_IDS.iter().map(|(old, _)| *old));
     let owned = format!("alert.attributes.tags:{}", kql_quote(owner_tag));
     let mut out: Vec<Value> = Vec::new();
     let chunks: Vec<&[&str]> = if ids.is_empty() {
@@ -615,11 +622,11 @@ mod tests {
         o.insert("created_at".into(), json!("2025-01-01T00:00:00.000Z"));
         o.insert("revision".into(), json!(0));
         o.insert("immutable".into(), json!(false));
-        o.insert("max_signals".into(), json!(100));
-        o.insert("exceptions_list".into(), json!([]));
-        o.insert("actions".into(), json!([]));
-        o.insert("related_integrations".into(), json!([]));
-        o.insert("references".into(), json!([]));
+        o.entry("max_signals").or_insert(json!(100));
+        o.entry("exceptions_list").or_insert(json!([]));
+        o.entry("actions").or_insert(json!([]));
+        o.entry("related_integrations").or_insert(json!([]));
+        o.entry("references").or_insert(json!([]));
         if let Some(t) = o.get_mut("tags").and_then(Value::as_array_mut) {
             t.reverse();
         }
@@ -637,9 +644,22 @@ mod tests {
         r
     }
 
+    /// Elastic's published facts (rule names, windows, queries, scores), recorded with their
+    /// source commits; the rules are checked against these, never against our own constants.
+    fn elastic_facts() -> Value {
+        serde_json::from_str(include_str!(
+            "../../tests/standin/fixtures/elastic-dga-content.json"
+        ))
+        .unwrap()
+    }
+
     #[test]
-    fn builtin_set_is_complete() {
-        let d = desired_rules(&input());
+    fn builtin_rules_follow_elastics_content_under_our_own_ids() {
+        let facts = elastic_facts();
+        // The fixture records the rules as Elastic ships them now (8.19 and 9.1+).
+        let mut inp = input();
+        inp.kibana = KibanaFeatures::new(StackVersion::new(9, 2, 0));
+        let d = desired_rules(&inp);
         let ids: Vec<&str> = d.iter().filter_map(rule_id).collect();
         assert_eq!(
             ids,
@@ -650,25 +670,73 @@ mod tests {
                 RULE_ML_HIGH_SUM
             ]
         );
+        let elastic_ids: Vec<&str> = facts["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule_id"].as_str().unwrap())
+            .collect();
         for r in &d {
+            let id = rule_id(r).unwrap();
+            assert!(
+                !elastic_ids.contains(&id),
+                "{id} is one of Elastic's rule_ids"
+            );
+            let elastic = content::elastic_of_own(id).expect("derived from an Elastic rule");
+            let f = facts["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["rule_id"] == elastic)
+                .unwrap_or_else(|| panic!("no fact for {elastic}"));
             assert!(has_tag(r, DGA_TAG));
             assert!(has_tag(r, "dga-operator:owner:security/dga"));
-            assert_eq!(r["from"], "now-10m");
-            assert_eq!(r["interval"], "5m");
             assert_eq!(r["enabled"], true);
+            for k in [
+                "name",
+                "type",
+                "from",
+                "risk_score",
+                "severity",
+                "timestamp_override",
+            ] {
+                if !f[k].is_null() {
+                    assert_eq!(r[k], f[k], "{elastic}: {k}");
+                }
+            }
+            // Kibana's default interval is 5m (Elastic's TOML leaves it out).
+            let interval = if f["interval"].is_null() {
+                json!("5m")
+            } else {
+                f["interval"].clone()
+            };
+            assert_eq!(
+                r.get("interval").cloned().unwrap_or(json!("5m")),
+                interval,
+                "{elastic}: interval"
+            );
+            if let Some(q) = f["query"].as_str() {
+                assert_eq!(r["query"], q, "{elastic}: query");
+            }
             let t = r["threat"].to_string();
-            assert!(t.contains("T1071.004") && t.contains("T1568.002"));
+            for tech in f["techniques"].as_array().into_iter().flatten() {
+                assert!(
+                    t.contains(tech.as_str().unwrap()),
+                    "{elastic}: {tech} in {t}"
+                );
+            }
         }
-        assert_eq!(d[0]["language"], "kuery");
-        assert_eq!(d[0]["index"], json!(DEFAULT_INDEX));
-        assert_eq!(d[2]["risk_score"], 73);
-        assert_eq!(d[2]["severity"], "high");
-        assert_eq!(
-            d[3]["machine_learning_job_id"],
-            json!(["dga_high_sum_probability"])
-        );
-        assert_eq!(d[3]["anomaly_threshold"], 70);
-        assert!(d[3].get("index").is_none());
+        // The ML rule's window reaches back over a final 15-minute bucket.
+        let ml = d.iter().find(|r| r["type"] == "machine_learning").unwrap();
+        assert_eq!(ml["interval"], "15m");
+        assert_eq!(ml["from"], "now-45m");
+        assert!(ml.get("index").is_none());
+        // Before 8.19 Elastic's packages mapped T1568 only (detection-rules 8993d145).
+        inp.kibana = KibanaFeatures::new(StackVersion::new(8, 18, 0));
+        for r in desired_rules(&inp) {
+            let t = r["threat"].to_string();
+            assert!(t.contains("T1568.002") && !t.contains("T1071"), "{t}");
+        }
     }
 
     /// Every property a schema declares, following `$ref` and `allOf`.

@@ -202,6 +202,35 @@ impl Env {
         rel
     }
 
+    /// Publishes a release of a small model (`dga_9_1.0`) and a router pipeline calling an
+    /// inference pipeline made of `inference_processors`: processors the stand-in runs (it has
+    /// no painless), so its canary run gives a verdict either way.
+    pub fn publish_without_painless(&self, tag: &str, inference_processors: Value) {
+        let mut model = Vec::new();
+        dga_standin::model::write_model_json(
+            &dga_standin::model::ModelSpec::new("dga_9_1.0", 60_000, 9),
+            dga_standin::model::ModelEncoding::Plain,
+            &mut model,
+        )
+        .unwrap();
+        let router = json!({"processors": [{"pipeline": {"name": "t_inference_pipeline", "if": "ctx.type == 'dns'"}}]});
+        let inference = json!({ "processors": inference_processors });
+        let zip = self.dir.path().join(format!("{tag}.zip"));
+        let (r, i) = (router.to_string(), inference.to_string());
+        builder::write_custom_zip(
+            &zip,
+            &[
+                (&format!("{tag}/dga_9_1.0_model.json"), model.as_slice()),
+                (&format!("{tag}/t_ingest_pipeline.json"), r.as_bytes()),
+                (&format!("{tag}/t_inference_pipeline.json"), i.as_bytes()),
+            ],
+        )
+        .unwrap();
+        self.standin
+            .publish_release_files(REPO, tag, vec![(format!("{tag}.zip"), zip)])
+            .unwrap();
+    }
+
     /// A cluster Secret pointing at the stack under test. A password other than "changeme"
     /// makes a Secret with wrong credentials (on either stack).
     pub async fn secret(&self, name: &str, password: &str) {

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::indices;
+use crate::profile::Feature;
 use crate::server::{Job, Req, Resp, RespBody, Shared, StoredModel};
 use crate::spec::{self, EsMatch};
 use crate::util::{self, es_error_body, wildcard_match};
@@ -121,7 +123,13 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
             )
             .header("www-authenticate", "ApiKey");
     }
-    let m = match spec::es_check(&r.method, &r.path, &r.query, r.body.len()) {
+    let m = match spec::es_check_in(
+        sh.cfg.es_profile().spec_set(),
+        &r.method,
+        &r.path,
+        &r.query,
+        r.body.len(),
+    ) {
         Ok(m) => m,
         Err(o) => {
             let mut resp = err(400, "illegal_argument_exception", &o.reason);
@@ -205,7 +213,12 @@ fn route(sh: &Shared, r: &Req, m: &EsMatch) -> Resp {
             m.parts.get("name").map(|s| s.as_str()),
         )),
         "indices.put_settings" => put_settings(sh, r, m.parts.get("index").map(|s| s.as_str())),
-        "indices.get_settings" => Ok(get_settings(sh, m.parts.get("index").map(|s| s.as_str()))),
+        "indices.get_settings" => Ok(get_settings(
+            sh,
+            r,
+            m.parts.get("index").map(|s| s.as_str()),
+            m.parts.get("name").map(|s| s.as_str()),
+        )),
         "indices.get_data_stream" => {
             Ok(get_data_stream(sh, m.parts.get("name").map(|s| s.as_str())))
         }
@@ -313,7 +326,7 @@ fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Res
         ));
     }
     let st = sh.st();
-    let (names, missing) = select_ids(st.index_settings.keys(), index);
+    let (names, missing) = indices::resolve(&st, index);
     if let Some(m) = missing.first().filter(|_| !r.flag("ignore_unavailable")) {
         return Err(err(
             404,
@@ -380,15 +393,26 @@ fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Res
                 "assignment": {"executor_node": "dga-standin-node", "explanation": ""}
             }));
         }
-        out["metadata"] = json!({
-            "cluster_uuid": sh.cfg.cluster_uuid,
-            "cluster_uuid_committed": true,
-            "templates": {},
-            "indices": indices,
-            "ingest": {"pipeline": pipelines},
-            "stored_scripts": st.scripts,
-            "persistent_tasks": {"last_allocation_id": allocation, "tasks": tasks}
-        });
+        // Indices named in the path: a fresh `Metadata.builder()` with only those indices, no
+        // customs (`TransportClusterStateAction.buildResponse`).
+        out["metadata"] = if index.is_some_and(|i| !i.is_empty()) {
+            json!({
+                "cluster_uuid": sh.cfg.cluster_uuid,
+                "cluster_uuid_committed": true,
+                "templates": {},
+                "indices": indices,
+            })
+        } else {
+            json!({
+                "cluster_uuid": sh.cfg.cluster_uuid,
+                "cluster_uuid_committed": true,
+                "templates": {},
+                "indices": indices,
+                "ingest": {"pipeline": pipelines},
+                "stored_scripts": st.scripts,
+                "persistent_tasks": {"last_allocation_id": allocation, "tasks": tasks}
+            })
+        };
     }
     Ok(Resp::json(200, &out))
 }
@@ -903,6 +927,41 @@ fn put_pipeline(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
             "[processors] required property is missing",
         ));
     }
+    let profile = sh.cfg.es_profile();
+    if body.get("_meta").is_some() && !profile.has(Feature::PipelineMeta) {
+        return Err(err(
+            400,
+            "parse_exception",
+            &format!(
+                "pipeline [{id}] doesn't support one or more provided configuration parameters [_meta]"
+            ),
+        ));
+    }
+    if !profile.has(Feature::PipelineIgnoreMissingPipeline)
+        && pipeline_processor_has(&body, "ignore_missing_pipeline")
+    {
+        return Err(err(
+            400,
+            "parse_exception",
+            "processor [pipeline] doesn't support one or more provided configuration parameters [ignore_missing_pipeline]",
+        ));
+    }
+    let mut body = body;
+    if profile.has(Feature::PipelineDates) {
+        // Read-only: set by the server, never taken from the body (ES PR #130847).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let created = sh
+            .st()
+            .pipelines
+            .get(id)
+            .and_then(|p| p.get("created_date_millis").cloned())
+            .unwrap_or(json!(now));
+        body["created_date_millis"] = created;
+        body["modified_date_millis"] = json!(now);
+    }
     let mut st = sh.st();
     let mut models = Vec::new();
     collect_inference_models(&body, &mut models);
@@ -930,6 +989,20 @@ fn put_pipeline(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
     }
     st.pipelines.insert(id.into(), body);
     Ok(ack())
+}
+
+/// Whether a `pipeline` processor anywhere in the body (nested `on_failure` too) sets `key`.
+fn pipeline_processor_has(v: &Value, key: &str) -> bool {
+    match v {
+        Value::Object(o) => {
+            o.get("pipeline")
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.contains_key(key))
+                || o.values().any(|x| pipeline_processor_has(x, key))
+        }
+        Value::Array(a) => a.iter().any(|x| pipeline_processor_has(x, key)),
+        _ => false,
+    }
 }
 
 fn get_pipeline(sh: &Shared, id: Option<&str>) -> Resp {
@@ -1196,18 +1269,37 @@ impl Sim<'_> {
                         }
                     }
                 }
-                let model_cfg = self
+                let (model_cfg, field_names) = self
                     .sh
                     .st()
                     .models
                     .get(mid)
-                    .map(|m| m.config["inference_config"].clone())
-                    .unwrap_or(json!({}));
+                    .map(|m| {
+                        (
+                            m.config["inference_config"].clone(),
+                            m.config["input"]["field_names"].clone(),
+                        )
+                    })
+                    .unwrap_or((json!({}), json!([])));
                 let cfg = match conf.get("inference_config") {
                     Some(c) => merge_inference_config(&model_cfg, c),
                     None => model_cfg,
                 };
-                let mut result = crate::model::evaluate_with_config(&def, &input, &cfg)?;
+                // LocalModel.infer: none of the model's input fields in the document gives a
+                // warning instead of a prediction.
+                let any_input = field_names.as_array().is_some_and(|names| {
+                    names
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|n| util::get_field(&input, n).is_some_and(|v| !v.is_null()))
+                });
+                let mut result = if any_input {
+                    crate::model::evaluate_with_config(&def, &input, &cfg)?
+                } else {
+                    json!({"warning": format!(
+                        "Model [{mid}] could not be inferred as all fields were missing"
+                    )})
+                };
                 if let Some(o) = result.as_object_mut() {
                     o.entry("model_id").or_insert_with(|| json!(mid));
                 }
@@ -1371,7 +1463,7 @@ fn get_index_template(sh: &Shared, name: Option<&str>) -> Resp {
     Resp::json(200, &json!({"index_templates": list}))
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
+pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
     match v {
         Value::Object(o) => {
             for (k, x) in o {
@@ -1392,42 +1484,16 @@ fn flatten(prefix: &str, v: &Value, out: &mut Map<String, Value>) {
 fn put_settings(sh: &Shared, r: &Req, index: Option<&str>) -> Result<Resp, Resp> {
     let body = body_json(r)?;
     let settings = body.get("settings").cloned().unwrap_or(body);
-    let mut flat = Map::new();
-    flatten("", &settings, &mut flat);
-    let mut flat2 = Map::new();
-    for (k, v) in flat {
-        let k = if k.starts_with("index.") {
-            k
-        } else {
-            format!("index.{k}")
-        };
-        flat2.insert(k, v);
-    }
+    let flat2 = indices::flat_index_settings(&settings);
     let mut st = sh.st();
-    let targets: Vec<String> = match index {
-        None | Some("_all") => st.index_settings.keys().cloned().collect(),
-        Some(expr) => {
-            let mut t = Vec::new();
-            for pat in expr.split(',') {
-                let hits: Vec<String> = st
-                    .index_settings
-                    .keys()
-                    .chain(st.data_streams.keys())
-                    .filter(|k| wildcard_match(pat, k))
-                    .cloned()
-                    .collect();
-                if hits.is_empty() && !pat.contains('*') {
-                    return Err(err(
-                        404,
-                        "index_not_found_exception",
-                        &format!("no such index [{pat}]"),
-                    ));
-                }
-                t.extend(hits);
-            }
-            t
-        }
-    };
+    let (targets, missing) = indices::resolve(&st, index);
+    if let Some(m) = missing.first().filter(|_| !r.flag("ignore_unavailable")) {
+        return Err(err(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{m}]"),
+        ));
+    }
     for t in targets {
         let entry = st.index_settings.entry(t).or_insert_with(|| json!({}));
         let o = entry.as_object_mut().expect("object");
@@ -1452,21 +1518,48 @@ fn nest(flat: &Value) -> Value {
     out
 }
 
-fn get_settings(sh: &Shared, index: Option<&str>) -> Resp {
+/// GET `{index}/_settings/{name}`: concrete indices (data streams answer with their backing
+/// indices), settings filtered by `name`; an index whose filtered settings are empty is left out
+/// unless `include_defaults` (`GetSettingsResponse.toXContent`). Every index has `index.uuid`.
+fn get_settings(sh: &Shared, r: &Req, index: Option<&str>, name: Option<&str>) -> Resp {
     let st = sh.st();
-    let (ids, missing) = select_ids(st.index_settings.keys(), index);
-    if let Some(m) = missing.first() {
+    let (ids, missing) = indices::resolve(&st, index);
+    if let Some(m) = missing.first().filter(|_| !r.flag("ignore_unavailable")) {
         return err(
             404,
             "index_not_found_exception",
             &format!("no such index [{m}]"),
         );
     }
-    let out: Map<String, Value> = ids
-        .iter()
-        .map(|i| (i.clone(), json!({"settings": nest(&st.index_settings[i])})))
-        .collect();
+    let names: Vec<&str> = name
+        .filter(|n| *n != "_all")
+        .map(|n| n.split(',').collect())
+        .unwrap_or_default();
+    let mut out = Map::new();
+    for i in ids {
+        let mut flat = st.index_settings[&i]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        flat.entry("index.uuid")
+            .or_insert_with(|| json!(index_uuid(&i)));
+        if !names.is_empty() {
+            flat.retain(|k, _| names.iter().any(|n| wildcard_match(n, k)));
+        }
+        if flat.is_empty() && !r.flag("include_defaults") {
+            continue;
+        }
+        out.insert(i, json!({"settings": nest(&Value::Object(flat))}));
+    }
     Resp::json(200, &Value::Object(out))
+}
+
+/// A stable stand-in `index.uuid` (real ones are random base64 of 22 chars).
+fn index_uuid(index: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    index.hash(&mut h);
+    format!("dgastandin{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 fn get_data_stream(sh: &Shared, name: Option<&str>) -> Resp {

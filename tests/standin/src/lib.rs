@@ -25,9 +25,11 @@
 
 pub mod bundle;
 pub mod model;
+pub mod profile;
 
 mod es;
 mod github;
+mod indices;
 mod kibana;
 pub mod server;
 pub mod spec;

@@ -44,8 +44,10 @@ struct Args {
     /// Disable authentication entirely.
     #[arg(long)]
     no_auth: bool,
-    /// Elasticsearch version reported by GET /.
-    #[arg(long, default_value = "8.17.0")]
+    /// Elasticsearch version profile: selects the behaviour imitated (which spec files are
+    /// checked, which fields are accepted and returned), not only what GET / reports. Named
+    /// profiles 7.10, 7.17, 8.17, 9.2 (= 7.10.2, 7.17.29, 8.17.0, 9.2.0); any X.Y[.Z] from 7.10.
+    #[arg(long, default_value = dga_standin::profile::DEFAULT)]
     es_version: String,
     /// Kibana version reported by GET /api/status.
     #[arg(long, default_value = "8.17.0")]
@@ -82,9 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             bearer: vec![],
         }
     };
+    let profile = dga_standin::profile::Profile::parse(&a.es_version)?;
     let cfg = StandinConfig {
         license_type: a.license.clone(),
-        es_version: a.es_version.clone(),
+        es_version: profile.to_string(),
         kibana_version: a.kibana_version.clone(),
         auth,
         ..Default::default()

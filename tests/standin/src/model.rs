@@ -1187,7 +1187,11 @@ pub fn evaluate_with_config(
             .map(|(o, w)| w * first(o))
             .sum();
         let v = if agg_name == "exponent" { s.exp() } else { s };
-        return Ok(json!({"predicted_value": v}));
+        let field = inference_config
+            .pointer("/regression/results_field")
+            .and_then(Value::as_str)
+            .unwrap_or("predicted_value");
+        return Ok(json!({ field: v }));
     }
 
     let nclasses = labels.len().max(2);
@@ -1201,12 +1205,28 @@ pub fn evaluate_with_config(
             let p = sigmoid(s);
             vec![1.0 - p, p]
         }
+        // WeightedMode.processValues: multi-valued leaves (eland's forests store log class
+        // fractions) are summed per class, weighted, then softmaxed; single values are class
+        // votes, and a class no tree voted for starts at -inf (probability 0).
+        "weighted_mode" if outputs.first().is_some_and(|o| o.len() > 1) => {
+            let mut sums = vec![0.0; outputs[0].len()];
+            for (o, w) in outputs.iter().zip(&weights) {
+                for (s, v) in sums.iter_mut().zip(o) {
+                    *s += v * w;
+                }
+            }
+            softmax(&sums)
+        }
         "weighted_mode" => {
-            let mut votes = vec![0.0; nclasses];
+            let mut votes = vec![f64::NEG_INFINITY; nclasses];
             for (o, w) in outputs.iter().zip(&weights) {
                 let c = first(o).round().max(0.0) as usize;
                 if c < nclasses {
-                    votes[c] += w;
+                    votes[c] = if votes[c] == f64::NEG_INFINITY {
+                        *w
+                    } else {
+                        votes[c] + w
+                    };
                 }
             }
             softmax(&votes)
@@ -1277,8 +1297,18 @@ pub fn evaluate_with_config(
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     let top = order[0];
+    // ClassificationConfig: the field names come from the (merged) config; the defaults hold
+    // only where neither the model nor the processor set one.
+    let results_field = cfg
+        .get("results_field")
+        .and_then(Value::as_str)
+        .unwrap_or("predicted_value");
+    let top_field = cfg
+        .get("top_classes_results_field")
+        .and_then(Value::as_str)
+        .unwrap_or("top_classes");
     let mut res = Map::new();
-    res.insert("predicted_value".into(), typed(label(top)));
+    res.insert(results_field.into(), typed(label(top)));
     res.insert("prediction_probability".into(), json!(probs[top]));
     res.insert("prediction_score".into(), json!(scores[top]));
     let ntop = cfg
@@ -1295,7 +1325,7 @@ pub fn evaluate_with_config(
             .iter()
             .map(|&i| json!({"class_name": typed(label(i)), "class_probability": probs[i], "class_score": scores[i]}))
             .collect();
-        res.insert("top_classes".into(), Value::Array(tc));
+        res.insert(top_field.into(), Value::Array(tc));
     }
     Ok(Value::Object(res))
 }

@@ -65,6 +65,16 @@ pub struct StandinConfig {
     pub kibana_version: String,
 }
 
+impl StandinConfig {
+    /// The version profile `es_version` selects (see [`crate::profile`]); a version the stand-in
+    /// cannot parse falls back to the default profile (the binary refuses it at start).
+    pub fn es_profile(&self) -> crate::profile::Profile {
+        crate::profile::Profile::parse(&self.es_version).unwrap_or_else(|_| {
+            crate::profile::Profile::parse(crate::profile::DEFAULT).expect("default profile")
+        })
+    }
+}
+
 impl Default for StandinConfig {
     fn default() -> Self {
         StandinConfig {
@@ -731,6 +741,11 @@ impl Standin {
         kibana_port: u16,
         github_port: u16,
     ) -> io::Result<Standin> {
+        let mut cfg = cfg;
+        // A named profile ("7.10") reports its full version, as a real node would.
+        if let Ok(p) = crate::profile::Profile::parse(&cfg.es_version) {
+            cfg.es_version = p.to_string();
+        }
         let shared = Arc::new(Shared::new(cfg));
         let es = TcpListener::bind((host, es_port)).await?;
         let kb = TcpListener::bind((host, kibana_port)).await?;
@@ -924,6 +939,23 @@ impl Standin {
             .st()
             .index_settings
             .insert(index.into(), settings);
+    }
+    /// Stores a composable index template as `PUT _index_template/{name}` would.
+    pub fn put_index_template(&self, name: &str, body: Value) {
+        self.shared.st().index_templates.insert(name.into(), body);
+    }
+    /// Creates data stream `name` (first backing index from its matching index template), as
+    /// the first write to it (or `PUT _data_stream/{name}`) would.
+    pub fn create_data_stream(&self, name: &str) -> Result<(), String> {
+        crate::indices::create_data_stream(&mut self.shared.st(), name)
+    }
+    /// Rolls data stream `name` over (as `POST {name}/_rollover` would); returns the new write
+    /// index, whose settings come from the index template as it is now.
+    pub fn rollover(&self, name: &str) -> Result<String, String> {
+        crate::indices::rollover(&mut self.shared.st(), name)
+    }
+    pub fn data_streams(&self) -> BTreeMap<String, Value> {
+        self.shared.st().data_streams.clone()
     }
     pub fn put_data_stream(&self, name: &str, ds: Value) {
         self.shared.st().data_streams.insert(name.into(), ds);

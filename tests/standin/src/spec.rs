@@ -25,12 +25,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 
 macro_rules! es_files {
-    ($($f:literal),* $(,)?) => {
-        &[$(($f, include_str!(concat!("../spec/elasticsearch/", $f)))),*]
+    ($dir:literal; $($f:literal),* $(,)?) => {
+        &[$(($f, include_str!(concat!("../spec/", $dir, "/", $f)))),*]
     };
 }
 
-static ES_FILES: &[(&str, &str)] = es_files!(
+/// The endpoints the stand-in serves; each spec set embeds its own copy of every file.
+macro_rules! es_spec_set {
+    ($dir:literal) => {
+        es_files!($dir;
     "cluster.health.json",
     "cluster.state.json",
     "delete_script.json",
@@ -67,7 +70,32 @@ static ES_FILES: &[(&str, &str)] = es_files!(
     "ml.start_datafeed.json",
     "ml.stop_datafeed.json",
     "put_script.json",
-);
+        )
+    };
+}
+
+/// The 8.19 branch copies (`spec/elasticsearch/`, see SOURCES.md section 1).
+static ES_FILES_8: &[(&str, &str)] = es_spec_set!("elasticsearch");
+/// elastic/elasticsearch main as of 2026-02-10 (`spec/elasticsearch-main/`), for 9.x profiles.
+static ES_FILES_MAIN: &[(&str, &str)] = es_spec_set!("elasticsearch-main");
+
+/// Which copy of the rest-api-spec a version profile checks requests against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SpecSet {
+    /// The 8.19 branch files: used for 7.x and 8.x profiles (no 7.x copy is stored here).
+    Branch8_19,
+    /// elastic/elasticsearch main, 2026-02-10: used for 9.x profiles.
+    Main2026_02_10,
+}
+
+impl SpecSet {
+    fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            SpecSet::Branch8_19 => ES_FILES_8,
+            SpecSet::Main2026_02_10 => ES_FILES_MAIN,
+        }
+    }
+}
 
 static ES_COMMON: &str = include_str!("../spec/elasticsearch/_common.json");
 static KIBANA_YAML: &str =
@@ -164,11 +192,16 @@ fn params_of(v: &Value) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-fn es_spec() -> &'static EsSpec {
-    static SPEC: OnceLock<EsSpec> = OnceLock::new();
-    SPEC.get_or_init(|| {
+fn es_spec(set: SpecSet) -> &'static EsSpec {
+    static SPEC_8: OnceLock<EsSpec> = OnceLock::new();
+    static SPEC_MAIN: OnceLock<EsSpec> = OnceLock::new();
+    let cell = match set {
+        SpecSet::Branch8_19 => &SPEC_8,
+        SpecSet::Main2026_02_10 => &SPEC_MAIN,
+    };
+    cell.get_or_init(|| {
         let mut endpoints = Vec::new();
-        for (file, text) in ES_FILES {
+        for (file, text) in set.files() {
             let v: Value =
                 serde_json::from_str(text).unwrap_or_else(|e| panic!("spec {file}: {e}"));
             for (name, def) in v.as_object().expect("spec object") {
@@ -225,14 +258,25 @@ pub struct OffSpec {
     pub reason: String,
 }
 
-/// Check an Elasticsearch request against the rest-api-spec.
+/// Check an Elasticsearch request against the 8.19 rest-api-spec.
 pub fn es_check(
     method: &str,
     path: &str,
     query: &[(String, String)],
     body_len: usize,
 ) -> Result<EsMatch, OffSpec> {
-    let spec = es_spec();
+    es_check_in(SpecSet::Branch8_19, method, path, query, body_len)
+}
+
+/// Check an Elasticsearch request against one copy of the rest-api-spec.
+pub fn es_check_in(
+    set: SpecSet,
+    method: &str,
+    path: &str,
+    query: &[(String, String)],
+    body_len: usize,
+) -> Result<EsMatch, OffSpec> {
+    let spec = es_spec(set);
     let segs = split_path(path);
     let mut path_found = false;
     let mut allowed: BTreeSet<String> = BTreeSet::new();

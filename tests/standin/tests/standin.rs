@@ -1033,11 +1033,13 @@ async fn cluster_state_metadata_and_filter_path() {
         200
     );
 
-    let filter = "metadata.stored_scripts.s1,metadata.stored_scripts.absent,metadata.indices.*.state,metadata.indices.*.settings.index.final_pipeline,metadata.persistent_tasks.tasks.id,metadata.persistent_tasks.tasks.task.*.state";
+    // Customs (scripts, tasks) come only when no index is named: the indices are picked by
+    // filter_path instead (see cluster_state_has_no_customs_when_indices_are_named).
+    let filter = "metadata.stored_scripts.s1,metadata.stored_scripts.absent,metadata.indices.packetbeat-*.state,metadata.indices.packetbeat-*.settings.index.final_pipeline,metadata.persistent_tasks.tasks.id,metadata.persistent_tasks.tasks.task.*.state";
     let (s, v) = t
         .es(
             Method::GET,
-            &format!("/_cluster/state/metadata/packetbeat-*?local=true&filter_path={filter}"),
+            &format!("/_cluster/state/metadata?local=true&filter_path={filter}"),
             None,
         )
         .await;
@@ -1137,4 +1139,232 @@ async fn kibana_base_path_rewrite() {
     assert_eq!(st, 404);
     let (st, v) = t.kb(Method::GET, "/kb/api/status", None).await;
     assert_eq!(st, 200, "{v}");
+}
+
+// ---------------------------------------------------------------- version profiles & indices
+// Each test below is a row of tests/standin/CONFORMANCE.md ("Version profiles and index
+// wiring").
+
+fn profile(v: &str) -> StandinConfig {
+    StandinConfig {
+        es_version: v.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn settings_read_omits_indices_without_the_named_settings() {
+    let t = T::new().await;
+    t.s.put_index_settings(
+        "packetbeat-7.17.0-a",
+        json!({"index.number_of_shards": "1"}),
+    );
+    t.s.put_index_settings("packetbeat-7.17.0-b", json!({"index.final_pipeline": "p"}));
+    let path = "/packetbeat-*/_settings/index.default_pipeline,index.final_pipeline?allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open";
+    let (s, v) = t.es(Method::GET, path, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!({"packetbeat-7.17.0-b": {"settings": {"index": {"final_pipeline": "p"}}}})
+    );
+    // Every index has an `index.uuid`, so a read that names it lists every index.
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/packetbeat-*/_settings/index.uuid,index.final_pipeline",
+            None,
+        )
+        .await;
+    assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    assert!(
+        v.pointer("/packetbeat-7.17.0-a/settings/index/uuid")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn data_streams_answer_with_backing_indices_and_rollover_takes_the_template() {
+    let t = T::new().await;
+    t.s.put_index_template(
+        "packetbeat-8.17.0",
+        json!({"index_patterns": ["packetbeat-8.17.0"], "data_stream": {}, "priority": 150,
+               "template": {"settings": {"index": {"number_of_shards": "1"}}}}),
+    );
+    t.s.create_data_stream("packetbeat-8.17.0").unwrap();
+    let first = ".ds-packetbeat-8.17.0-2026.12.05-000001";
+    let (_, v) = t
+        .es(Method::GET, "/packetbeat-*/_settings/index.uuid", None)
+        .await;
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec![first]
+    );
+    // Settings put through the stream land on its backing index.
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/packetbeat-8.17.0/_settings",
+            Some(json!({"index": {"final_pipeline": "router"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        t.s.index_settings()[first]["index.final_pipeline"],
+        "router"
+    );
+    assert!(!t.s.index_settings().contains_key("packetbeat-8.17.0"));
+    // Rollover: the new write index has the template's settings, not the old index's.
+    let second = t.s.rollover("packetbeat-8.17.0").unwrap();
+    assert_eq!(second, ".ds-packetbeat-8.17.0-2026.12.05-000002");
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/packetbeat-*/_settings/index.final_pipeline",
+            None,
+        )
+        .await;
+    assert_eq!(
+        v.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec![first]
+    );
+    // A template that carries the setting wires the next generation.
+    t.s.put_index_template(
+        "packetbeat-8.17.0",
+        json!({"index_patterns": ["packetbeat-8.17.0"], "data_stream": {}, "priority": 150,
+               "template": {"settings": {"index": {"final_pipeline": "router"}}}}),
+    );
+    let third = t.s.rollover("packetbeat-8.17.0").unwrap();
+    assert_eq!(
+        t.s.index_settings()[&third]["index.final_pipeline"],
+        "router"
+    );
+    // Wildcards do not match the hidden backing indices themselves.
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/*-000001/_settings/index.uuid?allow_no_indices=true",
+            None,
+        )
+        .await;
+    assert_eq!(v.as_object().unwrap().len(), 0, "{v}");
+    let (_, v) = t.es(Method::GET, "/_data_stream/packetbeat-*", None).await;
+    assert_eq!(v["data_streams"][0]["indices"].as_array().unwrap().len(), 3);
+    assert_eq!(v["data_streams"][0]["template"], "packetbeat-8.17.0");
+}
+
+#[tokio::test]
+async fn cluster_state_has_no_customs_when_indices_are_named() {
+    let t = T::new().await;
+    t.s.put_index_settings("packetbeat-a", json!({"index.final_pipeline": "p"}));
+    t.s.put_script("s1", json!({"lang": "painless", "source": "1"}));
+    let (_, named) = t
+        .es(Method::GET, "/_cluster/state/metadata/packetbeat-*", None)
+        .await;
+    assert!(named["metadata"]["indices"]["packetbeat-a"].is_object());
+    for custom in ["stored_scripts", "persistent_tasks", "ingest"] {
+        assert!(named["metadata"].get(custom).is_none(), "{custom}: {named}");
+    }
+    let (_, all) = t.es(Method::GET, "/_cluster/state/metadata", None).await;
+    assert!(all["metadata"]["stored_scripts"]["s1"].is_object());
+    assert!(all["metadata"]["indices"]["packetbeat-a"].is_object());
+}
+
+#[tokio::test]
+async fn pipeline_fields_follow_the_version_profile() {
+    let with_meta = json!({"processors": [], "_meta": {"k": "v"}});
+    let hook =
+        json!({"processors": [{"pipeline": {"name": "r", "ignore_missing_pipeline": true}}]});
+    for (v, meta_ok, imp_ok, dates) in [
+        ("7.10", false, false, false),
+        ("7.17", true, false, false),
+        ("8.17", true, true, false),
+        ("9.2", true, true, true),
+    ] {
+        let t = T::with(profile(v)).await;
+        let (s, b) = t
+            .es(Method::PUT, "/_ingest/pipeline/m", Some(with_meta.clone()))
+            .await;
+        assert_eq!(s == 200, meta_ok, "{v} _meta: {b}");
+        if !meta_ok {
+            assert_eq!(b["error"]["type"], "parse_exception");
+            assert!(
+                b["error"]["reason"].as_str().unwrap().contains("[_meta]"),
+                "{b}"
+            );
+        }
+        let (s, b) = t
+            .es(Method::PUT, "/_ingest/pipeline/h", Some(hook.clone()))
+            .await;
+        assert_eq!(s == 200, imp_ok, "{v} ignore_missing_pipeline: {b}");
+        let (s, _) = t
+            .es(
+                Method::PUT,
+                "/_ingest/pipeline/plain",
+                Some(json!({"processors": []})),
+            )
+            .await;
+        assert_eq!(s, 200);
+        let (_, got) = t.es(Method::GET, "/_ingest/pipeline/plain", None).await;
+        assert_eq!(
+            got["plain"].get("created_date_millis").is_some(),
+            dates,
+            "{v}: {got}"
+        );
+        assert_eq!(
+            got["plain"].get("modified_date_millis").is_some(),
+            dates,
+            "{v}: {got}"
+        );
+        let (_, info) = t.es(Method::GET, "/", None).await;
+        assert!(
+            info["version"]["number"].as_str().unwrap().starts_with(v),
+            "{info}"
+        );
+    }
+}
+
+/// ClassificationConfig's field names come from the model's stored `inference_config` merged
+/// with the processor's (InferenceProcessor / ClassificationConfigUpdate.apply), and a document
+/// with none of the model's input fields gets a `warning` instead of a prediction
+/// (LocalModel.infer).
+#[tokio::test]
+async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missing() {
+    let t = T::new().await;
+    let mut model: Value =
+        serde_json::from_slice(&model_body("dga_cfg", 50_000, ModelEncoding::Plain)).unwrap();
+    model["inference_config"] = json!({"classification": {
+        "results_field": "malicious_prediction", "num_top_classes": 0}});
+    let first_input = model["input"]["field_names"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _, _) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_cfg",
+            Some(serde_json::to_vec(&model).unwrap()),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut with_input = json!({});
+    with_input[&first_input] = json!(0.5);
+    let body = json!({
+        "pipeline": {"processors": [{"inference": {"model_id": "dga_cfg", "target_field": "ml",
+            "inference_config": {"classification": {"num_top_classes": 1}}}}]},
+        "docs": [{"_source": with_input}, {"_source": {"unrelated": 1}}]
+    });
+    let (s, v) = t
+        .es(Method::POST, "/_ingest/pipeline/_simulate", Some(body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ml = &v["docs"][0]["doc"]["_source"]["ml"];
+    assert!(ml.get("malicious_prediction").is_some(), "{ml}");
+    assert!(ml.get("predicted_value").is_none(), "{ml}");
+    assert_eq!(ml["top_classes"].as_array().map(Vec::len), Some(1), "{ml}");
+    let warned = &v["docs"][1]["doc"]["_source"]["ml"];
+    assert_eq!(
+        warned["warning"], "Model [dga_cfg] could not be inferred as all fields were missing",
+        "{warned}"
+    );
 }
