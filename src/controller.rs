@@ -157,20 +157,12 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let exp = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << (n - 1).min(16));
-        let capped = exp.min(self.settings.backoff_cap);
-        let jitter = rand::random_range(0.8..1.2);
-        capped
-            .mul_f64(jitter)
-            .max(retry_after.unwrap_or_default())
-            .min(
-                self.settings
-                    .backoff_cap
-                    .max(retry_after.unwrap_or_default()),
-            )
+        crate::backoff::delay(
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+            n,
+            retry_after,
+        )
     }
 
     fn succeeded(&self, uid: &str) {
@@ -862,7 +854,7 @@ async fn glance_pass(
         Ok(Glance::Unchanged(verdict)) => {
             let (state, _, message) = verified_condition(&verdict);
             let before = status::get(&report.status.conditions, VERIFIED)
-                .map(|c| (c.status.clone(), c.message.as_str()));
+                .map(|c| (c.status, c.message.as_str()));
             if before != Some((state, message.as_str())) {
                 info!(
                     namespace = ns,
@@ -1446,7 +1438,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
     }
     let owner = owner_of(obj);
     let status = obj.status.clone().unwrap_or_default();
-    let left = describe_objects(&status.objects);
+    let left = describe_objects(&status.objects, &owner);
     let mut report = Report::new(obj);
     // The state column and Ready say so while the cleanup runs (kstatus reads Terminating from
     // the deletionTimestamp alone).
@@ -1644,9 +1636,34 @@ fn remedy(e: &Error, cluster: &str, eck_cluster: Option<&str>) -> Option<String>
     })
 }
 
-fn describe_objects(o: &InstalledObjects) -> String {
+/// Everything the status records, every kind: what a person has to remove by hand after a
+/// `Retain` or an abandoned cleanup.
+fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
     let mut parts: Vec<String> = Vec::new();
-    parts.extend(o.pipelines.iter().map(|p| format!("ingest pipeline {p}")));
+    if let Some(space) = &o.rules_space {
+        parts.push(format!(
+            "the detection rules tagged {} in Kibana space {space}",
+            crate::kibana::owner_tag(&owner.key())
+        ));
+    }
+    for job in &o.jobs {
+        parts.push(format!(
+            "anomaly detection job {job} and datafeed {}",
+            engine::mljob::datafeed_id(job)
+        ));
+    }
+    parts.extend(
+        o.wired_indices
+            .iter()
+            .map(|i| format!("index.final_pipeline of index {i}")),
+    );
+    for p in &o.pipelines {
+        if p.ends_with("@custom") {
+            parts.push(format!("ingest pipeline hook {p}"));
+        } else {
+            parts.push(format!("ingest pipeline {p}"));
+        }
+    }
     parts.extend(o.scripts.iter().map(|p| format!("stored script {p}")));
     parts.extend(o.models.iter().map(|p| format!("trained model {p}")));
     if parts.is_empty() {

@@ -394,6 +394,23 @@ impl Elasticsearch {
         .map(drop)
     }
 
+    /// `POST _ml/anomaly_detectors/{id}/_update`: the fields given replace the job's (a
+    /// `custom_settings` object replaces the whole map).
+    pub async fn update_job(&self, id: &str, update: &Value) -> Result<(), Error> {
+        let what = format!("updating anomaly detection job {id}");
+        self.simple(
+            &what,
+            self.req(
+                Method::POST,
+                &format!("/_ml/anomaly_detectors/{id}/_update"),
+            )
+            .json(update),
+            &[200],
+        )
+        .await
+        .map(drop)
+    }
+
     pub async fn open_job(&self, id: &str) -> Result<(), Error> {
         let what = format!("opening anomaly detection job {id}");
         self.simple(

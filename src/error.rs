@@ -71,10 +71,11 @@ pub enum Error {
         what: String,
         detail: String,
         retry_after: Option<Duration>,
+        cause: Transience,
     },
 
     /// The service refused a request in a way retrying will not fix.
-    #[error("{service} {what}: {detail}")]
+    #[error("{service} {what}: {detail}{}", http_status(*status))]
     Rejected {
         service: Service,
         what: String,
@@ -87,6 +88,17 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What made an error transient: the CLI tells a busy service from a silent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transience {
+    /// An answer with this status: 429 or 5xx.
+    Status(u16),
+    /// No answer within the request timeout.
+    TimedOut,
+    /// The connection dropped, or the body was cut short.
+    Dropped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +168,14 @@ impl Error {
         }
     }
 
+    /// Why a transient error is transient (`None` for the other kinds).
+    pub fn transience(&self) -> Option<Transience> {
+        match self {
+            Error::Transient { cause, .. } => Some(*cause),
+            _ => None,
+        }
+    }
+
     pub fn service(&self) -> Option<Service> {
         match self {
             Error::Unreachable { service, .. }
@@ -168,6 +188,15 @@ impl Error {
             }
             _ => None,
         }
+    }
+}
+
+/// ` (HTTP 404)`, or nothing when no status applies (0).
+fn http_status(status: u16) -> String {
+    if status == 0 {
+        String::new()
+    } else {
+        format!(" (HTTP {status})")
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::error::{Error, Service};
+use crate::error::{Error, Service, Transience};
 
 // --- request observer (metrics hook) ---------------------------------------------------------
 /// Told of every request `send` makes: the target service and the status code (`0` when no
@@ -52,12 +52,14 @@ pub async fn send(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let detail = format!("HTTP {status}: {}", summarize(resp).await);
+            let url = fetch_url(&resp);
+            let detail = format!("HTTP {status} from {url}: {}", summarize(resp).await);
             Err(Error::Transient {
                 service,
                 what: what.to_string(),
                 detail,
                 retry_after,
+                cause: Transience::Status(status),
             })
         }
         _ => Ok(resp),
@@ -76,16 +78,17 @@ pub fn transport_error(service: Service, what: &str, e: &reqwest::Error) -> Erro
     if e.is_connect() {
         Error::Unreachable { service, detail }
     } else {
-        let what = if e.is_timeout() {
-            format!("{what} timed out")
+        let (what, cause) = if e.is_timeout() {
+            (format!("{what} timed out"), Transience::TimedOut)
         } else {
-            what.to_string()
+            (what.to_string(), Transience::Dropped)
         };
         Error::Transient {
             service,
             what,
             detail,
             retry_after: None,
+            cause,
         }
     }
 }
@@ -128,6 +131,10 @@ pub fn summarize_json(v: &serde_json::Value) -> Option<String> {
                 .get("message")
                 .and_then(|m| m.as_str())
                 .unwrap_or_default();
+            // Kibana and Hapi repeat the status text as the message ("Not Found").
+            if msg.is_empty() || msg == s {
+                return Some(truncate(s, 400));
+            }
             return Some(truncate(&format!("{s}: {msg}"), 400));
         }
     }
@@ -150,14 +157,37 @@ pub async fn json(
     what: &str,
     resp: reqwest::Response,
 ) -> Result<serde_json::Value, Error> {
+    let status = resp.status().as_u16();
+    let url = fetch_url(&resp);
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| transport_error(service, what, &e))?;
-    serde_json::from_slice(&bytes).map_err(|_| Error::Rejected {
-        service,
-        what: what.to_string(),
-        status: 0,
-        detail: format!("the answer is not JSON: {}", summarize_body(&bytes)),
+    serde_json::from_slice(&bytes).map_err(|_| {
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            "an empty body".to_string()
+        } else {
+            summarize_body(&bytes)
+        };
+        Error::Rejected {
+            service,
+            what: what.to_string(),
+            status,
+            detail: format!("the answer from {url} is not JSON: {body}"),
+        }
     })
+}
+
+/// The URL an answer came from, without userinfo or query (which may carry tokens).
+pub fn fetch_url(resp: &reqwest::Response) -> String {
+    redact(resp.url())
+}
+
+/// A URL fit for a message: no userinfo, no query.
+pub fn redact(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.to_string()
 }

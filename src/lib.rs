@@ -3,6 +3,7 @@
 //! Plan mode.
 
 pub mod api;
+pub mod backoff;
 pub mod bundle;
 pub mod cli;
 pub mod controller;

@@ -569,7 +569,7 @@ async fn bad_input_is_refused_before_any_request() {
         ),
         (vec!["setup"], "no release given"),
         (vec!["setup", "-t", TAG, "-d", &dir], "not both"),
-        (vec!["setup", "-d", "/nonexistent/dga"], "no such folder"),
+        (vec!["setup", "-d", "/nonexistent/dga"], "No such file"),
         (vec!["setup", "-d", &dir, "--sha256", "ab"], "go with -t"),
         (
             vec!["setup", "-t", TAG, "--sha256", "xyz"],
@@ -874,34 +874,48 @@ async fn release_and_bundle_problems() {
 /// The definition is not parsed before the upload (Elasticsearch parses it, and the parse was
 /// most of an install's time). When Elasticsearch refuses it, the error names the release file
 /// and the problem, nothing else is written, and the next run refuses the release without
-/// uploading it again.
+/// uploading it again. Also for a definition that is not JSON at all (balanced brackets, a bad
+/// value inside; issue 15, finding 9), which used to exit 1 without naming the file.
 #[tokio::test]
 async fn a_definition_elasticsearch_refuses_is_named_and_not_sent_again() {
     let bed = Bed::start().await;
-    let tag = "ML-DGA-20210130-1";
-    bed.publish_bad(tag, Defect::UndecodableDefinition);
-    let model_puts = || {
-        bed.standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
-            .map(|r| r.status)
-            .collect::<Vec<u16>>()
-    };
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("invalid bundle"), "{run}");
-    assert!(run.stderr.contains("_model.json"), "names the file: {run}");
-    assert!(run.stderr.contains("does not decode"), "{run}");
-    assert_eq!(model_puts(), vec![400], "one upload, refused");
-    assert!(bed.es_writes().len() == 1, "{:?}", bed.es_writes());
-    assert!(bed.standin.models().is_empty());
+    for (tag, defect, problem) in [
+        (
+            "ML-DGA-20210130-1",
+            Defect::UndecodableDefinition,
+            "does not decode",
+        ),
+        (
+            "ML-DGA-20210201-1",
+            Defect::InvalidJsonDefinition,
+            "`definition` is not valid JSON",
+        ),
+    ] {
+        bed.publish_bad(tag, defect);
+        bed.standin.clear_requests();
+        let model_puts = || {
+            bed.standin
+                .requests()
+                .iter()
+                .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
+                .map(|r| r.status)
+                .collect::<Vec<u16>>()
+        };
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{run}");
+        assert!(run.stderr.contains("invalid bundle"), "{run}");
+        assert!(run.stderr.contains("_model.json"), "names the file: {run}");
+        assert!(run.stderr.contains(problem), "{run}");
+        assert_eq!(model_puts(), vec![400], "one upload, refused");
+        assert!(bed.es_writes().len() == 1, "{:?}", bed.es_writes());
+        assert!(bed.standin.models().is_empty());
 
-    let run = bed.cmd("setup", &["-t", tag]).await;
-    assert_eq!(run.code, 7, "{run}");
-    assert!(run.stderr.contains("does not decode"), "{run}");
-    assert_eq!(model_puts(), vec![400], "not uploaded again");
-    assert!(bed.standin.scripts().is_empty() && bed.standin.pipelines().is_empty());
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{run}");
+        assert!(run.stderr.contains(problem), "{run}");
+        assert_eq!(model_puts(), vec![400], "not uploaded again");
+        assert!(bed.standin.scripts().is_empty() && bed.standin.pipelines().is_empty());
+    }
 }
 
 #[tokio::test]
@@ -918,6 +932,9 @@ async fn help_documents_exit_codes() {
             "5  licence",
             "6  conflict",
             "7  release or bundle",
+            "8  temporarily unavailable",
+            "130  interrupted",
+            "--retries",
             "--cloud-id",
             "--es-password",
         ] {
@@ -1068,4 +1085,684 @@ async fn kibana_url_installs_the_rules_once_and_remove_takes_them() {
     assert!(bed.standin.rules("default").is_empty(), "{rm}");
     assert!(bed.standin.jobs().is_empty(), "{rm}");
     assert!(bed.standin.models().is_empty(), "{rm}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, findings 7-9: a flaky network, a bad download, and the smaller edges.
+
+use dga_standin::{Fault, FaultAction};
+
+/// Every file under `dir`, with its size (relative paths).
+fn files_under(dir: &std::path::Path) -> Vec<(String, u64)> {
+    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.push((format!("{name}/"), 0));
+                walk(root, &p, out);
+            } else {
+                out.push((name, meta.len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Scratch files of a download or an opening that must not outlive it.
+fn partials(dir: &std::path::Path) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.contains(".download-") || n.contains(".prefetch-"))
+        .collect()
+}
+
+fn fault(service: Service, method: &str, path: &str, times: u32, action: FaultAction) -> Fault {
+    Fault {
+        service: Some(service),
+        method: Some(method.into()),
+        times,
+        ..Fault::new(path, action)
+    }
+}
+
+fn status(code: u16, retry_after: Option<u32>) -> FaultAction {
+    FaultAction::Status {
+        code,
+        retry_after,
+        body: None,
+    }
+}
+
+/// The zip download of a release in the stand-in (`/download/{repo}/{tag}/{tag}.zip`).
+const ZIP_DOWNLOAD: &str = r"^/download/.*\.zip$";
+
+/// Finding 7: a release host that once served something other than the release (an HTML page,
+/// a cut file, with status 200) does not poison the cache: the next run asks again. A cached
+/// zip damaged on disk is dropped and downloaded again.
+#[tokio::test]
+async fn a_bad_download_is_not_cached_and_the_next_run_asks_again() {
+    let bed = Bed::start().await;
+    let good = bed.publish(TAG, Layout::V2);
+    let whole = std::fs::read(&good.zip_path).unwrap();
+    let name = format!("{TAG}.zip");
+    for (what, bytes) in [
+        (
+            "an HTML page",
+            b"<html><body>rate limited</body></html>".to_vec(),
+        ),
+        ("a cut zip", whole[..whole.len() / 2].to_vec()),
+    ] {
+        bed.standin
+            .publish_release(REPO, TAG, vec![(name.clone(), bytes)]);
+        let run = bed.cmd("setup", &["-t", TAG]).await;
+        assert_eq!(run.code, 7, "{what}: {run}");
+        assert!(run.stderr.contains("is not a zip file"), "{what}: {run}");
+        assert!(run.stderr.contains("/download/"), "names the URL: {run}");
+        assert!(bed.es_writes().is_empty(), "{what}: {:?}", bed.es_writes());
+        let kept: Vec<_> = files_under(&bed.cache())
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".zip"))
+            .collect();
+        assert!(kept.is_empty(), "{what}: nothing cached: {kept:?}");
+        assert!(partials(&bed.cache()).is_empty());
+    }
+    // The host serves the release again: the next run downloads it and installs.
+    bed.standin.publish_built(REPO, &good).unwrap();
+    let run = bed.cmd("setup", &["-t", TAG]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_installed(&bed, &good);
+
+    // The cached zip damaged on disk (and its opened folder gone): dropped, downloaded again.
+    let zip = bed
+        .cache()
+        .join("zips")
+        .join(format!("{}.zip", good.zip_sha256));
+    assert!(zip.is_file(), "{:?}", files_under(&bed.cache()));
+    std::fs::write(&zip, &whole[..1000]).unwrap();
+    std::fs::remove_dir_all(bed.cache().join("bundles").join(&good.zip_sha256)).unwrap();
+    bed.standin.clear_requests();
+    let run = bed.cmd("setup", &["-t", TAG]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("nothing to do"), "{run}");
+    assert!(bed.github_requests() > 0, "downloaded again");
+    assert_eq!(std::fs::read(&zip).unwrap(), whole);
+}
+
+/// Finding 7: a zip whose model inflates past the limit is refused before anything is
+/// extracted (no large file is written, nothing is left), and the next run refuses it from the
+/// cache without downloading or extracting again.
+#[tokio::test]
+async fn a_zip_bomb_is_refused_without_writing_and_refused_again_from_the_cache() {
+    let bed = Bed::start().await;
+    let tag = "ML-DGA-20210131-1";
+    let limit = 512u64 << 20;
+    bed.publish_bad(tag, Defect::ZipBomb { bytes: limit + 1 });
+    let zip_len = std::fs::metadata(
+        bed.dir
+            .path()
+            .join("bad")
+            .join(tag)
+            .join(format!("{tag}.zip")),
+    )
+    .unwrap()
+    .len();
+    assert!(zip_len < 4 << 20, "a small zip: {zip_len}");
+    for round in 0..2 {
+        bed.standin.clear_requests();
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{run}");
+        assert!(
+            run.stderr
+                .contains(&format!("more than the limit of {limit}")),
+            "names the limit: {run}"
+        );
+        let written: u64 = files_under(&bed.cache())
+            .iter()
+            .filter(|(n, _)| !n.ends_with(".zip"))
+            .map(|(_, s)| s)
+            .sum();
+        assert!(
+            written < 1 << 20,
+            "round {round}: {:?}",
+            files_under(&bed.cache())
+        );
+        assert!(partials(&bed.cache()).is_empty());
+        if round == 1 {
+            assert_eq!(bed.github_requests(), 0, "refused from the cache: {run}");
+        }
+    }
+    assert!(bed.es_writes().is_empty());
+}
+
+/// Finding 7: a model entry that inflates past the size its zip entry declares is stopped at
+/// that size (not at the 512 MiB limit): nothing large is written, nothing is left.
+#[tokio::test]
+async fn a_zip_entry_that_lies_about_its_size_is_stopped_at_the_declared_size() {
+    let bed = Bed::start().await;
+    let tag = "ML-DGA-20210203-1";
+    bed.publish_bad(tag, Defect::LyingZipBomb { bytes: 600 << 20 });
+    let run = bed.cmd("setup", &["-t", tag]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(
+        run.stderr
+            .contains("inflates to more than the 1000 bytes its zip entry declares"),
+        "{run}"
+    );
+    let written: u64 = files_under(&bed.cache())
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".zip"))
+        .map(|(_, s)| s)
+        .sum();
+    assert!(written < 1 << 20, "{:?}", files_under(&bed.cache()));
+    assert!(partials(&bed.cache()).is_empty());
+    assert!(bed.es_writes().is_empty());
+}
+
+/// Finding 7: Ctrl-C while the release downloads ends the run with 130 and leaves no partial
+/// file in the cache.
+#[tokio::test]
+async fn ctrl_c_during_a_download_leaves_no_partial_file() {
+    let bed = Bed::start().await;
+    bed.publish(TAG, Layout::V2);
+    // The host sends half the zip, then nothing more, keeping the connection open.
+    bed.standin.add_fault(fault(
+        Service::GitHub,
+        "GET",
+        ZIP_DOWNLOAD,
+        1,
+        FaultAction::StallBody,
+    ));
+    let mut args: Vec<String> = vec!["setup".into(), "-t".into(), TAG.into()];
+    args.extend(bed.release_opts());
+    args.extend(bed.conn());
+    let child = tokio::process::Command::new(BIN)
+        .args(&args)
+        .env("HOME", bed.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // Waits for the download to be under way: its partial file exists.
+    let zips = bed.cache().join("zips");
+    let started = support_wait(|| {
+        std::fs::read_dir(&zips)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".download-"))
+    })
+    .await;
+    assert!(
+        started,
+        "no download began: {:?}",
+        files_under(&bed.cache())
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().await.unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    check_hygiene(&run);
+    assert_eq!(run.code, 130, "{run}");
+    assert!(run.stderr.contains("interrupted"), "{run}");
+    assert!(
+        partials(&bed.cache()).is_empty(),
+        "{:?}",
+        files_under(&bed.cache())
+    );
+    assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
+}
+
+/// Polls `f` (a file appearing) for up to a minute.
+async fn support_wait(f: impl Fn() -> bool) -> bool {
+    for _ in 0..600 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Finding 8: one 503, one 429 (both with Retry-After), a dropped connection from
+/// Elasticsearch and a 502 from the release host are retried; setup finishes.
+#[tokio::test]
+async fn transient_errors_are_retried_and_setup_finishes() {
+    let bed = Bed::start().await;
+    let rel = bed.publish(TAG, Layout::V2);
+    let s = &bed.standin;
+    s.add_fault(fault(
+        Service::GitHub,
+        "GET",
+        r"^/repos/.*/releases/tags/",
+        1,
+        status(502, None),
+    ));
+    s.add_fault(fault(
+        Service::Es,
+        "PUT",
+        r"^/_scripts/",
+        1,
+        status(503, Some(1)),
+    ));
+    s.add_fault(fault(
+        Service::Es,
+        "PUT",
+        r"^/_ingest/pipeline/",
+        1,
+        status(429, Some(1)),
+    ));
+    s.add_fault(fault(
+        Service::Es,
+        "GET",
+        r"^/_license$",
+        1,
+        FaultAction::Close,
+    ));
+    let run = bed.cmd("setup", &["-t", TAG]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_installed(&bed, &rel);
+    let retries: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("; retrying in "))
+        .collect();
+    assert_eq!(retries.len(), 4, "{run}");
+    for needle in ["HTTP 502", "HTTP 503", "HTTP 429"] {
+        assert!(
+            retries.iter().any(|l| l.contains(needle)),
+            "{needle}: {run}"
+        );
+    }
+    let faulted: Vec<_> = s
+        .requests()
+        .into_iter()
+        .filter(|r| r.fault.is_some())
+        .collect();
+    assert_eq!(faulted.len(), 4, "{faulted:?}");
+}
+
+/// Finding 8: a service that stays busy exits 8 (not 4), says what answered, and when setup
+/// had begun to write says to run it again, which then finishes without redoing the upload.
+#[tokio::test]
+async fn a_service_that_stays_busy_exits_8_and_the_rerun_finishes() {
+    let bed = Bed::start().await;
+    let rel = bed.publish(TAG, Layout::V2);
+    bed.standin.add_fault(fault(
+        Service::Es,
+        "PUT",
+        r"^/_scripts/",
+        100,
+        status(503, Some(1)),
+    ));
+    let run = bed.cmd("setup", &["-t", TAG, "--retries", "1"]).await;
+    assert_eq!(run.code, 8, "{run}");
+    assert!(run.stderr.contains("HTTP 503"), "{run}");
+    assert!(run.stderr.contains("/_scripts/"), "names the URL: {run}");
+    assert!(
+        run.stderr.contains("stopped part-way (1 change(s) made)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("run the same command again"), "{run}");
+    assert_eq!(bed.standin.models().len(), 1, "the model went up");
+    assert!(run.stdout.contains("retry 1 of 1"), "{run}");
+
+    bed.standin.clear_faults();
+    bed.standin.clear_requests();
+    let run = bed.cmd("setup", &["-t", TAG]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_installed(&bed, &rel);
+    assert!(
+        !bed.es_writes()
+            .iter()
+            .any(|w| w.contains("/_ml/trained_models/")),
+        "not uploaded again: {:?}",
+        bed.es_writes()
+    );
+
+    // 429 on the very first request: still 8, not "cannot connect".
+    bed.standin
+        .add_fault(fault(Service::Es, "GET", r"^/$", 100, status(429, Some(1))));
+    let run = bed.cmd("remove", &["--retries", "0"]).await;
+    assert_eq!(run.code, 8, "{run}");
+    assert!(run.stderr.contains("HTTP 429"), "{run}");
+}
+
+/// Finding 8: a release host that accepts the connection and never answers, or stops sending
+/// half-way, fails after --timeout with the release exit code; nothing hangs.
+#[tokio::test]
+async fn a_release_host_that_never_answers_times_out() {
+    let bed = Bed::start().await;
+    bed.publish(TAG, Layout::V2);
+    let quick = |cmd: &str| -> Vec<String> {
+        let mut args: Vec<String> = vec![cmd.into(), "-t".into(), TAG.into()];
+        args.extend(bed.release_opts());
+        args.extend([
+            "-u".into(),
+            bed.standin.es_url(),
+            "-p".into(),
+            SECRET.into(),
+            "--timeout".into(),
+            "2s".into(),
+            "--retries".into(),
+            "1".into(),
+        ]);
+        args
+    };
+    bed.standin.add_fault(fault(
+        Service::GitHub,
+        "GET",
+        r"^/repos/.*/releases/tags/",
+        100,
+        FaultAction::Delay(std::time::Duration::from_secs(3600)),
+    ));
+    let run = bed.run(&quick("setup")).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("timed out"), "{run}");
+    assert!(run.stdout.contains("retry 1 of 1"), "{run}");
+
+    bed.standin.clear_faults();
+    bed.standin.add_fault(fault(
+        Service::GitHub,
+        "GET",
+        ZIP_DOWNLOAD,
+        100,
+        FaultAction::StallBody,
+    ));
+    let run = bed.run(&quick("plan")).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("timed out"), "{run}");
+    assert!(run.stderr.contains("/download/"), "names the URL: {run}");
+    assert!(partials(&bed.cache()).is_empty());
+    assert!(bed.es_writes().is_empty());
+}
+
+/// Finding 9: a FIFO in the folder is refused (reading it would wait forever), a folder not
+/// named like a tag is refused, and `-d release.zip` installs the zip.
+#[tokio::test]
+async fn release_folder_and_zip_edges() {
+    let bed = Bed::start().await;
+    let rel = bed.unpacked(TAG, Layout::V2);
+    let dir = rel.zip_path.clone();
+
+    let fifo = dir.join("notes.txt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let run = bed.cmd("setup", &["-d", &dir.display().to_string()]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("notes.txt"), "{run}");
+    assert!(run.stderr.contains("not a regular file"), "{run}");
+    std::fs::remove_file(&fifo).unwrap();
+
+    let renamed = dir.with_file_name("latest");
+    std::fs::rename(&dir, &renamed).unwrap();
+    let run = bed
+        .cmd("setup", &["-d", &renamed.display().to_string()])
+        .await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("latest/"), "{run}");
+    assert!(run.stderr.contains("named like its release tag"), "{run}");
+    assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
+
+    let zip = bed.dir.path().join("from-disk");
+    let built = builder::write_release(&BundleSpec::small(TAG, Layout::V2), &zip).unwrap();
+    let run = bed
+        .cmd("setup", &["-d", &built.zip_path.display().to_string()])
+        .await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("reading release zip"), "{run}");
+    assert_installed(&bed, &built);
+    assert_eq!(bed.github_requests(), 0);
+
+    let other = bed.dir.path().join("release.tar");
+    std::fs::write(&other, b"x").unwrap();
+    let run = bed
+        .cmd("setup", &["-d", &other.display().to_string()])
+        .await;
+    assert_eq!(run.code, 3, "{run}");
+    assert!(
+        run.stderr.contains("neither a folder nor a .zip file"),
+        "{run}"
+    );
+}
+
+/// Finding 9: a zip holding two entries of one name is refused (which one an unzip keeps
+/// differs); nothing is written.
+#[tokio::test]
+async fn a_zip_with_two_entries_of_one_name_is_refused() {
+    let bed = Bed::start().await;
+    let tag = "ML-DGA-20210202-1";
+    bed.publish_bad(tag, Defect::DuplicateEntry);
+    let run = bed.cmd("setup", &["-t", tag]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("appears twice in the zip"), "{run}");
+    assert!(run.stderr.contains(".json"), "names the entry: {run}");
+    assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
+}
+
+/// Finding 9: messages carry the HTTP status and the URL; an empty answer is called one; a
+/// Kibana 404 is not "Not Found: Not Found".
+#[tokio::test]
+async fn messages_name_the_status_and_the_url() {
+    let bed = Bed::start().await;
+    bed.publish(TAG, Layout::V2);
+    bed.standin.add_fault(fault(
+        Service::Es,
+        "GET",
+        r"^/$",
+        1,
+        FaultAction::Status {
+            code: 200,
+            retry_after: None,
+            body: Some(String::new()),
+        },
+    ));
+    let run = bed.cmd("remove", &[]).await;
+    assert_eq!(run.code, 4, "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "the answer from {}/ is not JSON: an empty body",
+            bed.standin.es_url()
+        )),
+        "{run}"
+    );
+    assert!(run.stderr.contains("(HTTP 200)"), "{run}");
+
+    bed.standin.add_fault(fault(
+        Service::Kibana,
+        "GET",
+        r"^/api/status$",
+        1,
+        FaultAction::Status {
+            code: 404,
+            retry_after: None,
+            body: Some(r#"{"statusCode":404,"error":"Not Found","message":"Not Found"}"#.into()),
+        },
+    ));
+    let mut args: Vec<String> = vec!["setup".into(), "-t".into(), TAG.into()];
+    args.extend(bed.release_opts());
+    args.extend(bed.conn());
+    args.extend(["--kibana-url".into(), bed.standin.kibana_url()]);
+    let run = bed.run(&args).await;
+    assert_ne!(run.code, 0, "{run}");
+    assert!(!run.stderr.contains("Not Found: Not Found"), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "{}/api/status answered Not Found (HTTP 404)",
+            bed.standin.kibana_url()
+        )),
+        "{run}"
+    );
+}
+
+/// Finding 9: off a terminal, the download and the cluster check run side by side and every
+/// progress line is written whole.
+#[tokio::test]
+async fn progress_lines_stay_whole_off_a_terminal() {
+    let bed = Bed::start().await;
+    bed.publish(TAG, Layout::V2);
+    // The download ends after the cluster has answered.
+    bed.standin.add_fault(fault(
+        Service::GitHub,
+        "GET",
+        ZIP_DOWNLOAD,
+        1,
+        FaultAction::Delay(std::time::Duration::from_millis(1500)),
+    ));
+    let run = bed.cmd("setup", &["-t", TAG]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let es = lines
+        .iter()
+        .position(|l| l.starts_with("Elasticsearch "))
+        .unwrap_or_else(|| panic!("{run}"));
+    let dl = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("downloading release {TAG} (")))
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(es < dl, "the cluster answered first: {run}");
+    assert!(
+        lines[dl].ends_with(")") && lines[dl].contains(" ... done ("),
+        "{run}"
+    );
+    for l in &lines {
+        assert!(
+            !l.contains("Elasticsearch ") || l.starts_with("Elasticsearch "),
+            "a line begun by one task, finished by another: {l:?}\n{run}"
+        );
+        assert!(l.matches(" ... ").count() <= 1, "{l:?}\n{run}");
+    }
+}
+
+/// Finding 9: after an upgrade the anomaly job's ownership marker names the new release; plan
+/// says so first.
+#[tokio::test]
+async fn the_job_marker_follows_an_upgrade() {
+    let bed = Bed::start().await;
+    let old = bed.publish(TAG, Layout::V2);
+    let new_tag = "ML-DGA-20210301-2";
+    let new = bed.publish(new_tag, Layout::V2);
+    let kb = bed.standin.kibana_url();
+    let with_kibana = |cmd: &str, tag: &str| {
+        let mut args: Vec<String> = vec![cmd.into(), "-t".into(), tag.into()];
+        args.extend(bed.release_opts());
+        args.extend(bed.conn());
+        args.extend(["--kibana-url".to_string(), kb.clone()]);
+        args
+    };
+    let job_release = || {
+        bed.standin.jobs()["dga_high_sum_probability"]["custom_settings"]["dga_operator"]["release"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let run = bed.run(&with_kibana("setup", &old.tag)).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(job_release().as_deref(), Some(old.tag.as_str()));
+
+    let plan = bed.run(&with_kibana("plan", &new.tag)).await;
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout
+            .contains(&format!("mark anomaly detection job dga_high_sum_probability as installed with release {new_tag}")),
+        "{plan}"
+    );
+    let run = bed.run(&with_kibana("setup", &new.tag)).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(job_release().as_deref(), Some(new_tag));
+    assert!(
+        bed.standin.requests().iter().any(|r| r.method == "POST"
+            && r.path == "/_ml/anomaly_detectors/dga_high_sum_probability/_update"
+            && r.status == 200),
+        "{run}"
+    );
+    let again = bed.run(&with_kibana("plan", &new.tag)).await;
+    assert_eq!(again.code, 0, "settled: {again}");
+}
+
+/// Finding 9: remove names every kind it leaves in place: the package's rules, job and
+/// datafeed, model, pipelines and scripts that setup did not install.
+#[tokio::test]
+async fn remove_names_every_kind_it_leaves() {
+    let bed = Bed::start().await;
+    bed.publish(TAG, Layout::V2);
+    let kb = bed.standin.kibana_url();
+    let mut setup: Vec<String> = vec!["setup".into(), "-t".into(), TAG.into()];
+    setup.extend(bed.release_opts());
+    setup.extend(bed.conn());
+    setup.extend(["--kibana-url".to_string(), kb.clone()]);
+    let run = bed.run(&setup).await;
+    assert_eq!(run.code, 0, "{run}");
+    // Made someone else's: the markers and owner tags taken off, as the old CLI left them.
+    let owner_tag = format!("dga-operator:owner:{CLI_OWNER}");
+    let rules = bed.standin.rules("default");
+    for mut r in rules.clone() {
+        let tags: Vec<Value> = r["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| **t != json!(owner_tag))
+            .cloned()
+            .collect();
+        r["tags"] = json!(tags);
+        bed.standin
+            .delete_rule("default", r["rule_id"].as_str().unwrap());
+        bed.standin.put_rule("default", r);
+    }
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!(
+            "{}/_ml/anomaly_detectors/dga_high_sum_probability/_update",
+            bed.standin.es_url()
+        ))
+        .basic_auth("elastic", Some(SECRET))
+        .json(&json!({"custom_settings": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for (id, mut m) in bed.standin.models() {
+        m["metadata"] = json!({});
+        bed.standin.delete_model(&id);
+        bed.standin.put_model(&id, m);
+    }
+    let mut rm: Vec<String> = vec!["remove".into()];
+    rm.extend(bed.conn());
+    rm.extend(["--kibana-url".to_string(), kb]);
+    let run = bed.run(&rm).await;
+    assert_eq!(run.code, 0, "{run}");
+    let left = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("left in place"))
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(left.contains("anomaly detection job dga_high_sum_probability and datafeed datafeed-dga_high_sum_probability"), "{left}");
+    assert!(left.contains("trained model "), "{left}");
+    for r in &rules {
+        assert!(
+            left.contains(&format!(
+                "detection rule {}",
+                r["rule_id"].as_str().unwrap()
+            )),
+            "{left}"
+        );
+    }
+    assert_eq!(bed.standin.rules("default").len(), rules.len());
+    assert!(bed.standin.jobs().contains_key("dga_high_sum_probability"));
+    assert_eq!(bed.standin.models().len(), 1);
 }

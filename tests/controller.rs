@@ -188,6 +188,23 @@ async fn install_is_ready_owned_quiet_and_removed_in_order() {
     env.finish().await;
 }
 
+/// A `Retained` or `CleanupAbandoned` note names the rules, the job and its datafeed, the
+/// pipeline hook, the release's pipelines and scripts, and the model.
+fn assert_left_named(note: &str, rel: &dga_standin::bundle::Release, model: &str, owner: &str) {
+    for needle in [
+        format!("detection rules tagged dga-operator:owner:{owner} in Kibana space default"),
+        "anomaly detection job dga_high_sum_probability and datafeed datafeed-dga_high_sum_probability".to_string(),
+        "ingest pipeline hook logs-network_traffic.dns@custom".to_string(),
+        format!("trained model {model}"),
+    ]
+    .into_iter()
+    .chain(rel.pipeline_ids.iter().map(|p| format!("ingest pipeline {p}")))
+    .chain(rel.script_ids.iter().map(|s| format!("stored script {s}")))
+    {
+        assert!(note.contains(&needle), "{needle} missing from: {note}");
+    }
+}
+
 #[tokio::test]
 async fn retain_leaves_objects_and_releases_the_finalizer() {
     let env = Env::start("ctl-retain").await;
@@ -196,13 +213,18 @@ async fn retain_leaves_objects_and_releases_the_finalizer() {
     let mut s = spec(&rel.tag);
     s["deletionPolicy"] = "Retain".into();
     env.apply("dga", s).await;
-    env.wait_ready("dga").await;
+    let st = env.wait_ready("dga").await.status.unwrap();
+    let model = st.model_id.clone().unwrap();
     env.delete("dga").await;
     env.wait_gone("dga").await;
     // The release's two pipelines and the default `@custom` hook that calls the router.
     assert_eq!(env.stack().pipelines().await.len(), 3);
     assert_eq!(env.stack().scripts().await.len(), 2);
     assert_eq!(env.stack().models().await.len(), 1);
+    // The note names every kind left: what a person must remove by hand (issue 15, finding 9).
+    let (kind, _, note) = env.wait_event("dga", "Retained").await;
+    assert_eq!(kind, "Normal");
+    assert_left_named(&note, &rel, &model, &format!("{}/dga", env.ns.name));
     env.finish().await;
 }
 
@@ -704,7 +726,13 @@ async fn unreachable_cluster_does_not_hold_deletion_forever() {
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
     env.apply("dga", spec(&rel.tag)).await;
-    env.wait_ready("dga").await;
+    let model = env
+        .wait_ready("dga")
+        .await
+        .status
+        .unwrap()
+        .model_id
+        .unwrap();
     // The cluster goes away for good.
     env.secret_with(
         "es",
@@ -715,10 +743,8 @@ async fn unreachable_cluster_does_not_hold_deletion_forever() {
     env.wait_gone("dga").await;
     let (kind, _, note) = env.wait_event("dga", "CleanupAbandoned").await;
     assert_eq!(kind, "Warning");
-    assert!(
-        note.contains("left behind") && note.contains(&rel.router_pipeline),
-        "{note}"
-    );
+    assert!(note.contains("left behind"), "{note}");
+    assert_left_named(&note, &rel, &model, &format!("{}/dga", env.ns.name));
     env.finish().await;
 }
 

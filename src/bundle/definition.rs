@@ -25,44 +25,66 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Checks the raw JSON value of `key` (`definition` or `compressed_definition`) kept at `path`.
 /// `Err`: the file cannot be opened (so there is no verdict).
 pub fn check_file(path: &Path, key: &str) -> io::Result<Verdict> {
-    let file = File::open(path)?;
-    Ok(check_definition(
-        BufReader::with_capacity(CHUNK, file),
-        key,
-        MAX_DECOMPRESSED_BYTES,
+    let open = || File::open(path).map(|f| BufReader::with_capacity(CHUNK, f));
+    let shape = check_definition(open()?, key, MAX_DECOMPRESSED_BYTES);
+    if shape.is_err() {
+        return Ok(shape);
+    }
+    Ok(check_syntax(open()?, key, MAX_DECOMPRESSED_BYTES))
+}
+
+/// The scan of `check_definition` copies the large values by their brackets alone (a stray
+/// comma or a misspelt `true` inside `trained_model` passes it); this second pass parses every
+/// value, so a definition that is not JSON is named as such.
+fn check_syntax<R: BufRead + Send>(r: R, key: &str, max_decompressed: u64) -> Verdict {
+    use serde::de::IgnoredAny;
+    if key == "compressed_definition" {
+        let gz = inflate(r, max_decompressed)?;
+        serde_json::from_reader::<_, IgnoredAny>(BufReader::with_capacity(CHUNK, gz))
+            .map(drop)
+            .map_err(|e| format!("{UNDECODABLE}: {e}"))
+    } else {
+        serde_json::from_reader::<_, IgnoredAny>(r)
+            .map(drop)
+            .map_err(|e| format!("`definition` is not valid JSON: {e}"))
+    }
+}
+
+const UNDECODABLE: &str =
+    "`compressed_definition` does not decode to a JSON definition (base64 of gzip)";
+
+/// The JSON inside a `compressed_definition` string value (`r` starts at its opening quote),
+/// inflating to at most `max_decompressed` bytes.
+fn inflate<R: BufRead + Send>(mut r: R, max_decompressed: u64) -> Result<impl Read + Send, String> {
+    let mut quote = [0u8];
+    r.read_exact(&mut quote).map_err(|e| e.to_string())?;
+    if quote[0] != b'"' {
+        return Err("`compressed_definition` is not a string".into());
+    }
+    let unquoted = StopAtQuote {
+        inner: r,
+        done: false,
+    };
+    let b64 =
+        base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
+    Ok(Limited::new(
+        flate2::read::GzDecoder::new(b64),
+        max_decompressed,
+        "it inflates to more than the largest definition accepted",
     ))
 }
 
 /// The definition must be an object with a `trained_model`; a compressed one must decode.
 /// `r` holds the raw JSON value of `key`.
-fn check_definition<R: BufRead + Send>(mut r: R, key: &str, max_decompressed: u64) -> Verdict {
+fn check_definition<R: BufRead + Send>(r: R, key: &str, max_decompressed: u64) -> Verdict {
     let split = if key == "compressed_definition" {
-        let mut quote = [0u8];
-        r.read_exact(&mut quote).map_err(|e| e.to_string())?;
-        if quote[0] != b'"' {
-            return Err("`compressed_definition` is not a string".into());
-        }
-        let unquoted = StopAtQuote {
-            inner: r,
-            done: false,
-        };
-        let b64 =
-            base64::read::DecoderReader::new(unquoted, &base64::engine::general_purpose::STANDARD);
-        let gz = Limited::new(
-            flate2::read::GzDecoder::new(b64),
-            max_decompressed,
-            "it inflates to more than the largest definition accepted",
-        );
+        let gz = inflate(r, max_decompressed)?;
         // Decoding and scanning cost about the same: one thread each.
         thread::scope(|s| {
             let decoded = pipe::read_ahead(s, gz);
             json_scan::split_object(decoded, json_scan::DEFINITION_LARGE_KEYS, &mut io::sink())
         })
-        .map_err(|e| {
-            format!(
-                "`compressed_definition` does not decode to a JSON definition (base64 of gzip): {e}"
-            )
-        })?
+        .map_err(|e| format!("{UNDECODABLE}: {e}"))?
     } else {
         json_scan::split_object(r, json_scan::DEFINITION_LARGE_KEYS, &mut io::sink())
             .map_err(|e| format!("`definition`: {e}"))?
@@ -229,6 +251,25 @@ mod tests {
             check("compressed_definition", &no_model).unwrap_err(),
             "the definition has no `trained_model`"
         );
+    }
+
+    #[test]
+    fn a_definition_with_a_bad_value_inside_the_model_is_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.definition");
+        let bad = r#"{"trained_model": {"tree": {"tree_structure": [1,, 2], "ok": tru}}}"#;
+        // The bracket scan alone lets it through.
+        assert_eq!(check("definition", bad), Ok(()));
+        std::fs::write(&path, bad).unwrap();
+        let e = check_file(&path, "definition").unwrap().unwrap_err();
+        assert!(e.starts_with("`definition` is not valid JSON"), "{e}");
+        std::fs::write(&path, compressed(bad)).unwrap();
+        let e = check_file(&path, "compressed_definition")
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("does not decode"), "{e}");
+        std::fs::write(&path, big_definition(2 * CHUNK)).unwrap();
+        assert_eq!(check_file(&path, "definition").unwrap(), Ok(()));
     }
 
     #[test]

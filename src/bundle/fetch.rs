@@ -9,9 +9,10 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::scratch::Scratch;
 use super::{Bundle, Limits, Prefetched};
 use crate::api::{DEFAULT_REPOSITORY, ReleaseSource};
-use crate::error::{Error, Service};
+use crate::error::{Error, Service, Transience};
 use crate::http;
 
 /// Where releases come from, shared by every reconcile.
@@ -88,22 +89,19 @@ impl Fetcher {
             .source
             .and_then(|s| s.sha256.as_deref())
             .map(str::to_ascii_lowercase);
-        // A pinned sha256 already in the cache needs no network at all.
-        if let Some(sha) = &pinned {
-            let zip = self.zip_path(sha);
-            if zip.is_file() {
-                return self.open_zip(&zip, sha, req.tag).await;
-            }
-        }
         let key = source_key(&req);
+        // A pinned sha256 already in the cache needs no network at all.
+        if let Some(sha) = &pinned
+            && let Some(b) = self.open_cached(sha, req.tag, &key).await?
+        {
+            return Ok(b);
+        }
         let remembered = self.sources.lock().expect("sources").get(&key).cloned();
         if pinned.is_none()
             && let Some(sha) = remembered
+            && let Some(b) = self.open_cached(&sha, req.tag, &key).await?
         {
-            let zip = self.zip_path(&sha);
-            if zip.is_file() {
-                return self.open_zip(&zip, &sha, req.tag).await;
-            }
+            return Ok(b);
         }
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
@@ -112,10 +110,9 @@ impl Fetcher {
             && let Ok(sha) = tokio::fs::read_to_string(self.index_path(&key)).await
         {
             let sha = sha.trim().to_string();
-            let zip = self.zip_path(&sha);
-            if zip.is_file() {
+            if let Some(b) = self.open_cached(&sha, req.tag, &key).await? {
                 self.remember_source(key, &sha);
-                return self.open_zip(&zip, &sha, req.tag).await;
+                return Ok(b);
             }
         }
         let (zip_url, manifest_url) = match req.source.and_then(|s| s.url.as_deref()) {
@@ -126,11 +123,57 @@ impl Fetcher {
         if let Some(url) = manifest_url {
             self.check_manifest(&url, req.tag, &sha).await?;
         }
+        let zip = self.zip_path(&sha);
+        let opened = self
+            .open_zip_prefetched(&zip, &sha, req.tag, prefetched)
+            .await;
+        // Kept for the tag only when it opened or its content is what is wrong: a damaged
+        // download is dropped, and the next attempt asks the host again.
+        if opened.is_err() && self.drop_if_damaged(&sha, &key).await {
+            return opened;
+        }
         write_atomic(&self.index_path(&key), sha.as_bytes()).await?;
         self.remember_source(key, &sha);
-        let zip = self.zip_path(&sha);
-        self.open_zip_prefetched(&zip, &sha, req.tag, prefetched)
+        opened
+    }
+
+    /// Opens the cached zip of `sha`; `None` when there is none, or when it was damaged (then
+    /// it is gone, with its index entry, and the caller downloads again).
+    async fn open_cached(&self, sha: &str, tag: &str, key: &str) -> Result<Option<Bundle>, Error> {
+        let zip = self.zip_path(sha);
+        if !zip.is_file() {
+            return Ok(None);
+        }
+        match self.open_zip(&zip, sha, tag).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => {
+                if self.drop_if_damaged(sha, key).await {
+                    tracing::info!(sha, error = %e, "cached release zip is damaged: downloading it again");
+                    return Ok(None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// After an open failed: when the zip itself is unreadable (cut, not a zip), removes it,
+    /// its opened folder and the source's index entry; true when it did.
+    async fn drop_if_damaged(&self, sha: &str, key: &str) -> bool {
+        let zip = self.zip_path(sha);
+        let probe = zip.clone();
+        let damaged = tokio::task::spawn_blocking(move || super::damage(&probe))
             .await
+            .ok()
+            .flatten();
+        if damaged.is_none() {
+            return false;
+        }
+        let _ = tokio::fs::remove_file(&zip).await;
+        let _ = tokio::fs::remove_dir_all(self.cache_dir.join("bundles").join(sha)).await;
+        let _ = tokio::fs::remove_file(self.index_path(key)).await;
+        self.sources.lock().expect("sources").remove(key);
+        self.opened.lock().expect("opened").remove(sha);
+        true
     }
 
     fn remember_source(&self, key: String, sha: &str) {
@@ -223,13 +266,20 @@ impl Fetcher {
             .and_then(|s| s.repository.as_deref())
             .unwrap_or(DEFAULT_REPOSITORY);
         let url = format!("{}/repos/{repo}/releases/tags/{}", self.github_api, req.tag);
-        let what = format!("looking up release {} in {repo}", req.tag);
+        let what = format!(
+            "looking up release {} in {repo} at {}",
+            req.tag,
+            redact_url(&url)
+        );
         let resp = http::send(Service::Releases, &what, self.github(&url)).await?;
         let status = resp.status().as_u16();
         if status == 404 {
             return Err(Error::ReleaseNotFound {
                 tag: req.tag.to_string(),
-                detail: format!("no such release in {repo}"),
+                detail: format!(
+                    "no such release in {repo} ({} answered HTTP 404)",
+                    redact_url(&url)
+                ),
             });
         }
         if !resp.status().is_success() {
@@ -298,7 +348,7 @@ impl Fetcher {
         url: &str,
         expected: Option<&str>,
     ) -> Result<(String, Option<Prefetched>), Error> {
-        let what = "downloading the release";
+        let what = &format!("downloading the release from {}", redact_url(url));
         let resp = http::send(
             Service::Releases,
             what,
@@ -309,7 +359,7 @@ impl Fetcher {
         let status = resp.status().as_u16();
         if status == 404 {
             return Err(Error::InvalidRelease(format!(
-                "{} answered 404",
+                "{} answered HTTP 404",
                 redact_url(url)
             )));
         }
@@ -325,16 +375,18 @@ impl Fetcher {
         let declared = resp.content_length();
         if declared.is_some_and(|n| n > self.limits.max_total_bytes) {
             return Err(Error::InvalidRelease(format!(
-                "the release zip is {} bytes, over the limit",
-                declared.unwrap()
+                "the release zip at {} is {} bytes, more than the limit of {} bytes",
+                redact_url(url),
+                declared.unwrap(),
+                self.limits.max_total_bytes
             )));
         }
         let tmp_dir = self.cache_dir.join("zips");
         tokio::fs::create_dir_all(&tmp_dir).await.map_err(io_err)?;
         let tmp = tmp_dir.join(format!(".download-{:016x}", rand::random::<u64>()));
         // Removes the partial file on any way out but the rename, including a dropped future
-        // (the CLI drops the download when the cluster refuses it first).
-        let mut partial = PartialFile(Some(tmp.clone()));
+        // (the CLI drops the download when the cluster refuses it first, or on Ctrl-C).
+        let partial = Scratch::new(tmp.clone());
         // The model entry is extracted from the arriving bytes on a thread of its own. The
         // queue is bounded: when extracting is slower than the network, the download waits.
         let (sender, queue) = tokio::sync::mpsc::channel(PREFETCH_QUEUE);
@@ -345,10 +397,11 @@ impl Fetcher {
         let result = async {
             // Chunks arrive a few KB at a time: batch them into 1 MiB writes (bounded memory,
             // far fewer trips to the blocking pool than one write per chunk).
-            let mut file = tokio::io::BufWriter::with_capacity(
-                1 << 20,
-                tokio::fs::File::create(&tmp).await.map_err(io_err)?,
-            );
+            // Created here, not on the blocking pool: a create still in flight when the future
+            // is dropped would put the file there after the guard removed it.
+            let created = std::fs::File::create(&tmp).map_err(io_err)?;
+            let mut file =
+                tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(created));
             let mut hasher = Sha256::new();
             let mut n: u64 = 0;
             let mut stream = resp.bytes_stream();
@@ -364,9 +417,11 @@ impl Fetcher {
                     chunk.map_err(|e| http::transport_error(Service::Releases, what, &e))?;
                 n += chunk.len() as u64;
                 if n > self.limits.max_total_bytes {
-                    return Err(Error::InvalidRelease(
-                        "the release zip is over the size limit".into(),
-                    ));
+                    return Err(Error::InvalidRelease(format!(
+                        "the release zip at {} is more than the limit of {} bytes",
+                        redact_url(url),
+                        self.limits.max_total_bytes
+                    )));
                 }
                 hasher.update(&chunk);
                 if let Some(q) = &to_prefetch {
@@ -387,8 +442,13 @@ impl Fetcher {
                 return Err(Error::Transient {
                     service: Service::Releases,
                     what: what.into(),
-                    detail: format!("truncated download: {n} of {} bytes", declared.unwrap()),
+                    detail: format!(
+                        "truncated download from {}: {n} of {} bytes",
+                        redact_url(url),
+                        declared.unwrap()
+                    ),
                     retry_after: None,
+                    cause: Transience::Dropped,
                 });
             }
             if let Some(q) = to_prefetch
@@ -406,14 +466,31 @@ impl Fetcher {
                     "the release zip has sha256 {sha}, but spec.source.sha256 is {want}"
                 )));
             }
+            // Only a zip is cached: an HTML page or a cut file served with status 200 is not
+            // kept (the next attempt asks again).
+            let probe = tmp.clone();
+            if let Ok(Err(why)) = tokio::task::spawn_blocking(move || super::is_zip(&probe)).await {
+                // The release's zip is what is wrong (InvalidBundle, as when a cached zip does
+                // not open), named as the URL's last segment.
+                let file = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.path_segments()?.next_back().map(str::to_string))
+                    .unwrap_or_else(|| "the release zip".into());
+                return Err(Error::InvalidBundle(super::BundleError {
+                    file,
+                    problem: format!(
+                        "not a valid zip: the download from {} is not a zip file ({n} bytes: {why})",
+                        redact_url(url)
+                    ),
+                }));
+            }
             tokio::fs::rename(&tmp, self.zip_path(&sha))
                 .await
                 .map_err(io_err)?;
-            partial.0 = None;
+            partial.keep();
             Ok(sha)
         }
         .await;
-        drop(partial);
         // The queue is closed by now, so the thread ends soon; on an error, waiting for it
         // means its staging folder is gone when the error is returned.
         let prefetched = prefetch.await.ok().flatten();
@@ -421,7 +498,7 @@ impl Fetcher {
     }
 
     async fn check_manifest(&self, url: &str, tag: &str, sha: &str) -> Result<(), Error> {
-        let what = "downloading the release manifest";
+        let what = &format!("downloading the release manifest from {}", redact_url(url));
         let resp = http::send(Service::Releases, what, self.github(url)).await?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
@@ -513,12 +590,7 @@ pub async fn sha256_file(path: &Path) -> Result<String, Error> {
 /// URLs in messages lose any userinfo and query (which may carry tokens).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.to_string()
-        }
+        Ok(u) => http::redact(&u),
         Err(_) => "<invalid url>".to_string(),
     }
 }
@@ -554,17 +626,6 @@ impl std::io::Read for QueueReader {
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
-    }
-}
-
-/// A download in progress: removed when dropped unless taken (moved into place).
-struct PartialFile(Option<std::path::PathBuf>);
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 

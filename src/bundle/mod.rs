@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod json_scan;
 mod pipe;
 mod prefetch;
+pub mod scratch;
 
 pub use prefetch::{Prefetched, prefetch_model};
 
@@ -191,6 +192,13 @@ pub fn open_zip_prefetched(
             ),
         ));
     }
+    // Which of two same-named entries an unzip tool keeps differs (the zip crate keeps the
+    // last, under the first one's index): refuse to guess.
+    if let Some(name) = duplicate_entry(zip_path, archive.central_directory_start())
+        .map_err(|e| bad(&zip_name, format!("cannot read the central directory: {e}")))?
+    {
+        return Err(bad(&name, "appears twice in the zip"));
+    }
     // Check every entry before extracting any.
     let mut declared_total: u64 = 0;
     let mut names = Vec::new();
@@ -232,11 +240,76 @@ pub fn open_zip_prefetched(
         names.push((i, name));
     }
     let (tag, classified) = classify(names.iter().map(|(_, n)| n.as_str()))?;
-    prepare_dir(dir)?;
+    // Removed again unless the bundle opens: a refused release leaves nothing behind.
+    let opening = prepare_dir(dir)?;
     let mut src = ZipSource { archive, names };
     let bundle = build_bundle(&tag, sha256, dir, limits, &classified, &mut src, prefetched)?;
     save_opened(dir, &bundle)?;
+    opening.keep();
     Ok(bundle)
+}
+
+/// The first name that two central directory records share. The zip crate's reader keys
+/// entries by name, so it cannot tell; the records are walked here (APPNOTE 4.3.12: a 46-byte
+/// fixed part, then name, extra field and comment).
+fn duplicate_entry(zip_path: &Path, dir_start: u64) -> io::Result<Option<String>> {
+    use std::io::Seek;
+    let mut f = BufReader::new(File::open(zip_path)?);
+    f.seek(io::SeekFrom::Start(dir_start))?;
+    let mut seen = std::collections::HashSet::new();
+    // A zip without ZIP64 holds at most 65535 entries; ours are refused far below that.
+    for _ in 0..=u16::MAX {
+        let mut h = [0u8; 46];
+        if f.read_exact(&mut h).is_err() || h[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            break;
+        }
+        let field = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+        let mut name = vec![0u8; field(28) as usize];
+        f.read_exact(&mut name)?;
+        f.seek_relative(i64::from(field(30)) + i64::from(field(32)))?;
+        if !seen.insert(name.clone()) {
+            return Ok(Some(String::from_utf8_lossy(&name).into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// What makes a zip file unusable as a zip (`None`: its central directory reads and every entry
+/// inflates to its CRC-32): a download that was cut, or an HTML page served for a zip. Inflates
+/// everything, so it is asked only after an open failed, to tell a damaged file (download it
+/// again) from a release whose content is wrong (the same bytes give the same verdict).
+pub fn damage(zip_path: &Path) -> Option<String> {
+    let file = match File::open(zip_path) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("cannot open: {e}")),
+    };
+    let mut archive = match zip::ZipArchive::new(BufReader::new(file)) {
+        Ok(a) => a,
+        Err(e) => return Some(format!("not a valid zip: {e}")),
+    };
+    for i in 0..archive.len() {
+        let res = archive
+            .by_index(i)
+            .map_err(|e| e.to_string())
+            .and_then(|mut e| {
+                let mut r = Limited::new(&mut e, u64::MAX, String::new());
+                io::copy(&mut r, &mut io::sink())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = res {
+            return Some(format!("entry {i} cannot be read: {e}"));
+        }
+    }
+    None
+}
+
+/// Whether a zip's central directory reads (a cheap check of a download before it is cached).
+pub fn is_zip(zip_path: &Path) -> Result<(), String> {
+    let file = File::open(zip_path).map_err(|e| format!("cannot open: {e}"))?;
+    zip::ZipArchive::new(BufReader::new(file))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Opens an unpacked release folder (the old CLI's `-d DIR`): either the tag folder itself or a
@@ -259,10 +332,19 @@ pub fn open_dir(src: &Path, dir: &Path, limits: &Limits) -> Result<Bundle, Bundl
         rel.iter().map(|r| format!("{root_name}/{r}")).collect()
     };
     let (tag, classified) = classify(prefixed.iter().map(|s| s.as_str()))?;
+    // The folder's name is the release's name in every marker and message: a folder renamed
+    // (or a copy named `latest`) must not install under a made-up release.
+    if !crate::api::is_release_tag(&tag) {
+        return Err(bad(
+            format!("{tag}/"),
+            "the release folder must be named like its release tag (ML-DGA-YYYYMMDD-N, e.g. ML-DGA-20211124-1); rename it to the tag it was downloaded as",
+        ));
+    }
     for (i, p) in prefixed.iter().enumerate() {
         use sha2::Digest;
         hasher.update(p.as_bytes());
-        let mut f = File::open(src.join(&rel[i])).map_err(|e| bad(p, e.to_string()))?;
+        let f = File::open(src.join(&rel[i])).map_err(|e| bad(p, e.to_string()))?;
+        let mut f = Limited::new(f, u64::MAX, String::new());
         io::copy(&mut f, &mut HashWriter(&mut hasher)).map_err(|e| bad(p, e.to_string()))?;
     }
     use sha2::Digest;
@@ -270,7 +352,7 @@ pub fn open_dir(src: &Path, dir: &Path, limits: &Limits) -> Result<Bundle, Bundl
     if let Some(b) = load_opened(dir, &sha) {
         return b;
     }
-    prepare_dir(dir)?;
+    let opening = prepare_dir(dir)?;
     let mut source = DirSource {
         root: src.to_path_buf(),
         rel: rel.clone(),
@@ -278,6 +360,7 @@ pub fn open_dir(src: &Path, dir: &Path, limits: &Limits) -> Result<Bundle, Bundl
     };
     let bundle = build_bundle(&tag, &sha, dir, limits, &classified, &mut source, None)?;
     save_opened(dir, &bundle)?;
+    opening.keep();
     Ok(bundle)
 }
 
@@ -314,6 +397,12 @@ fn walk(root: &Path, d: &Path, out: &mut Vec<String>, limits: &Limits) -> Result
             ));
         } else if ft.is_dir() {
             walk(root, &e.path(), out, limits)?;
+        } else if !ft.is_file() {
+            // Reading a FIFO would wait forever; a socket or device is no release file either.
+            return Err(bad(
+                rel,
+                "is not a regular file (a FIFO, socket or device); a release folder holds only files and folders",
+            ));
         } else {
             out.push(rel);
             if out.len() > limits.max_entries {
@@ -520,14 +609,17 @@ fn classify<'a>(names: impl Iterator<Item = &'a str>) -> Result<(String, Classif
     Ok((tag, c))
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), BundleError> {
+/// An empty `dir`, removed again when the guard drops unless kept.
+fn prepare_dir(dir: &Path) -> Result<scratch::Scratch, BundleError> {
     let _ = fs::remove_dir_all(dir);
+    let guard = scratch::Scratch::new(dir.to_path_buf());
     fs::create_dir_all(dir).map_err(|e| {
         bad(
             dir.display().to_string(),
             format!("cannot create cache folder: {e}"),
         )
-    })
+    })?;
+    Ok(guard)
 }
 
 /// A bundle opened before: itself, or the problem found in it since.
@@ -575,6 +667,7 @@ impl<R> Limited<R> {
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        scratch::check()?;
         let n = self.inner.read(buf)?;
         self.left = self
             .left
@@ -585,8 +678,21 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// The error of a file larger than its limit.
-fn too_large(name: &str) -> String {
-    format!("{name}: larger than the limit")
+fn too_large(name: &str, limit: u64) -> String {
+    format!("{name}: larger than the limit of {limit} bytes")
+}
+
+/// How much a zip entry may inflate to: what it declares (already checked against the limit),
+/// so that a lying entry is stopped after its declared size, not after the limit.
+fn entry_budget(name: &str, declared: u64, limit: u64) -> (u64, String) {
+    if declared < limit {
+        (
+            declared,
+            format!("{name}: inflates to more than the {declared} bytes its zip entry declares"),
+        )
+    } else {
+        (limit, too_large(name, limit))
+    }
 }
 
 /// Files of a release, read one at a time through a size-limited reader.
@@ -621,7 +727,8 @@ impl<R: Read + io::Seek + Send> Source for ZipSource<R> {
             .archive
             .by_index(self.index(name))
             .map_err(|e| bad(name, format!("cannot read: {e}")))?;
-        f(&mut Limited::new(entry, max, too_large(name)))
+        let (budget, message) = entry_budget(name, entry.size(), max);
+        f(&mut Limited::new(entry, budget, message))
     }
 
     fn facts(&mut self, name: &str) -> Option<prefetch::EntryFacts> {
@@ -660,7 +767,7 @@ impl Source for DirSource {
             .expect("classified name exists");
         let file =
             File::open(self.root.join(&self.rel[i])).map_err(|e| bad(name, e.to_string()))?;
-        f(&mut Limited::new(file, max, too_large(name)))
+        f(&mut Limited::new(file, max, too_large(name, max)))
     }
 }
 

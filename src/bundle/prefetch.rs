@@ -11,9 +11,10 @@
 
 use std::fs;
 use std::io::{self, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Extracted, Limited, Limits, extract_model, too_large};
+use super::scratch::Scratch;
+use super::{Extracted, Limited, Limits, entry_budget, extract_model};
 
 /// Where and how a zip holds an entry, as the central directory (or a local header) says.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +43,8 @@ pub struct Prefetched {
     name: String,
     facts: EntryFacts,
     extracted: Option<Extracted>,
-    staging: PathBuf,
+    /// Removed with the guard (see `scratch`).
+    staging: Scratch,
 }
 
 impl Prefetched {
@@ -62,12 +64,6 @@ impl Prefetched {
     }
 }
 
-impl Drop for Prefetched {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.staging);
-    }
-}
-
 /// Reads the zip arriving on `stream` up to its first `*_model.json` entry and extracts that
 /// into a new folder under `staging_root`. `None` when the stream ends first or the entry cannot
 /// be read this way; the caller then extracts it from the finished zip.
@@ -76,8 +72,9 @@ pub fn prefetch_model<R: Read + Send>(
     staging_root: &Path,
     limits: &Limits,
 ) -> Option<Prefetched> {
-    let staging = staging_root.join(format!(".prefetch-{:016x}", rand::random::<u64>()));
-    fs::create_dir_all(&staging).ok()?;
+    let staging =
+        Scratch::new(staging_root.join(format!(".prefetch-{:016x}", rand::random::<u64>())));
+    fs::create_dir_all(staging.path()).ok()?;
     // Owns the staging folder from here on, so every way out removes it.
     let mut out = Prefetched {
         name: String::new(),
@@ -126,8 +123,9 @@ pub fn prefetch_model<R: Read + Send>(
             crc32: h.crc32,
             method,
         };
-        let mut limited = Limited::new(&mut data, limits.max_entry_bytes, too_large(&out.name));
-        let path = out.staging.join("model.definition");
+        let (budget, message) = entry_budget(&out.name, h.size, limits.max_entry_bytes);
+        let mut limited = Limited::new(&mut data, budget, message);
+        let path = out.staging.path().join("model.definition");
         out.extracted = Some(extract_model(&out.name, path, &mut limited).ok()?);
         return Some(out);
     }
@@ -227,7 +225,7 @@ mod tests {
             let p = prefetch_model(&bytes[..], tmp.path(), &Limits::default()).unwrap();
             let facts = central_facts(&bytes, "T/m_model.json");
             assert_eq!(p.facts, facts, "{method:?}");
-            let staging = p.staging.clone();
+            let staging = p.staging.path().to_path_buf();
             let to = tmp.path().join("model.definition");
             let e = p.adopt("T/m_model.json", &facts, &to).unwrap();
             assert_eq!(fs::read(&to).unwrap(), br#"{"trained_model": {}}"#);

@@ -22,12 +22,15 @@
 //! | 5 | licence or version not sufficient (needs platinum, enterprise or trial; ES 7.10+) |
 //! | 6 | conflict: objects with the package's ids that setup may not replace |
 //! | 7 | release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle) |
+//! | 8 | temporarily unavailable: 429, 5xx or dropped connections through every retry |
+//! | 130 | interrupted (Ctrl-C); nothing partial is left in the cache |
 //!
 //! Errors are one line `dga-operator: <message>`, sometimes followed by `hint: <advice>`, on
 //! stderr. Passwords and API keys are never printed.
 
 pub mod cloud_id;
 mod progress;
+mod retry;
 mod rules;
 
 use std::io::IsTerminal;
@@ -42,7 +45,7 @@ use crate::bundle::{self, Bundle, Layout, Limits};
 use crate::controller::{KNOWN_PIPELINES, KNOWN_SCRIPTS};
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Action, Owner, Plan, observe::Ids};
-use crate::error::{Error, Service};
+use crate::error::{Error, Service, Transience};
 use crate::target::{Auth, Endpoint, Sensitive};
 use progress::Out;
 
@@ -54,6 +57,8 @@ pub const EXIT_CONNECTION: i32 = 4;
 pub const EXIT_LICENSE: i32 = 5;
 pub const EXIT_CONFLICT: i32 = 6;
 pub const EXIT_RELEASE: i32 = 7;
+pub const EXIT_UNAVAILABLE: i32 = 8;
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// The exit-code table shown after `--help` of `setup`, `plan` and `remove`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -65,7 +70,9 @@ Exit codes:
   4  cannot connect or authenticate (unreachable host, TLS, 401/403, timeout)
   5  licence or version not sufficient (platinum, enterprise or trial; Elasticsearch 7.10+)
   6  conflict: objects in the way (rerun with --overwrite to take them over)
-  7  release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle)";
+  7  release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle)
+  8  temporarily unavailable (429, 5xx or dropped connections through every retry; run again)
+130  interrupted (Ctrl-C)";
 
 /// How to reach Elasticsearch (and Kibana). Same options as the old detection-rules CLI.
 #[derive(clap::Args, Clone)]
@@ -101,9 +108,14 @@ pub struct ConnectionArgs {
     /// PEM file of the CA that signed the cluster's certificate (added to the system roots).
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
-    /// Timeout of one request to Elasticsearch, e.g. 30s or 5m.
+    /// Timeout of one request to Elasticsearch, Kibana or the release host, e.g. 30s or 5m (a
+    /// download may take longer as long as data keeps arriving).
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Retries of a step that failed transiently (429, 5xx, a dropped connection, a timeout),
+    /// waiting 1s, 2s, 4s, ... in between (or what Retry-After asks, up to 2 minutes).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub retries: u32,
     /// Kibana URL (derived from --cloud-id when omitted): setup also installs the package's
     /// detection rules (and the anomaly job of its machine_learning rule), remove removes them.
     #[arg(long, value_name = "URL")]
@@ -239,8 +251,15 @@ pub fn exit_code(e: &Error) -> i32 {
     let releases = e.service() == Some(Service::Releases);
     match e.reason() {
         "InvalidSpec" | "SecretInvalid" | "SecretNotFound" => EXIT_USAGE,
-        "Unreachable" | "Unauthorized" | "TransientError" if releases => EXIT_RELEASE,
-        "Unreachable" | "Unauthorized" | "TransientError" => EXIT_CONNECTION,
+        "TransientError" => match e.transience() {
+            // A service that answered (busy, failing) or dropped the connection is reachable:
+            // the same command later may well succeed.
+            Some(Transience::Status(_) | Transience::Dropped) => EXIT_UNAVAILABLE,
+            _ if releases => EXIT_RELEASE,
+            _ => EXIT_CONNECTION,
+        },
+        "Unreachable" | "Unauthorized" if releases => EXIT_RELEASE,
+        "Unreachable" | "Unauthorized" => EXIT_CONNECTION,
         "LicenseInsufficient" | "VersionUnsupported" => EXIT_LICENSE,
         "Conflict" => EXIT_CONFLICT,
         "ReleaseNotFound" | "InvalidRelease" | "InvalidBundle" | "ChecksumMismatch" => EXIT_RELEASE,
@@ -267,6 +286,9 @@ impl From<Error> for Failure {
             }
             "Unreachable" if e.service() == Some(Service::Elasticsearch) => Some(
                 "check -u/--elasticsearch-url or --cloud-id, --ca-cert, and that the cluster is up",
+            ),
+            "TransientError" if code == EXIT_UNAVAILABLE => Some(
+                "the service is busy or failing (see the retries above); run the same command again later",
             ),
             "Unreachable" | "TransientError" if e.service() == Some(Service::Releases) => {
                 Some("check --github-api / --url, or install from an unpacked release with -d DIR")
@@ -338,6 +360,7 @@ struct Connection {
     es: Endpoint,
     kibana: Option<Endpoint>,
     timeout: Duration,
+    retry: retry::Policy,
     /// No credentials were given (for the hint on a 401).
     anonymous: bool,
 }
@@ -419,6 +442,7 @@ fn connection(c: &ConnectionArgs) -> Result<Connection, Failure> {
         es,
         kibana,
         timeout: c.timeout,
+        retry: retry::Policy::new(c.retries),
         anonymous,
     })
 }
@@ -442,6 +466,8 @@ enum Source {
         source: Option<ReleaseSource>,
     },
     Dir(PathBuf),
+    /// A release zip on disk (`-d release.zip`).
+    Zip(PathBuf),
 }
 
 fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
@@ -459,13 +485,20 @@ fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
                     "--repository, --url and --sha256 go with -t/--model-tag, not -d/--model-dir",
                 ));
             }
-            if !dir.is_dir() {
-                return Err(Failure::usage(format!(
-                    "-d/--model-dir {}: no such folder",
-                    dir.display()
-                )));
+            let meta = std::fs::metadata(dir).map_err(|e| {
+                Failure::usage(format!("-d/--model-dir {}: {e}", dir.display()))
+            })?;
+            if meta.is_dir() {
+                return Ok(Source::Dir(dir.clone()));
             }
-            Ok(Source::Dir(dir.clone()))
+            if meta.is_file() && dir.extension().is_some_and(|x| x.eq_ignore_ascii_case("zip")) {
+                return Ok(Source::Zip(dir.clone()));
+            }
+            Err(Failure::usage(format!(
+                "-d/--model-dir {}: neither a folder nor a .zip file",
+                dir.display()
+            ))
+            .hint("give an unpacked release folder (named like its tag) or a release zip"))
         }
         (Some(tag), None) => {
             if !is_release_tag(tag) {
@@ -536,13 +569,20 @@ fn cache_dir(r: &ReleaseArgs) -> Result<PathBuf, Failure> {
 // ---------------------------------------------------------------------------------------------
 // Steps shared by the commands (the order of `controller::pass`).
 
-async fn open_release(out: &Out, r: &ReleaseArgs, source: &Source) -> Result<Bundle, Failure> {
+async fn open_release(
+    out: &Out,
+    r: &ReleaseArgs,
+    source: &Source,
+    conn: &Connection,
+) -> Result<Bundle, Failure> {
     let cache = cache_dir(r)?;
     match source {
         Source::Tag { tag, source } => {
+            // No total timeout (a large release on a slow link takes its time), but a host that
+            // stops sending, or never answers, fails after --timeout.
             let http = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(600))
+                .connect_timeout(Duration::from_secs(10).min(conn.timeout))
+                .read_timeout(conn.timeout)
                 .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))?;
@@ -550,10 +590,13 @@ async fn open_release(out: &Out, r: &ReleaseArgs, source: &Source) -> Result<Bun
             fetcher.github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
             let (hook, download) = out.download(format!("downloading release {tag}"));
             fetcher.on_download = Some(hook);
-            let res = fetcher
-                .fetch(Request {
-                    tag,
-                    source: source.as_ref(),
+            let res = conn
+                .retry
+                .run(out, true, || {
+                    fetcher.fetch(Request {
+                        tag,
+                        source: source.as_ref(),
+                    })
                 })
                 .await;
             let downloaded = download.finish(res.is_ok());
@@ -562,6 +605,29 @@ async fn open_release(out: &Out, r: &ReleaseArgs, source: &Source) -> Result<Bun
                 out.line(format!("release {tag}: using the cached copy"));
             }
             Ok(bundle)
+        }
+        Source::Zip(zip) => {
+            let src = zip.clone();
+            let label = format!("reading release zip {}", zip.display());
+            let res = out
+                .step(&label, async move {
+                    tokio::task::spawn_blocking(move || {
+                        let sha = sha256_of(&src)?;
+                        let opened = cache.join("bundles").join(&sha);
+                        let b = bundle::open_zip(&src, &sha, &opened, &Limits::default())?;
+                        if !is_release_tag(&b.tag) {
+                            return Err(Error::InvalidBundle(bundle::BundleError {
+                                file: format!("{}/", b.tag),
+                                problem: "the release folder in the zip must be named like its release tag (ML-DGA-YYYYMMDD-N)".into(),
+                            }));
+                        }
+                        Ok(b)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("bundle task: {e}")))?
+                })
+                .await;
+            Ok(res?)
         }
         Source::Dir(dir) => {
             let src = std::fs::canonicalize(dir)
@@ -586,6 +652,15 @@ async fn open_release(out: &Out, r: &ReleaseArgs, source: &Source) -> Result<Bun
     }
 }
 
+fn sha256_of(path: &Path) -> Result<String, Error> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::InvalidRelease(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| Error::InvalidRelease(format!("{}: {e}", path.display())))?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// `GET /`; `GET /_license` when `license` (setup and plan).
 async fn connect(
     out: &Out,
@@ -608,10 +683,18 @@ async fn connect(
         }
         f
     };
-    let info = es.info().await.map_err(on_err)?;
+    let info = conn
+        .retry
+        .run(out, true, || es.info())
+        .await
+        .map_err(on_err)?;
     let mut line = format!("Elasticsearch {} at {}", info.version, es.url());
     if check_license {
-        let license = es.license().await.map_err(on_err)?;
+        let license = conn
+            .retry
+            .run(out, false, || es.license())
+            .await
+            .map_err(on_err)?;
         if !ML_LICENSES.contains(&license.as_str()) {
             return Err(Error::LicenseInsufficient(license).into());
         }
@@ -633,8 +716,6 @@ fn known_ids() -> Ids {
 }
 
 struct Planned {
-    es: Elasticsearch,
-    desired: engine::Desired,
     plan: Plan,
     /// The Kibana side, when a Kibana URL is known.
     rules: Option<rules::RulesPlan>,
@@ -658,17 +739,25 @@ impl Planned {
     }
 }
 
-async fn make_plan(
-    out: &Out,
-    args: &ReleaseArgs,
-    conn: &ConnectionArgs,
-) -> Result<Planned, Failure> {
+/// The release opened and the cluster checked: what every pass of `setup` and `plan` starts
+/// from.
+struct Session {
+    conn: Connection,
+    es: Elasticsearch,
+    bundle: Bundle,
+    desired: engine::Desired,
+    overwrite: bool,
+}
+
+async fn start(out: &Out, args: &ReleaseArgs, conn: &ConnectionArgs) -> Result<Session, Failure> {
     let source = release_source(args)?;
     let conn = connection(conn)?;
     // Side by side: a wrong password or an unreachable cluster is reported without waiting for
     // the download, and the cluster's answers cost no time on a large release.
-    let (bundle, (es, _info)) =
-        tokio::try_join!(open_release(out, args, &source), connect(out, &conn, true))?;
+    let (bundle, (es, _info)) = tokio::try_join!(
+        open_release(out, args, &source, &conn),
+        connect(out, &conn, true)
+    )?;
     out.line(format!(
         "release {} (layout {}, model {}, sha256 {})",
         bundle.tag,
@@ -679,32 +768,37 @@ async fn make_plan(
         bundle.model.id,
         &bundle.sha256[..bundle.sha256.len().min(12)]
     ));
-    let owner = Owner::cli();
-    let desired = engine::build(&bundle, &owner);
+    let desired = engine::build(&bundle, &Owner::cli());
+    Ok(Session {
+        conn,
+        es,
+        bundle,
+        desired,
+        overwrite: args.overwrite,
+    })
+}
+
+/// Reads the cluster (and Kibana) and computes what `setup` has to do; writes nothing.
+async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
     let recorded = Ids::default();
-    let observed = engine::observe(&es, &Ids::wanted(&desired, &known_ids())).await?;
-    let plan = engine::diff(&desired, &observed, &recorded, args.overwrite);
-    let rules = match &conn.kibana {
+    let observed = engine::observe(&s.es, &Ids::wanted(&s.desired, &known_ids())).await?;
+    let plan = engine::diff(&s.desired, &observed, &recorded, s.overwrite);
+    let rules = match &s.conn.kibana {
         Some(kb) => Some(
             rules::plan(
                 out,
                 kb,
-                conn.timeout,
-                &es,
-                &bundle,
-                &desired.marker,
-                args.overwrite,
+                s.conn.timeout,
+                &s.es,
+                &s.bundle,
+                &s.desired.marker,
+                s.overwrite,
             )
             .await?,
         ),
         None => None,
     };
-    Ok(Planned {
-        es,
-        desired,
-        plan,
-        rules,
-    })
+    Ok(Planned { plan, rules })
 }
 
 fn conflict_failure(plan: &Plan) -> Failure {
@@ -749,27 +843,105 @@ fn label(a: &Action, d: &engine::Desired) -> String {
 // ---------------------------------------------------------------------------------------------
 // Commands. Each returns the process exit code, having printed its outcome.
 
-pub async fn setup(args: SetupArgs) -> i32 {
-    let out = Out::detect();
-    match setup_inner(&out, &args).await {
-        Ok(()) => EXIT_OK,
-        Err(f) => f.report(),
+/// Runs a command until it ends or Ctrl-C: then what it was writing into the cache is
+/// removed (readers of release data stop at their next read, the download is dropped) and the
+/// exit code is 130.
+async fn interruptible(cmd: &str, fut: impl std::future::Future<Output = i32>) -> i32 {
+    tokio::select! {
+        code = fut => {
+            // A run that failed dropped its download part-way (the cluster refused first): the
+            // thread extracting from it ends at the closed queue; let it clean up before exit.
+            settle_scratch().await;
+            return code;
+        }
+        _ = tokio::signal::ctrl_c() => {}
     }
+    // The command's future is dropped by now: its download removed its partial file.
+    bundle::scratch::interrupt();
+    settle_scratch().await;
+    let mut f = Failure::new(
+        EXIT_INTERRUPTED,
+        "interrupted; nothing partial was left in the cache",
+    );
+    if cmd == "setup" {
+        f = f.hint("if setup had begun to write, run the same command again to finish: it picks up where this one stopped");
+    }
+    f.report()
+}
+
+/// Waits (up to 5 s) for the threads still writing into the cache to drop their guards, then
+/// removes whatever is still registered.
+async fn settle_scratch() {
+    for _ in 0..250 {
+        if bundle::scratch::live() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bundle::scratch::remove_all();
+}
+
+pub async fn setup(args: SetupArgs) -> i32 {
+    interruptible("setup", async {
+        let out = Out::detect();
+        match setup_inner(&out, &args).await {
+            Ok(()) => EXIT_OK,
+            Err(f) => f.report(),
+        }
+    })
+    .await
+}
+
+/// Why a pass of `setup` stopped.
+enum Stop {
+    /// Retrying may help (or not: `Policy::wait` decides).
+    Error(Error),
+    /// Retrying will not help (conflicts).
+    Failure(Failure),
 }
 
 async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
-    let planned = make_plan(out, &args.release, &args.connection).await?;
+    let s = start(out, &args.release, &args.connection).await?;
+    // Changes made so far, over every pass.
+    let mut made = 0usize;
+    let (mut attempt, mut made_then) = (0u32, 0usize);
+    loop {
+        let e = match setup_pass(out, &s, &mut made).await {
+            Ok(()) => return Ok(()),
+            Err(Stop::Failure(f)) => return Err(part_way(f, made)),
+            Err(Stop::Error(e)) => e,
+        };
+        // Each pass that got further earns a fresh set of retries.
+        if made > made_then {
+            (attempt, made_then) = (0, made);
+        }
+        attempt += 1;
+        match s.conn.retry.wait(out, &e, attempt, false) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err(part_way(Failure::from(e), made)),
+        }
+    }
+}
+
+/// A setup that changed something before it failed says how to finish.
+fn part_way(mut f: Failure, made: usize) -> Failure {
+    if made > 0 {
+        f.hint = Some(format!(
+            "setup stopped part-way ({made} change(s) made); run the same command again to finish: it picks up where this one stopped"
+        ));
+    }
+    f
+}
+
+/// Plans again (what earlier passes did is in place and not redone), then applies.
+async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop> {
+    let planned = plan_once(out, s).await.map_err(Stop::Error)?;
     let conflicts = planned.conflicts();
     if !conflicts.conflicts.is_empty() {
-        return Err(conflict_failure(&conflicts));
+        return Err(Stop::Failure(conflict_failure(&conflicts)));
     }
-    let Planned {
-        es,
-        desired,
-        plan,
-        rules,
-    } = &planned;
-    if planned.is_empty() {
+    let desired = &s.desired;
+    if planned.is_empty() && *made == 0 {
         out.line(format!(
             "nothing to do: release {} is installed and unchanged (model {})",
             desired.release, desired.model_id
@@ -777,20 +949,26 @@ async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let mut warnings = Vec::new();
-    for action in &plan.actions {
+    for action in &planned.plan.actions {
         // One action at a time through the engine, so each gets its own progress line.
         let single = Plan {
             actions: vec![action.clone()],
             conflicts: vec![],
         };
         let applied = out
-            .step(&label(action, desired), engine::apply(es, desired, &single))
+            .step(
+                &label(action, desired),
+                engine::apply(&s.es, desired, &single),
+            )
             .await
-            .map_err(|(_, e)| Failure::from(e))?;
+            .map_err(|(_, e)| Stop::Error(e))?;
+        *made += 1;
         warnings.extend(applied.warnings);
     }
-    if let Some(r) = rules {
-        rules::apply(out, r, es, &desired.marker, args.release.overwrite).await?;
+    if let Some(r) = &planned.rules {
+        rules::apply(out, r, &s.es, &desired.marker, s.overwrite, made)
+            .await
+            .map_err(Stop::Error)?;
     }
     for w in &warnings {
         out.line(format!("note: {w}"));
@@ -806,17 +984,21 @@ async fn setup_inner(out: &Out, args: &SetupArgs) -> Result<(), Failure> {
 }
 
 pub async fn plan(args: PlanArgs) -> i32 {
-    let out = Out::detect();
-    match plan_inner(&out, &args).await {
-        Ok(code) => code,
-        Err(f) => f.report(),
-    }
+    interruptible("plan", async {
+        let out = Out::detect();
+        match plan_inner(&out, &args).await {
+            Ok(code) => code,
+            Err(f) => f.report(),
+        }
+    })
+    .await
 }
 
 async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
-    let planned = make_plan(out, &args.release, &args.connection).await?;
+    let s = start(out, &args.release, &args.connection).await?;
+    let planned = s.conn.retry.run(out, false, || plan_once(out, &s)).await?;
     let conflicts = planned.conflicts();
-    let desired = &planned.desired;
+    let desired = &s.desired;
     if planned.is_empty() && conflicts.conflicts.is_empty() {
         out.line(format!(
             "no changes: release {} is installed and unchanged (model {})",
@@ -845,11 +1027,14 @@ async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
 }
 
 pub async fn remove(args: RemoveArgs) -> i32 {
-    let out = Out::detect();
-    match remove_inner(&out, &args).await {
-        Ok(()) => EXIT_OK,
-        Err(f) => f.report(),
-    }
+    interruptible("remove", async {
+        let out = Out::detect();
+        match remove_inner(&out, &args).await {
+            Ok(()) => EXIT_OK,
+            Err(f) => f.report(),
+        }
+    })
+    .await
 }
 
 async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
@@ -857,21 +1042,25 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     let (es, _) = connect(out, &conn, false).await?;
     let owner = Owner::cli();
     let known = known_ids();
-    let removed = out
+    let none = Ids::default();
+    let mut removed = out
         .step(
             "removing what dga-operator setup installed",
-            engine::cleanup(&es, &owner, &Ids::default(), &known),
+            conn.retry
+                .run(out, false, || engine::cleanup(&es, &owner, &none, &known)),
         )
         .await?;
-    let mut removed = removed;
+    let mut kept: Vec<String> = Vec::new();
     if let Some(kb) = &conn.kibana {
-        removed.extend(
-            out.step(
+        let (gone, left) = out
+            .step(
                 "removing the detection rules dga-operator setup installed",
-                rules::remove(kb, conn.timeout, &es),
+                conn.retry
+                    .run(out, false, || rules::remove(kb, conn.timeout, &es)),
             )
-            .await?,
-        );
+            .await?;
+        removed.extend(gone);
+        kept.extend(left);
     }
     if removed.is_empty() {
         out.line("nothing to remove: no objects installed by dga-operator setup were found");
@@ -879,15 +1068,31 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     for r in &removed {
         out.line(format!("removed {r}"));
     }
-    // Objects with the package's ids that were not ours stay; say so.
-    let left = engine::observe(&es, &known).await?;
-    let mut kept: Vec<String> = Vec::new();
+    // Objects with the package's ids that were not ours stay; say so, every kind.
+    let left = conn
+        .retry
+        .run(out, false, || engine::observe(&es, &known))
+        .await?;
+    kept.extend(left.models.keys().map(|id| format!("trained model {id}")));
     kept.extend(
         left.pipelines
             .keys()
             .map(|id| format!("ingest pipeline {id}")),
     );
     kept.extend(left.scripts.keys().map(|id| format!("stored script {id}")));
+    for job in [engine::mljob::JOB_ID, engine::mljob::JOB_ID_EA] {
+        if conn
+            .retry
+            .run(out, false, || es.get_job(job))
+            .await?
+            .is_some()
+        {
+            kept.push(format!(
+                "anomaly detection job {job} and datafeed {}",
+                engine::mljob::datafeed_id(job)
+            ));
+        }
+    }
     if !kept.is_empty() {
         out.line(format!(
             "left in place (not installed by dga-operator setup): {}",

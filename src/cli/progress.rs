@@ -1,9 +1,11 @@
 //! What the CLI shows while it works. On a terminal (stderr): an indicatif bar for the release
 //! download and a spinner per step, cleared when done. Always: one plain line per step on
-//! stdout (`uploading trained model X ... done`), so logs and pipes get a record.
+//! stdout (`uploading trained model X ... done`), so logs and pipes get a record. Each line is
+//! written whole when its step ends: the download and the cluster check run side by side, and
+//! a line begun by one must not be finished by the other.
 
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,19 +47,14 @@ impl Out {
             pb.enable_steady_tick(Duration::from_millis(100));
             Some(pb)
         } else {
-            print!("{label} ... ");
-            let _ = std::io::stdout().flush();
             None
         };
         let res = fut.await;
         let verdict = if res.is_ok() { "done" } else { "failed" };
-        match spinner {
-            Some(pb) => {
-                pb.finish_and_clear();
-                println!("{label} ... {verdict}");
-            }
-            None => println!("{verdict}"),
+        if let Some(pb) = spinner {
+            pb.finish_and_clear();
         }
+        println!("{label} ... {verdict}");
         res
     }
 
@@ -87,11 +84,7 @@ impl Out {
                     pb.set_message(lbl.clone());
                     s.bar = Some(pb);
                 } else {
-                    match total {
-                        Some(t) => print!("{lbl} ({}) ... ", HumanBytes(t)),
-                        None => print!("{lbl} ... "),
-                    }
-                    let _ = std::io::stdout().flush();
+                    s.total = total;
                 }
             }
             if let Some(pb) = &s.bar {
@@ -113,6 +106,7 @@ impl Out {
 struct DownloadState {
     started: bool,
     bytes: u64,
+    total: Option<u64>,
     bar: Option<ProgressBar>,
 }
 
@@ -129,20 +123,17 @@ impl Download {
         if !s.started {
             return false;
         }
-        let verdict = if ok && self.fancy {
+        let verdict = if ok {
             format!("done ({})", HumanBytes(s.bytes))
-        } else if ok {
-            "done".to_string()
         } else {
             "failed".to_string()
         };
-        if self.fancy {
-            if let Some(pb) = s.bar.take() {
-                pb.finish_and_clear();
-            }
-            println!("{} ... {verdict}", self.label);
-        } else {
-            println!("{verdict}");
+        if let Some(pb) = s.bar.take() {
+            pb.finish_and_clear();
+        }
+        match s.total {
+            Some(t) if !self.fancy => println!("{} ({}) ... {verdict}", self.label, HumanBytes(t)),
+            _ => println!("{} ... {verdict}", self.label),
         }
         true
     }

@@ -5,11 +5,11 @@
 
 use serde_json::Value;
 
-use super::Failure;
 use super::progress::Out;
 use crate::bundle::Bundle;
 use crate::elasticsearch::Elasticsearch;
 use crate::engine::{self, Owner};
+use crate::error::Error;
 use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
 use crate::target::Endpoint;
 
@@ -50,7 +50,7 @@ impl RulesPlan {
     }
 }
 
-fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, Failure> {
+fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, Error> {
     let http = kb.http_client(timeout)?;
     Ok(KibanaClient::new(http, &kb.url, kb.auth.clone()))
 }
@@ -64,18 +64,16 @@ pub async fn plan(
     bundle: &Bundle,
     marker: &engine::Marker,
     overwrite: bool,
-) -> Result<RulesPlan, Failure> {
+) -> Result<RulesPlan, Error> {
     let client = client(kb, timeout)?;
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
     let owner = Owner::cli();
-    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| {
-        Failure::from(crate::error::Error::Rejected {
-            service: crate::error::Service::Kibana,
-            what: "GET /api/status".into(),
-            status: 200,
-            detail: format!("version `{}` is not a stack version", status.version),
-        })
+    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| Error::Rejected {
+        service: crate::error::Service::Kibana,
+        what: "GET /api/status".into(),
+        status: 200,
+        detail: format!("version `{}` is not a stack version", status.version),
     })?;
     let features = kibana::KibanaFeatures::new(version);
     let mut input = RulesInput {
@@ -115,17 +113,20 @@ pub async fn plan(
     })
 }
 
-/// Carries out a plan without conflicts, one progress line a step.
+/// Carries out a plan without conflicts, one progress line a step; counts the changes in
+/// `made`.
 pub async fn apply(
     out: &Out,
     plan: &RulesPlan,
     es: &Elasticsearch,
     marker: &engine::Marker,
     overwrite: bool,
-) -> Result<(), Failure> {
+    made: &mut usize,
+) -> Result<(), Error> {
     for a in &plan.actions {
         out.step(&a.describe(), kibana::rules::apply(&plan.client, SPACE, a))
             .await?;
+        *made += 1;
     }
     if plan.needs_job && !plan.job_steps.is_empty() {
         let done = out
@@ -142,6 +143,7 @@ pub async fn apply(
                 ),
             )
             .await?;
+        *made += done.done.len();
         for d in done.done {
             out.line(format!("  {d}"));
         }
@@ -149,20 +151,38 @@ pub async fn apply(
     Ok(())
 }
 
-/// Deletes the rules (and the job) the CLI installed; returns what went.
+/// Deletes the rules (and the job) the CLI installed; returns what went, and the package's
+/// rules that stay because someone else installed them.
 pub async fn remove(
     kb: &Endpoint,
     timeout: std::time::Duration,
     es: &Elasticsearch,
-) -> Result<Vec<String>, Failure> {
+) -> Result<(Vec<String>, Vec<String>), Error> {
     let client = client(kb, timeout)?;
-    let tag = kibana::owner_tag(&Owner::cli().key());
-    let observed = kibana::rules::observe(&client, SPACE, &[], &tag).await?;
+    let owner = Owner::cli();
+    let tag = kibana::owner_tag(&owner.key());
+    // The package's rule ids too, to say which of them stay.
+    let package = kibana::desired_rules(&RulesInput {
+        owner: owner.key(),
+        ..RulesInput::default()
+    });
+    let observed = kibana::rules::observe(&client, SPACE, &package, &tag).await?;
+    let is_ours = |r: &Value| {
+        r.get("tags")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str())))
+    };
+    let (ours, theirs): (Vec<Value>, Vec<Value>) = observed.into_iter().partition(is_ours);
     let mut removed = Vec::new();
-    for a in kibana::diff(&[], &observed, &tag) {
+    for a in kibana::diff(&[], &ours, &tag) {
         kibana::rules::apply(&client, SPACE, &a).await?;
         removed.push(format!("detection rule {}", a.rule_id()));
     }
-    removed.extend(engine::mljob::remove(es, &Owner::cli()).await?);
-    Ok(removed)
+    removed.extend(engine::mljob::remove(es, &owner).await?);
+    let left = theirs
+        .iter()
+        .filter_map(|r| r.get("rule_id").and_then(Value::as_str))
+        .map(|id| format!("detection rule {id}"))
+        .collect();
+    Ok((removed, left))
 }

@@ -178,6 +178,25 @@ pub async fn ensure(
                     )));
                 }
             }
+            // The marker names the release: after an upgrade (or a takeover) the job says
+            // which release it serves, like every other object.
+            if Marker::from_meta(job.get("custom_settings")).as_ref() != Some(marker) {
+                ch.done.push(format!(
+                    "mark anomaly detection job {job_id} as installed with release {}",
+                    marker.release
+                ));
+                if !dry_run {
+                    // `_update` replaces the whole map: keep what else it holds (custom_urls).
+                    let mut settings = job
+                        .get("custom_settings")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default();
+                    settings.insert(MARKER_KEY.into(), json!(marker));
+                    let update = json!({"custom_settings": settings});
+                    es.update_job(job_id, &update).await?;
+                }
+            }
         }
     }
     let want_feed = datafeed_body(job_id, index);

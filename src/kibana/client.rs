@@ -253,7 +253,9 @@ fn rejected(what: &str, status: u16, detail: String) -> Error {
 async fn ok_json(what: &str, resp: reqwest::Response) -> Result<Value, Error> {
     let status = resp.status();
     if !status.is_success() {
-        let detail = http::summarize(resp).await;
+        // Which Kibana said it: the URL (without userinfo or query) before what it said.
+        let url = http::fetch_url(&resp);
+        let detail = format!("{url} answered {}", http::summarize(resp).await);
         return Err(rejected(what, status.as_u16(), detail));
     }
     http::json(SVC, what, resp).await

@@ -687,6 +687,9 @@ pub enum Defect {
     /// The model file is `bytes` of JSON whitespace followed by the model: tiny compressed,
     /// huge uncompressed.
     ZipBomb { bytes: u64 },
+    /// `ZipBomb` whose model entry declares 1000 bytes uncompressed (local header and central
+    /// directory both), so only a reader that stops at the declared size is safe.
+    LyingZipBomb { bytes: u64 },
     /// A second file of the model kind (`dga_999999_9.9_model.json`).
     DuplicateModel,
     /// The inference pipeline file is truncated JSON.
@@ -698,6 +701,13 @@ pub enum Defect {
     /// The model's definition is a `compressed_definition` that is base64 but not of gzip:
     /// only a parse of the definition (Elasticsearch's, or ours after a refusal) finds it.
     UndecodableDefinition,
+    /// The model's `definition` is plain JSON with balanced brackets but a bad value inside
+    /// `trained_model` (`[1,, 2]`): a scan for its structure passes, a JSON parser does not.
+    InvalidJsonDefinition,
+    /// The router pipeline file appears twice under the same name, the second copy with another
+    /// `description` (written under a name of the same length, then renamed in place: the zip
+    /// crate's writer refuses duplicates).
+    DuplicateEntry,
 }
 
 /// Zip entries in memory: name and bytes.
@@ -735,6 +745,7 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
     let mut zip = ZipWriter::new(BufWriter::new(File::create(&zip_path)?));
     let mut symlink = None;
     let mut bomb = None;
+    let mut duplicate: Option<(String, String)> = None;
     match &defect {
         Defect::ParentTraversal => {
             let b = files[model_pos].1.clone();
@@ -748,7 +759,7 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
             files.retain(|(n, _)| *n != router_path);
             symlink = Some(router_path.clone());
         }
-        Defect::ZipBomb { bytes } => {
+        Defect::ZipBomb { bytes } | Defect::LyingZipBomb { bytes } => {
             let (_, model) = files.remove(model_pos);
             bomb = Some((model_path.clone(), *bytes, model));
         }
@@ -778,6 +789,25 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
             m.insert("compressed_definition".into(), "bm90IGd6aXA=".into());
             files[model_pos].1 = serde_json::to_vec(&v)?;
         }
+        Defect::InvalidJsonDefinition => {
+            let mut v: Value = serde_json::from_slice(&files[model_pos].1)?;
+            let m = v.as_object_mut().unwrap();
+            m.remove("compressed_definition");
+            m.insert("definition".into(), "@definition@".into());
+            let text = serde_json::to_string(&v)?.replace(
+                "\"@definition@\"",
+                r#"{"trained_model": {"tree": {"feature_names": ["a"], "tree_structure": [1,, 2]}}}"#,
+            );
+            files[model_pos].1 = text.into_bytes();
+        }
+        Defect::DuplicateEntry => {
+            let router = files.iter().find(|(n, _)| *n == router_path).unwrap();
+            let mut v: Value = serde_json::from_slice(&router.1)?;
+            v["description"] = "the second copy".into();
+            let twin = format!("{}X", &router_path[..router_path.len() - 1]);
+            files.push((twin.clone(), serde_json::to_vec(&v)?));
+            duplicate = Some((twin, router_path.clone()));
+        }
     }
     zip.add_directory(format!("{}/", spec.tag), opts)
         .map_err(zerr)?;
@@ -801,6 +831,40 @@ pub fn write_bad_release(spec: &BundleSpec, defect: Defect, out_dir: &Path) -> i
         zip.write_all(&model)?;
     }
     zip.finish().map_err(zerr)?.flush()?;
+    if let Defect::LyingZipBomb { bytes } = defect {
+        assert!(bytes < u32::MAX as u64 / 2, "no zip64 sizes to patch");
+        let mut b = fs::read(&zip_path)?;
+        let name = model_path.as_bytes();
+        let lie = 1000u32.to_le_bytes();
+        // APPNOTE 4.3.7 / 4.3.12: uncompressed size at offset 22 of a local header, 24 of a
+        // central directory header; the name at 30 and 46.
+        for i in 0..b.len().saturating_sub(46) {
+            if b[i..].starts_with(&[0x50, 0x4b, 0x03, 0x04]) && b[i + 30..].starts_with(name) {
+                b[i + 22..i + 26].copy_from_slice(&lie);
+            }
+            if b[i..].starts_with(&[0x50, 0x4b, 0x01, 0x02]) && b[i + 46..].starts_with(name) {
+                b[i + 24..i + 28].copy_from_slice(&lie);
+            }
+        }
+        fs::write(&zip_path, b)?;
+    }
+    if let Some((twin, name)) = duplicate {
+        // Same length, so every offset in the zip stays right; names are outside the CRC.
+        let bytes = fs::read(&zip_path)?;
+        let (from, to) = (twin.as_bytes(), name.as_bytes());
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..].starts_with(from) {
+                out.extend_from_slice(to);
+                i += from.len();
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        fs::write(&zip_path, out)?;
+    }
     Ok(zip_path)
 }
 
@@ -1070,6 +1134,13 @@ mod tests {
                 .iter()
                 .any(|(n, _, s)| n.ends_with("_model.json") && *s > 50_000_000)
         );
+        let z = write_bad_release(&spec, Defect::LyingZipBomb { bytes: 50_000_000 }, &sub("l"))
+            .unwrap();
+        assert!(
+            list(&z)
+                .iter()
+                .any(|(n, _, s)| n.ends_with("_model.json") && *s == 1000)
+        );
         let z = write_bad_release(&spec, Defect::DuplicateModel, &sub("e")).unwrap();
         assert_eq!(
             list(&z)
@@ -1091,6 +1162,25 @@ mod tests {
         let b = read_entry(&z, &format!("{t}/dga_875109_1.0_model.json")).unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert!(v.get("definition").is_none() && v["compressed_definition"] == "bm90IGd6aXA=");
+        let z = write_bad_release(&spec, Defect::InvalidJsonDefinition, &sub("j")).unwrap();
+        let b = read_entry(&z, &format!("{t}/dga_875109_1.0_model.json")).unwrap();
+        assert!(serde_json::from_slice::<Value>(&b).is_err());
+        let text = String::from_utf8(b).unwrap();
+        assert!(text.contains(r#""definition":{"trained_model""#), "{text}");
+        let z = write_bad_release(&spec, Defect::DuplicateEntry, &sub("k")).unwrap();
+        // The central directory holds the name twice (the reader keeps one of them).
+        let bytes = fs::read(&z).unwrap();
+        let name = format!("{t}/dga_875109_1.0_ingest_pipeline1.json");
+        let mut central = 0;
+        for i in 0..bytes.len().saturating_sub(46) {
+            if bytes[i..].starts_with(&[0x50, 0x4b, 0x01, 0x02])
+                && bytes[i + 46..].starts_with(name.as_bytes())
+            {
+                central += 1;
+            }
+        }
+        assert_eq!(central, 2);
+        assert!(!String::from_utf8_lossy(&bytes).contains(".jsoX"));
         let z = dir.join("custom.zip");
         write_custom_zip(&z, &[("x/../y.json", b"{}"), ("/abs.json", b"[]")]).unwrap();
         assert_eq!(list(&z).len(), 2);

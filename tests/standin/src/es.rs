@@ -235,6 +235,7 @@ fn route(sh: &Shared, r: &Req, m: &EsMatch) -> Resp {
             m.parts.get("job_id").map(|s| s.as_str()),
             true,
         )),
+        "ml.update_job" => update_job(sh, r, part(m, "job_id")),
         "ml.delete_job" => Ok(delete_job(sh, r, part(m, "job_id"))),
         "ml.open_job" => Ok(open_close_job(sh, part(m, "job_id"), true)),
         "ml.close_job" => Ok(open_close_job(sh, part(m, "job_id"), false)),
@@ -1670,6 +1671,70 @@ fn get_jobs(sh: &Shared, r: &Req, id: Option<&str>, stats: bool) -> Resp {
     }
     let list: Vec<Value> = ids.iter().map(|i| st.jobs[i].config.clone()).collect();
     Resp::json(200, &json!({"count": list.len(), "jobs": list}))
+}
+
+/// `POST _ml/anomaly_detectors/{id}/_update`, after Elasticsearch's `JobUpdate`
+/// (x-pack/plugin/core/.../ml/job/config/JobUpdate.java): the REST parser takes a fixed set of
+/// fields (an unknown one is refused by the object parser), and `mergeWithJob` sets each given
+/// field in place, `custom_settings` as a whole map. Answers the updated job.
+fn update_job(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    const UPDATABLE: &[&str] = &[
+        "job_id",
+        "groups",
+        "description",
+        "detectors",
+        "model_plot_config",
+        "analysis_limits",
+        "background_persist_interval",
+        "renormalization_window_days",
+        "results_retention_days",
+        "system_annotations_retention_days",
+        "model_snapshot_retention_days",
+        "daily_model_snapshot_retention_after_days",
+        "categorization_filters",
+        "per_partition_categorization",
+        "custom_settings",
+        "allow_lazy_open",
+        "model_prune_window",
+    ];
+    let body = body_json(r)?;
+    let update = body
+        .as_object()
+        .ok_or_else(|| err(400, "parse_exception", "request body must be an object"))?;
+    if let Some(k) = update.keys().find(|k| !UPDATABLE.contains(&k.as_str())) {
+        return Err(err(
+            400,
+            "x_content_parse_exception",
+            &format!("[1:2] [job_update] unknown field [{k}]"),
+        ));
+    }
+    if let Some(cs) = update.get("custom_settings")
+        && !cs.is_object()
+    {
+        return Err(err(
+            400,
+            "x_content_parse_exception",
+            "[job_update] custom_settings doesn't support values of type: VALUE_STRING",
+        ));
+    }
+    let mut st = sh.st();
+    let Some(job) = st.jobs.get_mut(id) else {
+        return Err(not_found(&format!("No known job with id '{id}'")));
+    };
+    let cfg = job
+        .config
+        .as_object_mut()
+        .ok_or_else(|| err(500, "exception", "stored job is not an object"))?;
+    for (k, v) in update {
+        // Only the simple top-level fields are modelled; the nested ones are not used here.
+        if matches!(
+            k.as_str(),
+            "groups" | "description" | "custom_settings" | "allow_lazy_open"
+        ) {
+            cfg.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Resp::json(200, &job.config))
 }
 
 fn delete_job(sh: &Shared, r: &Req, id: &str) -> Resp {

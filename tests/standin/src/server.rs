@@ -158,6 +158,9 @@ pub enum FaultAction {
     Delay(Duration),
     /// Handle normally, send the headers and part of the body, then drop the connection.
     CutBody,
+    /// Handle normally, send the headers and half the body, then send nothing more while
+    /// keeping the connection open (a host that stalls mid-download).
+    StallBody,
     /// Drop the connection without answering.
     Close,
 }
@@ -525,6 +528,28 @@ fn to_hyper(resp: Resp, svc: Service, cut: bool) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
+/// `to_hyper` whose body stops after its first half and never ends (`FaultAction::StallBody`).
+fn to_hyper_stalled(mut resp: Resp, svc: Service) -> Response<Body> {
+    let bytes = match std::mem::replace(&mut resp.body, RespBody::Bytes(Bytes::new())) {
+        RespBody::Bytes(b) => b,
+        RespBody::Source(AssetSource::Bytes(b)) => b,
+        RespBody::Source(AssetSource::File(path, _)) => {
+            std::fs::read(path).unwrap_or_default().into()
+        }
+    };
+    let len = bytes.len();
+    let half = bytes.slice(0..len / 2);
+    let mut full_len = to_hyper(resp, svc, false);
+    full_len
+        .headers_mut()
+        .insert("content-length", len.to_string().parse().expect("a number"));
+    let body = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, io::Error>(Frame::data(half)) }),
+        futures::stream::pending(),
+    );
+    full_len.map(|_| BodyExt::boxed(StreamBody::new(body)))
+}
+
 fn parse_query(q: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(q.as_bytes())
         .into_owned()
@@ -575,6 +600,7 @@ async fn handle(
         ));
     }
     let mut cut = false;
+    let mut stall = false;
     if let Some(action) = shared.match_fault(&rec) {
         rec.fault = Some(format!("{action:?}"));
         match action {
@@ -606,6 +632,7 @@ async fn handle(
             }
             FaultAction::Delay(d) => tokio::time::sleep(d).await,
             FaultAction::CutBody => cut = true,
+            FaultAction::StallBody => stall = true,
             FaultAction::Close => {
                 shared.record(rec);
                 return Err(io::Error::new(
@@ -681,6 +708,9 @@ async fn handle(
     rec.off_spec = resp.off_spec.clone();
     rec.api = resp.api.clone();
     shared.record(rec);
+    if stall {
+        return Ok(to_hyper_stalled(resp, svc));
+    }
     Ok(to_hyper(resp, svc, cut))
 }
 

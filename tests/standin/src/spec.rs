@@ -69,6 +69,7 @@ macro_rules! es_spec_set {
     "ml.put_trained_model_alias.json",
     "ml.start_datafeed.json",
     "ml.stop_datafeed.json",
+    "ml.update_job.json",
     "put_script.json",
         )
     };

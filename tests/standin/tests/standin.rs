@@ -1368,3 +1368,48 @@ async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missin
         "{warned}"
     );
 }
+
+/// `_update` of an anomaly job (JobUpdate.java): `custom_settings` replaced whole, also on an
+/// opened job; an unknown field refused; an unknown job 404.
+#[tokio::test]
+async fn ml_job_update_replaces_custom_settings() {
+    let t = T::new().await;
+    let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "count"}]},
+        "data_description": {"time_field": "@timestamp"}, "custom_settings": {"a": 1, "b": 2}});
+    let (s, v) = t
+        .es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    t.es(Method::POST, "/_ml/anomaly_detectors/j/_open", None)
+        .await;
+    let (s, v) = t
+        .es(
+            Method::POST,
+            "/_ml/anomaly_detectors/j/_update",
+            Some(json!({"custom_settings": {"c": 3}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["custom_settings"], json!({"c": 3}));
+    let (_, v) = t.es(Method::GET, "/_ml/anomaly_detectors/j", None).await;
+    assert_eq!(v["jobs"][0]["custom_settings"], json!({"c": 3}));
+    let (s, v) = t
+        .es(
+            Method::POST,
+            "/_ml/anomaly_detectors/j/_update",
+            Some(json!({"bucket_span": "1h"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["type"], "x_content_parse_exception");
+    let (s, v) = t
+        .es(
+            Method::POST,
+            "/_ml/anomaly_detectors/nope/_update",
+            Some(json!({"custom_settings": {}})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"]["type"], "resource_not_found_exception");
+    assert!(t.s.off_spec_requests().is_empty());
+}
