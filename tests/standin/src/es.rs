@@ -972,7 +972,8 @@ fn pipeline_processor_has(v: &Value, key: &str) -> bool {
 fn get_pipeline(sh: &Shared, id: Option<&str>) -> Resp {
     let st = sh.st();
     let (ids, _) = select_ids(st.pipelines.keys(), id);
-    if ids.is_empty() && id.is_some() {
+    // `GetPipelineResponse.status()`: 404 whenever nothing is listed, ids named or not.
+    if ids.is_empty() {
         return Resp::json(404, &json!({}));
     }
     let out: Map<String, Value> = ids

@@ -1337,6 +1337,9 @@ async fn conformance_rest_shapes() {
         "{v}"
     );
 
+    // No pipeline at all: GET lists nothing, 404 `{}` (GetPipelineResponse.status).
+    let (s, v) = t.es(Method::GET, "/_ingest/pipeline", None).await;
+    assert_eq!((s, v), (404, json!({})));
     // Nothing to delete under a match-all pattern: acknowledged (IngestService.innerDelete).
     let (s, v) = t.es(Method::DELETE, "/_ingest/pipeline/*", None).await;
     assert_eq!((s, v), (200, json!({"acknowledged": true})));
