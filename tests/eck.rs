@@ -458,7 +458,8 @@ async fn controller_connects_to_the_eck_service() {
         json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstrat"}}),
     )
     .await;
-    let m = env.wait_condition("typo", "Ready", "False", None).await;
+    // Stalled, not the Ready=False a pass writes when it starts.
+    let m = env.wait_condition("typo", "Stalled", "True", None).await;
     let text = serde_json::to_string(&m.status).unwrap();
     assert!(
         text.contains("spec.clusterRef") && text.contains(&format!("{n}/quickstrat")),
