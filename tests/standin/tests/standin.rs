@@ -1350,7 +1350,9 @@ async fn conformance_rest_shapes() {
     // pipeline_count (TransportGetTrainedModelsStatsAction) and the per-document licence check
     // of the inference processor (LicenseUtils.newComplianceException).
     let pipe = json!({"processors": [{"inference": {"model_id": "dga_def"}}]});
-    let (s, _) = t.es(Method::PUT, "/_ingest/pipeline/uses_def", Some(pipe)).await;
+    let (s, _) = t
+        .es(Method::PUT, "/_ingest/pipeline/uses_def", Some(pipe))
+        .await;
     assert_eq!(s, 200);
     let (_, v) = t
         .es(Method::GET, "/_ml/trained_models/dga_def/_stats", None)
@@ -1366,12 +1368,12 @@ async fn conformance_rest_shapes() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(
-        v["docs"][0]["error"]["reason"],
-        "current license is non-compliant for [inference]",
+        v["docs"][0]["error"]["reason"], "current license is non-compliant for [inference]",
         "{v}"
     );
     t.s.set_license("platinum");
-    t.es(Method::DELETE, "/_ingest/pipeline/uses_def", None).await;
+    t.es(Method::DELETE, "/_ingest/pipeline/uses_def", None)
+        .await;
 
     let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "high_sum", "field_name": "x"}]}, "data_description": {"time_field": "@timestamp"}});
     t.es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
