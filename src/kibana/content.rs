@@ -217,16 +217,22 @@ fn query_rule(
         "interval": "5m",
         "timestamp_override": "event.ingested",
         "tags": strings(&QUERY_TAGS),
-        "references": strings(&REFERENCES),
-        "author": ["Elastic", "dga-operator"],
-        "license": "Elastic License v2",
-        "threat": threat(k),
-        "note": QUERY_NOTE,
     });
-    if k.setup_field() {
-        r["setup"] = json!(QUERY_SETUP);
-    }
+    shared_fields(&mut r, k, QUERY_NOTE, QUERY_SETUP);
     r
+}
+
+/// What every rule carries alike: references, authorship, licence, MITRE mapping, the
+/// investigation guide, and `setup` where the Kibana version accepts it.
+fn shared_fields(r: &mut Value, k: &KibanaFeatures, note: &str, setup: &str) {
+    r["references"] = strings(&REFERENCES);
+    r["author"] = json!(["Elastic", "dga-operator"]);
+    r["license"] = json!("Elastic License v2");
+    r["threat"] = threat(k);
+    r["note"] = json!(note);
+    if k.setup_field() {
+        r["setup"] = json!(setup);
+    }
 }
 
 /// The four rules for a Kibana of `k`'s version; the machine-learning rule watches `job`.
@@ -249,15 +255,8 @@ pub fn builtin_rules(k: &KibanaFeatures, job: &str) -> Vec<Value> {
         "from": "now-45m",
         "interval": "15m",
         "tags": strings(&ML_TAGS),
-        "references": strings(&REFERENCES),
-        "author": ["Elastic", "dga-operator"],
-        "license": "Elastic License v2",
-        "threat": threat(k),
-        "note": ML_NOTE,
     });
-    if k.setup_field() {
-        ml["setup"] = json!(ml_setup(job));
-    }
+    shared_fields(&mut ml, k, ML_NOTE, &ml_setup(job));
     vec![
         query_rule(
             k,
