@@ -79,7 +79,7 @@ pub struct Context {
     /// Answers reused between passes, by `Endpoint::cache_key`.
     cluster_info: Mutex<HashMap<String, (tokio::time::Instant, CachedInfo)>>,
     /// Objects whose last full pass in this process applied and went Ready: their resyncs
-    /// glance (three reads) instead of reading every object.
+    /// glance (at most four reads) instead of reading every object.
     settled: Mutex<HashMap<String, Settled>>,
     /// Clusters that refuse the cluster state read: always full passes.
     no_glance: Mutex<HashSet<String>>,

@@ -119,9 +119,9 @@ pub struct JobTasks<'a> {
     pub datafeed: &'a str,
 }
 
-/// A resync's look at an install whose last full pass succeeded, in three reads
-/// instead of one per object: the pipelines, one filtered cluster state read (scripts, index
-/// settings, ML tasks), and the canary `_simulate`. The model is not read: trained models
+/// A resync's look at an install whose last full pass succeeded, in at most four reads
+/// instead of one per object: the pipelines, the wired indices' settings, one filtered cluster
+/// state read (scripts, ML tasks), and the canary `_simulate`. The model is not read: trained models
 /// cannot be changed in place, and the canary run fails if ours is gone. Anything unexpected
 /// is `Changed`, so a full pass decides; a glance never repairs anything itself.
 pub async fn glance(
