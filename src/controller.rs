@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -21,6 +21,7 @@ use crate::bundle::fetch::{Fetcher, Request};
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
+use crate::events::Recorder;
 use crate::status::{
     self, CHANGES_PENDING, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, PROGRESSING,
     READY, RECONCILING, RULES, STALLED, SUSPENDED, VERIFIED,
@@ -283,6 +284,7 @@ fn owner_of(obj: &DgaModel) -> Owner {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
         uid: obj.uid().unwrap_or_default(),
+        adopted: Vec::new(),
     }
 }
 
@@ -480,7 +482,7 @@ impl Report {
         }
         self.set(READY, false, PROGRESSING, message.clone());
         self.set(RECONCILING, true, PROGRESSING, message);
-        self.set(STALLED, false, PROGRESSING, "");
+        self.set(STALLED, false, PROGRESSING, "a pass is under way");
         self.status.observed_generation = self.generation;
         self.settle_state();
         let api: Api<DgaModel> = Api::namespaced(ctx.client.clone(), &self.namespace);
@@ -627,10 +629,10 @@ impl Report {
                     )
                 };
                 self.set(READY, stalled.is_none(), reason, message);
-                self.set(RECONCILING, false, "Idle", "");
+                self.set(RECONCILING, false, "Idle", "the last pass finished");
                 match stalled {
                     Some((r, m)) => self.set(STALLED, true, r, m),
-                    None => self.set(STALLED, false, "Idle", ""),
+                    None => self.set(STALLED, false, "Idle", "the last pass finished"),
                 }
                 if self.applied_something || self.status.last_sync_time.is_none() {
                     self.status.last_sync_time = Some(self.now.clone());
@@ -643,26 +645,27 @@ impl Report {
                     _ => e.to_string(),
                 };
                 self.set(READY, false, e.reason(), msg.clone());
-                self.set(
-                    RECONCILING,
-                    e.is_transient(),
-                    e.reason(),
-                    if e.is_transient() {
-                        msg.clone()
-                    } else {
-                        String::new()
-                    },
-                );
-                self.set(
-                    STALLED,
-                    e.is_stalled(),
-                    e.reason(),
-                    if e.is_stalled() {
-                        msg.clone()
-                    } else {
-                        String::new()
-                    },
-                );
+                // The False side says what the other condition means, not the reason again.
+                if e.is_transient() {
+                    self.set(RECONCILING, true, e.reason(), msg.clone());
+                } else {
+                    self.set(
+                        RECONCILING,
+                        false,
+                        "WaitingForChange",
+                        "not retrying on a backoff: a change to the spec, the Secret or the cluster is needed (looked at again every resync)",
+                    );
+                }
+                if e.is_stalled() {
+                    self.set(STALLED, true, e.reason(), msg.clone());
+                } else {
+                    self.set(
+                        STALLED,
+                        false,
+                        "Retrying",
+                        "the error may pass: retrying with backoff (see Reconciling)",
+                    );
+                }
                 self.status.observed_generation = self.generation;
                 // One Warning per new problem, not one per retry.
                 if old_ready != Some((e.reason().to_string(), msg.clone())) {
@@ -707,6 +710,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         spec.kibana_ref.as_ref(),
     )
     .await?;
+    crate::protection::protect(&ctx.client, obj).await?;
     let bundle = ctx
         .fetcher
         .fetch(Request {
@@ -729,8 +733,8 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             .collect(),
         armed: true,
     };
-    let owner = owner_of(obj);
-    let desired = engine::build_with(
+    let mut owner = owner_of(obj);
+    let mut desired = engine::build_with(
         &bundle,
         &owner,
         &engine::Wiring::from_spec(spec.enrichment.as_ref()),
@@ -771,10 +775,20 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
 
     let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
+    desired.owner.adopted = owner.adopted.clone();
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
     if spec.suspend || spec.mode == crate::api::Mode::Plan {
-        record_objects(report, &engine::diff::owned_ids(&observed, &owner, &known));
+        let owned = engine::diff::owned_ids(&observed, &owner, &known);
+        record_objects(report, &owned);
+        held_back_conditions(
+            report,
+            &desired,
+            &owned,
+            &plan,
+            spec.mode == crate::api::Mode::Plan,
+        );
         report.suspended = Some(plan);
     } else {
         let insecure = target.elasticsearch.insecure;
@@ -797,6 +811,130 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
     .await;
     keep_cache.armed = r.is_err();
     r
+}
+
+/// DgaModels that no longer exist (deleted with `Retain`, or their cleanup abandoned) whose
+/// markers are on objects this one may take: any object with `overwrite`, else only those its
+/// status records (a model taken over earlier keeps its first marker: models cannot be
+/// rewritten in place). A DgaModel re-created under the same name has a new uid: still gone.
+/// An owner that cannot be looked up (another namespace, no access) is never taken from.
+async fn gone_owners(
+    client: &Client,
+    observed: &engine::Observed,
+    me: &Owner,
+    recorded: &Ids,
+    overwrite: bool,
+) -> Vec<String> {
+    let pick = |set: &std::collections::BTreeSet<String>, id: &str| overwrite || set.contains(id);
+    let markers = observed
+        .models
+        .iter()
+        .filter(|(id, _)| pick(&recorded.models, id))
+        .filter_map(|(_, m)| engine::Marker::from_meta(m.get("metadata")))
+        .chain(
+            observed
+                .pipelines
+                .iter()
+                .filter(|(id, _)| pick(&recorded.pipelines, id))
+                .filter_map(|(_, p)| engine::Marker::from_meta(p.get("_meta"))),
+        )
+        .chain(
+            observed
+                .scripts
+                .iter()
+                .filter(|(id, _)| pick(&recorded.scripts, id))
+                .filter_map(|(_, s)| {
+                    engine::Marker::from_script_source(s.get("source")?.as_str()?)
+                }),
+        );
+    let mut candidates: HashMap<String, String> = HashMap::new();
+    for m in markers {
+        if m.owner != me.key() && !m.owner.starts_with('/') {
+            candidates.insert(m.owner, m.owner_uid);
+        }
+    }
+    let mut gone = Vec::new();
+    for (key, uid) in candidates {
+        let Some((ns, name)) = key.split_once('/') else {
+            continue;
+        };
+        let api: Api<DgaModel> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(None) => gone.push(key),
+            Ok(Some(m)) if m.uid().as_deref() != Some(uid.as_str()) => gone.push(key),
+            _ => {}
+        }
+    }
+    gone.sort();
+    gone
+}
+
+/// Suspended or Plan mode: the model and pipeline conditions say what the cluster holds now
+/// (a pipeline deleted by hand while suspended is not `Installed`), and what would change.
+fn held_back_conditions(
+    report: &mut Report,
+    desired: &engine::Desired,
+    owned: &Ids,
+    plan: &Plan,
+    plan_mode: bool,
+) {
+    use engine::Action;
+    let (reason, lead) = if plan_mode {
+        ("Planned", "mode Plan; would")
+    } else {
+        ("Suspended", "suspended; pending")
+    };
+    let pending = |want: &dyn Fn(&Action) -> bool| -> Vec<String> {
+        plan.actions
+            .iter()
+            .filter(|a| want(a))
+            .map(ToString::to_string)
+            .collect()
+    };
+    let model_pending = pending(&|a| matches!(a, Action::PutModel { .. }));
+    let model_in = owned.models.contains(&desired.model_id) && model_pending.is_empty();
+    if model_in {
+        report.set(
+            MODEL,
+            true,
+            "Installed",
+            format!("trained model {}", desired.model_id),
+        );
+    } else {
+        report.set(
+            MODEL,
+            false,
+            reason,
+            format!("{lead}: {}", model_pending.join("; ")),
+        );
+    }
+    let pipes_pending =
+        pending(&|a| matches!(a, Action::PutPipeline { .. } | Action::PutScript { .. }));
+    let pipes_in = pipes_pending.is_empty()
+        && desired
+            .pipelines
+            .iter()
+            .all(|(id, _)| owned.pipelines.contains(id))
+        && desired
+            .scripts
+            .iter()
+            .all(|(id, _)| owned.scripts.contains(id));
+    let ids = desired
+        .pipelines
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pipes_in {
+        report.set(PIPELINES, true, "Installed", format!("pipelines {ids}"));
+    } else {
+        report.set(
+            PIPELINES,
+            false,
+            reason,
+            format!("{lead}: {}", pipes_pending.join("; ")),
+        );
+    }
 }
 
 /// A resync of a settled object: glance at the cluster and, when nothing changed, run the
@@ -934,7 +1072,7 @@ async fn apply_es(
             conflicts: vec![],
         };
         ctx.metrics
-            .drift_repaired(crate::metrics::drift_repairs(&done, known)); // metrics
+            .drift_repaired(crate::metrics::drift_repairs(&done)); // metrics
         let (reason, verb) = if done.has(Reason::Upgrade) {
             (
                 "Upgraded",
@@ -1193,6 +1331,11 @@ async fn rules_pass(
         return Err(e);
     }
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
+    // A rule, job or datafeed created again where the status records them installed was
+    // removed by hand: a repair, counted and reported as one.
+    let rules_recorded = report.status.objects.rules_space.as_deref() == Some(space.as_str());
+    let job_recorded = !report.status.objects.jobs.is_empty();
+    let mut repairs = 0usize;
     let mut done = Vec::new();
     if !suspended && !actions.is_empty() {
         let what: Vec<String> = actions.iter().map(|a| a.describe()).collect();
@@ -1201,7 +1344,12 @@ async fn rules_pass(
             .await;
     }
     for a in &actions {
-        done.push(a.describe());
+        if rules_recorded && matches!(a, RuleAction::Create(_)) {
+            repairs += 1;
+            done.push(format!("repair: {}", a.describe()));
+        } else {
+            done.push(a.describe());
+        }
         if !suspended {
             kibana::rules::apply(&client, &space, a)
                 .await
@@ -1224,17 +1372,28 @@ async fn rules_pass(
                 suspended,
             )
             .await?;
-            done.extend(ch.done);
+            for d in ch.done {
+                if job_recorded && d.starts_with("create ") {
+                    repairs += 1;
+                    done.push(format!("repair: {d}"));
+                } else {
+                    done.push(d);
+                }
+            }
         }
         if let Some(s) = report.settle.as_mut() {
             s.job = true;
         }
         // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
-        report.status.objects.jobs = if job.fleet {
-            Vec::new()
-        } else {
-            vec![job.id.clone()]
-        };
+        // Suspended or planned, the job is not there to record (a later pass would take its
+        // first creation for a repair).
+        if !suspended {
+            report.status.objects.jobs = if job.fleet {
+                Vec::new()
+            } else {
+                vec![job.id.clone()]
+            };
+        }
     } else if !report.status.objects.jobs.is_empty() && !suspended {
         done.extend(
             engine::mljob::remove(es, owner)
@@ -1247,19 +1406,30 @@ async fn rules_pass(
     if suspended {
         report.rules_pending = !done.is_empty();
         report.rules_plan = done.clone();
-        let msg = if done.is_empty() {
-            "suspended; rules are current".to_string()
-        } else {
-            format!("suspended; pending: {}", done.join("; "))
+        let plan_mode = obj.spec.mode == crate::api::Mode::Plan;
+        let (reason, msg) = match (plan_mode, done.is_empty()) {
+            (true, true) => ("InSync", "mode Plan; rules are current".to_string()),
+            (true, false) => ("Planned", format!("mode Plan; would: {}", done.join("; "))),
+            (false, true) => ("Suspended", "suspended; rules are current".to_string()),
+            (false, false) => (
+                "Suspended",
+                format!("suspended; pending: {}", done.join("; ")),
+            ),
         };
-        report.set(RULES, done.is_empty(), "Suspended", msg);
+        report.set(RULES, done.is_empty(), reason, msg);
         return Ok(());
     }
     report.status.objects.rules_space = wanted.then(|| space.clone());
     report.status.rules = Some(format!("{}/{}", desired.len(), desired.len()));
     if !done.is_empty() {
         report.applied_something = true;
-        report.event(false, "RulesSynced", "Apply", done.join("; "));
+        ctx.metrics.drift_repaired(repairs); // metrics
+        let reason = if repairs > 0 {
+            "DriftRepaired"
+        } else {
+            "RulesSynced"
+        };
+        report.event(false, reason, "Apply", done.join("; "));
     }
     let msg = if wanted {
         let skipped = if needs_job {
@@ -1455,6 +1625,14 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
                     format!("removed {}", removed.join(", "))
                 },
             ),
+            // Nothing recorded as installed: the one look at the well-known ids (for a crash
+            // between a write and its status) could not be made, and waiting would only hold
+            // the object (and its namespace) for `--delete-timeout` over nothing.
+            Err(e) if status.objects.is_empty() => (
+                false,
+                "Removed",
+                format!("nothing recorded as installed; could not check the cluster ({e})"),
+            ),
             Err(e) => {
                 let since = obj
                     .meta()
@@ -1464,7 +1642,7 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
                     .unwrap_or_else(jiff::Timestamp::now);
                 let waited = jiff::Timestamp::now().duration_since(since).unsigned_abs();
                 if waited < ctx.settings.delete_timeout {
-                    report.finish(Some(&e));
+                    pending_deletion(&mut report, &e, since, ctx.settings.delete_timeout, &left);
                     report.publish(api, obj, ctx).await?;
                     let delay = ctx.backoff(&owner.uid, e.retry_after());
                     return Ok(Requeue::requeue(
@@ -1487,6 +1665,8 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
             }
         }
     };
+    // The Secret outlives the cleanup (see `protection`); released just before the finalizer.
+    crate::protection::release_for(&ctx.client, obj).await?;
     report.event(event_type_warning, reason, "Delete", note);
     // Events first: the object may be gone right after the finalizer goes.
     let reference = obj.object_ref(&());
@@ -1523,7 +1703,46 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
     Ok(Requeue::await_change())
 }
 
+/// A deletion waiting for its cluster: what failed, and when the finalizer is released anyway.
+fn pending_deletion(
+    report: &mut Report,
+    e: &Error,
+    since: jiff::Timestamp,
+    timeout: Duration,
+    left: &str,
+) {
+    let deadline = jiff::SignedDuration::try_from(timeout)
+        .ok()
+        .and_then(|d| since.checked_add(d).ok())
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_default();
+    let msg = format!(
+        "deleting: cleanup failed ({e}); retrying until {deadline}, then the finalizer is released and left behind: {left}"
+    );
+    if e.service() == Some(Service::Elasticsearch) {
+        report.set(ES_REACHABLE, false, e.reason(), e.to_string());
+    }
+    // Ready already says `Deleting` from the start of the cleanup; Reconciling says it once a
+    // cleanup has failed, which is what the Warning is about.
+    let old = status::get(&report.status.conditions, RECONCILING).map(|c| c.reason.clone());
+    report.status.observed_generation = report.generation;
+    report.set(READY, false, "Deleting", msg.clone());
+    report.set(RECONCILING, true, "Deleting", msg.clone());
+    report.set(
+        STALLED,
+        false,
+        "Deleting",
+        format!("deletion pending until {deadline}"),
+    );
+    if old.as_deref() != Some("Deleting") {
+        report.event(true, "DeletionPending", "Delete", msg);
+    }
+    report.settle_state();
+}
+
 async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
+    let mut owner = owner.clone();
+    let owner = &mut owner;
     let target: Target = target::resolve(
         &ctx.client,
         &obj.namespace().unwrap_or_default(),
@@ -1537,6 +1756,18 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
     let es = Elasticsearch::new(target.elasticsearch, ctx.settings.request_timeout)?;
+    let recorded = recorded_ids(obj.status.as_ref());
+    let mut to_observe = ids_to_observe(&recorded);
+    // Also the indices the spec wires, in case the status never recorded them (a crash right
+    // after wiring): an index must not keep pointing at a pipeline that is about to go.
+    to_observe
+        .indices
+        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
+    // Leftovers this DgaModel took over go with it (a model, and the job, keep their first
+    // marker).
+    let observed = engine::observe(&es, &to_observe).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, owner, &recorded, false).await;
+    let owner = &*owner;
     let mut removed = Vec::new();
     // Rules first (they alert on the enrichment), then the job, then the enrichment itself.
     let status = obj.status.clone().unwrap_or_default();
@@ -1557,13 +1788,6 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
     if !status.objects.jobs.is_empty() {
         removed.extend(engine::mljob::remove(&es, owner).await?);
     }
-    let recorded = recorded_ids(obj.status.as_ref());
-    let mut to_observe = ids_to_observe(&recorded);
-    // Also the indices the spec wires, in case the status never recorded them (a crash right
-    // after wiring): an index must not keep pointing at a pipeline that is about to go.
-    to_observe
-        .indices
-        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
 }

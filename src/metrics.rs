@@ -316,19 +316,12 @@ impl Metrics {
     }
 }
 
-/// Applied actions that undid a change made outside the operator: a `Repair`, or a re-create of
-/// an object the status records as installed (deleted by hand).
-pub fn drift_repairs(done: &crate::engine::Plan, recorded: &crate::engine::observe::Ids) -> usize {
-    use crate::engine::{Action, Reason};
+/// Applied actions that undid a change made outside the operator (the diff marks a re-create of
+/// a recorded object, or a rewrite of one edited by hand, as `Repair`).
+pub fn drift_repairs(done: &crate::engine::Plan) -> usize {
     done.actions
         .iter()
-        .filter(|a| match (a.reason(), a) {
-            (Reason::Repair, _) => true,
-            (Reason::Create, Action::PutModel { id, .. }) => recorded.models.contains(id),
-            (Reason::Create, Action::PutScript { id, .. }) => recorded.scripts.contains(id),
-            (Reason::Create, Action::PutPipeline { id, .. }) => recorded.pipelines.contains(id),
-            _ => false,
-        })
+        .filter(|a| a.reason() == crate::engine::Reason::Repair)
         .count()
 }
 

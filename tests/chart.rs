@@ -672,6 +672,7 @@ const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("", "secrets", "get"),
     ("", "secrets", "list"),
     ("", "secrets", "watch"),
+    ("", "secrets", "patch"), // secret-protection finalizer (merge patch with resourceVersion)
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "get"),
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "list"),
     ("elasticsearch.k8s.elastic.co", "elasticsearches", "watch"),

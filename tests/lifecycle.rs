@@ -1,11 +1,17 @@
-//! Lifecycle a GitOps user can trust: zero-gap upgrades and Plan mode.
+//! Lifecycle a GitOps user can trust: zero-gap upgrades and Plan mode; and the edges of issue 15
+//! (namespace deletion, deleting what never installed, leftovers, events that tell the truth,
+//! status that is not stale).
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use dga_operator::controller::Settings;
+use dga_standin::StandinConfig;
 use dga_standin::bundle::{BundleSpec, Layout};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
 use serde_json::{Value, json};
 use support::{Env, wait_for};
 
@@ -439,6 +445,401 @@ async fn delete_unwires_even_when_the_status_lost_track() {
         final_pipeline(&env, index),
         None,
         "unwired before the router was deleted"
+    );
+    env.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edges of issue 15: namespace deletion, deleting what never installed, leftovers, events
+// that tell the truth, status that is not stale.
+
+fn cond(s: &dga_operator::api::DgaModelStatus, t: &str) -> (String, String, String) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} in {s:?}"));
+    (
+        format!("{:?}", c.status),
+        c.reason.clone(),
+        c.message.clone(),
+    )
+}
+
+/// With the operator stopped, the namespace controller reaches the Secret before the operator
+/// sees the deletion, every run: the Secret must survive (Terminating) until the cleanup ran,
+/// and nothing may be left in the stack.
+#[tokio::test]
+async fn namespace_deletion_with_the_secret_taken_first_leaves_nothing() {
+    let mut env = Env::start("life-ns-delete").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let secrets: Api<Secret> = env.ns.api();
+    let protected = wait_for(Duration::from_secs(30), || async {
+        let s = secrets.get("es").await.ok()?;
+        s.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == dga_operator::protection::SECRET_FINALIZER)
+            .then_some(())
+    })
+    .await;
+    assert!(protected.is_some(), "the Secret carries no protection");
+    assert!(!env.stack().pipelines().await.is_empty());
+
+    env.stop_controller();
+    let namespaces: Api<Namespace> = Api::all(env.ns.client.clone());
+    namespaces
+        .delete(&env.ns.name, &Default::default())
+        .await
+        .unwrap();
+    // kube-controller-manager's namespace controller deletes the Secret and the DgaModel while
+    // no operator runs: both wait on their finalizers.
+    let models = env.models_api();
+    let both_deleting = wait_for(Duration::from_secs(120), || async {
+        let s = secrets.get_opt("es").await.ok()??;
+        let m = models.get_opt("dga").await.ok()??;
+        (s.metadata.deletion_timestamp.is_some() && m.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        both_deleting.is_some(),
+        "the namespace controller did not delete the Secret and the DgaModel (is kube-controller-manager running?); Secret now: {:?}",
+        secrets.get_opt("es").await.map(|s| s.map(|s| s.metadata))
+    );
+
+    env.start_controller();
+    let gone = wait_for(Duration::from_secs(120), || async {
+        (models.get_opt("dga").await.ok()?.is_none() && secrets.get_opt("es").await.ok()?.is_none())
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "DgaModel or Secret still there");
+    let left = env.invariant_violations(true).await;
+    assert!(left.is_empty(), "left in the stack: {left:?}");
+    env.stop_controller();
+    env.assert_no_off_spec();
+}
+
+/// Nothing recorded as installed: the deletion finishes at once, not after `--delete-timeout`.
+/// A deletion that has something to remove and cannot reach the cluster says so, with its
+/// deadline, and the cluster is not reported reachable.
+#[tokio::test]
+async fn deletions_finish_at_once_with_nothing_recorded_and_show_a_pending_deadline() {
+    let settings = Settings {
+        delete_timeout: Duration::from_secs(600),
+        request_timeout: Duration::from_secs(5),
+        backoff_base: Duration::from_millis(200),
+        backoff_cap: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_tuned("life-del-nothing", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "wrong-password").await;
+    env.apply("never", spec(&rel.tag)).await;
+    // Stalled, not the Ready=False a pass writes when it starts.
+    let m = env.wait_condition("never", "Stalled", "True", None).await;
+    let st = m.status.unwrap();
+    // The False side of Stalled/Reconciling explains itself instead of repeating the reason.
+    for t in ["Reconciling", "Stalled"] {
+        let (_, reason, message) = cond(&st, t);
+        assert_ne!(reason, message, "{t} repeats its reason: {st:?}");
+    }
+    env.delete("never").await;
+    env.wait_gone("never").await;
+    let (_, _, note) = env.wait_event("never", "Removed").await;
+    assert!(note.contains("nothing recorded"), "{note}");
+
+    // Installed, then the cluster stops answering (the Secret points at a closed port).
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let mut data =
+        json!({"url": "http://127.0.0.1:9", "username": "elastic", "password": "changeme"});
+    env.secret_with("es", data.clone()).await;
+    env.delete("dga").await;
+    let m = env
+        .wait_condition("dga", "Ready", "False", Some("Deleting"))
+        .await;
+    let st = m.status.unwrap();
+    let (_, _, msg) = cond(&st, "Ready");
+    assert!(msg.contains("retrying until 20"), "no deadline: {msg}");
+    assert!(
+        msg.contains("ingest pipeline"),
+        "does not say what is left: {msg}"
+    );
+    assert_eq!(cond(&st, "Reconciling").1, "Deleting");
+    assert_eq!(cond(&st, "ElasticsearchReachable").0, "False", "{st:?}");
+    // The cluster answers again: the cleanup finishes well before the deadline.
+    data["url"] = env.standin.es_url().into();
+    env.secret_with("es", data).await;
+    env.wait_gone("dga").await;
+    let left = env.invariant_violations(true).await;
+    assert!(left.is_empty(), "{left:?}");
+    env.finish().await;
+}
+
+fn retained(tag: &str) -> Value {
+    json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}, "deletionPolicy": "Retain"})
+}
+
+/// Leftovers of a deleted DgaModel (Retain) are taken over by another with `overwrite`, and go
+/// with it when it is deleted.
+#[tokio::test]
+async fn leftovers_of_a_deleted_dgamodel_are_adopted_with_overwrite() {
+    let env = Env::start("life-leftovers").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("old", retained(&rel.tag)).await;
+    env.wait_ready("old").await;
+    env.delete("old").await;
+    env.wait_gone("old").await;
+    assert!(
+        !env.stack().pipelines().await.is_empty(),
+        "Retain kept nothing"
+    );
+
+    env.apply("new", spec(&rel.tag)).await;
+    env.wait_condition("new", "Ready", "False", Some("Conflict"))
+        .await;
+    let mut s = spec(&rel.tag);
+    s["overwrite"] = true.into();
+    env.apply("new", s).await;
+    env.wait_ready("new").await;
+    let key = format!("{}/new", env.ns.name);
+    for (id, p) in env.stack().pipelines().await {
+        assert_eq!(
+            p.pointer("/_meta/dga_operator/owner")
+                .and_then(Value::as_str),
+            Some(key.as_str()),
+            "pipeline {id} not taken over"
+        );
+    }
+    env.wait_event("new", "Adopted").await;
+    env.delete("new").await;
+    env.wait_gone("new").await;
+    let left = env.invariant_violations(true).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(env.stack().models().await.is_empty(), "model left");
+    env.finish().await;
+}
+
+/// `dga-operator remove --leftovers-of NS/NAME` removes what a deleted DgaModel left.
+#[tokio::test]
+async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
+    let env = Env::start("life-leftovers-cli").await;
+    if !env.standin_only("the CLI against the stand-in") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("old", retained(&rel.tag)).await;
+    env.wait_ready("old").await;
+    env.delete("old").await;
+    env.wait_gone("old").await;
+    let run = |extra: Vec<String>| {
+        let mut args = vec![
+            "remove".to_string(),
+            "-u".into(),
+            env.standin.es_url(),
+            "-p".into(),
+            "changeme".into(),
+            "--kibana-url".into(),
+            env.standin.kibana_url(),
+        ];
+        args.extend(extra);
+        // Not std's blocking Command: the stand-in answers from this test's runtime.
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dga-operator"))
+            .args(args)
+            .env_remove("DGA_ES_PASSWORD")
+            .output()
+    };
+    let out = run(vec![]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !env.stack().pipelines().await.is_empty(),
+        "remove took a DgaModel's objects unasked"
+    );
+    let out = run(vec![
+        "--leftovers-of".into(),
+        format!("{}/old", env.ns.name),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed trained model"), "{text}");
+    let left = env.invariant_violations(true).await;
+    assert!(left.is_empty(), "{left:?}\n{text}");
+    assert!(env.stack().models().await.is_empty(), "model left");
+    env.finish().await;
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Each repair is its own event with its own actions (not folded into the install's), a
+/// re-created object is a repair, a script edited by hand (marker gone) is a repair, not an
+/// upgrade, and the counter counts every one.
+#[tokio::test]
+async fn repairs_are_reported_as_repairs_each_with_its_own_note_and_counted() {
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_with("life-repairs", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    env.wait_event("dga", "Installed").await;
+    let before = metric(&env.ctx.metrics.encode(), "dga_drift_repairs_total");
+    let pipelines = env.stack().pipelines().await;
+    let good_script = env.stack().scripts().await[&rel.script_ids[0]].clone();
+
+    // 1: the router deleted.
+    env.stack().delete_pipeline(&rel.router_pipeline).await;
+    let back = wait_for(Duration::from_secs(30), || async {
+        (env.stack().pipelines().await.get(&rel.router_pipeline)
+            == pipelines.get(&rel.router_pipeline))
+        .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "router not repaired");
+    // 2: a script rewritten by hand without the marker line.
+    let mut edited = good_script.clone();
+    let inner = if edited.get("script").is_some() {
+        &mut edited["script"]
+    } else {
+        &mut edited
+    };
+    let src = inner["source"].as_str().unwrap().to_string();
+    let body: Vec<&str> = src.lines().skip(1).collect();
+    inner["source"] = format!("{}\n// edited by hand", body.join("\n")).into();
+    env.stack().put_script(&rel.script_ids[0], edited).await;
+    let back = wait_for(Duration::from_secs(30), || async {
+        (env.stack().scripts().await.get(&rel.script_ids[0]) == Some(&good_script)).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "script not repaired");
+    // 3: an inference pipeline deleted.
+    env.stack().delete_pipeline(&rel.inference_pipeline).await;
+    let back = wait_for(Duration::from_secs(30), || async {
+        (env.stack().pipelines().await.get(&rel.inference_pipeline)
+            == pipelines.get(&rel.inference_pipeline))
+        .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "inference pipeline not repaired");
+
+    let notes = wait_for(Duration::from_secs(20), || async {
+        let ev = env.events("dga").await;
+        let repairs: Vec<String> = ev
+            .iter()
+            .filter(|e| e.1 == "DriftRepaired")
+            .map(|e| e.2.clone())
+            .collect();
+        (repairs.len() >= 3).then_some((ev, repairs))
+    })
+    .await;
+    let Some((all, repairs)) = notes else {
+        panic!(
+            "three DriftRepaired events expected: {:?}",
+            env.events("dga").await
+        )
+    };
+    let has = |what: &str| repairs.iter().any(|n| n.contains(what));
+    assert!(
+        has(&format!("repair ingest pipeline {}", rel.router_pipeline)),
+        "{repairs:?}"
+    );
+    assert!(
+        has(&format!("repair stored script {}", rel.script_ids[0])),
+        "{repairs:?}"
+    );
+    assert!(
+        has(&format!(
+            "repair ingest pipeline {}",
+            rel.inference_pipeline
+        )),
+        "{repairs:?}"
+    );
+    let installed = all.iter().filter(|e| e.1 == "Installed").count();
+    assert_eq!(installed, 1, "a repair reported as an install: {all:?}");
+    assert!(
+        all.iter().all(|e| e.1 != "Upgraded"),
+        "a repair reported as an upgrade: {all:?}"
+    );
+    let after = metric(&env.ctx.metrics.encode(), "dga_drift_repairs_total");
+    assert_eq!(after - before, 3.0, "every repair counted");
+    env.finish().await;
+}
+
+/// Suspended: a pipeline deleted by hand is not reported installed. Plan mode's rules
+/// condition says Planned, not Suspended.
+#[tokio::test]
+async fn suspended_and_plan_mode_conditions_say_what_the_cluster_holds() {
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_with("life-suspend-status", StandinConfig::default(), settings).await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let mut planned = spec(&rel.tag);
+    planned["mode"] = "Plan".into();
+    env.apply("plan", planned).await;
+    // Plan mode did what it was asked: Ready (ChangesPending says what Apply would do).
+    let m = env
+        .wait_condition("plan", "Ready", "True", Some("Planned"))
+        .await;
+    let st = m.status.unwrap();
+    let (status, reason, msg) = cond(&st, "RulesInstalled");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "Planned"),
+        "{msg}"
+    );
+    assert!(msg.starts_with("mode Plan; would:"), "{msg}");
+    // Nothing was installed before: the first creation of the job is no repair.
+    assert!(!msg.contains("repair"), "{msg}");
+    assert_eq!(cond(&st, "PipelinesInstalled").1, "Planned");
+    env.delete("plan").await;
+    env.wait_gone("plan").await;
+
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let mut s = spec(&rel.tag);
+    s["suspend"] = true.into();
+    env.apply("dga", s).await;
+    env.wait_condition("dga", "PipelinesInstalled", "True", None)
+        .await;
+    env.stack().delete_pipeline(&rel.router_pipeline).await;
+    let m = env
+        .wait_condition("dga", "PipelinesInstalled", "False", Some("Suspended"))
+        .await;
+    let (_, _, msg) = cond(m.status.as_ref().unwrap(), "PipelinesInstalled");
+    assert!(msg.contains(&rel.router_pipeline), "{msg}");
+    assert!(
+        !env.stack()
+            .pipelines()
+            .await
+            .contains_key(&rel.router_pipeline),
+        "suspended wrote"
     );
     env.finish().await;
 }

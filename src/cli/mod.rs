@@ -209,6 +209,21 @@ pub struct PlanArgs {
 pub struct RemoveArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Also remove what the deleted DgaModel NAMESPACE/NAME left behind (deletionPolicy Retain,
+    /// or a cleanup the operator gave up on). Repeatable. Only for DgaModels that no longer
+    /// exist: the operator of a live one would put its objects back. Of the enrichment wiring,
+    /// the default hook pipeline and indices are looked at.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_owner_key)]
+    pub leftovers_of: Vec<String>,
+}
+
+fn parse_owner_key(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("`{s}` is not NAMESPACE/NAME of a DgaModel")),
+    }
 }
 
 /// A failure to report: exit code, one-line message, optional hint.
@@ -1040,8 +1055,16 @@ pub async fn remove(args: RemoveArgs) -> i32 {
 async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     let conn = connection(&args.connection)?;
     let (es, _) = connect(out, &conn, false).await?;
-    let owner = Owner::cli();
-    let known = known_ids();
+    let mut owner = Owner::cli();
+    owner.adopted = args.leftovers_of.clone();
+    let mut known = known_ids();
+    if !owner.adopted.is_empty() {
+        // A DgaModel also wires the enrichment in: by default through these hook pipelines and
+        // indices (hooks its spec named otherwise are not known here).
+        let wiring = engine::Wiring::from_spec(None);
+        known.pipelines.extend(wiring.custom_pipelines);
+        known.indices.extend(wiring.indices);
+    }
     let none = Ids::default();
     let mut removed = out
         .step(
@@ -1056,7 +1079,7 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
             .step(
                 "removing the detection rules dga-operator setup installed",
                 conn.retry
-                    .run(out, false, || rules::remove(kb, conn.timeout, &es)),
+                    .run(out, false, || rules::remove(kb, conn.timeout, &es, &owner)),
             )
             .await?;
         removed.extend(gone);

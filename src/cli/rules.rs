@@ -157,30 +157,49 @@ pub async fn remove(
     kb: &Endpoint,
     timeout: std::time::Duration,
     es: &Elasticsearch,
+    owner: &Owner,
 ) -> Result<(Vec<String>, Vec<String>), Error> {
     let client = client(kb, timeout)?;
-    let owner = Owner::cli();
-    let tag = kibana::owner_tag(&owner.key());
     // The package's rule ids too, to say which of them stay.
     let package = kibana::desired_rules(&RulesInput {
         owner: owner.key(),
         ..RulesInput::default()
     });
-    let observed = kibana::rules::observe(&client, SPACE, &package, &tag).await?;
-    let is_ours = |r: &Value| {
-        r.get("tags")
-            .and_then(Value::as_array)
-            .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str())))
-    };
-    let (ours, theirs): (Vec<Value>, Vec<Value>) = observed.into_iter().partition(is_ours);
     let mut removed = Vec::new();
-    for a in kibana::diff(&[], &ours, &tag) {
-        kibana::rules::apply(&client, SPACE, &a).await?;
-        removed.push(format!("detection rule {}", a.rule_id()));
+    let mut left = Vec::new();
+    // The CLI's rules, then those of each deleted DgaModel named with --leftovers-of (in the
+    // space the CLI uses; a DgaModel's rules may sit in another one).
+    let keys: Vec<String> = std::iter::once(owner.key())
+        .chain(owner.adopted.iter().cloned())
+        .collect();
+    let tags: Vec<String> = keys.iter().map(|k| kibana::owner_tag(k)).collect();
+    for tag in &tags {
+        let observed = kibana::rules::observe(&client, SPACE, &package, tag).await?;
+        let is_ours = |r: &Value| {
+            r.get("tags")
+                .and_then(Value::as_array)
+                .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str())))
+        };
+        let (ours, theirs): (Vec<Value>, Vec<Value>) = observed.into_iter().partition(is_ours);
+        for a in kibana::diff(&[], &ours, tag) {
+            kibana::rules::apply(&client, SPACE, &a).await?;
+            removed.push(format!("detection rule {}", a.rule_id()));
+        }
+        // A package rule left in place is one no owner named here holds.
+        if tag == &tags[0] {
+            left = theirs;
+        }
     }
-    removed.extend(engine::mljob::remove(es, &owner).await?);
-    let left = theirs
+    removed.extend(engine::mljob::remove(es, owner).await?);
+    let is_any_ours = |r: &Value| {
+        r.get("tags").and_then(Value::as_array).is_some_and(|t| {
+            t.iter()
+                .any(|t| tags.iter().any(|tag| t.as_str() == Some(tag.as_str())))
+        })
+    };
+    let left = left
         .iter()
+        .filter(|r| !is_any_ours(r))
         .filter_map(|r| r.get("rule_id").and_then(Value::as_str))
         .map(|id| format!("detection rule {id}"))
         .collect();

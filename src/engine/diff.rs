@@ -152,16 +152,26 @@ fn describe(kind: &str, id: &str, h: &Holder) -> String {
 /// removed by hand is still ours.
 pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
     let mut plan = Plan::default();
+    // An upgrade is an object marked with another release; an object whose marker a person
+    // removed (edited by hand) is a repair, as is re-creating what the status records.
     let put_reason = |marker: Option<&Marker>| match marker {
-        Some(m) if m.bundle_sha256 == d.bundle_sha256 => Reason::Repair,
-        _ => Reason::Upgrade,
+        Some(m) if m.owner != d.owner.key() => Reason::Adopt,
+        Some(m) if m.bundle_sha256 != d.bundle_sha256 => Reason::Upgrade,
+        _ => Reason::Repair,
+    };
+    let create_reason = |recorded: bool| {
+        if recorded {
+            Reason::Repair
+        } else {
+            Reason::Create
+        }
     };
 
     // Model.
     match o.models.get(&d.model_id) {
         None => plan.actions.push(Action::PutModel {
             id: d.model_id.clone(),
-            reason: Reason::Create,
+            reason: create_reason(owned.models.contains(&d.model_id)),
         }),
         Some(m) => {
             let marker = Marker::from_meta(m.get("metadata"));
@@ -180,7 +190,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         match o.scripts.get(id) {
             None => plan.actions.push(Action::PutScript {
                 id: id.clone(),
-                reason: Reason::Create,
+                reason: create_reason(owned.scripts.contains(id)),
             }),
             Some(seen) => {
                 let src = seen
@@ -216,7 +226,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         match o.pipelines.get(id) {
             None => plan.actions.push(Action::PutPipeline {
                 id: id.clone(),
-                reason: Reason::Create,
+                reason: create_reason(owned.pipelines.contains(id)),
             }),
             Some(seen) => {
                 let marker = Marker::from_meta(seen.get("_meta"));
@@ -280,7 +290,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         }
         match fin {
             Some(f) if f == d.router => {}
-            None => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Create }),
+            None => plan.actions.push(Action::WireIndex { index: index.clone(), reason: create_reason(owned.indices.contains(index)) }),
             Some(f) if ours_pipeline(f) => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Upgrade }),
             Some(_) if overwrite => plan.actions.push(Action::WireIndex { index: index.clone(), reason: Reason::Adopt }),
             Some(f) => plan.conflicts.push(format!(

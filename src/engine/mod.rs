@@ -24,6 +24,10 @@ pub struct Owner {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// Owners (`namespace/name`) whose leftovers count as this owner's: DgaModels that no
+    /// longer exist (deletionPolicy Retain, an abandoned cleanup), taken over with `overwrite`
+    /// or removed by `dga-operator remove --leftovers-of`.
+    pub adopted: Vec<String>,
 }
 
 impl Owner {
@@ -88,7 +92,7 @@ pub enum Holder {
 
 pub fn holder(marker: Option<&Marker>, owner: &Owner) -> Holder {
     match marker {
-        Some(m) if m.owner == owner.key() => Holder::Us,
+        Some(m) if m.owner == owner.key() || owner.adopted.contains(&m.owner) => Holder::Us,
         // Installed by the one-shot CLI: a DgaModel may take it over with `overwrite`.
         Some(m) if m.owner.starts_with('/') && !owner.namespace.is_empty() => Holder::Foreign,
         Some(m) => Holder::OtherOwner(m.owner.clone()),
@@ -104,6 +108,7 @@ impl Owner {
             namespace: String::new(),
             name: "dga-operator-cli".into(),
             uid: String::new(),
+            adopted: Vec::new(),
         }
     }
 }

@@ -867,6 +867,7 @@ pub async fn purge_test_objects(r: &RealStack) {
             namespace: namespace.into(),
             name: name.into(),
             uid: String::new(),
+            adopted: Vec::new(),
         };
         if let Some(kb) = &kibana {
             for space in ["default", "secops"] {
