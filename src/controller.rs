@@ -416,6 +416,8 @@ struct Report {
     suspend: bool,
     /// Where the credentials come from, for the fix a Stalled message names.
     cluster: String,
+    /// `namespace/name` of the ECK Elasticsearch behind `clusterRef.name`, if that is the route.
+    eck_cluster: Option<String>,
     generation: Option<i64>,
     now: Time,
     events: Vec<Event>,
@@ -442,6 +444,13 @@ impl Report {
             deleting: obj.meta().deletion_timestamp.is_some(),
             suspend: obj.spec.suspend,
             cluster: describe_cluster_ref(obj),
+            eck_cluster: obj.spec.cluster_ref.name.as_ref().map(|n| {
+                let ns = obj.spec.cluster_ref.namespace.clone();
+                format!(
+                    "{}/{n}",
+                    ns.unwrap_or_else(|| obj.namespace().unwrap_or_default())
+                )
+            }),
             generation: obj.metadata.generation,
             now: Time(jiff::Timestamp::now()),
             events: Vec::new(),
@@ -640,7 +649,7 @@ impl Report {
                 self.status.observed_generation = self.generation;
             }
             Some(e) => {
-                let msg = match remedy(e, &self.cluster) {
+                let msg = match remedy(e, &self.cluster, self.eck_cluster.as_deref()) {
                     Some(fix) if e.is_stalled() => format!("{e}; to fix: {fix}"),
                     _ => e.to_string(),
                 };
@@ -693,6 +702,17 @@ impl Report {
     }
 }
 
+/// Dereferences the DgaModel's cluster (and Kibana); a namespaced operator follows no reference
+/// into another namespace.
+async fn resolve_target(ctx: &Context, obj: &DgaModel) -> Result<Target, Error> {
+    let home = obj.namespace().unwrap_or_default();
+    let (r, k) = (&obj.spec.cluster_ref, obj.spec.kibana_ref.as_ref());
+    if ctx.settings.namespace.is_some() {
+        target::same_namespace_only(&home, r, k)?;
+    }
+    target::resolve(&ctx.client, &home, r, k).await
+}
+
 /// One reconcile pass for a live DgaModel: dereference, validate, fetch, build, observe, diff,
 /// apply. Conditions are set as each stage is passed.
 async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
@@ -703,13 +723,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             spec.release_tag
         )));
     }
-    let target = target::resolve(
-        &ctx.client,
-        &obj.namespace().unwrap_or_default(),
-        &spec.cluster_ref,
-        spec.kibana_ref.as_ref(),
-    )
-    .await?;
+    let target = resolve_target(ctx, obj).await?;
     crate::protection::protect(&ctx.client, obj).await?;
     let bundle = ctx
         .fetcher
@@ -792,10 +806,14 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         report.suspended = Some(plan);
     } else {
         let insecure = target.elasticsearch.insecure;
-        apply_es(
+        if let Err(e) = apply_es(
             ctx, &es, insecure, &desired, &observed, &known, plan, &owner, report,
         )
-        .await?;
+        .await
+        {
+            // A hook a StackConfigPolicy owns: name the policy.
+            return Err(target.explain_reserved(&ctx.client, e).await);
+        }
     }
     let r = rules_pass(
         obj,
@@ -1743,13 +1761,7 @@ fn pending_deletion(
 async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<String>, Error> {
     let mut owner = owner.clone();
     let owner = &mut owner;
-    let target: Target = target::resolve(
-        &ctx.client,
-        &obj.namespace().unwrap_or_default(),
-        &obj.spec.cluster_ref,
-        obj.spec.kibana_ref.as_ref(),
-    )
-    .await?;
+    let target: Target = resolve_target(ctx, obj).await?;
     let slot = ctx.cluster_slot(target.key());
     let _permit = slot
         .acquire()
@@ -1807,7 +1819,7 @@ fn describe_cluster_ref(obj: &DgaModel) -> String {
 }
 
 /// What a person does about an error that needs one; the Stalled message ends with it.
-fn remedy(e: &Error, cluster: &str) -> Option<String> {
+fn remedy(e: &Error, cluster: &str, eck_cluster: Option<&str>) -> Option<String> {
     Some(match e {
         Error::SecretNotFound(_) => format!(
             "create it, or correct spec.clusterRef; the operator notices the change within seconds ({cluster})"
@@ -1816,12 +1828,30 @@ fn remedy(e: &Error, cluster: &str) -> Option<String> {
         Error::Unauthorized { .. } => format!(
             "put credentials the service accepts into {cluster}; the operator notices the change within seconds"
         ),
+        // ECK manages the licence of the clusters it runs: it reverts any licence uploaded by hand
+        // other than a trial to basic (elastic/cloud-on-k8s
+        // pkg/controller/elasticsearch/license/apply.go), so the licence goes to ECK instead.
+        Error::LicenseInsufficient(_) if eck_cluster.is_some() => format!(
+            "ECK manages the licence of Elasticsearch {} and reverts a licence uploaded by hand \
+             (other than a trial) to basic: give the ECK operator an enterprise licence (a Secret \
+             in ECK's namespace labelled license.k8s.elastic.co/scope=operator with the licence \
+             file under key `license`), or start an ECK trial (a Secret in ECK's namespace \
+             labelled license.k8s.elastic.co/type=enterprise_trial and annotated \
+             elastic.co/eula=accepted)",
+            eck_cluster.unwrap_or_default()
+        ),
         Error::LicenseInsufficient(_) => {
             "install a platinum or enterprise licence, or start a trial (POST _license/start_trial?acknowledge=true)"
                 .to_string()
         }
         Error::Conflict(_) => {
             "remove the objects named, or set spec.overwrite: true to take them over (never another DgaModel's)"
+                .to_string()
+        }
+        Error::ReservedState(_) => {
+            "take the object out of the StackConfigPolicy (or the file-based settings) that owns \
+             it, or wire other hooks with spec.enrichment; spec.overwrite cannot take over \
+             reserved state"
                 .to_string()
         }
         Error::ReleaseNotFound { .. } => "correct spec.releaseTag or spec.source".to_string(),

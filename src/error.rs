@@ -59,6 +59,11 @@ pub enum Error {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// An object Elasticsearch's file-based settings own (ECK's StackConfigPolicy): no request,
+    /// `overwrite` included, may change it. Reported as a Conflict.
+    #[error("conflict: {0}")]
+    ReservedState(String),
+
     /// A request that may succeed later (429, 5xx, timeouts, a connection cut).
     #[error("{service} {what}: {detail}")]
     Transient {
@@ -130,7 +135,7 @@ impl Error {
             Error::Unauthorized { .. } => "Unauthorized",
             Error::VersionUnsupported { .. } => "VersionUnsupported",
             Error::LicenseInsufficient(_) => "LicenseInsufficient",
-            Error::Conflict(_) => "Conflict",
+            Error::Conflict(_) | Error::ReservedState(_) => "Conflict",
             Error::Transient { .. } => "TransientError",
             Error::Rejected { .. } => "RequestRejected",
             Error::Kube(_) => "KubernetesError",
@@ -178,7 +183,9 @@ impl Error {
             | Error::VersionUnsupported { service, .. }
             | Error::Transient { service, .. }
             | Error::Rejected { service, .. } => Some(*service),
-            Error::LicenseInsufficient(_) | Error::Conflict(_) => Some(Service::Elasticsearch),
+            Error::LicenseInsufficient(_) | Error::Conflict(_) | Error::ReservedState(_) => {
+                Some(Service::Elasticsearch)
+            }
             _ => None,
         }
     }

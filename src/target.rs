@@ -187,6 +187,8 @@ pub struct EckState {
     pub phase: Option<String>,
     pub health: Option<String>,
     pub version: Option<String>,
+    /// The Elasticsearch's labels, which a StackConfigPolicy's `resourceSelector` matches.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl fmt::Display for EckState {
@@ -215,6 +217,87 @@ impl Target {
                 detail: format!("{detail} ({s})"),
             },
             (e, _) => e,
+        }
+    }
+}
+
+/// Elasticsearch's refusal to touch reserved state, `[<keys>] set as read-only by [<namespace>]`
+/// inside a 400 `illegal_argument_exception` ("Failed to process request [...] with errors:
+/// [...]"), as `validateForReservedState` words it (elastic/elasticsearch
+/// server/src/main/java/org/elasticsearch/reservedstate/ActionWithReservedState.java, 8.4+).
+/// Returns the keys and the namespace (`file_settings` for ECK's StackConfigPolicy).
+pub fn read_only_keys(detail: &str) -> Option<(Vec<String>, String)> {
+    const MARK: &str = "] set as read-only by [";
+    let at = detail.find(MARK)?;
+    let keys = &detail[..at];
+    let keys = &keys[keys.rfind('[')? + 1..];
+    let rest = &detail[at + MARK.len()..];
+    let namespace = &rest[..rest.find(']')?];
+    Some((
+        keys.split(", ").map(str::to_string).collect(),
+        namespace.to_string(),
+    ))
+}
+
+impl Target {
+    /// Turns a write Elasticsearch refused because file-based settings own the object (or a
+    /// Conflict over an object a StackConfigPolicy manages) into a Conflict that names the
+    /// StackConfigPolicy, looked up among ECK's; other errors pass unchanged.
+    pub async fn explain_reserved(&self, client: &Client, e: Error) -> Error {
+        let (what, keys, namespace) = match &e {
+            Error::Rejected {
+                service: crate::error::Service::Elasticsearch,
+                what,
+                status: 400,
+                detail,
+            } => match read_only_keys(detail) {
+                Some((keys, ns)) => (what.clone(), keys, Some(ns)),
+                None => return e,
+            },
+            Error::Conflict(m) if self.eck.is_some() => (m.clone(), Vec::new(), None),
+            _ => return e,
+        };
+        let policies = match &self.eck {
+            Some(es) => eck::policies_managing(client, es).await,
+            None => Err("clusterRef.secretName names no ECK Elasticsearch".to_string()),
+        };
+        let owners: Vec<String> = match &policies {
+            Ok(ps) => ps
+                .iter()
+                .filter(|p| {
+                    if keys.is_empty() {
+                        // A Conflict: the objects it names, each in backquotes or as a word.
+                        what.split(|c: char| c.is_whitespace() || matches!(c, '`' | ',' | ';'))
+                            .any(|w| w == p.key)
+                    } else {
+                        keys.iter().any(|k| eck::same_key(k, &p.key))
+                    }
+                })
+                .map(|p| p.to_string())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        match (namespace, owners.is_empty()) {
+            // A Conflict no policy explains stays as it was.
+            (None, true) => e,
+            (None, false) => Error::ReservedState(format!(
+                "{what}; {}: Elasticsearch refuses every write to it, so it cannot be taken over",
+                owners.join("; ")
+            )),
+            (Some(ns), false) => Error::ReservedState(format!(
+                "{what}: Elasticsearch refuses, [{}] is set as read-only by [{ns}]: {}",
+                keys.join(", "),
+                owners.join("; ")
+            )),
+            (Some(ns), true) => Error::ReservedState(format!(
+                "{what}: Elasticsearch refuses, [{}] is set as read-only by [{ns}]: a \
+                 StackConfigPolicy or other file-based settings own it ({})",
+                keys.join(", "),
+                match policies {
+                    Ok(_) => "no StackConfigPolicy the operator can see manages it".to_string(),
+                    Err(why) => why,
+                }
+            )),
         }
     }
 }
@@ -296,6 +379,33 @@ pub fn from_secret_data(
     })
 }
 
+/// A namespaced operator (`--namespace`, the chart's `watchNamespace`) follows no reference into
+/// another namespace: it has no cluster-wide grants to check one with (no SubjectAccessReview)
+/// or to read one through.
+pub fn same_namespace_only(
+    home: &str,
+    r: &ClusterRef,
+    kibana_ref: Option<&ObjectRef>,
+) -> Result<(), Error> {
+    for (field, ns) in [
+        ("spec.clusterRef.namespace", r.namespace.as_deref()),
+        (
+            "spec.kibanaRef.namespace",
+            kibana_ref.and_then(|k| k.namespace.as_deref()),
+        ),
+    ] {
+        if let Some(ns) = ns.filter(|ns| *ns != home) {
+            return Err(Error::ReferenceNotAllowed(format!(
+                "{field}: `{ns}` is another namespace, and this operator is installed namespaced \
+                 (watching only {home}), so it follows no cross-namespace reference; put the \
+                 DgaModel in {ns}, or install the operator cluster-wide (where a \
+                 SubjectAccessReview decides)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Dereferences a DgaModel's `clusterRef` (and `kibanaRef`).
 pub async fn resolve(
     client: &Client,
@@ -355,21 +465,36 @@ async fn from_secret(client: &Client, namespace: &str, secret: &str) -> Result<T
     from_secret_data(secret, &s.data.unwrap_or_default())
 }
 
+/// An ECK resource type as the API serves it (the group's version is `version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EckKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl EckKind {
+    /// `<plural>.<group>`, as RBAC and messages name it.
+    pub fn resource(&self) -> String {
+        format!("{}.{}", self.plural, self.group)
+    }
+}
+
+/// One ECK object a DgaModel refers to, and the spec field that refers to it (for messages).
+#[derive(Clone, Copy, Debug)]
+pub struct EckRef<'a> {
+    pub kind: EckKind,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub field: &'a str,
+}
+
 /// Checks that the ECK resource exists, so a typo gets a clear message rather than a missing
 /// Secret. Public only so tests/eck.rs can point it at a group with no CRD.
 #[doc(hidden)]
-pub async fn eck_resource_exists(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    group: &str,
-    kind: &str,
-    plural: &str,
-    field: &str,
-) -> Result<(), Error> {
-    eck::get(client, namespace, name, group, kind, plural, field)
-        .await
-        .map(|_| ())
+pub async fn eck_resource_exists(client: &Client, r: &EckRef<'_>) -> Result<(), Error> {
+    eck::get(client, r).await.map(|_| ())
 }
 
 // --- host routing (tests) ----------------------------------------------------------------------
@@ -409,49 +534,182 @@ mod eck {
 
     use crate::target::EckState;
 
-    pub const ES: (&str, &str, &str) = (
-        "elasticsearch.k8s.elastic.co",
-        "Elasticsearch",
-        "elasticsearches",
-    );
-    pub const KB: (&str, &str, &str) = ("kibana.k8s.elastic.co", "Kibana", "kibanas");
+    use crate::target::{EckKind, EckRef};
 
-    fn api(
-        client: &Client,
-        namespace: Option<&str>,
-        (group, kind, plural): (&str, &str, &str),
-    ) -> Api<DynamicObject> {
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
+    // Group, version, kind and plural from ECK's CRDs (tests/fixtures/eck/all-crds.yaml).
+    pub const ES: EckKind = EckKind {
+        group: "elasticsearch.k8s.elastic.co",
+        version: "v1",
+        kind: "Elasticsearch",
+        plural: "elasticsearches",
+    };
+    pub const KB: EckKind = EckKind {
+        group: "kibana.k8s.elastic.co",
+        version: "v1",
+        kind: "Kibana",
+        plural: "kibanas",
+    };
+    pub const SCP: EckKind = EckKind {
+        group: "stackconfigpolicy.k8s.elastic.co",
+        version: "v1alpha1",
+        kind: "StackConfigPolicy",
+        plural: "stackconfigpolicies",
+    };
+
+    pub fn api(client: &Client, namespace: Option<&str>, k: EckKind) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(k.group, k.version, k.kind),
+            k.plural,
+        );
         match namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         }
     }
 
-    pub async fn get(
-        client: &Client,
-        namespace: &str,
-        name: &str,
-        group: &str,
-        kind: &str,
-        plural: &str,
-        field: &str,
-    ) -> Result<DynamicObject, Error> {
-        match api(client, Some(namespace), (group, kind, plural))
-            .get_opt(name)
-            .await
-        {
+    pub async fn get(client: &Client, r: &EckRef<'_>) -> Result<DynamicObject, Error> {
+        let EckRef {
+            kind: k,
+            namespace,
+            name,
+            field,
+        } = *r;
+        match api(client, Some(namespace), k).get_opt(name).await {
             Ok(Some(o)) => Ok(o),
             Ok(None) => Err(Error::SecretNotFound(format!(
-                "{field}: ECK {kind} {namespace}/{name} not found"
+                "{field}: ECK {} {namespace}/{name} not found",
+                k.kind
             ))),
             // The CRD is not installed at all.
             Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::InvalidSpec(format!(
-                "{field}: ECK is not installed in this cluster (no {plural}.{group})"
+                "{field}: ECK is not installed in this cluster (no {})",
+                k.resource()
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// One object a StackConfigPolicy puts into an Elasticsearch's file-based settings.
+    pub struct Managed {
+        pub policy: String,
+        pub field: &'static str,
+        pub key: String,
+        /// Set when the policy sits in another namespace than the cluster.
+        pub other_namespace: bool,
+    }
+
+    impl std::fmt::Display for Managed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "StackConfigPolicy {} manages `{}` ({})",
+                self.policy, self.key, self.field
+            )?;
+            if self.other_namespace {
+                // pkg/controller/stackconfigpolicy: a policy applies across namespaces only
+                // from ECK's own namespace.
+                f.write_str(" if its namespace is ECK's operator namespace")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Elasticsearch names a composable template `composable_index_template:<name>` and a
+    /// component template `component_template:<name>` in newer versions, `<name>` before.
+    pub fn same_key(es_key: &str, policy_key: &str) -> bool {
+        let bare = es_key
+            .strip_prefix("composable_index_template:")
+            .or_else(|| es_key.strip_prefix("component_template:"))
+            .unwrap_or(es_key);
+        bare == policy_key
+    }
+
+    /// Kubernetes label-selector semantics (matchLabels and matchExpressions).
+    fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+        let labels_ok = selector["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+        let exprs_ok = selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|x| {
+                let have = x["key"].as_str().and_then(|k| labels.get(k));
+                let values: Vec<&str> = x["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                match x["operator"].as_str() {
+                    Some("In") => have.is_some_and(|h| values.contains(&h.as_str())),
+                    Some("NotIn") => have.is_none_or(|h| !values.contains(&h.as_str())),
+                    Some("Exists") => have.is_some(),
+                    Some("DoesNotExist") => have.is_none(),
+                    _ => false,
+                }
+            });
+        labels_ok && exprs_ok
+    }
+
+    /// The pipelines and templates ECK's StackConfigPolicies put into this cluster's file-based
+    /// settings: policies whose `resourceSelector` matches its labels, in its namespace or
+    /// another (ECK's operator namespace applies to all). Err: why they cannot be listed.
+    pub async fn policies_managing(client: &Client, es: &EckState) -> Result<Vec<Managed>, String> {
+        let listed = match api(client, None, SCP).list(&ListParams::default()).await {
+            // A namespaced operator may list only where it works.
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                api(client, Some(&es.namespace), SCP)
+                    .list(&ListParams::default())
+                    .await
+            }
+            other => other,
+        };
+        let list = match listed {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(format!("no {} in this cluster", SCP.resource()));
+            }
+            Err(e) => return Err(format!("cannot list {}: {e}", SCP.resource())),
+        };
+        let mut out = Vec::new();
+        for p in list.items {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let spec = &p.data["spec"];
+            if !selects(&spec["resourceSelector"], &es.labels) {
+                continue;
+            }
+            let policy = format!("{ns}/{}", p.metadata.name.clone().unwrap_or_default());
+            let es_spec = &spec["elasticsearch"];
+            for (field, map) in [
+                (
+                    "spec.elasticsearch.ingestPipelines",
+                    &es_spec["ingestPipelines"],
+                ),
+                (
+                    "spec.elasticsearch.indexTemplates.composableIndexTemplates",
+                    &es_spec["indexTemplates"]["composableIndexTemplates"],
+                ),
+                (
+                    "spec.elasticsearch.indexTemplates.componentTemplates",
+                    &es_spec["indexTemplates"]["componentTemplates"],
+                ),
+            ] {
+                for key in map.as_object().into_iter().flatten().map(|(k, _)| k) {
+                    out.push(Managed {
+                        policy: policy.clone(),
+                        field,
+                        key: key.clone(),
+                        other_namespace: ns != es.namespace,
+                    });
+                }
+            }
+        }
+        // The cluster's own namespace first: that policy applies for certain.
+        out.sort_by_key(|m| m.other_namespace);
+        Ok(out)
     }
 
     /// ECK's `HTTPConfig.Protocol()` (pkg/apis/common/v1/common.go): https unless the
@@ -476,11 +734,15 @@ mod eck {
         client: &Client,
         from_ns: &str,
         r: &ClusterRef,
-        (group, kind, plural): (&str, &str, &str),
-        namespace: &str,
-        name: &str,
-        field: &str,
+        target: &EckRef<'_>,
     ) -> Result<(), Error> {
+        let EckRef {
+            kind: k,
+            namespace,
+            name,
+            field,
+        } = *target;
+        let (group, kind, plural) = (k.group, k.kind, k.plural);
         if from_ns == namespace {
             return Ok(());
         }
@@ -503,7 +765,7 @@ mod eck {
             "spec": {
                 "user": user,
                 "resourceAttributes": {
-                    "namespace": namespace, "verb": "get", "group": group, "version": "v1",
+                    "namespace": namespace, "verb": "get", "group": group, "version": k.version,
                     "resource": plural, "name": name,
                 },
             },
@@ -603,6 +865,7 @@ mod eck {
             phase: s("phase"),
             health: s("health"),
             version: s("version"),
+            labels: obj.metadata.labels.clone().unwrap_or_default(),
         }
     }
     type DgaModelLike = DynamicObject;
@@ -620,11 +883,15 @@ mod eck {
         name: &str,
     ) -> Result<ResolvedEs, Error> {
         let namespace = r.namespace.as_deref().unwrap_or(home);
-        let field = "spec.clusterRef";
+        let target = EckRef {
+            kind: ES,
+            namespace,
+            name,
+            field: "spec.clusterRef",
+        };
         // Who may reach the cluster is decided before anything of it is read.
-        check_access(client, home, r, ES, namespace, name, field).await?;
-        let (group, kind, plural) = ES;
-        let obj = get(client, namespace, name, group, kind, plural, field).await?;
+        check_access(client, home, r, &target).await?;
+        let obj = get(client, &target).await?;
         let state = state(&obj);
         let spec = &obj.data["spec"];
         let protocol = protocol(spec);
@@ -821,10 +1088,14 @@ mod eck {
         es: Option<&ResolvedEs>,
     ) -> Result<ResolvedKb, Error> {
         let namespace = k.namespace.as_deref().unwrap_or(home);
-        let field = "spec.kibanaRef";
-        check_access(client, home, r, KB, namespace, &k.name, field).await?;
-        let (group, kind, plural) = KB;
-        let kb = get(client, namespace, &k.name, group, kind, plural, field).await?;
+        let target = EckRef {
+            kind: KB,
+            namespace,
+            name: &k.name,
+            field: "spec.kibanaRef",
+        };
+        check_access(client, home, r, &target).await?;
+        let kb = get(client, &target).await?;
         if let Some(es) = es {
             let want = (es.state.namespace.clone(), es.state.name.clone());
             match es_ref(&kb) {
@@ -885,16 +1156,13 @@ mod eck {
                     kb.metadata.namespace.clone().unwrap_or_default(),
                     kb.metadata.name.clone().unwrap_or_default(),
                 );
-                check_access(
-                    client,
-                    home,
-                    r,
-                    KB,
-                    &ns,
-                    &name,
-                    "the ECK Kibana of spec.clusterRef",
-                )
-                .await?;
+                let target = EckRef {
+                    kind: KB,
+                    namespace: &ns,
+                    name: &name,
+                    field: "the ECK Kibana of spec.clusterRef",
+                };
+                check_access(client, home, r, &target).await?;
                 endpoint_of(client, &kb).await.map(Some)
             }
             _ => Err(Error::InvalidSpec(format!(
@@ -970,6 +1238,27 @@ mod tests {
             let e = from_secret_data("es", &data(&bad)).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn read_only_keys_as_elasticsearch_words_them() {
+        // The message of ActionWithReservedState.validateForReservedState, from
+        // elastic/elasticsearch's ingest pipeline file-settings test.
+        let d = "illegal_argument_exception: Failed to process request \
+                 [org.elasticsearch.action.ingest.PutPipelineRequest/unset] with errors: \
+                 [[my_ingest_pipeline] set as read-only by [file_settings]]";
+        assert_eq!(
+            read_only_keys(d),
+            Some((vec!["my_ingest_pipeline".into()], "file_settings".into()))
+        );
+        let d = "with errors: [[a, b] set as read-only by [namespace_one]]";
+        assert_eq!(
+            read_only_keys(d),
+            Some((vec!["a".into(), "b".into()], "namespace_one".into()))
+        );
+        assert_eq!(read_only_keys("version conflict"), None);
+        assert!(eck::same_key("composable_index_template:t1", "t1"));
+        assert!(!eck::same_key("t2", "t1"));
     }
 
     #[test]

@@ -368,7 +368,7 @@ fn examples_are_valid_dgamodels() {
             "crd/dgamodels.dgaoperator.io",
         ]),
     );
-    for ns in ["default", "security"] {
+    for ns in ["default", "security", "elastic-system"] {
         ensure_namespace(ns);
     }
     for example in ["secret-cluster", "eck-cluster", "mirror-url", "air-gapped"] {
@@ -679,6 +679,11 @@ const WATCHED_NAMESPACE_RULES: &[(&str, &str, &str)] = &[
     ("kibana.k8s.elastic.co", "kibanas", "get"),
     ("kibana.k8s.elastic.co", "kibanas", "list"),
     ("kibana.k8s.elastic.co", "kibanas", "watch"),
+    (
+        "stackconfigpolicy.k8s.elastic.co",
+        "stackconfigpolicies",
+        "list",
+    ),
     ("", "services", "get"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),

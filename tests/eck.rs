@@ -197,7 +197,12 @@ async fn https_without_a_published_ca_waits_and_never_downgrades() {
 /// A Role in `namespace` allowing `get` on `resource.group`, bound to the ServiceAccount
 /// `default` of `home`'s namespace: what a user grants for a cross-namespace reference.
 async fn grant_get(home: &TestNs, namespace: &str, group: &str, resource: &str) {
-    let name = format!("dga-{}-{resource}", home.name);
+    grant_get_to(home, "default", namespace, group, resource).await
+}
+
+/// `grant_get` for the ServiceAccount `sa` of `home`'s namespace.
+async fn grant_get_to(home: &TestNs, sa: &str, namespace: &str, group: &str, resource: &str) {
+    let name = format!("dga-{}-{sa}-{resource}", home.name);
     let roles: Api<Role> = Api::namespaced(home.client.clone(), namespace);
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -209,7 +214,7 @@ async fn grant_get(home: &TestNs, namespace: &str, group: &str, resource: &str) 
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": home.name}],
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": home.name}],
     }))
     .unwrap();
     bindings
@@ -394,12 +399,17 @@ async fn eck_not_installed_is_reported_as_such() {
     let ns = TestNs::new("eck-nocrd").await;
     let e = target::eck_resource_exists(
         &ns.client,
-        &ns.name,
-        "quickstart",
-        "not-installed.dga-tests.example.com",
-        "Elasticsearch",
-        "elasticsearches",
-        "spec.clusterRef",
+        &target::EckRef {
+            kind: target::EckKind {
+                group: "not-installed.dga-tests.example.com",
+                version: "v1",
+                kind: "Elasticsearch",
+                plural: "elasticsearches",
+            },
+            namespace: &ns.name,
+            name: "quickstart",
+            field: "spec.clusterRef",
+        },
     )
     .await
     .unwrap_err()
@@ -468,28 +478,38 @@ async fn controller_connects_to_the_eck_service() {
     env.finish().await;
 }
 
+/// A controller environment with ECK's CRDs and an ECK `quickstart` cluster (TLS) routed to the
+/// stand-in, its `elastic` password the stand-in's own; with `kibana` (the Kibana spec's extra
+/// fields), also an ECK Kibana `kb` of it routed to the stand-in's Kibana.
+async fn routed_env(prefix: &str, kibana: Option<serde_json::Value>) -> Env {
+    let env = Env::start_with(prefix, StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let n = env.ns.name.clone();
+    let es = eck::addr(&env.standin.es_url());
+    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
+    if let Some(extra) = kibana {
+        let kb_addr = eck::addr(&env.standin.kibana_url());
+        eck::kibana_routed(
+            &env.ns.client,
+            &n,
+            "kb",
+            (&n, "quickstart"),
+            extra,
+            Some(kb_addr),
+        )
+        .await;
+    }
+    env
+}
+
 /// Through the controller, ECK's default (TLS) layout routed to the stand-in by the sniffing
 /// listeners of tests/support/eck.rs: the DgaModel installs, and no request carrying
 /// `Authorization` reached the cluster's or Kibana's listener in plaintext. A control request
 /// shows the listener does record a plaintext `Authorization`, so the empty list means something.
 #[tokio::test]
 async fn credentials_never_travel_in_plaintext_to_a_tls_cluster() {
-    let env = Env::start_with("eck-tls", StandinConfig::default(), Settings::default()).await;
-    eck::install_crds(&env.ns.client).await;
+    let env = routed_env("eck-tls", Some(json!({}))).await;
     let n = env.ns.name.clone();
-    let es = eck::addr(&env.standin.es_url());
-    let kb_addr = eck::addr(&env.standin.kibana_url());
-    // The stand-in's own credentials, set as ECK's generated `elastic` password.
-    eck::quickstart_routed(&env.ns.client, &n, "quickstart", Some(es), "changeme").await;
-    eck::kibana_routed(
-        &env.ns.client,
-        &n,
-        "kb",
-        (&n, "quickstart"),
-        json!({}),
-        Some(kb_addr),
-    )
-    .await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.apply(
         "dga",
@@ -536,4 +556,270 @@ async fn credentials_never_travel_in_plaintext_to_a_tls_cluster() {
     let _ = plain.auth.apply(http.get(&plain.url)).send().await;
     assert_eq!(seen(&es_host), 1, "the plaintext control went unrecorded");
     env.finish().await;
+}
+
+/// The message of condition `type_` once it contains `needle` (the reason alone cannot tell two
+/// Conflicts apart).
+async fn wait_message(env: &Env, name: &str, type_: &str, needle: &str) -> String {
+    let last = std::sync::Mutex::new(String::new());
+    support::wait_for(Duration::from_secs(90), || async {
+        let st = env.status(name).await?;
+        let c = st.conditions.into_iter().find(|c| c.type_ == type_)?;
+        *last.lock().unwrap() = format!("{}: {}", c.reason, c.message);
+        c.message
+            .contains(needle)
+            .then(|| format!("{}: {}", c.reason, c.message))
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{name}: {type_} never mentioned {needle:?}; last: {}",
+            last.lock().unwrap()
+        )
+    })
+}
+
+/// The DNS hook owned by an ECK StackConfigPolicy, through the controller: the stand-in holds
+/// the pipeline as file-based settings leave it (the REST API refuses to change it with
+/// Elasticsearch's "set as read-only by [file_settings]"). Without overwrite the Conflict names
+/// the policy; with overwrite Elasticsearch's refusal is reported with the policy too. Before
+/// that, a basic licence on an ECK cluster gets ECK's licence advice (ECK reverts licences
+/// uploaded by hand).
+#[tokio::test]
+async fn stack_config_policy_owned_hook_and_eck_licence_advice() {
+    let env = routed_env("eck-scp", None).await;
+    let n = env.ns.name.clone();
+    eck::label(&env.ns.client, &n, "quickstart", json!({"env": "prod"})).await;
+    env.standin.set_license("basic");
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    let spec = json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstart"}});
+    env.apply("dga", spec.clone()).await;
+    let m = env
+        .wait_condition("dga", "Stalled", "True", Some("LicenseInsufficient"))
+        .await;
+    let text = serde_json::to_string(&m.status).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ECK manages the licence of Elasticsearch {n}/quickstart"
+        )) && text.contains("license.k8s.elastic.co/scope=operator")
+            && text.contains("license.k8s.elastic.co/type=enterprise_trial"),
+        "{text}"
+    );
+
+    // A policy for this cluster's labels owns the hook; another policy selects other clusters.
+    let hook = "logs-network_traffic.dns@custom";
+    let body = json!({"processors": [{"set": {"field": "event.module", "value": "dns"}}]});
+    eck::stack_config_policy(
+        &env.ns.client,
+        &n,
+        "other-clusters",
+        json!({"resourceSelector": {"matchLabels": {"env": "test"}},
+               "elasticsearch": {"ingestPipelines": {hook: body}}}),
+    )
+    .await;
+    eck::stack_config_policy(
+        &env.ns.client,
+        &n,
+        "dns-hooks",
+        json!({"resourceSelector": {"matchLabels": {"env": "prod"}},
+               "elasticsearch": {"ingestPipelines": {hook: body}}}),
+    )
+    .await;
+    env.standin.reserve_pipeline(hook, body.clone());
+    env.standin.set_license("platinum");
+    // A spec change (the default indices, spelled out) re-runs the Stalled DgaModel at once.
+    let mut spec = spec;
+    spec["enrichment"] = json!({"indices": ["packetbeat-*"]});
+    let m = env.apply("dga", spec.clone()).await;
+    assert_eq!(
+        m.metadata.generation,
+        Some(2),
+        "the spec change is a new generation"
+    );
+    let policy = format!("StackConfigPolicy {n}/dns-hooks manages `{hook}`");
+    let msg = wait_message(&env, "dga", "Stalled", &policy).await;
+    assert!(msg.starts_with("Conflict: "), "{msg}");
+    assert!(!msg.contains("other-clusters"), "{msg}");
+    assert!(msg.contains("spec.overwrite cannot take over"), "{msg}");
+
+    // overwrite: Elasticsearch refuses the write; the status says why and whose.
+    spec["overwrite"] = json!(true);
+    let m = env.apply("dga", spec).await;
+    assert_eq!(m.metadata.generation, Some(3));
+    let msg = wait_message(
+        &env,
+        "dga",
+        "Stalled",
+        "set as read-only by [file_settings]",
+    )
+    .await;
+    assert!(
+        msg.starts_with("Conflict: ") && msg.contains(&policy),
+        "{msg}"
+    );
+    assert_eq!(
+        env.standin.pipelines()[hook],
+        body,
+        "the reserved hook changed"
+    );
+    env.finish().await;
+}
+
+/// Without a StackConfigPolicy that names it, a read-only refusal still says who owns it.
+#[tokio::test]
+async fn read_only_without_a_policy_names_file_based_settings() {
+    let ns = ns("eck-scp-none").await;
+    let n = ns.name.clone();
+    eck::quickstart(&ns.client, &n, "quickstart").await;
+    let t = resolve(&ns.client, &n, &by_name("quickstart", None), None)
+        .await
+        .unwrap();
+    let refused = dga_operator::error::Error::Rejected {
+        service: dga_operator::error::Service::Elasticsearch,
+        what: "writing ingest pipeline logs-network_traffic.dns@custom".into(),
+        status: 400,
+        detail: "illegal_argument_exception: Failed to process request \
+                 [org.elasticsearch.action.ingest.PutPipelineRequest/unset] with errors: \
+                 [[logs-network_traffic.dns@custom] set as read-only by [file_settings]]"
+            .into(),
+    };
+    let e = t.explain_reserved(&ns.client, refused).await;
+    assert_eq!(e.reason(), "Conflict");
+    let e = e.to_string();
+    assert!(
+        e.contains("a StackConfigPolicy or other file-based settings own it")
+            && e.contains("no StackConfigPolicy the operator can see manages it"),
+        "{e}"
+    );
+    ns.cleanup().await;
+}
+
+/// Kibana with `server.basePath` and `server.rewriteBasePath` as ECK lays it out (in
+/// spec.config), the stand-in's Kibana serving only under that path: the DgaModel goes Ready
+/// with its rules installed.
+#[tokio::test]
+async fn kibana_base_path_through_the_controller() {
+    let env = routed_env(
+        "eck-kbpath",
+        Some(json!({"config": {"server.basePath": "/kibana", "server.rewriteBasePath": true}})),
+    )
+    .await;
+    env.standin.set_kibana_base_path("/kibana");
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag, "clusterRef": {"name": "quickstart"}}),
+    )
+    .await;
+    env.wait_ready("dga").await;
+    assert!(
+        !env.standin.rules("default").is_empty(),
+        "no rules installed under the base path"
+    );
+    let kb_requests: Vec<_> = env
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == dga_standin::Service::Kibana)
+        .collect();
+    assert!(!kb_requests.is_empty());
+    assert!(
+        kb_requests
+            .iter()
+            .all(|r| r.path.starts_with("/kibana/") && r.status != 404),
+        "a Kibana request outside the base path: {:?}",
+        kb_requests.iter().find(|r| !r.path.starts_with("/kibana/"))
+    );
+    env.finish().await;
+}
+
+/// `clusterRef.serviceAccountName`: the SubjectAccessReview asks about that ServiceAccount of the
+/// DgaModel's namespace, not `default`; a name that is no ServiceAccount name is InvalidSpec.
+#[tokio::test]
+async fn service_account_name_is_the_identity_checked() {
+    let home = ns("eck-sa-home").await;
+    let elastic = ns("eck-sa-elastic").await;
+    let (pw, _) = eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
+    let with_sa = |sa: &str| ClusterRef {
+        service_account_name: Some(sa.into()),
+        ..by_name("quickstart", Some(&elastic.name))
+    };
+    let reader = with_sa("dga-reader");
+    let e = resolve(&home.client, &home.name, &reader, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.starts_with("ReferenceNotAllowed: ")
+            && e.contains(&format!("system:serviceaccount:{}:dga-reader", home.name)),
+        "{e}"
+    );
+    grant_get_to(
+        &home,
+        "dga-reader",
+        &elastic.name,
+        ES_GROUP,
+        "elasticsearches",
+    )
+    .await;
+    let t = support::wait_for(Duration::from_secs(60), || async {
+        resolve(&home.client, &home.name, &reader, None).await.ok()
+    })
+    .await
+    .expect("dga-reader's grant lets the reference through");
+    assert_eq!(password(&t.elasticsearch.auth).1, pw);
+    // The grant is dga-reader's: `default` (no serviceAccountName) is still refused.
+    let e = resolve(
+        &home.client,
+        &home.name,
+        &by_name("quickstart", Some(&elastic.name)),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.starts_with("ReferenceNotAllowed: ")
+            && e.contains(&format!("system:serviceaccount:{}:default", home.name)),
+        "{e}"
+    );
+    let e = resolve(&home.client, &home.name, &with_sa("Not_A_Name"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.starts_with("InvalidSpec: ") && e.contains("spec.clusterRef.serviceAccountName"),
+        "{e}"
+    );
+    for ns in [home, elastic] {
+        ns.cleanup().await;
+    }
+}
+
+/// A namespaced operator (the chart's watchNamespace: `--namespace`, as the test controller
+/// runs) refuses a reference into another namespace with a clear Stalled, even where a
+/// SubjectAccessReview would allow it.
+#[tokio::test]
+async fn namespaced_operator_refuses_cross_namespace_references() {
+    let env = Env::start_with("eck-nsd", StandinConfig::default(), Settings::default()).await;
+    eck::install_crds(&env.ns.client).await;
+    let elastic = ns("eck-nsd-elastic").await;
+    eck::quickstart(&elastic.client, &elastic.name, "quickstart").await;
+    grant_get(&env.ns, &elastic.name, ES_GROUP, "elasticsearches").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": rel.tag,
+               "clusterRef": {"name": "quickstart", "namespace": elastic.name}}),
+    )
+    .await;
+    let m = env
+        .wait_condition("dga", "Stalled", "True", Some("ReferenceNotAllowed"))
+        .await;
+    let text = serde_json::to_string(&m.status).unwrap();
+    assert!(
+        text.contains("spec.clusterRef.namespace")
+            && text.contains(&elastic.name)
+            && text.contains("installed namespaced"),
+        "{text}"
+    );
+    env.finish().await;
+    elastic.cleanup().await;
 }

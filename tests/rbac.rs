@@ -56,6 +56,13 @@ const NOT_ALWAYS_EXERCISED: &[(&str, &str, &str, &str)] = &[
         "only when clusterRef.name comes without kibanaRef; this run names its Kibana",
     ),
     (
+        "stackconfigpolicy.k8s.elastic.co",
+        "stackconfigpolicies",
+        "list",
+        "only when Elasticsearch refuses a write as read-only by [file_settings] or a hook \
+         conflicts, to name the owning StackConfigPolicy (tests/eck.rs)",
+    ),
+    (
         "events.k8s.io",
         "events",
         "patch",

@@ -35,6 +35,17 @@ pub fn es_resource() -> ApiResource {
     )
 }
 
+pub fn scp_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "stackconfigpolicy.k8s.elastic.co",
+            "v1alpha1",
+            "StackConfigPolicy",
+        ),
+        "stackconfigpolicies",
+    )
+}
+
 pub fn kb_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(KB_GROUP, "v1", "Kibana"), "kibanas")
 }
@@ -64,7 +75,7 @@ pub async fn install_crds(client: &Client) {
         .await
         .unwrap_or_else(|e| panic!("apply ECK CRD {name}: {e}"));
     }
-    for ar in [es_resource(), kb_resource()] {
+    for ar in [es_resource(), kb_resource(), scp_resource()] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let served = super::support::wait_for(Duration::from_secs(60), || async {
             api.list(&Default::default()).await.ok().map(|_| ())
@@ -506,4 +517,21 @@ pub async fn create_object(client: &Client, ns: &str, ar: &ApiResource, name: &s
     } else {
         es_object(client, ns, name, json!({})).await;
     }
+}
+
+/// Labels an ECK Elasticsearch (what a StackConfigPolicy's resourceSelector matches).
+pub async fn label(client: &Client, ns: &str, name: &str, labels: Value) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &es_resource());
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": labels}})),
+    )
+    .await
+    .expect("label Elasticsearch");
+}
+
+/// An ECK StackConfigPolicy (stackconfigpolicy.k8s.elastic.co/v1alpha1) with `spec`.
+pub async fn stack_config_policy(client: &Client, ns: &str, name: &str, spec: Value) {
+    create(client, ns, &scp_resource(), name, spec).await;
 }

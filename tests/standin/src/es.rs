@@ -21,6 +21,30 @@ pub(crate) fn err(status: u16, typ: &str, reason: &str) -> Resp {
     Resp::json(status, &es_error_body(status, typ, reason))
 }
 
+/// Reserved-state handler names (elastic/elasticsearch `ReservedPipelineAction.NAME`,
+/// `ReservedComposableIndexTemplateAction.NAME`).
+pub(crate) const RESERVED_PIPELINES: &str = "ingest_pipelines";
+pub(crate) const RESERVED_TEMPLATES: &str = "index_templates";
+
+/// `ActionWithReservedState.validateForReservedState`
+/// (server/src/main/java/org/elasticsearch/reservedstate/ActionWithReservedState.java): a
+/// request touching a key file-based settings own fails with 400 illegal_argument_exception,
+/// `Failed to process request [<request>] with errors: [[<keys>] set as read-only by [<ns>]]`.
+/// `request` is the request's toString, `<class>/unset` for these requests.
+fn reserved(sh: &Shared, handler: &str, key: &str, request: &str) -> Result<(), Resp> {
+    let st = sh.st();
+    match st.reserved.get(&(handler.to_string(), key.to_string())) {
+        None => Ok(()),
+        Some(ns) => Err(err(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "Failed to process request [{request}] with errors: [[{key}] set as read-only by [{ns}]]"
+            ),
+        )),
+    }
+}
+
 fn ack() -> Resp {
     Resp::json(200, &json!({"acknowledged": true}))
 }
@@ -174,7 +198,13 @@ fn route(sh: &Shared, r: &Req, m: &EsMatch) -> Resp {
         "delete_script" => Ok(delete_script(sh, part(m, "id"))),
         "ingest.put_pipeline" => put_pipeline(sh, r, part(m, "id")),
         "ingest.get_pipeline" => Ok(get_pipeline(sh, m.parts.get("id").map(|s| s.as_str()))),
-        "ingest.delete_pipeline" => Ok(delete_pipeline(sh, part(m, "id"))),
+        "ingest.delete_pipeline" => reserved(
+            sh,
+            RESERVED_PIPELINES,
+            part(m, "id"),
+            "org.elasticsearch.action.ingest.DeletePipelineRequest/unset",
+        )
+        .map(|()| delete_pipeline(sh, part(m, "id"))),
         "ingest.simulate" => simulate(sh, r, m.parts.get("id").map(|s| s.as_str())),
         "indices.put_index_template" => put_index_template(sh, r, part(m, "name"), false),
         "indices.put_template" => put_index_template(sh, r, part(m, "name"), true),
@@ -860,6 +890,12 @@ fn collect_inference_models(v: &Value, out: &mut Vec<String>) {
 }
 
 fn put_pipeline(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
+    reserved(
+        sh,
+        RESERVED_PIPELINES,
+        id,
+        "org.elasticsearch.action.ingest.PutPipelineRequest/unset",
+    )?;
     let body = body_json(r)?;
     if !body.is_object() {
         return Err(err(
@@ -1376,6 +1412,24 @@ fn simulate(sh: &Shared, r: &Req, id: Option<&str>) -> Result<Resp, Resp> {
 // ---------------------------------------------------------------- templates, settings, data streams
 
 fn put_index_template(sh: &Shared, r: &Req, name: &str, legacy: bool) -> Result<Resp, Resp> {
+    if !legacy {
+        // Keys of ReservedComposableIndexTemplateAction: `composable_index_template:<name>`
+        // (8.7+), which is also how the error names them.
+        let key = format!("composable_index_template:{name}");
+        let st = sh.st();
+        if let Some(ns) = st
+            .reserved
+            .get(&(RESERVED_TEMPLATES.to_string(), name.to_string()))
+        {
+            return Err(err(
+                400,
+                "illegal_argument_exception",
+                &format!(
+                    "Failed to process request [org.elasticsearch.action.admin.indices.template.put.TransportPutComposableIndexTemplateAction$Request/unset] with errors: [[{key}] set as read-only by [{ns}]]"
+                ),
+            ));
+        }
+    }
     let body = body_json(r)?;
     let mut st = sh.st();
     let map = if legacy {

@@ -262,6 +262,11 @@ pub(crate) struct State {
     pub index_templates: BTreeMap<String, Value>,
     pub legacy_templates: BTreeMap<String, Value>,
     pub data_streams: BTreeMap<String, Value>,
+    /// Reserved state: (handler, key) -> the reserved-state namespace that owns it
+    /// (`file_settings`), as file-based settings (ECK's StackConfigPolicy) leave it.
+    pub reserved: BTreeMap<(String, String), String>,
+    /// Kibana's `server.basePath` with `server.rewriteBasePath: true`, when set.
+    pub kibana_base_path: Option<String>,
     pub jobs: BTreeMap<String, Job>,
     pub datafeeds: BTreeMap<String, Job>,
     pub releases: BTreeMap<(String, String), Release>,
@@ -671,6 +676,22 @@ async fn handle(
         }
         _ => body,
     };
+    // Kibana's setupBasePathRewrite (packages/core/http/core-http-server-internal/src/
+    // http_server.ts): with rewriteBasePath the base path is removed from the request's path
+    // (BasePath.remove: the path equals it or continues with `/`); any other path is 404.
+    let path = match (svc, shared.st().kibana_base_path.clone()) {
+        (Service::Kibana, Some(base)) => match path.strip_prefix(&base) {
+            Some("") => "/".to_string(),
+            Some(rest) if rest.starts_with('/') => rest.to_string(),
+            _ => {
+                let r = Resp::json(404, &util::kibana_error_body(404, "Not Found"));
+                rec.status = 404;
+                shared.record(rec);
+                return Ok(to_hyper(r, svc, false));
+            }
+        },
+        _ => path,
+    };
     let r = Req {
         method: rec.method.clone(),
         path,
@@ -873,6 +894,25 @@ impl Standin {
     }
 
     // ---- state mutation (simulated drift)
+    /// Stores a pipeline as file-based settings do (ECK's StackConfigPolicy through the
+    /// `file_settings` namespace): afterwards the REST API refuses to change or delete it.
+    pub fn reserve_pipeline(&self, id: &str, body: Value) {
+        let mut st = self.shared.st();
+        st.pipelines.insert(id.into(), body);
+        st.reserved.insert(
+            (crate::es::RESERVED_PIPELINES.into(), id.into()),
+            "file_settings".into(),
+        );
+    }
+    /// Likewise for a composable index template.
+    pub fn reserve_index_template(&self, name: &str, body: Value) {
+        let mut st = self.shared.st();
+        st.index_templates.insert(name.into(), body);
+        st.reserved.insert(
+            (crate::es::RESERVED_TEMPLATES.into(), name.into()),
+            "file_settings".into(),
+        );
+    }
     pub fn put_pipeline(&self, id: &str, body: Value) {
         self.shared.st().pipelines.insert(id.into(), body);
     }
@@ -949,6 +989,11 @@ impl Standin {
     }
     pub fn put_data_stream(&self, name: &str, ds: Value) {
         self.shared.st().data_streams.insert(name.into(), ds);
+    }
+    /// Serves Kibana as `server.basePath: <base>` with `server.rewriteBasePath: true` does
+    /// (what ECK's Kibana gets from that config): only paths under `base`, with it removed.
+    pub fn set_kibana_base_path(&self, base: &str) {
+        self.shared.st().kibana_base_path = Some(base.trim_end_matches('/').to_string());
     }
     pub fn set_license(&self, license_type: &str) {
         self.shared.st().license_type = license_type.into();

@@ -1079,6 +1079,68 @@ async fn cluster_state_metadata_and_filter_path() {
     assert_eq!(v, json!({"version": {"number": "8.17.0"}}));
 }
 
+/// File-based settings (ECK's StackConfigPolicy) own a pipeline and a composable template: the
+/// REST API refuses to change or delete them with Elasticsearch's reserved-state error
+/// (ActionWithReservedState.validateForReservedState), and leaves them as they were.
+#[tokio::test]
+async fn reserved_state_is_read_only() {
+    let t = T::new().await;
+    let body = json!({"processors": [{"set": {"field": "a", "value": "b"}}]});
+    t.s.reserve_pipeline("logs-x@custom", body.clone());
+    let (st, v) = t
+        .es(
+            Method::PUT,
+            "/_ingest/pipeline/logs-x@custom",
+            Some(json!({"processors": []})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(v["error"]["type"], "illegal_argument_exception");
+    assert_eq!(
+        v["error"]["reason"],
+        "Failed to process request [org.elasticsearch.action.ingest.PutPipelineRequest/unset] \
+         with errors: [[logs-x@custom] set as read-only by [file_settings]]"
+    );
+    let (st, _) = t
+        .es(Method::DELETE, "/_ingest/pipeline/logs-x@custom", None)
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(t.s.pipelines()["logs-x@custom"], body);
+    // Other pipelines stay writable.
+    let (st, _) = t
+        .es(Method::PUT, "/_ingest/pipeline/other", Some(body.clone()))
+        .await;
+    assert_eq!(st, 200);
+
+    t.s.reserve_index_template("tmpl", json!({"index_patterns": ["x-*"]}));
+    let (st, v) = t
+        .es(
+            Method::PUT,
+            "/_index_template/tmpl",
+            Some(json!({"index_patterns": ["y-*"]})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let reason = v["error"]["reason"].as_str().unwrap();
+    assert!(
+        reason.ends_with("[[composable_index_template:tmpl] set as read-only by [file_settings]]"),
+        "{reason}"
+    );
+}
+
+/// Kibana with `server.basePath` + `server.rewriteBasePath`: served under the base path only.
+#[tokio::test]
+async fn kibana_base_path_rewrite() {
+    let t = T::new().await;
+    t.s.set_kibana_base_path("/kb");
+    let (st, _) = t.kb(Method::GET, "/api/status", None).await;
+    assert_eq!(st, 404);
+    let (st, _) = t.kb(Method::GET, "/kbx/api/status", None).await;
+    assert_eq!(st, 404);
+    let (st, v) = t.kb(Method::GET, "/kb/api/status", None).await;
+    assert_eq!(st, 200, "{v}");
+}
+
 // ---------------------------------------------------------------- version profiles & indices
 // Each test below is a row of tests/standin/CONFORMANCE.md ("Version profiles and index
 // wiring").
