@@ -1009,7 +1009,8 @@ fn pipeline_processor_has(v: &Value, key: &str) -> bool {
 fn get_pipeline(sh: &Shared, id: Option<&str>) -> Resp {
     let st = sh.st();
     let (ids, _) = select_ids(st.pipelines.keys(), id);
-    if ids.is_empty() && id.is_some() {
+    // `GetPipelineResponse.status()`: 404 whenever nothing is listed, ids named or not.
+    if ids.is_empty() {
         return Resp::json(404, &json!({}));
     }
     let out: Map<String, Value> = ids
@@ -1022,7 +1023,9 @@ fn get_pipeline(sh: &Shared, id: Option<&str>) -> Resp {
 fn delete_pipeline(sh: &Shared, id: &str) -> Resp {
     let mut st = sh.st();
     let (ids, _) = select_ids(st.pipelines.keys(), Some(id));
-    if ids.is_empty() {
+    // A match-all pattern that matches nothing is a no-op, not a 404
+    // (`IngestService.innerDelete`: `Regex.isMatchAllPattern`).
+    if ids.is_empty() && id != "*" {
         return not_found(&format!("pipeline [{id}] is missing"));
     }
     for i in ids {
@@ -1843,9 +1846,11 @@ fn put_datafeed(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
         .iter()
         .find(|(_, d)| d.config["job_id"] == json!(job_id))
     {
+        // `ExceptionsHelper.conflictStatusException` in `TransportPutDatafeedAction`: a plain
+        // 409 `status_exception`, unlike the 400 for a datafeed id that is taken.
         return Err(err(
             409,
-            "resource_already_exists_exception",
+            "status_exception",
             &format!("A datafeed [{other}] already exists for job [{job_id}]"),
         ));
     }

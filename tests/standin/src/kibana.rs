@@ -23,6 +23,17 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
         }
         return resp.header("www-authenticate", "Basic realm=\"kibana\"");
     }
+    // The xsrf check is a platform onPostAuth handler (`createXsrfPostAuthHandler`,
+    // src/core/server/http/lifecycle_handlers.ts): it answers before any route validates its body.
+    if r.method != "GET"
+        && r.method != "HEAD"
+        && r.header("kbn-xsrf").is_none()
+        && r.header("kbn-version").is_none()
+    {
+        let mut resp = kerr(400, "Request must contain a kbn-xsrf header.");
+        resp.off_spec = Some("missing kbn-xsrf header".into());
+        return resp;
+    }
     let m = match spec::kibana_check(&r.method, &r.path, &r.query, &r.body) {
         Ok(m) => m,
         Err(o) => {
@@ -32,16 +43,6 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
             return resp;
         }
     };
-    if r.method != "GET"
-        && r.method != "HEAD"
-        && r.header("kbn-xsrf").is_none()
-        && r.header("x-elastic-internal-origin").is_none()
-    {
-        let mut resp = kerr(400, "Request must contain a kbn-xsrf header.");
-        resp.off_spec = Some("missing kbn-xsrf header".into());
-        resp.api = Some(m.operation_id);
-        return resp;
-    }
     let mut resp = route(sh, r, &m);
     resp.api = Some(m.operation_id.clone());
     resp

@@ -1413,3 +1413,178 @@ async fn ml_job_update_replaces_custom_settings() {
     assert_eq!(v["error"]["type"], "resource_not_found_exception");
     assert!(t.s.off_spec_requests().is_empty());
 }
+
+/// Rows of CONFORMANCE.md "REST behaviours (helper conformance)" that no other test showed:
+/// `include=definition`, the ML state conflicts (all 409 `status_exception`, messages as
+/// Elasticsearch words them), a match-all pipeline delete with nothing to delete, the
+/// `WWW-Authenticate` challenges and Kibana's `kbn-xsrf` pre-handler.
+#[tokio::test]
+async fn conformance_rest_shapes() {
+    let t = T::new().await;
+    let (s, _, v) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_def",
+            Some(model_body("dga_def", 2_000, ModelEncoding::Compressed)),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = t.es(Method::GET, "/_ml/trained_models/dga_def", None).await;
+    assert!(v["trained_model_configs"][0].get("definition").is_none());
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/_ml/trained_models/dga_def?include=definition",
+            None,
+        )
+        .await;
+    assert!(
+        v["trained_model_configs"][0]["definition"]["trained_model"].is_object(),
+        "{v}"
+    );
+
+    // No pipeline at all: GET lists nothing, 404 `{}` (GetPipelineResponse.status).
+    let (s, v) = t.es(Method::GET, "/_ingest/pipeline", None).await;
+    assert_eq!((s, v), (404, json!({})));
+    // Nothing to delete under a match-all pattern: acknowledged (IngestService.innerDelete).
+    let (s, v) = t.es(Method::DELETE, "/_ingest/pipeline/*", None).await;
+    assert_eq!((s, v), (200, json!({"acknowledged": true})));
+    let (s, v) = t.es(Method::DELETE, "/_ingest/pipeline/dga*", None).await;
+    assert_eq!(s, 404);
+    assert_eq!(v["error"]["reason"], "pipeline [dga*] is missing");
+
+    // pipeline_count (TransportGetTrainedModelsStatsAction) and the per-document licence check
+    // of the inference processor (LicenseUtils.newComplianceException).
+    let pipe = json!({"processors": [{"inference": {"model_id": "dga_def"}}]});
+    let (s, _) = t
+        .es(Method::PUT, "/_ingest/pipeline/uses_def", Some(pipe))
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = t
+        .es(Method::GET, "/_ml/trained_models/dga_def/_stats", None)
+        .await;
+    assert_eq!(v["trained_model_stats"][0]["pipeline_count"], 1, "{v}");
+    t.s.set_license("basic");
+    let (s, v) = t
+        .es(
+            Method::POST,
+            "/_ingest/pipeline/uses_def/_simulate",
+            Some(json!({"docs": [{"_source": {"a": 1}}]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["docs"][0]["error"]["reason"], "current license is non-compliant for [inference]",
+        "{v}"
+    );
+    t.s.set_license("platinum");
+    t.es(Method::DELETE, "/_ingest/pipeline/uses_def", None)
+        .await;
+
+    let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "high_sum", "field_name": "x"}]}, "data_description": {"time_field": "@timestamp"}});
+    t.es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
+        .await;
+    let feed = json!({"job_id": "j", "indices": ["logs-*"]});
+    t.es(Method::PUT, "/_ml/datafeeds/datafeed-j", Some(feed.clone()))
+        .await;
+    let (s, v) = t
+        .es(Method::PUT, "/_ml/datafeeds/datafeed-j", Some(feed.clone()))
+        .await;
+    assert_eq!(
+        (s, &v["error"]["type"]),
+        (400, &json!("resource_already_exists_exception"))
+    );
+    let (s, v) = t
+        .es(Method::PUT, "/_ml/datafeeds/datafeed-other", Some(feed))
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(v["error"]["type"], "status_exception");
+    assert_eq!(
+        v["error"]["reason"],
+        "A datafeed [datafeed-j] already exists for job [j]"
+    );
+    let (s, v) = t
+        .es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        v["error"]["reason"],
+        "cannot start datafeed [datafeed-j] because job [j] is closed"
+    );
+    t.es(Method::POST, "/_ml/anomaly_detectors/j/_open", None)
+        .await;
+    t.es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
+        .await;
+    let (s, v) = t
+        .es(Method::POST, "/_ml/anomaly_detectors/j/_close", None)
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        v["error"]["reason"],
+        "cannot close job [j], datafeed hasn't been stopped"
+    );
+    let (s, v) = t.es(Method::DELETE, "/_ml/anomaly_detectors/j", None).await;
+    assert_eq!(s, 409);
+    assert_eq!(
+        v["error"]["reason"],
+        "Cannot delete job [j] because the job is opened"
+    );
+
+    let cfg = StandinConfig {
+        auth: Auth {
+            basic: vec![("elastic".into(), "changeme".into())],
+            api_keys: vec![],
+            bearer: vec![],
+        },
+        ..Default::default()
+    };
+    let a = T::with(cfg).await;
+    let r = a.c.get(a.s.es_url()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenges: Vec<_> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|h| h.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        challenges
+            .iter()
+            .any(|c| c.starts_with("Basic realm=\"security\""))
+            && challenges.iter().any(|c| c == "ApiKey"),
+        "{challenges:?}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["error"]["reason"],
+        "missing authentication credentials for REST request [/]"
+    );
+    assert_eq!(v["status"], 401);
+
+    let r =
+        t.c.post(format!("{}/api/detection_engine/rules", t.s.kibana_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .json(&json!({"rule_id": "x", "type": "query"}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"statusCode": 400, "error": "Bad Request", "message": "Request must contain a kbn-xsrf header."})
+    );
+    assert!(t.s.rules("default").is_empty());
+    // `kbn-version` passes the same check (lifecycle_handlers.ts).
+    let r =
+        t.c.post(format!("{}/api/detection_engine/rules", t.s.kibana_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .header("kbn-version", "8.17.0")
+            .json(&rule("r-kv", "t"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(t.s.rules("default").len(), 1);
+}
