@@ -105,7 +105,23 @@ if [ -z "${DGA_IN_PROCESS:-}" ] && tests/testbed/node.sh deps >/dev/null 2>&1 &&
   DGA_IMAGE_TAG=quickstart tests/testbed/node.sh values "$port" >"$work/values.json"
   "$(tests/testbed/helm.sh)" install dga-operator charts/dga-operator -n dga-system --create-namespace \
     -f "$work/values.json" --set crds.install=false --set githubApi="$GITHUB_API" >/dev/null
-  kubectl -n dga-system rollout status deployment/dga-operator --timeout=240s
+  if ! kubectl -n dga-system rollout status deployment/dga-operator --timeout=240s; then
+    # What a person would look at next, so that a failure here (or in CI) explains itself.
+    {
+      echo "---- pods, events and logs in dga-system"
+      kubectl -n dga-system get pods -o wide
+      kubectl -n dga-system describe pods | tail -n 60
+      kubectl -n dga-system get events --sort-by=.lastTimestamp | tail -n 30
+      kubectl -n dga-system logs deployment/dga-operator --tail=40 --all-containers 2>&1 || true
+      kubectl -n dga-system logs deployment/dga-operator --tail=40 --previous 2>&1 || true
+      kubectl get nodes -o wide
+      kubectl describe nodes | sed -n '/^Taints:/,/^Addresses:/p'
+      df -h "$work" /var/lib 2>/dev/null
+      echo "---- kubelet.log (tail)"; tail -n 40 "$work/node/kubelet.log"
+      echo "---- containerd.log (tail)"; tail -n 20 "$work/node/containerd.log"
+    } >&2 || true
+    exit 1
+  fi
   kubectl -n dga-system get pods -o wide
 else
   echo "no node here ($(tests/testbed/node.sh check || true)): running the operator as a local process"
