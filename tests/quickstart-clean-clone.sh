@@ -25,7 +25,10 @@ mkdir -p "$target/debug"
 if [ -d "$seed/debug/deps" ]; then
   echo "==> seeding $target with the third-party crates of $seed (none of this workspace)"
   for d in deps build .fingerprint; do
-    [ -d "$seed/debug/$d" ] && cp -a --reflink=auto "$seed/debug/$d" "$target/debug/"
+    # Hard links where the file system allows (no second copy of gigabytes on a CI disk; only
+    # the workspace's crates are built in the clone, so no seeded file is written again).
+    [ -d "$seed/debug/$d" ] && { cp -al "$seed/debug/$d" "$target/debug/" 2>/dev/null ||
+      cp -a --reflink=auto "$seed/debug/$d" "$target/debug/"; }
   done
   # Everything of the workspace goes: its libraries, binaries, tests, fingerprints.
   find "$target/debug" -maxdepth 2 \( -name '*dga_operator*' -o -name '*dga_standin*' \

@@ -191,8 +191,11 @@ failSwapOn: false
 # Leave the host's iptables alone.
 makeIPTablesUtilChains: false
 volumePluginDir: $dir/plugins
-# A shared CI machine: do not evict the test's pods for the host's disk or memory use.
-evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# A shared CI machine: never evict the test's pods or taint the node for the host's disk or memory
+# use. "0%" switches a signal off (kubelet's ParseThresholdStatement ignores 0% and 100%; 1.20.2
+# has it). With "1%", a CI disk filled by two builds could mark the node DiskPressure and leave
+# the operator's pod Pending (suspected in a CI run whose pod never rolled out).
+evictionHard: {memory.available: "0%", nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%"}
 imageGCHighThresholdPercent: 100
 EOF
   # --hostname-override=localhost: the node's address resolves to loopback, so `kubectl logs`
