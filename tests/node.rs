@@ -350,7 +350,41 @@ async fn chart_pod_runs_restricted_reconciles_and_serves_metrics() {
     );
     assert!(!logs.is_empty());
     let pod = rel.wait_ready_pod(&env).await;
-    assert_eq!(restarts(&pod), 0, "the operator restarted:\n{logs}");
+    if restarts(&pod) != 0 {
+        // Why it restarted: the last state (OOMKilled, exit code, a failed probe in the events)
+        // and what the previous container printed last.
+        let last = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| format!("{:?}", c.iter().map(|c| &c.last_state).collect::<Vec<_>>()))
+            .unwrap_or_default();
+        let text = |o: std::process::Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        };
+        let previous = text(kubectl(&[
+            "logs",
+            "-n",
+            &rel.ns,
+            &pod_name(&pod),
+            "--previous",
+        ]));
+        let events = text(kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &rel.ns,
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ]));
+        panic!(
+            "the operator restarted: last state {last}\nprevious container:\n{previous}\nevents:\n{events}\ncurrent:\n{logs}"
+        );
+    }
     env.finish().await;
 }
 

@@ -161,7 +161,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 EOF
   start "$dir" containerd containerd --config "$dir/containerd/config.toml"
   for _ in $(seq 1 300); do
-    ctr -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
+    timeout 5 ctr -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
     kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null || { tail -n 20 "$dir/containerd.log" >&2; die "containerd exited"; }
     sleep 0.1
   done
@@ -245,14 +245,17 @@ cmd_down() {
   # Containers first (their shims then exit), while containerd still answers.
   if [ -f "$dir/containerd.pid" ] && kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
     local sock="$dir/containerd.sock" t
-    for t in $(ctr -a "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
-      ctr -a "$sock" -n k8s.io tasks kill -a -s KILL "$t" >/dev/null 2>&1 || true
+    # Every ctr call is bounded: a `tasks rm -f` once hung for over nine minutes on a shim that
+    # did not answer; whatever is left is killed by pid and unmounted below.
+    c() { timeout 10 ctr -a "$sock" -n k8s.io "$@"; }
+    for t in $(c tasks ls -q 2>/dev/null); do
+      c tasks kill -a -s KILL "$t" >/dev/null 2>&1 || true
     done
-    for t in $(ctr -a "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
-      for _ in $(seq 1 20); do ctr -a "$sock" -n k8s.io tasks rm -f "$t" >/dev/null 2>&1 && break; sleep 0.1; done
+    for t in $(c tasks ls -q 2>/dev/null); do
+      for _ in $(seq 1 5); do c tasks rm -f "$t" >/dev/null 2>&1 && break; sleep 0.2; done
     done
-    for t in $(ctr -a "$sock" -n k8s.io containers ls -q 2>/dev/null); do
-      ctr -a "$sock" -n k8s.io containers rm "$t" >/dev/null 2>&1 || true
+    for t in $(c containers ls -q 2>/dev/null); do
+      c containers rm "$t" >/dev/null 2>&1 || true
     done
   fi
   stop_pid "$dir" containerd
