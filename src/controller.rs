@@ -1178,7 +1178,14 @@ async fn apply_es(
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
     }
     // Prove the chain works on canary documents; report, never undo.
-    match engine::verify::verify(es, desired.router_pipeline(), &desired.model_id).await {
+    match engine::verify::verify(
+        es,
+        desired.router_pipeline(),
+        &desired.model_id,
+        &desired.result_fields(),
+    )
+    .await
+    {
         Ok(v) => {
             let (state, reason, message) = verified_condition(&v);
             let failed = matches!(v, engine::verify::Verdict::Failed(_));

@@ -252,7 +252,6 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
         json!([
             {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
                            "inference_config": {"classification": {"num_top_classes": 1}}}},
-            {"rename": {"field": "ml_is_dga.predicted_value", "target_field": "ml_is_dga.malicious_prediction"}},
             {"rename": {"field": "ml_is_dga.prediction_probability", "target_field": "ml_is_dga.malicious_probability"}}
         ]),
     );

@@ -34,6 +34,11 @@ impl Desired {
     pub fn router_pipeline(&self) -> &str {
         &self.router
     }
+
+    /// Where the model being installed writes its answer (its own `inference_config`).
+    pub fn result_fields(&self) -> super::verify::ResultFields {
+        super::verify::ResultFields::of_model(self.model_head.get("inference_config"))
+    }
 }
 
 /// Where the enrichment is wired in (empty: nowhere).

@@ -197,31 +197,29 @@ ctx.f = f;
     )
 }
 
-/// Step 4: keep `malicious_prediction` (0/1) and `malicious_probability`, drop `f`.
+/// Step 4: keep `malicious_prediction` (0/1) and `malicious_probability`, drop `f`. Reads what
+/// the real model writes (its stored `inference_config`, real-stack.md): the Fleet pipeline's
+/// script takes `ml_is_dga.malicious_prediction` and the probability of class 1 from
+/// `ml_is_dga.top_classes`.
 pub fn ngrams_transform_delete_source() -> String {
     r#"// ML-DGA step 4: reduce the inference result to the two verdict fields, drop the features.
 def r = ctx.ml_is_dga;
 if (r != null && r instanceof Map) {
-  def pred = r.predicted_value;
+  def pred = r.malicious_prediction;
   int malicious = 0;
   if (pred instanceof Number) {
     malicious = ((Number) pred).doubleValue() == 1.0 ? 1 : 0;
-  } else if (pred instanceof Boolean) {
-    malicious = ((Boolean) pred) ? 1 : 0;
   } else if (pred != null) {
     String s = pred.toString();
     malicious = (s == '1' || s == '1.0' || s == 'true') ? 1 : 0;
   }
   double probability = 0.0;
-  if (malicious == 1) {
-    def p = r.prediction_probability;
-    if (p instanceof Number) {
-      probability = ((Number) p).doubleValue();
-    } else if (r.top_classes instanceof List) {
-      for (def c : r.top_classes) {
-        if (c != null && c.class_name != null && c.class_name.toString().startsWith('1') && c.class_probability instanceof Number) {
-          probability = ((Number) c.class_probability).doubleValue();
-        }
+  if (malicious == 1 && r.top_classes instanceof List) {
+    for (def c : r.top_classes) {
+      if (c != null && c.class_name != null && c.class_probability instanceof Number) {
+        def n = c.class_name;
+        boolean one = n instanceof Number ? ((Number) n).doubleValue() == 1.0 : n.toString() == '1';
+        if (one) { probability = ((Number) c.class_probability).doubleValue(); }
       }
     }
   }

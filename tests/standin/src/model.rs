@@ -746,6 +746,18 @@ pub fn write_definition(spec: &ModelSpec, out: &mut impl Write) -> io::Result<u6
     Ok(w.n)
 }
 
+/// The `inference_config` the real DGA model stores (real-stack.md): results under
+/// `malicious_prediction` as a number, the two classes under `top_classes`. The Fleet pipeline's
+/// processor overrides only `num_top_classes: 1`.
+pub fn real_inference_config() -> Value {
+    json!({"classification": {
+        "num_top_classes": 2,
+        "prediction_field_type": "number",
+        "results_field": "malicious_prediction",
+        "top_classes_results_field": "top_classes"
+    }})
+}
+
 /// Write the full `PUT _ml/trained_models/<id>` body. `model_id` is included.
 pub fn write_model_json(
     spec: &ModelSpec,
@@ -778,10 +790,7 @@ pub fn write_model_json_opts(
         json!({"generated_by": "dga-standin", "seed": spec.seed, "target_definition_bytes": spec.target_definition_bytes}),
     );
     head.insert("input".into(), json!({"field_names": input_field_names()}));
-    head.insert(
-        "inference_config".into(),
-        json!({"classification": {"num_top_classes": 1}}),
-    );
+    head.insert("inference_config".into(), real_inference_config());
     let head = serde_json::to_string(&Value::Object(head)).unwrap();
     // Re-open the object to append the definition last.
     out.write_all(&head.as_bytes()[..head.len() - 1])?;
