@@ -787,6 +787,14 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         .await
         .map_err(|e| target.explain(e))?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
+    let dropped = desired.fit_to_cluster(&info.version);
+    if !dropped.is_empty() {
+        tracing::debug!(
+            fields = %dropped.join(", "),
+            version = %info.version,
+            "model file fields this Elasticsearch refuses at creation are left out of the upload"
+        );
+    }
 
     let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
     owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;

@@ -67,6 +67,19 @@ impl MetadataGlance {
     }
 }
 
+/// Elasticsearch's default `http.max_content_length` (100mb).
+pub const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 * 1024 * 1024;
+
+/// Why a model upload answered 413: its size against the cluster's limit.
+pub fn too_large(len: u64) -> String {
+    format!(
+        "the model upload is {len} bytes ({:.1} MiB), more than this cluster's http.max_content_length \
+         (Elasticsearch answered 413 Request Entity Too Large; the default limit is 100mb = {DEFAULT_MAX_CONTENT_LENGTH} bytes): \
+         raise http.max_content_length in elasticsearch.yml on every node, or use a smaller model",
+        len as f64 / (1024.0 * 1024.0)
+    )
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterInfo {
     pub version: String,
@@ -255,7 +268,17 @@ impl Elasticsearch {
             .header("Content-Type", "application/json")
             .header("Content-Length", len)
             .body(reqwest::Body::wrap_stream(body));
-        let (status, body) = self.call(&what, req).await?;
+        let resp = http::send(ES, &what, req).await?;
+        if resp.status().as_u16() == 413 {
+            // Netty4HttpContentSizeHandler: over `http.max_content_length`, answered before the
+            // body is read, with no body. Sending it again cannot help: the model is refused.
+            return Err(Error::InvalidBundle(crate::bundle::BundleError {
+                file: model.file.clone(),
+                problem: too_large(len),
+            }));
+        }
+        let status = resp.status().as_u16();
+        let body = http::json(ES, &what, resp).await?;
         if status == 200 {
             return Ok(());
         }

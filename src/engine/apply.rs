@@ -55,6 +55,16 @@ async fn step(
                     Err(Error::Conflict(msg))
                 }
             }
+            // A field of the model's config the cluster's PUT refuses (unknown to its parser,
+            // or "illegal to set at inference model creation"): Elasticsearch names it.
+            Err(Error::Rejected {
+                status: 400,
+                detail,
+                ..
+            }) if refuses_a_field(&detail) => Err(Error::InvalidBundle(crate::bundle::BundleError {
+                file: d.model.file.clone(),
+                problem: format!("Elasticsearch refuses the model's configuration: {detail}"),
+            })),
             // Elasticsearch parses the definition; ours is read only to say which part of the
             // release it did not like.
             Err(e @ Error::Rejected { status: 400, .. }) => {
@@ -139,6 +149,15 @@ pub async fn cleanup(
         removed.push(format!("trained model {id}"));
     }
     Ok(removed)
+}
+
+/// A PUT model refusal that names a field of the config: the strict parser's "unknown field
+/// [x]" (`x_content_parse_exception`) or a creation check's "illegal to set [x]"
+/// (`action_request_validation_exception`).
+fn refuses_a_field(detail: &str) -> bool {
+    (detail.starts_with("x_content_parse_exception") && detail.contains("unknown field ["))
+        || (detail.starts_with("action_request_validation_exception")
+            && detail.contains("illegal to set ["))
 }
 
 fn calls_pipeline(body: &Value) -> bool {

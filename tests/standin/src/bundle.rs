@@ -60,6 +60,15 @@ impl BundleSpec {
         }
     }
 
+    /// Same release, with the model file written as a GET export of Elasticsearch 8.17 (read-only
+    /// fields `created_by`, `version`, `create_time`, `license_level`, `location`, ... included;
+    /// `definition` in plain JSON, as `include=definition` gives it).
+    pub fn as_get_export(mut self) -> Self {
+        self.model.get_export_of = Some("8.17.0".into());
+        self.encoding = ModelEncoding::Plain;
+        self
+    }
+
     /// Same, with a model definition of about `bytes`.
     pub fn with_model_bytes(mut self, bytes: usize) -> Self {
         self.model.target_definition_bytes = bytes;
