@@ -61,10 +61,12 @@ async fn step(
                 status: 400,
                 detail,
                 ..
-            }) if refuses_a_field(&detail) => Err(Error::InvalidBundle(crate::bundle::BundleError {
-                file: d.model.file.clone(),
-                problem: format!("Elasticsearch refuses the model's configuration: {detail}"),
-            })),
+            }) if refuses_a_field(&detail) => {
+                Err(Error::InvalidBundle(crate::bundle::BundleError {
+                    file: d.model.file.clone(),
+                    problem: format!("Elasticsearch refuses the model's configuration: {detail}"),
+                }))
+            }
             // Elasticsearch parses the definition; ours is read only to say which part of the
             // release it did not like.
             Err(e @ Error::Rejected { status: 400, .. }) => {

@@ -112,9 +112,18 @@ fn major_minor(version: &str) -> (u32, u32) {
 /// declared.
 pub fn put_refuses(field: &str, v: (u32, u32)) -> bool {
     match field {
-        "model_id" | "description" | "tags" | "metadata" | "input" | "inference_config"
-        | "default_field_map" | "definition" | "compressed_definition" => false,
-        "model_type" | "model_size_bytes" | "estimated_heap_memory_usage_bytes"
+        "model_id"
+        | "description"
+        | "tags"
+        | "metadata"
+        | "input"
+        | "inference_config"
+        | "default_field_map"
+        | "definition"
+        | "compressed_definition" => false,
+        "model_type"
+        | "model_size_bytes"
+        | "estimated_heap_memory_usage_bytes"
         | "estimated_operations" => v < (8, 0),
         "platform_architecture" => v < (8, 11),
         "prefix_strings" => v < (8, 12),

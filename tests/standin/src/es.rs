@@ -465,7 +465,10 @@ fn model_fields_known(p: crate::profile::Profile) -> Vec<&'static str> {
             &["model_type", "location", "model_size_bytes"][..],
         ),
         (Feature::ModelPackage, &["model_package"][..]),
-        (Feature::PlatformArchitecture, &["platform_architecture"][..]),
+        (
+            Feature::PlatformArchitecture,
+            &["platform_architecture"][..],
+        ),
         (Feature::PrefixStrings, &["prefix_strings"][..]),
     ] {
         if p.has(f) {

@@ -599,7 +599,10 @@ async fn handle(
     let body = if svc == Service::Es && declared.is_some_and(|n| n > max) {
         None
     } else if svc == Service::Es {
-        match http_body_util::Limited::new(body, max as usize).collect().await {
+        match http_body_util::Limited::new(body, max as usize)
+            .collect()
+            .await
+        {
             Ok(b) => Some(b.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
             Err(e) => return Err(io::Error::other(e)),
