@@ -1073,6 +1073,21 @@ mod tests {
             "ml_dga_ngrams_create_script"
         );
         assert_eq!(inf["on_failure"][0]["set"]["value"], "pipeline_error");
+        // The Fleet contract: the model's own config names the results, the processor overrides
+        // only num_top_classes, the verdict script reads what the model writes.
+        assert_eq!(model["inference_config"], model::real_inference_config());
+        assert_eq!(
+            inf["processors"][1]["inference"]["inference_config"],
+            json!({"classification": {"num_top_classes": 1}})
+        );
+        let verdict = ngrams_transform_delete_source();
+        assert!(verdict.contains("r.malicious_prediction") && verdict.contains("r.top_classes"));
+        assert!(!verdict.contains("predicted_value"));
+        let cfg = json!({"classification": {"results_field": "malicious_prediction",
+            "top_classes_results_field": "top_classes", "num_top_classes": 1,
+            "prediction_field_type": "number"}});
+        let out = model::evaluate_with_config(&def, &doc, &cfg).unwrap();
+        assert!(out["malicious_prediction"].is_number(), "{out}");
         // unpacked copy has the same bytes
         let up = tmp("v2-unpacked");
         let u = write_unpacked(&spec, &up).unwrap();
