@@ -1825,6 +1825,10 @@ async fn a_model_field_elasticsearch_refuses_is_named() {
     assert!(run.stderr.contains("invalid bundle"), "{run}");
     assert!(run.stderr.contains("unknown field [frobnicate]"), "{run}");
     assert!(run.stderr.contains("_model.json"), "{run}");
+    assert!(
+        run.stderr.contains("hint: the model file carries a field"),
+        "{run}"
+    );
     assert!(bed.standin.models().is_empty() && bed.standin.pipelines().is_empty());
 }
 
@@ -1832,7 +1836,7 @@ async fn a_model_field_elasticsearch_refuses_is_named() {
 /// is read: one upload, a message naming the limit, exit 7; no retries.
 #[tokio::test]
 async fn a_model_over_http_max_content_length_is_refused_once() {
-    for (model_bytes, limit) in [(60_000usize, 1_000u64), (6_000_000, 100_000)] {
+    for (model_bytes, limit) in [(60_000usize, 1_000u64), (40_000_000, 1_000_000)] {
         let bed = Bed::start().await;
         bed.standin.set_http_max_content_length(limit);
         let tag = "ML-DGA-20210203-1";
@@ -1846,14 +1850,26 @@ async fn a_model_over_http_max_content_length_is_refused_once() {
             run.stderr.contains("http.max_content_length") && run.stderr.contains("413"),
             "{run}"
         );
-        let puts: Vec<u16> = bed
+        assert!(
+            run.stderr
+                .contains("hint: http.max_content_length is a static"),
+            "{run}"
+        );
+        let puts: Vec<(u16, usize)> = bed
             .standin
             .requests()
             .iter()
             .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
-            .map(|r| r.status)
+            .map(|r| (r.status, r.body_len))
             .collect();
-        assert_eq!(puts, vec![413], "{model_bytes}: one upload");
+        // One upload; when the client saw the connection cut instead of the 413 (it was still
+        // writing), one more request with the headers alone: never a retried upload.
+        assert!(
+            (1..=2).contains(&puts.len()) && puts.iter().all(|p| p.0 == 413),
+            "{model_bytes}: {puts:?}"
+        );
+        // The larger upload is several times the limit: the answer came while it was streaming.
+        assert!(puts[0].1 as u64 > 4 * limit, "{puts:?}");
         assert!(bed.standin.models().is_empty());
     }
 }

@@ -317,6 +317,12 @@ impl From<Error> for Failure {
             "ChecksumMismatch" => Some(
                 "the download was discarded and nothing was installed; check --sha256 and the source",
             ),
+            "InvalidBundle" if e.to_string().contains("http.max_content_length") => Some(
+                "http.max_content_length is a static node setting: set it in elasticsearch.yml on every node and restart them",
+            ),
+            "InvalidBundle" if e.to_string().contains("refuses the model's configuration") => Some(
+                "the model file carries a field this Elasticsearch version does not take: remove it from the model file",
+            ),
             "InvalidBundle" => Some(
                 "a release folder holds the model, two stored scripts and two ingest pipelines in the layout of an ML-DGA release",
             ),
