@@ -55,27 +55,27 @@ async fn step(
                     Err(Error::Conflict(msg))
                 }
             }
-            // A field of the model's config the cluster's PUT refuses (unknown to its parser,
-            // or "illegal to set at inference model creation"): Elasticsearch names it.
-            Err(Error::Rejected {
-                status: 400,
-                detail,
-                ..
-            }) if refuses_a_field(&detail) => {
-                Err(Error::InvalidBundle(crate::bundle::BundleError {
-                    file: d.model.file.clone(),
-                    problem: format!("Elasticsearch refuses the model's configuration: {detail}"),
-                }))
-            }
             // Elasticsearch parses the definition; ours is read only to say which part of the
-            // release it did not like.
+            // release it did not like (and the finding is kept, so it is not uploaded again).
+            // Otherwise a field of the model's config the cluster's PUT refuses (unknown to its
+            // parser, or "illegal to set at inference model creation"): Elasticsearch names it.
             Err(e @ Error::Rejected { status: 400, .. }) => {
                 let model = d.model.clone();
                 match tokio::task::spawn_blocking(move || crate::bundle::explain_refusal(&model))
                     .await
                 {
                     Ok(Some(problem)) => Err(Error::InvalidBundle(problem)),
-                    _ => Err(e),
+                    _ => match e {
+                        Error::Rejected { ref detail, .. } if refuses_a_field(detail) => {
+                            Err(Error::InvalidBundle(crate::bundle::BundleError {
+                                file: d.model.file.clone(),
+                                problem: format!(
+                                    "Elasticsearch refuses the model's configuration: {detail}"
+                                ),
+                            }))
+                        }
+                        e => Err(e),
+                    },
                 }
             }
             other => other,
