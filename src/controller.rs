@@ -783,6 +783,14 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         .await
         .map_err(|e| target.explain(e))?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
+    let dropped = desired.fit_to_cluster(&info.version);
+    if !dropped.is_empty() {
+        tracing::debug!(
+            fields = %dropped.join(", "),
+            version = %info.version,
+            "model file fields this Elasticsearch refuses at creation are left out of the upload"
+        );
+    }
 
     let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
     owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
@@ -1174,7 +1182,14 @@ async fn apply_es(
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
     }
     // Prove the chain works on canary documents; report, never undo.
-    match engine::verify::verify(es, desired.router_pipeline(), &desired.model_id).await {
+    match engine::verify::verify(
+        es,
+        desired.router_pipeline(),
+        &desired.model_id,
+        &desired.result_fields(),
+    )
+    .await
+    {
         Ok(v) => {
             let (state, reason, message) = verified_condition(&v);
             let failed = matches!(v, engine::verify::Verdict::Failed(_));

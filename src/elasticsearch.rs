@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::bundle::ModelFile;
-use crate::error::{Error, Service};
+use crate::error::{Error, Service, Transience};
 use crate::http;
 use crate::target::Endpoint;
 
@@ -65,6 +65,19 @@ impl MetadataGlance {
         }
         g
     }
+}
+
+/// Elasticsearch's default `http.max_content_length` (100mb).
+pub const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 * 1024 * 1024;
+
+/// Why a model upload answered 413: its size against the cluster's limit.
+pub fn too_large(len: u64) -> String {
+    format!(
+        "the model upload is {len} bytes ({:.1} MiB), more than this cluster's http.max_content_length \
+         (Elasticsearch answered 413 Request Entity Too Large; the default limit is 100mb = {DEFAULT_MAX_CONTENT_LENGTH} bytes): \
+         raise http.max_content_length in elasticsearch.yml on every node, or use a smaller model",
+        len as f64 / (1024.0 * 1024.0)
+    )
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -255,7 +268,32 @@ impl Elasticsearch {
             .header("Content-Type", "application/json")
             .header("Content-Length", len)
             .body(reqwest::Body::wrap_stream(body));
-        let (status, body) = self.call(&what, req).await?;
+        let resp = match http::send(ES, &what, req).await {
+            Ok(r) => r,
+            // Elasticsearch answers an oversized upload 413 and closes the connection at once; a
+            // client still writing the body may see only the cut. Ask once more with the headers
+            // alone: the length is judged before any body is read.
+            Err(e) if e.transience() == Some(Transience::Dropped) => {
+                if self.refuses_length(id, len).await {
+                    return Err(Error::InvalidBundle(crate::bundle::BundleError {
+                        file: model.file.clone(),
+                        problem: too_large(len),
+                    }));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if resp.status().as_u16() == 413 {
+            // Netty4HttpContentSizeHandler: over `http.max_content_length`, answered before the
+            // body is read, with no body. Sending it again cannot help: the model is refused.
+            return Err(Error::InvalidBundle(crate::bundle::BundleError {
+                file: model.file.clone(),
+                problem: too_large(len),
+            }));
+        }
+        let status = resp.status().as_u16();
+        let body = http::json(ES, &what, resp).await?;
         if status == 200 {
             return Ok(());
         }
@@ -267,6 +305,25 @@ impl Elasticsearch {
             )));
         }
         Err(Self::rejected(&what, status, &body))
+    }
+
+    /// Whether Elasticsearch refuses a model upload of `len` bytes for its length alone: the
+    /// headers are sent with a body that never comes, and `http.max_content_length` is checked
+    /// on the declared `Content-Length` before any body is read (413). Any other outcome within
+    /// a few seconds (the cluster waiting for the body) is "no"; the request is then dropped
+    /// unfinished, which creates nothing.
+    async fn refuses_length(&self, id: &str, len: u64) -> bool {
+        let body =
+            reqwest::Body::wrap_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let req = self
+            .req(Method::PUT, &format!("/_ml/trained_models/{id}"))
+            .header("Content-Type", "application/json")
+            .header("Content-Length", len)
+            .body(body);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), req.send()).await,
+            Ok(Ok(r)) if r.status().as_u16() == 413
+        )
     }
 
     pub async fn delete_model(&self, id: &str) -> Result<(), Error> {
@@ -664,5 +721,94 @@ mod tests {
             MetadataGlance::parse(&json!({}), &["s1".into()]),
             MetadataGlance::default()
         );
+    }
+
+    /// A server that reads a request's headers, then: the first connection is closed unanswered
+    /// (what a client still writing may see of Elasticsearch's 413-and-close), the next ones
+    /// get `413` when the declared length is over `max`, else wait.
+    async fn cut_then_413(max: u64) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: u64 = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if n == 0 {
+                        return; // dropped: the connection closes unanswered
+                    }
+                    if len > max {
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn model_file(dir: &std::path::Path, bytes: usize) -> ModelFile {
+        let path = dir.join("model.definition");
+        std::fs::write(&path, vec![b' '; bytes]).unwrap();
+        ModelFile {
+            id: "m".into(),
+            file: "m_model.json".into(),
+            head: serde_json::Map::new(),
+            definition_key: "definition".into(),
+            definition_path: path,
+            definition_len: bytes as u64,
+            crc32: "00000000".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_by_a_413_is_told_from_a_dropped_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model_file(dir.path(), 4096);
+        let head = serde_json::Map::new();
+        // Over the limit: the cut upload is followed by one header-only request, which gets 413.
+        let (url, seen) = cut_then_413(1000).await;
+        let es = Elasticsearch::new(
+            Endpoint::parse(&url, crate::target::Auth::None, None, "url").unwrap(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        match es.put_model("m", &head, &model).await {
+            Err(Error::InvalidBundle(b)) => {
+                assert_eq!(b.file, "m_model.json");
+                assert!(b.problem.contains("http.max_content_length"), "{b}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Under the limit: the cut stays what it is (transient, for a retry).
+        let (url, _) = cut_then_413(1 << 20).await;
+        let es = Elasticsearch::new(
+            Endpoint::parse(&url, crate::target::Auth::None, None, "url").unwrap(),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let e = es.put_model("m", &head, &model).await.unwrap_err();
+        assert_eq!(e.transience(), Some(Transience::Dropped), "{e:?}");
     }
 }

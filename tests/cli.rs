@@ -1766,3 +1766,110 @@ async fn remove_names_every_kind_it_leaves() {
     assert!(bed.standin.jobs().contains_key("dga_high_sum_probability"));
     assert_eq!(bed.standin.models().len(), 1);
 }
+
+/// A release whose model file is a `GET _ml/trained_models/<id>?include=definition` export
+/// (read-only fields included) installs on every version: the CLI leaves out what that version's
+/// PUT refuses, and keeps what it takes (8.x keeps `model_size_bytes`).
+#[tokio::test]
+async fn a_get_export_model_installs_on_every_version() {
+    for version in ["7.17", "8.17", "9.2"] {
+        let bed = Bed::start_with(StandinConfig {
+            es_version: version.into(),
+            ..StandinConfig::default()
+        })
+        .await;
+        let tag = "ML-DGA-20210202-1";
+        let spec = BundleSpec::small(tag, Layout::V2).as_get_export();
+        let rel =
+            builder::write_release(&spec, &bed.dir.path().join("releases").join(tag)).unwrap();
+        bed.standin.publish_built(REPO, &rel).unwrap();
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 0, "{version}: {run}");
+        assert!(
+            run.stdout.contains("left out of the upload")
+                && run.stdout.contains("created_by")
+                && run.stdout.contains("location"),
+            "{version}: {run}"
+        );
+        let model = assert_installed(&bed, &rel);
+        let stored = &bed.standin.models()[&model];
+        if version.starts_with('7') {
+            assert!(run.stdout.contains("model_size_bytes"), "{version}: {run}");
+        } else {
+            assert!(!run.stdout.contains("model_size_bytes"), "{version}: {run}");
+            assert_eq!(stored["model_size_bytes"], 246_784_104u64, "{version}");
+        }
+        // Elasticsearch's own values, not the export's.
+        assert_eq!(
+            stored["create_time"]
+                .as_u64()
+                .map(|t| t > 1_611_725_000_000),
+            Some(true)
+        );
+    }
+}
+
+/// A model field the cluster's PUT still refuses (not one GET writes) is a bundle problem that
+/// names the field, exit 7; nothing else is written.
+#[tokio::test]
+async fn a_model_field_elasticsearch_refuses_is_named() {
+    let bed = Bed::start().await;
+    let rel = bed.unpacked(TAG, Layout::V2);
+    let file = rel.zip_path.join(format!("{}_model.json", rel.model_id));
+    let mut model: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    model["frobnicate"] = json!(true);
+    std::fs::write(&file, serde_json::to_vec(&model).unwrap()).unwrap();
+    let dir = rel.zip_path.display().to_string();
+    let run = bed.cmd("setup", &["-d", &dir]).await;
+    assert_eq!(run.code, 7, "{run}");
+    assert!(run.stderr.contains("invalid bundle"), "{run}");
+    assert!(run.stderr.contains("unknown field [frobnicate]"), "{run}");
+    assert!(run.stderr.contains("_model.json"), "{run}");
+    assert!(
+        run.stderr.contains("hint: the model file carries a field"),
+        "{run}"
+    );
+    assert!(bed.standin.models().is_empty() && bed.standin.pipelines().is_empty());
+}
+
+/// A model upload over the cluster's `http.max_content_length` is answered 413 before its body
+/// is read: one upload, a message naming the limit, exit 7; no retries.
+#[tokio::test]
+async fn a_model_over_http_max_content_length_is_refused_once() {
+    for (model_bytes, limit) in [(60_000usize, 1_000u64), (40_000_000, 1_000_000)] {
+        let bed = Bed::start().await;
+        bed.standin.set_http_max_content_length(limit);
+        let tag = "ML-DGA-20210203-1";
+        let spec = BundleSpec::small(tag, Layout::V2).with_model_bytes(model_bytes);
+        let rel =
+            builder::write_release(&spec, &bed.dir.path().join("releases").join(tag)).unwrap();
+        bed.standin.publish_built(REPO, &rel).unwrap();
+        let run = bed.cmd("setup", &["-t", tag]).await;
+        assert_eq!(run.code, 7, "{model_bytes}: {run}");
+        assert!(
+            run.stderr.contains("http.max_content_length") && run.stderr.contains("413"),
+            "{run}"
+        );
+        assert!(
+            run.stderr
+                .contains("hint: http.max_content_length is a static"),
+            "{run}"
+        );
+        let puts: Vec<(u16, usize)> = bed
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.starts_with("/_ml/trained_models/"))
+            .map(|r| (r.status, r.body_len))
+            .collect();
+        // One upload; when the client saw the connection cut instead of the 413 (it was still
+        // writing), one more request with the headers alone: never a retried upload.
+        assert!(
+            (1..=2).contains(&puts.len()) && puts.iter().all(|p| p.0 == 413),
+            "{model_bytes}: {puts:?}"
+        );
+        // The larger upload is several times the limit: the answer came while it was streaming.
+        assert!(puts[0].1 as u64 > 4 * limit, "{puts:?}");
+        assert!(bed.standin.models().is_empty());
+    }
+}

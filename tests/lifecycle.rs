@@ -252,7 +252,6 @@ async fn enrichment_is_verified_with_canaries_and_failures_are_reported() {
         json!([
             {"inference": {"model_id": "dga_9_1.0", "target_field": "ml_is_dga",
                            "inference_config": {"classification": {"num_top_classes": 1}}}},
-            {"rename": {"field": "ml_is_dga.predicted_value", "target_field": "ml_is_dga.malicious_prediction"}},
             {"rename": {"field": "ml_is_dga.prediction_probability", "target_field": "ml_is_dga.malicious_probability"}}
         ]),
     );
@@ -842,4 +841,42 @@ async fn suspended_and_plan_mode_conditions_say_what_the_cluster_holds() {
         "suspended wrote"
     );
     env.finish().await;
+}
+
+/// A release whose model file is a `GET _ml/trained_models/<id>?include=definition` export goes
+/// Ready on a 7.x and a 9.x cluster: the controller leaves out what each version's PUT refuses.
+#[tokio::test]
+async fn a_get_export_release_goes_ready_on_7_and_9() {
+    for version in ["7.17", "9.2"] {
+        let env = Env::start_with(
+            "life-export",
+            StandinConfig {
+                es_version: version.into(),
+                ..StandinConfig::default()
+            },
+            Settings::default(),
+        )
+        .await;
+        if !env.standin_only("choosing the Elasticsearch version") {
+            return env.finish().await;
+        }
+        let rel =
+            env.publish_spec(BundleSpec::small("ML-DGA-20210202-1", Layout::V2).as_get_export());
+        env.secret("es", "changeme").await;
+        env.apply("export", spec(&rel.tag)).await;
+        env.wait_condition("export", "Ready", "True", None).await;
+        let models = env.standin.models();
+        let (id, stored) = models
+            .iter()
+            .find(|(id, _)| id.starts_with(&format!("{}-", rel.model_id)))
+            .expect("the model is installed");
+        assert_eq!(
+            stored["inference_config"]["classification"]["results_field"], "malicious_prediction",
+            "{version} {id}"
+        );
+        if version == "9.2" {
+            assert_eq!(stored["model_size_bytes"], 246_784_104u64, "{version}");
+        }
+        env.finish().await;
+    }
 }

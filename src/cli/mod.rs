@@ -317,6 +317,12 @@ impl From<Error> for Failure {
             "ChecksumMismatch" => Some(
                 "the download was discarded and nothing was installed; check --sha256 and the source",
             ),
+            "InvalidBundle" if e.to_string().contains("http.max_content_length") => Some(
+                "http.max_content_length is a static node setting: set it in elasticsearch.yml on every node and restart them",
+            ),
+            "InvalidBundle" if e.to_string().contains("refuses the model's configuration") => Some(
+                "the model file carries a field this Elasticsearch version does not take: remove it from the model file",
+            ),
             "InvalidBundle" => Some(
                 "a release folder holds the model, two stored scripts and two ingest pipelines in the layout of an ML-DGA release",
             ),
@@ -769,7 +775,7 @@ async fn start(out: &Out, args: &ReleaseArgs, conn: &ConnectionArgs) -> Result<S
     let conn = connection(conn)?;
     // Side by side: a wrong password or an unreachable cluster is reported without waiting for
     // the download, and the cluster's answers cost no time on a large release.
-    let (bundle, (es, _info)) = tokio::try_join!(
+    let (bundle, (es, info)) = tokio::try_join!(
         open_release(out, args, &source, &conn),
         connect(out, &conn, true)
     )?;
@@ -783,7 +789,15 @@ async fn start(out: &Out, args: &ReleaseArgs, conn: &ConnectionArgs) -> Result<S
         bundle.model.id,
         &bundle.sha256[..bundle.sha256.len().min(12)]
     ));
-    let desired = engine::build(&bundle, &Owner::cli());
+    let mut desired = engine::build(&bundle, &Owner::cli());
+    let dropped = desired.fit_to_cluster(&info.version);
+    if !dropped.is_empty() {
+        out.line(format!(
+            "the model file carries fields Elasticsearch {} refuses at creation (a GET export?): left out of the upload: {}",
+            info.version,
+            dropped.join(", ")
+        ));
+    }
     Ok(Session {
         conn,
         es,

@@ -56,14 +56,26 @@ async fn step(
                 }
             }
             // Elasticsearch parses the definition; ours is read only to say which part of the
-            // release it did not like.
+            // release it did not like (and the finding is kept, so it is not uploaded again).
+            // Otherwise a field of the model's config the cluster's PUT refuses (unknown to its
+            // parser, or "illegal to set at inference model creation"): Elasticsearch names it.
             Err(e @ Error::Rejected { status: 400, .. }) => {
                 let model = d.model.clone();
                 match tokio::task::spawn_blocking(move || crate::bundle::explain_refusal(&model))
                     .await
                 {
                     Ok(Some(problem)) => Err(Error::InvalidBundle(problem)),
-                    _ => Err(e),
+                    _ => match e {
+                        Error::Rejected { ref detail, .. } if refuses_a_field(detail) => {
+                            Err(Error::InvalidBundle(crate::bundle::BundleError {
+                                file: d.model.file.clone(),
+                                problem: format!(
+                                    "Elasticsearch refuses the model's configuration: {detail}"
+                                ),
+                            }))
+                        }
+                        e => Err(e),
+                    },
                 }
             }
             other => other,
@@ -139,6 +151,15 @@ pub async fn cleanup(
         removed.push(format!("trained model {id}"));
     }
     Ok(removed)
+}
+
+/// A PUT model refusal that names a field of the config: the strict parser's "unknown field
+/// [x]" (`x_content_parse_exception`) or a creation check's "illegal to set [x]"
+/// (`action_request_validation_exception`).
+fn refuses_a_field(detail: &str) -> bool {
+    (detail.starts_with("x_content_parse_exception") && detail.contains("unknown field ["))
+        || (detail.starts_with("action_request_validation_exception")
+            && detail.contains("illegal to set ["))
 }
 
 fn calls_pipeline(body: &Value) -> bool {

@@ -34,6 +34,101 @@ impl Desired {
     pub fn router_pipeline(&self) -> &str {
         &self.router
     }
+
+    /// Drops from the model's PUT body the fields a `GET _ml/trained_models` export carries that
+    /// `version`'s PUT refuses (see [`put_refuses`]); returns their names, sorted. Fields
+    /// Elasticsearch never writes are left for it to judge: a refusal names them.
+    pub fn fit_to_cluster(&mut self, version: &str) -> Vec<String> {
+        let v = major_minor(version);
+        let mut dropped: Vec<String> = Vec::new();
+        self.model_head.retain(|k, _| {
+            let drop = GET_OUTPUT.contains(&k.as_str()) && put_refuses(k, v);
+            if drop {
+                dropped.push(k.clone());
+            }
+            !drop
+        });
+        if let Some(meta) = self
+            .model_head
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
+            for k in ["total_feature_importance", "model_aliases"] {
+                if (k == "total_feature_importance" || v >= (7, 13)) && meta.remove(k).is_some() {
+                    dropped.push(format!("metadata.{k}"));
+                }
+            }
+        }
+        dropped.sort();
+        dropped
+    }
+
+    /// Where the model being installed writes its answer (its own `inference_config`).
+    pub fn result_fields(&self) -> super::verify::ResultFields {
+        super::verify::ResultFields::of_model(self.model_head.get("inference_config"))
+    }
+}
+
+/// Top-level fields `GET _ml/trained_models` writes (`TrainedModelConfig.toXContent`, with
+/// `?human` and `include=definition_status` forms), 7.10 to 9.x. A model file exported with GET
+/// carries some of them.
+const GET_OUTPUT: &[&str] = &[
+    "model_type",
+    "created_by",
+    "version",
+    "create_time",
+    "create_time_string",
+    "model_size_bytes",
+    "model_size",
+    "estimated_heap_memory_usage_bytes",
+    "estimated_heap_memory_usage",
+    "estimated_operations",
+    "license_level",
+    "location",
+    "fully_defined",
+    "platform_architecture",
+    "model_package",
+    "prefix_strings",
+];
+
+/// `X.Y` of a version string (`8.17.0`, `9.2.0-SNAPSHOT`); unparsable parts are 0.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether PUT `_ml/trained_models/{id}` on Elasticsearch `v` refuses a top-level field, from
+/// `TrainedModelConfig` (x-pack/plugin/core/.../ml/inference/TrainedModelConfig.java): its
+/// STRICT_PARSER refuses fields it does not declare, and `Builder.validate(true)` refuses
+/// generated ones ("illegal to set [..] at inference model creation"). 7.x declares neither
+/// `model_type`, `location` nor `model_size_bytes`, and refuses `estimated_heap_memory_usage_bytes`
+/// and `estimated_operations`; 8.0 takes those two (`model_size_bytes` with the old name as a
+/// deprecated alias) and refuses `location`; `model_package` is refused wherever it is known
+/// (8.8); `platform_architecture` is declared from 8.11, `prefix_strings` from 8.12.
+/// `created_by`, `version`, `create_time`, `license_level` are refused in every version, and the
+/// `?human`/status forms (`create_time_string`, `model_size`, `fully_defined`, ...) are never
+/// declared.
+pub fn put_refuses(field: &str, v: (u32, u32)) -> bool {
+    match field {
+        "model_id"
+        | "description"
+        | "tags"
+        | "metadata"
+        | "input"
+        | "inference_config"
+        | "default_field_map"
+        | "definition"
+        | "compressed_definition" => false,
+        "model_type"
+        | "model_size_bytes"
+        | "estimated_heap_memory_usage_bytes"
+        | "estimated_operations" => v < (8, 0),
+        "platform_architecture" => v < (8, 11),
+        "prefix_strings" => v < (8, 12),
+        _ => true,
+    }
 }
 
 /// Where the enrichment is wired in (empty: nowhere).
@@ -181,4 +276,115 @@ pub fn referenced_models(body: &Value) -> Vec<String> {
                 .map(str::to_string)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The head of a model file exported with `GET _ml/trained_models/<id>?include=definition`
+    /// from 8.17 (the real DGA model's sizes), plus forms other versions and options write.
+    fn exported() -> Map<String, Value> {
+        json!({
+            "model_type": "tree_ensemble", "created_by": "api_user", "version": "8.17.0",
+            "create_time": 1611725000000u64, "model_size_bytes": 246784104u64,
+            "estimated_operations": 5320, "license_level": "platinum",
+            "location": {"index": {"name": ".ml-inference-native-000002"}},
+            "fully_defined": true, "platform_architecture": "linux-x86_64",
+            "description": "d", "tags": ["dga"],
+            "metadata": {"total_feature_importance": [], "model_aliases": ["a"], "k": 1},
+            "input": {"field_names": ["f.u0"]},
+            "inference_config": {"classification": {"results_field": "malicious_prediction"}},
+            "frobnicate": 1
+        })
+        .as_object()
+        .cloned()
+        .unwrap()
+    }
+
+    fn fitted(version: &str) -> (Vec<String>, Map<String, Value>) {
+        let mut d = Desired {
+            owner: Owner::cli(),
+            marker: Marker::for_owner(&Owner::cli(), "t", "s"),
+            release: "t".into(),
+            bundle_sha256: "s".into(),
+            model_id: "m".into(),
+            release_model_id: "m".into(),
+            model_head: exported(),
+            model: ModelFile {
+                id: "m".into(),
+                file: "m_model.json".into(),
+                head: Map::new(),
+                definition_key: "definition".into(),
+                definition_path: "/nonexistent".into(),
+                definition_len: 0,
+                crc32: "00000000".into(),
+            },
+            scripts: vec![],
+            pipelines: vec![],
+            router: "r".into(),
+            wire_indices: vec![],
+        };
+        let dropped = d.fit_to_cluster(version);
+        (dropped, d.model_head)
+    }
+
+    #[test]
+    fn a_get_export_is_fitted_to_what_each_version_takes() {
+        let (dropped, head) = fitted("8.17.0");
+        assert_eq!(
+            dropped,
+            [
+                "create_time",
+                "created_by",
+                "fully_defined",
+                "license_level",
+                "location",
+                "metadata.model_aliases",
+                "metadata.total_feature_importance",
+                "version"
+            ]
+        );
+        for kept in [
+            "model_type",
+            "model_size_bytes",
+            "estimated_operations",
+            "platform_architecture",
+            "inference_config",
+            "frobnicate",
+        ] {
+            assert!(head.contains_key(kept), "{kept}");
+        }
+        assert_eq!(head["metadata"], json!({"k": 1}));
+
+        let (dropped, head) = fitted("7.17.29");
+        for gone in [
+            "model_type",
+            "model_size_bytes",
+            "estimated_operations",
+            "platform_architecture",
+            "location",
+            "version",
+        ] {
+            assert!(dropped.iter().any(|d| d == gone), "{gone}: {dropped:?}");
+        }
+        // An unknown field is Elasticsearch's to refuse (and the operator's to name).
+        assert!(head.contains_key("frobnicate"));
+
+        let (dropped, _) = fitted("8.10.4");
+        assert!(dropped.iter().any(|d| d == "platform_architecture"));
+        let (dropped, _) = fitted("7.10.2");
+        assert!(!dropped.iter().any(|d| d == "metadata.model_aliases"));
+    }
+
+    #[test]
+    fn put_refusals_by_version() {
+        assert!(put_refuses("estimated_operations", (7, 17)));
+        assert!(!put_refuses("estimated_operations", (8, 0)));
+        assert!(put_refuses("prefix_strings", (8, 11)));
+        assert!(!put_refuses("prefix_strings", (9, 2)));
+        assert!(put_refuses("license_level", (9, 2)));
+        assert!(!put_refuses("inference_config", (7, 10)));
+    }
 }

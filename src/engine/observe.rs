@@ -182,7 +182,14 @@ pub async fn glance(
     // A failed canary run is never trusted as "unchanged": the model, a script or the licence
     // may be gone, and only a full pass reads them all.
     Ok(
-        match super::verify::verify(es, desired.router_pipeline(), &desired.model_id).await? {
+        match super::verify::verify(
+            es,
+            desired.router_pipeline(),
+            &desired.model_id,
+            &desired.result_fields(),
+        )
+        .await?
+        {
             super::verify::Verdict::Failed(problem) => Glance::Changed(problem),
             v => Glance::Unchanged(v),
         },

@@ -53,6 +53,46 @@ pub fn canaries() -> Vec<(&'static str, Value)> {
 /// Where the probe writes its answer on each canary.
 pub const PROBE_FIELD: &str = "dga_operator_probe";
 
+/// Where the model being installed writes its answer under the processor's `target_field`:
+/// the `results_field` (and, when it asks for top classes, the `top_classes_results_field`) of
+/// its stored `inference_config`. Elasticsearch's defaults (`predicted_value`, `top_classes`)
+/// hold only where the model sets none (`ClassificationConfig`, `RegressionConfig`); the real
+/// DGA model sets `malicious_prediction` and `top_classes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultFields {
+    pub results: String,
+    /// Present when the model's config asks for top classes (`num_top_classes` not 0).
+    pub top_classes: Option<String>,
+}
+
+impl ResultFields {
+    /// From a model's `inference_config` (`{"classification": {...}}` or `{"regression": {...}}`).
+    pub fn of_model(inference_config: Option<&Value>) -> ResultFields {
+        let (kind, cfg) = inference_config
+            .and_then(Value::as_object)
+            .and_then(|o| o.iter().next())
+            .map(|(k, v)| (k.as_str(), v))
+            .unwrap_or(("classification", &Value::Null));
+        let text = |k: &str| cfg.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let results = text("results_field")
+            .unwrap_or("predicted_value")
+            .to_string();
+        let wants_top = kind == "classification"
+            && cfg
+                .get("num_top_classes")
+                .and_then(Value::as_i64)
+                .is_some_and(|n| n != 0);
+        ResultFields {
+            results,
+            top_classes: wants_top.then(|| {
+                text("top_classes_results_field")
+                    .unwrap_or("top_classes")
+                    .to_string()
+            }),
+        }
+    }
+}
+
 /// The `_simulate` body: the stored router as ingest runs it, then the probe.
 pub fn request(router: &str, model_id: &str) -> Value {
     let docs: Vec<Value> = canaries().into_iter().map(|(_, d)| d).collect();
@@ -92,9 +132,9 @@ impl Verdict {
     }
 }
 
-/// Checks a `_simulate` answer.
-pub fn check(answer: &Value) -> Verdict {
-    match scores(answer) {
+/// Checks a `_simulate` answer; `fields` says where the model writes its answer.
+pub fn check(answer: &Value, fields: &ResultFields) -> Verdict {
+    match scores(answer, fields) {
         Ok(summary) => Verdict::Passed(summary),
         Err((problem, true)) => Verdict::Unproven(problem),
         Err((problem, false)) => Verdict::Failed(problem),
@@ -102,7 +142,7 @@ pub fn check(answer: &Value) -> Verdict {
 }
 
 /// The summary, or what is wrong and whether only skipped processors are to blame.
-fn scores(answer: &Value) -> Result<String, (String, bool)> {
+fn scores(answer: &Value, fields: &ResultFields) -> Result<String, (String, bool)> {
     let failed = |m: String| (m, false);
     let docs = answer
         .get("docs")
@@ -132,13 +172,27 @@ fn scores(answer: &Value) -> Result<String, (String, bool)> {
         if let Some(msg) = src.pointer("/error/message").and_then(Value::as_str) {
             return Err(failed(format!("{what}: the pipeline reported `{msg}`")));
         }
-        if src
-            .get(PROBE_FIELD)
-            .and_then(|p| p.get("predicted_value"))
-            .is_none()
+        let probe = src.get(PROBE_FIELD);
+        if probe.and_then(|p| p.get(&fields.results)).is_none() {
+            let got = match probe.and_then(|p| p.get("warning")).and_then(Value::as_str) {
+                Some(w) => format!(": it warned `{w}`"),
+                None => format!(
+                    ", got {}",
+                    probe
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "nothing".into())
+                ),
+            };
+            return Err(failed(format!(
+                "{what}: the model gave no prediction in {PROBE_FIELD}.{} when asked directly{got}",
+                fields.results
+            )));
+        }
+        if let Some(top) = &fields.top_classes
+            && !probe.and_then(|p| p.get(top)).is_some_and(Value::is_array)
         {
             return Err(failed(format!(
-                "{what}: the model gave no prediction when asked directly"
+                "{what}: the model gave no {PROBE_FIELD}.{top} list when asked directly"
             )));
         }
         let pred = src.pointer("/ml_is_dga/malicious_prediction");
@@ -180,17 +234,31 @@ fn scores(answer: &Value) -> Result<String, (String, bool)> {
 }
 
 /// Runs the canaries through the router pipeline. `Err` is a request that got no answer.
-pub async fn verify(es: &Elasticsearch, router: &str, model_id: &str) -> Result<Verdict, Error> {
+pub async fn verify(
+    es: &Elasticsearch,
+    router: &str,
+    model_id: &str,
+    fields: &ResultFields,
+) -> Result<Verdict, Error> {
     let answer = es.simulate(&request(router, model_id)).await?;
-    Ok(check(&answer))
+    Ok(check(&answer, fields))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The real DGA model's stored config (real-stack.md).
+    fn real() -> ResultFields {
+        ResultFields::of_model(Some(&json!({"classification": {
+            "num_top_classes": 2, "prediction_field_type": "number",
+            "results_field": "malicious_prediction", "top_classes_results_field": "top_classes"
+        }})))
+    }
+
     fn answer(results: Vec<Value>) -> Value {
-        let probe = json!({"predicted_value": "0", "prediction_probability": 0.9});
+        let probe = json!({"malicious_prediction": 0, "prediction_probability": 0.9,
+            "top_classes": [{"class_name": 0, "class_probability": 0.9, "class_score": 0.9}]});
         json!({"docs": results.into_iter().map(|ml| json!({"doc": {"_source": {"ml_is_dga": ml, PROBE_FIELD: probe}}})).collect::<Vec<_>>()})
     }
 
@@ -201,8 +269,12 @@ mod tests {
             json!({"malicious_prediction": 1, "malicious_probability": 0.99}),
             json!({"malicious_prediction": 0, "malicious_probability": 0.0}),
         ]);
-        assert!(check(&ok).passed());
-        assert!(check(&ok).message().contains("DGA-looking name 0.99"));
+        assert!(check(&ok, &real()).passed());
+        assert!(
+            check(&ok, &real())
+                .message()
+                .contains("DGA-looking name 0.99")
+        );
     }
 
     #[test]
@@ -212,12 +284,12 @@ mod tests {
             json!({"malicious_prediction": 2, "malicious_probability": 0.5}),
             json!({}),
         ]);
-        let v = check(&bad);
+        let v = check(&bad, &real());
         assert!(matches!(v, Verdict::Failed(_)), "{v:?}");
         assert!(v.message().contains("DGA-looking name"));
         let mut skipped = answer(vec![json!({"predicted_value": 1}), json!({}), json!({})]);
         skipped["docs"][0]["_standin_skipped"] = json!(["script(id=x)"]);
-        let v = check(&skipped);
+        let v = check(&skipped, &real());
         assert!(matches!(v, Verdict::Unproven(_)), "{v:?}");
         let e = v.message();
         assert!(
@@ -225,8 +297,8 @@ mod tests {
             "{e}"
         );
         let failed = json!({"docs": [{"error": {"reason": "boom"}}, {}, {}]});
-        assert!(matches!(check(&failed), Verdict::Failed(m) if m.contains("boom")));
-        assert!(!check(&json!({"docs": []})).passed());
+        assert!(matches!(check(&failed, &real()), Verdict::Failed(m) if m.contains("boom")));
+        assert!(!check(&json!({"docs": []}), &real()).passed());
     }
 
     #[test]
@@ -242,9 +314,62 @@ mod tests {
             .remove(PROBE_FIELD);
         // Even where the server skipped the scripts: the probe does not depend on them.
         a["docs"][1]["_standin_skipped"] = json!(["script(id=x)"]);
-        let v = check(&a);
+        let v = check(&a, &real());
         assert!(
             matches!(&v, Verdict::Failed(e) if e.contains("DGA-looking name") && e.contains("asked directly")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn result_fields_follow_the_models_config_with_elasticsearchs_defaults() {
+        let r = real();
+        assert_eq!(r.results, "malicious_prediction");
+        assert_eq!(r.top_classes.as_deref(), Some("top_classes"));
+        // No config, or one that sets nothing: Elasticsearch's defaults, no top classes.
+        for cfg in [None, Some(json!({"classification": {}}))] {
+            let d = ResultFields::of_model(cfg.as_ref());
+            assert_eq!(d.results, "predicted_value");
+            assert_eq!(d.top_classes, None);
+        }
+        let d = ResultFields::of_model(Some(&json!({"classification": {"num_top_classes": -1}})));
+        assert_eq!(d.top_classes.as_deref(), Some("top_classes"));
+        let reg = ResultFields::of_model(Some(&json!({"regression": {"results_field": "score"}})));
+        assert_eq!((reg.results.as_str(), reg.top_classes), ("score", None));
+    }
+
+    #[test]
+    fn the_probe_reads_the_models_own_results_field() {
+        let ok = answer(vec![
+            json!({"malicious_prediction": 0, "malicious_probability": 0.01}),
+            json!({"malicious_prediction": 1, "malicious_probability": 0.99}),
+            json!({"malicious_prediction": 0, "malicious_probability": 0.0}),
+        ]);
+        assert!(check(&ok, &real()).passed());
+        // The same answer read with Elasticsearch's default field fails and names the field.
+        let v = check(&ok, &ResultFields::of_model(None));
+        assert!(
+            matches!(&v, Verdict::Failed(e) if e.contains("dga_operator_probe.predicted_value")),
+            "{v:?}"
+        );
+        // A model that asks for top classes but gave none fails.
+        let mut a = ok.clone();
+        a["docs"][0]["doc"]["_source"][PROBE_FIELD]
+            .as_object_mut()
+            .unwrap()
+            .remove("top_classes");
+        let v = check(&a, &real());
+        assert!(
+            matches!(&v, Verdict::Failed(e) if e.contains("top_classes")),
+            "{v:?}"
+        );
+        // The all-fields-missing warning is quoted.
+        let mut w = ok;
+        w["docs"][2]["doc"]["_source"][PROBE_FIELD] =
+            json!({"warning": "Model [m] could not be inferred as all fields were missing"});
+        let v = check(&w, &real());
+        assert!(
+            matches!(&v, Verdict::Failed(e) if e.contains("all fields were missing")),
             "{v:?}"
         );
     }

@@ -60,6 +60,15 @@ impl BundleSpec {
         }
     }
 
+    /// Same release, with the model file written as a GET export of Elasticsearch 8.17 (read-only
+    /// fields `created_by`, `version`, `create_time`, `license_level`, `location`, ... included;
+    /// `definition` in plain JSON, as `include=definition` gives it).
+    pub fn as_get_export(mut self) -> Self {
+        self.model.get_export_of = Some("8.17.0".into());
+        self.encoding = ModelEncoding::Plain;
+        self
+    }
+
     /// Same, with a model definition of about `bytes`.
     pub fn with_model_bytes(mut self, bytes: usize) -> Self {
         self.model.target_definition_bytes = bytes;
@@ -197,31 +206,29 @@ ctx.f = f;
     )
 }
 
-/// Step 4: keep `malicious_prediction` (0/1) and `malicious_probability`, drop `f`.
+/// Step 4: keep `malicious_prediction` (0/1) and `malicious_probability`, drop `f`. Reads what
+/// the real model writes (its stored `inference_config`, real-stack.md): the Fleet pipeline's
+/// script takes `ml_is_dga.malicious_prediction` and the probability of class 1 from
+/// `ml_is_dga.top_classes`.
 pub fn ngrams_transform_delete_source() -> String {
     r#"// ML-DGA step 4: reduce the inference result to the two verdict fields, drop the features.
 def r = ctx.ml_is_dga;
 if (r != null && r instanceof Map) {
-  def pred = r.predicted_value;
+  def pred = r.malicious_prediction;
   int malicious = 0;
   if (pred instanceof Number) {
     malicious = ((Number) pred).doubleValue() == 1.0 ? 1 : 0;
-  } else if (pred instanceof Boolean) {
-    malicious = ((Boolean) pred) ? 1 : 0;
   } else if (pred != null) {
     String s = pred.toString();
     malicious = (s == '1' || s == '1.0' || s == 'true') ? 1 : 0;
   }
   double probability = 0.0;
-  if (malicious == 1) {
-    def p = r.prediction_probability;
-    if (p instanceof Number) {
-      probability = ((Number) p).doubleValue();
-    } else if (r.top_classes instanceof List) {
-      for (def c : r.top_classes) {
-        if (c != null && c.class_name != null && c.class_name.toString().startsWith('1') && c.class_probability instanceof Number) {
-          probability = ((Number) c.class_probability).doubleValue();
-        }
+  if (malicious == 1 && r.top_classes instanceof List) {
+    for (def c : r.top_classes) {
+      if (c != null && c.class_name != null && c.class_probability instanceof Number) {
+        def n = c.class_name;
+        boolean one = n instanceof Number ? ((Number) n).doubleValue() == 1.0 : n.toString() == '1';
+        if (one) { probability = ((Number) c.class_probability).doubleValue(); }
       }
     }
   }
@@ -1066,6 +1073,21 @@ mod tests {
             "ml_dga_ngrams_create_script"
         );
         assert_eq!(inf["on_failure"][0]["set"]["value"], "pipeline_error");
+        // The Fleet contract: the model's own config names the results, the processor overrides
+        // only num_top_classes, the verdict script reads what the model writes.
+        assert_eq!(model["inference_config"], model::real_inference_config());
+        assert_eq!(
+            inf["processors"][1]["inference"]["inference_config"],
+            json!({"classification": {"num_top_classes": 1}})
+        );
+        let verdict = ngrams_transform_delete_source();
+        assert!(verdict.contains("r.malicious_prediction") && verdict.contains("r.top_classes"));
+        assert!(!verdict.contains("predicted_value"));
+        let cfg = json!({"classification": {"results_field": "malicious_prediction",
+            "top_classes_results_field": "top_classes", "num_top_classes": 1,
+            "prediction_field_type": "number"}});
+        let out = model::evaluate_with_config(&def, &doc, &cfg).unwrap();
+        assert!(out["malicious_prediction"].is_number(), "{out}");
         // unpacked copy has the same bytes
         let up = tmp("v2-unpacked");
         let u = write_unpacked(&spec, &up).unwrap();

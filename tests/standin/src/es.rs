@@ -439,6 +439,126 @@ fn check_trained_model_json(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The top-level fields `TrainedModelConfig.STRICT_PARSER` declares in a version (unknown ones
+/// are refused while parsing, before any validation). `definition`/`compressed_definition` are
+/// taken out before this is asked.
+fn model_fields_known(p: crate::profile::Profile) -> Vec<&'static str> {
+    let mut known = vec![
+        "model_id",
+        "created_by",
+        "version",
+        "description",
+        "create_time",
+        "tags",
+        "metadata",
+        "doc_type",
+        "input",
+        "estimated_heap_memory_usage_bytes",
+        "estimated_operations",
+        "license_level",
+        "default_field_map",
+        "inference_config",
+    ];
+    for (f, fields) in [
+        (
+            Feature::ModelSizeSettable,
+            &["model_type", "location", "model_size_bytes"][..],
+        ),
+        (Feature::ModelPackage, &["model_package"][..]),
+        (
+            Feature::PlatformArchitecture,
+            &["platform_architecture"][..],
+        ),
+        (Feature::PrefixStrings, &["prefix_strings"][..]),
+    ] {
+        if p.has(f) {
+            known.extend_from_slice(fields);
+        }
+    }
+    known
+}
+
+/// What PUT `_ml/trained_models/{id}` refuses in a config, as the version answers it: an unknown
+/// field fails the strict parse (400 `x_content_parse_exception`); then `Builder.validate(true)`
+/// gathers every creation error into one `action_request_validation_exception`, in its order.
+/// `None`: nothing refused here (the definition and the id are checked elsewhere).
+pub(crate) fn model_put_refusal(
+    p: crate::profile::Profile,
+    top: &BTreeMap<String, Box<RawValue>>,
+) -> Option<Resp> {
+    let known = model_fields_known(p);
+    if let Some(k) = top.keys().find(|k| !known.contains(&k.as_str())) {
+        return Some(err(
+            400,
+            "x_content_parse_exception",
+            &format!("[1:2] [trained_model_config] unknown field [{k}]"),
+        ));
+    }
+    let has = |k: &str| top.get(k).is_some_and(|v| v.get() != "null");
+    let mut errors: Vec<String> = Vec::new();
+    if !top
+        .get("inference_config")
+        .is_some_and(|v| v.get().trim_start().starts_with('{'))
+    {
+        errors.push("[inference_config] must not be null.".into());
+    }
+    let fields_ok = top
+        .get("input")
+        .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
+        .and_then(|i| i.get("field_names").and_then(Value::as_array).cloned())
+        .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string));
+    if !fields_ok {
+        errors.push("[input.field_names] must not be empty".into());
+    }
+    let mut illegal = vec!["version", "created_by", "create_time"];
+    if !p.has(Feature::ModelSizeSettable) {
+        illegal.extend(["estimated_heap_memory_usage_bytes", "estimated_operations"]);
+    }
+    illegal.push("license_level");
+    if p.has(Feature::ModelSizeSettable) {
+        illegal.push("location");
+    }
+    for k in illegal {
+        if has(k) {
+            errors.push(format!("illegal to set [{k}] at inference model creation"));
+        }
+    }
+    let metadata: Option<Value> = top
+        .get("metadata")
+        .and_then(|v| serde_json::from_str(v.get()).ok());
+    let mut in_metadata = vec!["total_feature_importance"];
+    if p.has(Feature::ModelAliases) {
+        in_metadata.push("model_aliases");
+    }
+    for k in in_metadata {
+        if metadata
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .is_some_and(|v| !v.is_null())
+        {
+            errors.push(format!(
+                "illegal to set [metadata.{k}] at inference model creation"
+            ));
+        }
+    }
+    if p.has(Feature::ModelPackage) && has("model_package") {
+        errors.push("illegal to set [model_package] at inference model creation".into());
+    }
+    if errors.is_empty() {
+        return None;
+    }
+    let listed: String = errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}: {e};", i + 1))
+        .collect();
+    Some(err(
+        400,
+        "action_request_validation_exception",
+        &format!("Validation Failed: {listed}"),
+    ))
+}
+
 fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
     if !valid_id(id) {
         return Err(err(
@@ -460,44 +580,8 @@ fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
         })?;
     let def_raw = top.remove("definition");
     let comp_raw = top.remove("compressed_definition");
-    const GENERATED: &[&str] = &[
-        "created_by",
-        "version",
-        "create_time",
-        "estimated_operations",
-        "estimated_heap_memory_usage_bytes",
-        "model_size_bytes",
-        "license_level",
-    ];
-    const SETTABLE: &[&str] = &[
-        "model_id",
-        "description",
-        "tags",
-        "metadata",
-        "input",
-        "inference_config",
-        "default_field_map",
-        "location",
-        "model_type",
-        "platform_architecture",
-        "prefix_strings",
-    ];
-    if let Some(k) = top
-        .keys()
-        .find(|k| !GENERATED.contains(&k.as_str()) && !SETTABLE.contains(&k.as_str()))
-    {
-        return Err(err(
-            400,
-            "x_content_parse_exception",
-            &format!("[1:2] [trained_model_config] unknown field [{k}]"),
-        ));
-    }
-    if let Some(k) = top.keys().find(|k| GENERATED.contains(&k.as_str())) {
-        return Err(err(
-            400,
-            "action_request_validation_exception",
-            &format!("Validation Failed: 1: illegal to set [{k}] at inference model creation;"),
-        ));
+    if let Some(refusal) = model_put_refusal(sh.cfg.es_profile(), &top) {
+        return Err(refusal);
     }
     let mut cfg = Map::new();
     for (k, v) in top {
@@ -514,25 +598,6 @@ fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
             &format!(
                 "Inconsistent model_id; '{body_id}' specified in the body differs from '{id}' specified as a URL argument"
             ),
-        ));
-    }
-    let fields_ok = cfg
-        .get("input")
-        .and_then(|i| i.get("field_names"))
-        .and_then(|f| f.as_array())
-        .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x.is_string()));
-    if !fields_ok {
-        return Err(err(
-            400,
-            "action_request_validation_exception",
-            "Validation Failed: 1: [input.field_names] must not be empty;",
-        ));
-    }
-    if !cfg.get("inference_config").is_some_and(|v| v.is_object()) {
-        return Err(err(
-            400,
-            "action_request_validation_exception",
-            "Validation Failed: 1: [inference_config] must not be null.;",
         ));
     }
     let definition: Arc<str> = match (def_raw, comp_raw) {
@@ -600,8 +665,13 @@ fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
     cfg.insert("created_by".into(), json!("api_user"));
     cfg.insert("version".into(), json!(sh.cfg.es_version));
     cfg.insert("create_time".into(), json!(util::now_millis()));
-    cfg.insert("estimated_operations".into(), json!((def_len / 64).max(1)));
-    cfg.insert("model_size_bytes".into(), json!(def_len * 10));
+    // 8.x keeps sizes given at creation (ModelSizeSettable); estimated otherwise.
+    cfg.entry("estimated_operations")
+        .or_insert_with(|| json!((def_len / 64).max(1)));
+    let size = cfg
+        .remove("estimated_heap_memory_usage_bytes")
+        .unwrap_or_else(|| json!(def_len * 10));
+    cfg.entry("model_size_bytes").or_insert(size);
     cfg.entry("tags").or_insert_with(|| json!([]));
     cfg.entry("metadata").or_insert_with(|| json!({}));
     cfg.entry("description").or_insert_with(|| json!(""));

@@ -60,9 +60,15 @@ struct Args {
     #[arg(long, default_value = "elastic/detection-rules")]
     repo: String,
     /// Generate a test release with the release builder and publish it (repeatable), e.g.
-    /// `ML-DGA-20210126-1` or `ML-DGA-20210126-1:v1` for layout v1. Written under --out-dir.
-    #[arg(long, value_name = "TAG[:v1|v2]")]
+    /// `ML-DGA-20210126-1` or `ML-DGA-20210126-1:v1` for layout v1; `:export` gives a v2 release
+    /// whose model file is a `GET _ml/trained_models/<id>?include=definition` export (read-only
+    /// fields included). Written under --out-dir.
+    #[arg(long, value_name = "TAG[:v1|v2|export]")]
     generate: Vec<String>,
+    /// Elasticsearch's `http.max_content_length` in bytes: a larger request body is answered 413
+    /// before it is read, as Elasticsearch does (default 100mb).
+    #[arg(long, value_name = "BYTES", default_value_t = dga_standin::server::DEFAULT_HTTP_MAX_CONTENT_LENGTH)]
+    http_max_content_length: u64,
     /// Folder for generated releases (default: a temporary folder).
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -93,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let s = Standin::start_on_host(cfg, &a.host, a.es_port, a.kibana_port, a.github_port).await?;
+    s.set_http_max_content_length(a.http_max_content_length);
     for p in &a.publish {
         let (tag, path) = p.split_once('=').ok_or("--publish wants TAG=PATH")?;
         let path = PathBuf::from(path);
@@ -111,15 +118,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = std::env::temp_dir().join(format!("dga-standin-releases-{}", std::process::id()));
     let out_dir = a.out_dir.clone().unwrap_or(tmp);
     for g in &a.generate {
-        let (tag, layout) = match g.split_once(':') {
-            Some((t, "v1")) => (t, dga_standin::bundle::Layout::V1),
-            Some((t, "v2")) | Some((t, "")) => (t, dga_standin::bundle::Layout::V2),
+        let (tag, layout, export) = match g.split_once(':') {
+            Some((t, "v1")) => (t, dga_standin::bundle::Layout::V1, false),
+            Some((t, "v2")) | Some((t, "")) => (t, dga_standin::bundle::Layout::V2, false),
+            Some((t, "export")) => (t, dga_standin::bundle::Layout::V2, true),
             Some((_, other)) => {
-                return Err(format!("--generate: unknown layout `{other}` (v1 or v2)").into());
+                return Err(
+                    format!("--generate: unknown variant `{other}` (v1, v2 or export)").into(),
+                );
             }
-            None => (g.as_str(), dga_standin::bundle::Layout::V2),
+            None => (g.as_str(), dga_standin::bundle::Layout::V2, false),
         };
-        let spec = dga_standin::bundle::BundleSpec::small(tag, layout);
+        let mut spec = dga_standin::bundle::BundleSpec::small(tag, layout);
+        if export {
+            spec = spec.as_get_export();
+        }
         let rel = dga_standin::bundle::write_release(&spec, &out_dir.join(tag))?;
         s.publish_release_files(
             &a.repo,

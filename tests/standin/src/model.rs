@@ -26,6 +26,9 @@ pub struct ModelSpec {
     /// Approximate size of the serialized `definition` JSON; the result lands within ±10%.
     pub target_definition_bytes: usize,
     pub seed: u64,
+    /// Write the model file as a `GET _ml/trained_models/<id>?include=definition` export of
+    /// this Elasticsearch version would read (read-only fields included), not a PUT body.
+    pub get_export_of: Option<String>,
 }
 
 impl ModelSpec {
@@ -34,6 +37,7 @@ impl ModelSpec {
             model_id: model_id.into(),
             target_definition_bytes,
             seed,
+            get_export_of: None,
         }
     }
 }
@@ -746,6 +750,18 @@ pub fn write_definition(spec: &ModelSpec, out: &mut impl Write) -> io::Result<u6
     Ok(w.n)
 }
 
+/// The `inference_config` the real DGA model stores (real-stack.md): results under
+/// `malicious_prediction` as a number, the two classes under `top_classes`. The Fleet pipeline's
+/// processor overrides only `num_top_classes: 1`.
+pub fn real_inference_config() -> Value {
+    json!({"classification": {
+        "num_top_classes": 2,
+        "prediction_field_type": "number",
+        "results_field": "malicious_prediction",
+        "top_classes_results_field": "top_classes"
+    }})
+}
+
 /// Write the full `PUT _ml/trained_models/<id>` body. `model_id` is included.
 pub fn write_model_json(
     spec: &ModelSpec,
@@ -778,10 +794,24 @@ pub fn write_model_json_opts(
         json!({"generated_by": "dga-standin", "seed": spec.seed, "target_definition_bytes": spec.target_definition_bytes}),
     );
     head.insert("input".into(), json!({"field_names": input_field_names()}));
-    head.insert(
-        "inference_config".into(),
-        json!({"classification": {"num_top_classes": 1}}),
-    );
+    head.insert("inference_config".into(), real_inference_config());
+    if let Some(v) = &spec.get_export_of {
+        // What GET adds (`TrainedModelConfig.toXContent`, 8.x): generated fields, the sizes the
+        // real DGA model reports, and where the definition is stored. `definition` follows as
+        // with `include=definition` (decompressed).
+        let created = 1_611_725_000_000u64;
+        head.insert("model_type".into(), json!("tree_ensemble"));
+        head.insert("created_by".into(), json!("api_user"));
+        head.insert("version".into(), json!(v));
+        head.insert("create_time".into(), json!(created));
+        head.insert("model_size_bytes".into(), json!(246_784_104u64));
+        head.insert("estimated_operations".into(), json!(5_320u64));
+        head.insert("license_level".into(), json!("platinum"));
+        head.insert(
+            "location".into(),
+            json!({"index": {"name": ".ml-inference-native-000002"}}),
+        );
+    }
     let head = serde_json::to_string(&Value::Object(head)).unwrap();
     // Re-open the object to append the definition last.
     out.write_all(&head.as_bytes()[..head.len() - 1])?;

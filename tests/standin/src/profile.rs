@@ -24,6 +24,22 @@ pub enum Feature {
     /// GET `_ingest/pipeline` adds read-only `created_date_millis`/`modified_date_millis` (ES PR
     /// #130847; 9.2.0; elasticsearch-specification `ingest/_types/Pipeline.ts`).
     PipelineDates,
+    /// PUT `_ml/trained_models` (`TrainedModelConfig.STRICT_PARSER`, `Builder.validate(true)`):
+    /// `model_size_bytes` (with `estimated_heap_memory_usage_bytes` as its deprecated alias) and
+    /// `estimated_operations` may be set at creation; the parser knows `model_type` and
+    /// `location`, and `location` is refused at creation. Before (7.x), the parser knows neither
+    /// `model_type`, `location` nor `model_size_bytes`, and `estimated_heap_memory_usage_bytes`
+    /// and `estimated_operations` are "illegal to set ... at inference model creation" (8.0:
+    /// `TrainedModelConfig.VERSION_3RD_PARTY_CONFIG_ADDED = V_8_0_0`).
+    ModelSizeSettable,
+    /// `metadata.model_aliases` is refused at creation (model aliases, 7.13).
+    ModelAliases,
+    /// The parser knows `model_package`, refused at creation (`TransportVersions.V_8_8_0`).
+    ModelPackage,
+    /// The parser knows `platform_architecture` (`TransportVersions.V_8_11_X`).
+    PlatformArchitecture,
+    /// The parser knows `prefix_strings` (`TransportVersions.V_8_12_0`).
+    PrefixStrings,
 }
 
 /// From which (major, minor) each feature holds. The one place that says it.
@@ -42,6 +58,31 @@ pub const SINCE: &[(Feature, (u32, u32), &str)] = &[
         Feature::PipelineDates,
         (9, 2),
         "elastic/elasticsearch PR #130847",
+    ),
+    (
+        Feature::ModelSizeSettable,
+        (8, 0),
+        "TrainedModelConfig.java: MODEL_SIZE_BYTES_WITH_DEPRECATION, VERSION_3RD_PARTY_CONFIG_ADDED = V_8_0_0",
+    ),
+    (
+        Feature::ModelAliases,
+        (7, 13),
+        "TrainedModelConfig.java: checkIllegalSetting(metadata.model_aliases)",
+    ),
+    (
+        Feature::ModelPackage,
+        (8, 8),
+        "TrainedModelConfig.java: MODEL_PACKAGE, TransportVersions.V_8_8_0",
+    ),
+    (
+        Feature::PlatformArchitecture,
+        (8, 11),
+        "TrainedModelConfig.java: PLATFORM_ARCHITECTURE, TransportVersions.V_8_11_X",
+    ),
+    (
+        Feature::PrefixStrings,
+        (8, 12),
+        "TrainedModelConfig.java: PREFIX_STRINGS, TransportVersions.V_8_12_0",
     ),
 ];
 
@@ -138,6 +179,10 @@ mod tests {
         assert!(p("8.17").has(Feature::PipelineIgnoreMissingPipeline));
         assert!(!p("9.1.5").has(Feature::PipelineDates));
         assert!(p("9.2").has(Feature::PipelineDates));
+        assert!(!p("7.17").has(Feature::ModelSizeSettable));
+        assert!(p("8.0.0").has(Feature::ModelSizeSettable));
+        assert!(!p("8.11").has(Feature::PrefixStrings));
+        assert!(p("8.12").has(Feature::PrefixStrings));
         assert_eq!(p("8.17").spec_set(), SpecSet::Branch8_19);
         assert_eq!(p("9.2").spec_set(), SpecSet::Main2026_02_10);
         assert_eq!(p(DEFAULT), p("8.17"));

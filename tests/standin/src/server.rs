@@ -290,6 +290,8 @@ pub(crate) struct Shared {
     es_down: AtomicBool,
     kibana_down: AtomicBool,
     closed: AtomicBool,
+    /// Elasticsearch's `http.max_content_length` in bytes (default 100mb).
+    http_max_content_length: AtomicU64,
     pub github_url: OnceLock<String>,
 }
 
@@ -369,6 +371,7 @@ impl Shared {
             es_down: AtomicBool::new(false),
             kibana_down: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            http_max_content_length: AtomicU64::new(DEFAULT_HTTP_MAX_CONTENT_LENGTH),
             github_url: OnceLock::new(),
         }
     }
@@ -505,6 +508,22 @@ fn source_body(src: AssetSource, limit: Option<u64>) -> Body {
     }
 }
 
+/// Elasticsearch's default `http.max_content_length` (100mb; `HttpTransportSettings`).
+pub const DEFAULT_HTTP_MAX_CONTENT_LENGTH: u64 = 100 * 1024 * 1024;
+
+/// The answer of `Netty4HttpContentSizeHandler.TOO_LARGE_CLOSE`: 413, no body, `Content-Length:
+/// 0`, `Connection: close` (no JSON error, no `X-elastic-product`: the request never reached the
+/// REST layer).
+fn too_large() -> Response<Body> {
+    Response::builder()
+        .status(413)
+        .header("content-length", "0")
+        .header("connection", "close")
+        .header("x-standin", "dga-standin")
+        .body(full(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
 fn to_hyper(resp: Resp, svc: Service, cut: bool) -> Response<Body> {
     let src = match resp.body {
         RespBody::Bytes(b) => AssetSource::Bytes(b),
@@ -568,7 +587,45 @@ async fn handle(
         ));
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    // Elasticsearch's Netty4HttpContentSizeHandler: a declared Content-Length over
+    // `http.max_content_length` is answered 413 at once, body unread, and the connection closed;
+    // a body without one is counted as it arrives and cut the same way once over.
+    let max = shared.http_max_content_length.load(Ordering::SeqCst);
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = if svc == Service::Es && declared.is_some_and(|n| n > max) {
+        None
+    } else if svc == Service::Es {
+        match http_body_util::Limited::new(body, max as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => Some(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    } else {
+        Some(body.collect().await.map_err(io::Error::other)?.to_bytes())
+    };
+    let Some(body) = body else {
+        shared.record(RequestRecord {
+            seq: shared.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            service: svc,
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            status: 413,
+            off_spec: None,
+            api: None,
+            body_len: declared.unwrap_or(max + 1) as usize,
+            fault: None,
+            principal: crate::es::principal(&parts.headers),
+        });
+        return Ok(too_large());
+    };
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let mut rec = RequestRecord {
@@ -994,6 +1051,13 @@ impl Standin {
     /// (what ECK's Kibana gets from that config): only paths under `base`, with it removed.
     pub fn set_kibana_base_path(&self, base: &str) {
         self.shared.st().kibana_base_path = Some(base.trim_end_matches('/').to_string());
+    }
+    /// Elasticsearch's `http.max_content_length` in bytes (default
+    /// [`DEFAULT_HTTP_MAX_CONTENT_LENGTH`]): a larger request body is answered 413.
+    pub fn set_http_max_content_length(&self, bytes: u64) {
+        self.shared
+            .http_max_content_length
+            .store(bytes, Ordering::SeqCst);
     }
     pub fn set_license(&self, license_type: &str) {
         self.shared.st().license_type = license_type.into();

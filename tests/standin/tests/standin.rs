@@ -1588,3 +1588,146 @@ async fn conformance_rest_shapes() {
     assert_eq!(r.status(), 200);
     assert_eq!(t.s.rules("default").len(), 1);
 }
+
+/// A `GET _ml/trained_models/<id>?include=definition` export of the generated model.
+fn exported_model(id: &str) -> Value {
+    let mut spec = ModelSpec::new(id, 20_000, 7);
+    spec.get_export_of = Some("8.17.0".into());
+    let mut out = Vec::new();
+    write_model_json(&spec, ModelEncoding::Plain, &mut out).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[tokio::test]
+async fn model_put_refuses_what_each_version_refuses() {
+    let export = exported_model("dga_x");
+    for (version, refused, strip) in [
+        // 8.x/9.x: the parser knows every field of an 8.x export; validate(true) lists the
+        // generated ones, in its order.
+        (
+            "8.17",
+            "action_request_validation_exception: Validation Failed: 1: illegal to set [version] at inference model creation;2: illegal to set [created_by] at inference model creation;3: illegal to set [create_time] at inference model creation;4: illegal to set [license_level] at inference model creation;5: illegal to set [location] at inference model creation;",
+            &[
+                "version",
+                "created_by",
+                "create_time",
+                "license_level",
+                "location",
+            ][..],
+        ),
+        (
+            "9.2",
+            "action_request_validation_exception: Validation Failed: 1: illegal to set [version] at inference model creation;2: illegal to set [created_by] at inference model creation;3: illegal to set [create_time] at inference model creation;4: illegal to set [license_level] at inference model creation;5: illegal to set [location] at inference model creation;",
+            &[
+                "version",
+                "created_by",
+                "create_time",
+                "license_level",
+                "location",
+            ][..],
+        ),
+        // 7.x: the strict parser stops at a field it does not declare.
+        (
+            "7.17",
+            "x_content_parse_exception: [1:2] [trained_model_config] unknown field [location]",
+            &[
+                "version",
+                "created_by",
+                "create_time",
+                "license_level",
+                "location",
+                "model_type",
+                "model_size_bytes",
+                "estimated_operations",
+            ][..],
+        ),
+    ] {
+        let t = T::with(StandinConfig {
+            es_version: version.into(),
+            ..Default::default()
+        })
+        .await;
+        let (s, v) = t
+            .es(
+                Method::PUT,
+                "/_ml/trained_models/dga_x",
+                Some(export.clone()),
+            )
+            .await;
+        assert_eq!(s, 400, "{version}: {v}");
+        let got = format!(
+            "{}: {}",
+            v["error"]["type"].as_str().unwrap(),
+            v["error"]["reason"].as_str().unwrap()
+        );
+        assert_eq!(got, refused, "{version}");
+        let mut fitted = export.clone();
+        for k in strip {
+            fitted.as_object_mut().unwrap().remove(*k);
+        }
+        let (s, v) = t
+            .es(Method::PUT, "/_ml/trained_models/dga_x", Some(fitted))
+            .await;
+        assert_eq!(s, 200, "{version}: {v}");
+        if version != "7.17" {
+            // 8.x keeps the sizes given at creation.
+            assert_eq!(v["model_size_bytes"], 246_784_104u64, "{version}");
+        }
+    }
+    // 7.x refuses the sizes as generated fields; metadata holds two read-only keys.
+    let t = T::with(StandinConfig {
+        es_version: "7.17".into(),
+        ..Default::default()
+    })
+    .await;
+    let body = json!({"input": {"field_names": ["a"]}, "inference_config": {"classification": {}},
+        "estimated_operations": 3, "metadata": {"model_aliases": ["x"], "total_feature_importance": []},
+        "definition": {"trained_model": {"tree": {}}}});
+    let (s, v) = t.es(Method::PUT, "/_ml/trained_models/m", Some(body)).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["error"]["reason"],
+        "Validation Failed: 1: illegal to set [estimated_operations] at inference model creation;2: illegal to set [metadata.total_feature_importance] at inference model creation;3: illegal to set [metadata.model_aliases] at inference model creation;"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_http_max_content_length_are_answered_413_unread() {
+    let t = T::new().await;
+    t.s.set_http_max_content_length(1000);
+    let big = vec![b' '; 1001];
+    // Declared length over the limit: 413 with no body and the connection closed.
+    let r =
+        t.c.put(format!("{}/_ingest/pipeline/p", t.s.es_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-length"], "0");
+    assert_eq!(r.headers()["connection"], "close");
+    assert!(r.headers().get("x-elastic-product").is_none());
+    assert!(r.bytes().await.unwrap().is_empty());
+    // Streamed without a length: counted as it arrives, the same answer once over.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(vec![b' '; 600]), Ok(vec![b' '; 600])];
+    let r =
+        t.c.put(format!("{}/_ingest/pipeline/p", t.s.es_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(t.s.requests().iter().filter(|q| q.status == 413).count() == 2);
+    // At the limit: handled as usual.
+    let mut ok = json!({"processors": []}).to_string().into_bytes();
+    ok.resize(1000, b' ');
+    let (s, _, v) = t
+        .raw(&t.s.es_url(), Method::PUT, "/_ingest/pipeline/p", Some(ok))
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
