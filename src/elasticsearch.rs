@@ -477,15 +477,25 @@ impl Elasticsearch {
         .map(drop)
     }
 
-    pub async fn start_datafeed(&self, id: &str) -> Result<(), Error> {
+    /// Starts a datafeed. `Ok(Some(reason))`: Elasticsearch refused because there is no data
+    /// to read yet (no index matches the datafeed's indices, or a field the job reads is not
+    /// mapped in any of them), which the next attempt may find changed; any other refusal is
+    /// an error.
+    pub async fn start_datafeed(&self, id: &str) -> Result<Option<String>, Error> {
         let what = format!("starting datafeed {id}");
-        self.simple(
-            &what,
-            self.req(Method::POST, &format!("/_ml/datafeeds/{id}/_start")),
-            &[200],
-        )
-        .await
-        .map(drop)
+        let (status, body) = self
+            .call(
+                &what,
+                self.req(Method::POST, &format!("/_ml/datafeeds/{id}/_start")),
+            )
+            .await?;
+        if status == 200 {
+            return Ok(None);
+        }
+        if let Some(reason) = no_data_yet(status, &body) {
+            return Ok(Some(reason));
+        }
+        Err(Self::rejected(&what, status, &body))
     }
 
     pub async fn stop_datafeed(&self, id: &str) -> Result<(), Error> {
@@ -664,5 +674,93 @@ mod tests {
             MetadataGlance::parse(&json!({}), &["s1".into()]),
             MetadataGlance::default()
         );
+    }
+}
+
+/// A pipeline as it was PUT: from 9.2 a GET adds the read-only `created_date_millis` and
+/// `modified_date_millis` (`created_date`/`modified_date` with `?human`; ES PR #130847), which a
+/// PUT does not take and which would otherwise read as drift on every pass (Kibana strips them
+/// too, kibana PR #230053).
+fn without_pipeline_dates(mut pipeline: Value) -> Value {
+    if let Some(o) = pipeline.as_object_mut() {
+        for k in [
+            "created_date_millis",
+            "modified_date_millis",
+            "created_date",
+            "modified_date",
+        ] {
+            o.remove(k);
+        }
+    }
+    pipeline
+}
+
+/// The refusals of `_start` that mean "no data to read yet", with Elasticsearch's reason:
+/// - 400 `status_exception` "datafeed [x] cannot retrieve data because no index matches
+///   datafeed's indices [..]" (`ScrollDataExtractorFactory.create`, ES PR #81069, 8.x on);
+/// - 400 `status_exception` "[x] cannot retrieve field [f] because it has no mappings" (the same
+///   check before that PR when nothing matches, and in every version when a field the job
+///   reads, such as `ml_is_dga.malicious_probability`, is mapped in no matching index yet);
+/// - 409 `status_exception` "No node found to start datafeed [x], allocation explanation [cannot
+///   start datafeed [x] because index [..] does not exist, is closed, or is still
+///   initializing.]" (`DatafeedNodeSelector.checkDatafeedTaskCanBeCreated`; an index that
+///   appeared but is not ready yet), or the `DATAFEED_INDEX_NOT_FOUND` code newer versions
+///   put in its place.
+fn no_data_yet(status: u16, body: &Value) -> Option<String> {
+    let reason = body.pointer("/error/reason").and_then(Value::as_str)?;
+    let ty = body.pointer("/error/type").and_then(Value::as_str)?;
+    if ty != "status_exception" {
+        return None;
+    }
+    let hit = match status {
+        400 => {
+            reason.contains("because no index matches datafeed's indices")
+                || (reason.contains("cannot retrieve field [")
+                    && reason.ends_with("because it has no mappings"))
+        }
+        409 => {
+            reason.contains("does not exist, is closed, or is still initializing")
+                || reason.contains("DATAFEED_INDEX_NOT_FOUND")
+        }
+        _ => false,
+    };
+    hit.then(|| reason.to_string())
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::no_data_yet;
+    use serde_json::json;
+
+    fn body(ty: &str, reason: &str) -> serde_json::Value {
+        json!({"error": {"type": ty, "reason": reason}, "status": 400})
+    }
+
+    #[test]
+    fn pipeline_dates_are_not_part_of_the_body() {
+        let read = json!({"processors": [], "created_date_millis": 1, "modified_date_millis": 2, "created_date": "x", "modified_date": "y"});
+        assert_eq!(
+            super::without_pipeline_dates(read),
+            json!({"processors": []})
+        );
+    }
+
+    #[test]
+    fn refusals_for_missing_data_are_told_apart() {
+        let r = "datafeed [d] cannot retrieve data because no index matches datafeed's indices [packetbeat-*]";
+        assert_eq!(
+            no_data_yet(400, &body("status_exception", r)).as_deref(),
+            Some(r)
+        );
+        let r = "[d] cannot retrieve field [@timestamp] because it has no mappings";
+        assert!(no_data_yet(400, &body("status_exception", r)).is_some());
+        let r = "No node found to start datafeed [d], allocation explanation [cannot start datafeed [d] because index [packetbeat-*] does not exist, is closed, or is still initializing.]";
+        assert!(no_data_yet(409, &body("status_exception", r)).is_some());
+        // Other refusals stay errors.
+        let r = "cannot start datafeed [d] because job [j] is closed";
+        assert!(no_data_yet(409, &body("status_exception", r)).is_none());
+        let r = "[d] cannot retrieve field [x] because it has no mappings";
+        assert!(no_data_yet(400, &body("illegal_argument_exception", r)).is_none());
+        assert!(no_data_yet(500, &body("status_exception", "no index matches")).is_none());
     }
 }
