@@ -317,7 +317,11 @@ impl Elasticsearch {
         match status {
             200 => Ok(body
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), without_pipeline_dates(v.clone())))
+                        .collect()
+                })
                 .unwrap_or_default()),
             404 => Ok(BTreeMap::new()),
             _ => Err(Self::rejected(what, status, &body)),
