@@ -16,8 +16,11 @@ use crate::target::Endpoint;
 
 const ES: Service = Service::Elasticsearch;
 
-/// The oldest Elasticsearch with `/_ml/trained_models` (7.9 and older used `/_ml/inference`).
-pub const MIN_VERSION: (u64, u64) = (7, 10);
+/// The oldest Elasticsearch the operator writes to. `/_ml/trained_models` exists from 7.10
+/// (7.9 and older used `/_ml/inference`), but pipelines accept `_meta`, where the operator
+/// records what it owns, only from 7.15 (ES PRs #75905, #76381): 7.10 to 7.14 refuse each
+/// pipeline with 400 `parse_exception`, so they are refused here, before any write.
+pub const MIN_VERSION: (u64, u64) = (7, 15);
 pub const ML_LICENSES: [&str; 3] = ["platinum", "enterprise", "trial"];
 
 #[derive(Clone)]
@@ -142,10 +145,17 @@ impl Elasticsearch {
             return Err(Error::VersionUnsupported {
                 service: ES,
                 version,
-                detail: format!(
-                    "trained models need Elasticsearch {}.{} or later",
-                    MIN_VERSION.0, MIN_VERSION.1
-                ),
+                detail: if (major, minor) < (7, 10) {
+                    format!(
+                        "trained models need Elasticsearch 7.10 or later, and the operator {}.{} or later",
+                        MIN_VERSION.0, MIN_VERSION.1
+                    )
+                } else {
+                    format!(
+                        "the operator needs Elasticsearch {}.{} or later: before 7.15 ingest pipelines refuse `_meta`, where the operator records which DgaModel owns each pipeline (nothing was written; upgrade the cluster)",
+                        MIN_VERSION.0, MIN_VERSION.1
+                    )
+                },
             });
         }
         Ok(ClusterInfo {
