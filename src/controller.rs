@@ -23,8 +23,8 @@ use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
 use crate::events::Recorder;
 use crate::status::{
-    self, CHANGES_PENDING, ES_REACHABLE, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES, PROGRESSING,
-    READY, RECONCILING, RULES, STALLED, SUSPENDED, VERIFIED,
+    self, CHANGES_PENDING, ES_REACHABLE, JOB, KIBANA_REACHABLE, LICENSE, MODEL, PIPELINES,
+    PROGRESSING, READY, RECONCILING, RULES, STALLED, SUSPENDED, VERIFIED, WAITING_FOR_DATA,
 };
 use crate::target::{self, Target};
 use crate::watches;
@@ -624,10 +624,14 @@ impl Report {
                     stalled = Some(("VerificationFailed", m.clone()));
                     ("VerificationFailed", m)
                 } else {
+                    let waiting = status::get(&self.status.conditions, JOB)
+                        .filter(|c| c.reason == WAITING_FOR_DATA)
+                        .map(|_| "; the anomaly detection job waits for DNS data (see AnomalyJobRunning)")
+                        .unwrap_or_default();
                     (
                         "Installed",
                         format!(
-                            "release {} installed (model {})",
+                            "release {} installed (model {}){waiting}",
                             self.status.installed_tag.clone().unwrap_or_default(),
                             self.status.model_id.clone().unwrap_or_default()
                         ),
@@ -956,6 +960,49 @@ fn held_back_conditions(
             reason,
             format!("{lead}: {}", pipes_pending.join("; ")),
         );
+    }
+}
+
+/// `AnomalyJobRunning` after a pass that ensured (or glanced at) the job: `True` when its
+/// datafeed runs, `False`/`WaitingForData` while Elasticsearch has nothing for it to read (a
+/// fresh stack: not an error, Ready stays as the rest of the install says). Fleet's module job
+/// is Kibana's to run: no condition.
+fn job_condition(
+    report: &mut Report,
+    job: &engine::mljob::JobChoice,
+    index: &[String],
+    waiting: Option<&str>,
+    ctx: &Context,
+) {
+    if job.fleet {
+        report.status.conditions.retain(|c| c.type_ != JOB);
+        return;
+    }
+    let feed = engine::mljob::datafeed_id(&job.id);
+    match waiting {
+        None => report.set(
+            JOB,
+            true,
+            "Running",
+            format!(
+                "anomaly detection job {} is open; datafeed {feed} is started",
+                job.id
+            ),
+        ),
+        Some(why) => {
+            let was_waiting = status::get(&report.status.conditions, JOB)
+                .is_some_and(|c| c.reason == WAITING_FOR_DATA);
+            let msg = format!(
+                "anomaly detection job {} is open; datafeed {feed} waits for DNS data in {}: Elasticsearch refused to start it ({why}); it is started at the first resync (every {}s) after such data arrives",
+                job.id,
+                index.join(", "),
+                ctx.settings.resync.as_secs()
+            );
+            if !was_waiting {
+                report.event(false, WAITING_FOR_DATA, "StartDatafeed", msg.clone());
+            }
+            report.set(JOB, false, WAITING_FOR_DATA, msg);
+        }
     }
 }
 
@@ -1388,6 +1435,7 @@ async fn rules_pass(
         }
     }
     // The ML rule is useless without its job: install it alongside, remove it when unselected.
+    let mut waiting: Option<String> = None;
     if needs_job {
         // A glance that checked the job's tasks proved it open and fed.
         if !checked {
@@ -1409,9 +1457,13 @@ async fn rules_pass(
                     done.push(d);
                 }
             }
+            waiting = ch.waiting;
         }
+        job_condition(report, &job, &input.index, waiting.as_deref(), ctx);
+        // A datafeed waiting for data is not settled: the next resync tries to start it again
+        // (one refused `_start`, no backoff).
         if let Some(s) = report.settle.as_mut() {
-            s.job = true;
+            s.job = waiting.is_none();
         }
         // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
         // Suspended or planned, the job is not there to record (a later pass would take its
@@ -1431,6 +1483,9 @@ async fn rules_pass(
                 .map(|d| format!("remove {d}")),
         );
         report.status.objects.jobs.clear();
+    }
+    if !needs_job && !suspended {
+        report.status.conditions.retain(|c| c.type_ != JOB);
     }
     if suspended {
         report.rules_pending = !done.is_empty();

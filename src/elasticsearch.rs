@@ -16,8 +16,11 @@ use crate::target::Endpoint;
 
 const ES: Service = Service::Elasticsearch;
 
-/// The oldest Elasticsearch with `/_ml/trained_models` (7.9 and older used `/_ml/inference`).
-pub const MIN_VERSION: (u64, u64) = (7, 10);
+/// The oldest Elasticsearch the operator writes to. `/_ml/trained_models` exists from 7.10
+/// (7.9 and older used `/_ml/inference`), but pipelines accept `_meta`, where the operator
+/// records what it owns, only from 7.15 (ES PRs #75905, #76381): 7.10 to 7.14 refuse each
+/// pipeline with 400 `parse_exception`, so they are refused here, before any write.
+pub const MIN_VERSION: (u64, u64) = (7, 15);
 pub const ML_LICENSES: [&str; 3] = ["platinum", "enterprise", "trial"];
 
 #[derive(Clone)]
@@ -155,10 +158,17 @@ impl Elasticsearch {
             return Err(Error::VersionUnsupported {
                 service: ES,
                 version,
-                detail: format!(
-                    "trained models need Elasticsearch {}.{} or later",
-                    MIN_VERSION.0, MIN_VERSION.1
-                ),
+                detail: if (major, minor) < (7, 10) {
+                    format!(
+                        "trained models need Elasticsearch 7.10 or later, and the operator {}.{} or later",
+                        MIN_VERSION.0, MIN_VERSION.1
+                    )
+                } else {
+                    format!(
+                        "the operator needs Elasticsearch {}.{} or later: before 7.15 ingest pipelines refuse `_meta`, where the operator records which DgaModel owns each pipeline (nothing was written; upgrade the cluster)",
+                        MIN_VERSION.0, MIN_VERSION.1
+                    )
+                },
             });
         }
         Ok(ClusterInfo {
@@ -374,7 +384,11 @@ impl Elasticsearch {
         match status {
             200 => Ok(body
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), without_pipeline_dates(v.clone())))
+                        .collect()
+                })
                 .unwrap_or_default()),
             404 => Ok(BTreeMap::new()),
             _ => Err(Self::rejected(what, status, &body)),
@@ -534,15 +548,25 @@ impl Elasticsearch {
         .map(drop)
     }
 
-    pub async fn start_datafeed(&self, id: &str) -> Result<(), Error> {
+    /// Starts a datafeed. `Ok(Some(reason))`: Elasticsearch refused because there is no data
+    /// to read yet (no index matches the datafeed's indices, or a field the job reads is not
+    /// mapped in any of them), which the next attempt may find changed; any other refusal is
+    /// an error.
+    pub async fn start_datafeed(&self, id: &str) -> Result<Option<String>, Error> {
         let what = format!("starting datafeed {id}");
-        self.simple(
-            &what,
-            self.req(Method::POST, &format!("/_ml/datafeeds/{id}/_start")),
-            &[200],
-        )
-        .await
-        .map(drop)
+        let (status, body) = self
+            .call(
+                &what,
+                self.req(Method::POST, &format!("/_ml/datafeeds/{id}/_start")),
+            )
+            .await?;
+        if status == 200 {
+            return Ok(None);
+        }
+        if let Some(reason) = no_data_yet(status, &body) {
+            return Ok(Some(reason));
+        }
+        Err(Self::rejected(&what, status, &body))
     }
 
     pub async fn stop_datafeed(&self, id: &str) -> Result<(), Error> {
@@ -810,5 +834,93 @@ mod tests {
         .unwrap();
         let e = es.put_model("m", &head, &model).await.unwrap_err();
         assert_eq!(e.transience(), Some(Transience::Dropped), "{e:?}");
+    }
+}
+
+/// A pipeline as it was PUT: from 9.2 a GET adds the read-only `created_date_millis` and
+/// `modified_date_millis` (`created_date`/`modified_date` with `?human`; ES PR #130847), which a
+/// PUT does not take and which would otherwise read as drift on every pass (Kibana strips them
+/// too, kibana PR #230053).
+fn without_pipeline_dates(mut pipeline: Value) -> Value {
+    if let Some(o) = pipeline.as_object_mut() {
+        for k in [
+            "created_date_millis",
+            "modified_date_millis",
+            "created_date",
+            "modified_date",
+        ] {
+            o.remove(k);
+        }
+    }
+    pipeline
+}
+
+/// The refusals of `_start` that mean "no data to read yet", with Elasticsearch's reason:
+/// - 400 `status_exception` "datafeed [x] cannot retrieve data because no index matches
+///   datafeed's indices [..]" (`ScrollDataExtractorFactory.create`, ES PR #81069, 8.x on);
+/// - 400 `status_exception` "[x] cannot retrieve field [f] because it has no mappings" (the same
+///   check before that PR when nothing matches, and in every version when a field the job
+///   reads, such as `ml_is_dga.malicious_probability`, is mapped in no matching index yet);
+/// - 409 `status_exception` "No node found to start datafeed [x], allocation explanation [cannot
+///   start datafeed [x] because index [..] does not exist, is closed, or is still
+///   initializing.]" (`DatafeedNodeSelector.checkDatafeedTaskCanBeCreated`; an index that
+///   appeared but is not ready yet), or the `DATAFEED_INDEX_NOT_FOUND` code newer versions
+///   put in its place.
+fn no_data_yet(status: u16, body: &Value) -> Option<String> {
+    let reason = body.pointer("/error/reason").and_then(Value::as_str)?;
+    let ty = body.pointer("/error/type").and_then(Value::as_str)?;
+    if ty != "status_exception" {
+        return None;
+    }
+    let hit = match status {
+        400 => {
+            reason.contains("because no index matches datafeed's indices")
+                || (reason.contains("cannot retrieve field [")
+                    && reason.ends_with("because it has no mappings"))
+        }
+        409 => {
+            reason.contains("does not exist, is closed, or is still initializing")
+                || reason.contains("DATAFEED_INDEX_NOT_FOUND")
+        }
+        _ => false,
+    };
+    hit.then(|| reason.to_string())
+}
+
+#[cfg(test)]
+mod start_tests {
+    use super::no_data_yet;
+    use serde_json::json;
+
+    fn body(ty: &str, reason: &str) -> serde_json::Value {
+        json!({"error": {"type": ty, "reason": reason}, "status": 400})
+    }
+
+    #[test]
+    fn pipeline_dates_are_not_part_of_the_body() {
+        let read = json!({"processors": [], "created_date_millis": 1, "modified_date_millis": 2, "created_date": "x", "modified_date": "y"});
+        assert_eq!(
+            super::without_pipeline_dates(read),
+            json!({"processors": []})
+        );
+    }
+
+    #[test]
+    fn refusals_for_missing_data_are_told_apart() {
+        let r = "datafeed [d] cannot retrieve data because no index matches datafeed's indices [packetbeat-*]";
+        assert_eq!(
+            no_data_yet(400, &body("status_exception", r)).as_deref(),
+            Some(r)
+        );
+        let r = "[d] cannot retrieve field [@timestamp] because it has no mappings";
+        assert!(no_data_yet(400, &body("status_exception", r)).is_some());
+        let r = "No node found to start datafeed [d], allocation explanation [cannot start datafeed [d] because index [packetbeat-*] does not exist, is closed, or is still initializing.]";
+        assert!(no_data_yet(409, &body("status_exception", r)).is_some());
+        // Other refusals stay errors.
+        let r = "cannot start datafeed [d] because job [j] is closed";
+        assert!(no_data_yet(409, &body("status_exception", r)).is_none());
+        let r = "[d] cannot retrieve field [x] because it has no mappings";
+        assert!(no_data_yet(400, &body("illegal_argument_exception", r)).is_none());
+        assert!(no_data_yet(500, &body("status_exception", "no index matches")).is_none());
     }
 }

@@ -15,6 +15,12 @@ pub const PIPELINES: &str = "PipelinesInstalled";
 pub const KIBANA_REACHABLE: &str = "KibanaReachable";
 pub const RULES: &str = "RulesInstalled";
 pub const VERIFIED: &str = "EnrichmentVerified";
+/// The anomaly detection job of the `machine_learning` rule: open with its datafeed started
+/// (`True`), or open with the datafeed waiting for data to read (`False`, `WaitingForData`).
+/// Absent when no such rule is installed.
+pub const JOB: &str = "AnomalyJobRunning";
+/// `AnomalyJobRunning` reason while no index holds data the datafeed can read.
+pub const WAITING_FOR_DATA: &str = "WaitingForData";
 /// `mode: Plan` and `suspend`: `True` while changes are computed but not applied; says which.
 pub const CHANGES_PENDING: &str = "ChangesPending";
 

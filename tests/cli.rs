@@ -53,6 +53,9 @@ impl Bed {
             ..Auth::default()
         };
         let standin = Standin::start(cfg).await.expect("stand-in starts");
+        // DNS data the anomaly job's datafeed can read (Elasticsearch refuses to start a
+        // datafeed whose indices match nothing).
+        standin.put_index_settings("logs-network_traffic.dns-default", json!({}));
         Bed {
             standin,
             dir: tempfile::tempdir().unwrap(),

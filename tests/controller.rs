@@ -920,3 +920,112 @@ async fn a_failing_object_costs_bounded_requests_and_others_converge() {
     );
     env.finish().await;
 }
+
+/// A fresh stack without DNS data: Elasticsearch refuses to start the anomaly job's datafeed
+/// (no index matches its patterns). That is a waiting state, not an error: Ready=True,
+/// `AnomalyJobRunning=False/WaitingForData` saying why, one refused `_start` per resync and no
+/// backoff; the first resync after DNS data appears starts it, and then resyncs are quiet.
+#[tokio::test]
+async fn a_datafeed_without_data_waits_then_starts_when_data_arrives() {
+    let env = resyncing_every(1, "ctl-nodata").await;
+    if !env.standin_only("an index deleted by the test handle") {
+        return env.finish().await;
+    }
+    env.standin.delete_index(support::DNS_INDEX);
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition("dga", "AnomalyJobRunning", "False", Some("WaitingForData"))
+        .await;
+    let st = m.status.unwrap();
+    let cond = |t: &str| st.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+    let job = cond("AnomalyJobRunning");
+    assert!(
+        job.message
+            .contains("because no index matches datafeed's indices"),
+        "{}",
+        job.message
+    );
+    assert!(
+        job.message.contains("logs-network_traffic.*"),
+        "{}",
+        job.message
+    );
+    assert_eq!(format!("{:?}", cond("Ready").status), "True");
+    assert!(cond("Ready").message.contains("waits for DNS data"));
+    assert_eq!(format!("{:?}", cond("Stalled").status), "False");
+    let (_, b) = env
+        .stack()
+        .es(
+            reqwest::Method::GET,
+            "/_ml/anomaly_detectors/dga_high_sum_probability/_stats",
+            None,
+        )
+        .await;
+    assert_eq!(b.pointer("/jobs/0/state"), Some(&json!("opened")));
+    env.wait_event("dga", "WaitingForData").await;
+
+    // Waiting: each resync tries the start once; nothing else is written, nothing backs off.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let feed = "datafeed-dga_high_sum_probability";
+    let start = format!("POST /_ml/datafeeds/{feed}/_start");
+    let writes = env.es_writes();
+    let passes = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/_simulate"))
+        .count();
+    assert!(passes >= 2, "resyncs ran: {passes}");
+    assert!(
+        !writes.is_empty() && writes.iter().all(|w| *w == start),
+        "{writes:?}"
+    );
+    assert!(
+        writes.len() <= passes + 1,
+        "{} starts in {passes} passes",
+        writes.len()
+    );
+    let st = env.status("dga").await.unwrap();
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True"),
+        "{st:?}"
+    );
+    assert!(
+        env.events("dga")
+            .await
+            .iter()
+            .all(|(ty, _, _)| ty != "Warning"),
+        "{:?}",
+        env.events("dga").await
+    );
+
+    // DNS data arrives: the next resync starts the datafeed.
+    env.standin
+        .put_index_settings(support::DNS_INDEX, json!({}));
+    env.wait_condition("dga", "AnomalyJobRunning", "True", Some("Running"))
+        .await;
+    let (_, b) = env
+        .stack()
+        .es(
+            reqwest::Method::GET,
+            &format!("/_ml/datafeeds/{feed}/_stats"),
+            None,
+        )
+        .await;
+    assert_eq!(b.pointer("/datafeeds/0/state"), Some(&json!("started")));
+    let st = env.status("dga").await.unwrap();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(!ready.message.contains("waits"), "{}", ready.message);
+    // Settled again: quiet resyncs write nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+    env.finish().await;
+}

@@ -19,7 +19,7 @@
 //! | 2 | `plan` only: changes are pending (`setup` would make them) |
 //! | 3 | usage or bad input (arguments, tag, cloud id, URL, CA file, folder) |
 //! | 4 | cannot connect or authenticate (unreachable, TLS, 401/403, timeouts) |
-//! | 5 | licence or version not sufficient (needs platinum, enterprise or trial; ES 7.10+) |
+//! | 5 | licence or version not sufficient (needs platinum, enterprise or trial; ES 7.15+) |
 //! | 6 | conflict: objects with the package's ids that setup may not replace |
 //! | 7 | release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle) |
 //! | 8 | temporarily unavailable: 429, 5xx or dropped connections through every retry |
@@ -68,7 +68,7 @@ Exit codes:
   2  plan: changes pending
   3  usage or bad input (arguments, tag, cloud id, URL, CA file, folder)
   4  cannot connect or authenticate (unreachable host, TLS, 401/403, timeout)
-  5  licence or version not sufficient (platinum, enterprise or trial; Elasticsearch 7.10+)
+  5  licence or version not sufficient (platinum, enterprise or trial; Elasticsearch 7.15+)
   6  conflict: objects in the way (rerun with --overwrite to take them over)
   7  release or bundle problem (unknown release, download, sha256 mismatch, invalid bundle)
   8  temporarily unavailable (429, 5xx or dropped connections through every retry; run again)

@@ -147,6 +147,12 @@ pub async fn apply(
         for d in done.done {
             out.line(format!("  {d}"));
         }
+        if let Some(why) = done.waiting {
+            out.line(format!(
+                "  datafeed {} not started yet: no data to read ({why}); start it once DNS data arrives, or let the operator do it",
+                engine::mljob::datafeed_id(&plan.job.id)
+            ));
+        }
     }
     Ok(())
 }

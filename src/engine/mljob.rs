@@ -131,6 +131,9 @@ pub struct JobChoice {
 #[derive(Debug, Default, PartialEq)]
 pub struct JobChanges {
     pub done: Vec<String>,
+    /// The datafeed could not start for want of data (Elasticsearch's reason): the job is
+    /// open and waits; the next pass tries again.
+    pub waiting: Option<String>,
 }
 
 /// Creates, opens and starts what is missing; repairs a datafeed whose indices changed.
@@ -236,9 +239,14 @@ pub async fn ensure(
         }
     }
     if es.datafeed_state(&feed).await?.as_deref() != Some("started") {
-        ch.done.push(format!("start datafeed {feed}"));
-        if !dry_run {
-            es.start_datafeed(&feed).await?;
+        if dry_run {
+            ch.done.push(format!("start datafeed {feed}"));
+        } else {
+            match es.start_datafeed(&feed).await? {
+                None => ch.done.push(format!("start datafeed {feed}")),
+                // Not done, and not an error: a fresh stack has no DNS data yet.
+                Some(reason) => ch.waiting = Some(reason),
+            }
         }
     }
     Ok(ch)

@@ -132,6 +132,18 @@ use serde_json::{Value, json};
 
 pub const REPO: &str = "elastic/detection-rules";
 
+/// The DNS index the harness's stand-in starts with: Network Packet Capture's data stream
+/// name, which the anomaly job's datafeed pattern `logs-network_traffic.*` matches and the
+/// enrichment's default wiring (`packetbeat-*`) does not. Elasticsearch refuses to start a
+/// datafeed whose indices match nothing; a stack running DGA detection has DNS data, a
+/// fresh one does not (tests of that case delete it with `Standin::delete_index`).
+pub const DNS_INDEX: &str = "logs-network_traffic.dns-default";
+
+/// Gives the stand-in the DNS index a stack with DNS data has.
+pub fn seed_dns_data(standin: &Standin) {
+    standin.put_index_settings(DNS_INDEX, json!({}));
+}
+
 pub struct Env {
     pub ns: TestNs,
     pub standin: Standin,
@@ -155,6 +167,7 @@ impl Env {
             purge_test_objects(&r).await;
         }
         let standin = Standin::start(cfg).await.expect("stand-in starts");
+        seed_dns_data(&standin);
         let dir = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::new(
             reqwest::Client::new(),
@@ -897,6 +910,7 @@ impl Env {
     pub async fn start_tuned(prefix: &str, cfg: StandinConfig, mut settings: Settings) -> Env {
         let ns = TestNs::new(prefix).await;
         let standin = Standin::start(cfg).await.expect("stand-in starts");
+        seed_dns_data(&standin);
         let dir = tempfile::tempdir().unwrap();
         let fetcher = Fetcher::new(
             reqwest::Client::builder()

@@ -1027,6 +1027,10 @@ impl Standin {
             .index_settings
             .insert(index.into(), settings);
     }
+    /// Deletes an index (as `DELETE {index}` would); data streams are left as they are.
+    pub fn delete_index(&self, index: &str) {
+        self.shared.st().index_settings.remove(index);
+    }
     /// Stores a composable index template as `PUT _index_template/{name}` would.
     pub fn put_index_template(&self, name: &str, body: Value) {
         self.shared.st().index_templates.insert(name.into(), body);

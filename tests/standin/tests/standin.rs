@@ -776,6 +776,8 @@ async fn ml_jobs_and_templates() {
         )
         .await;
     assert_eq!(s, 200);
+    // DNS data: an index the datafeed's pattern matches (without one the start is refused).
+    t.s.put_index_settings("logs-dns-1", json!({}));
     let (s, _) = t
         .es(Method::POST, "/_ml/datafeeds/datafeed-dga/_start", None)
         .await;
@@ -1006,6 +1008,7 @@ async fn cluster_state_metadata_and_filter_path() {
     t.s.put_index_settings("packetbeat-1", json!({"index.final_pipeline": "p"}));
     t.s.put_index_settings("packetbeat-2", json!({}));
     t.s.put_index_settings("other", json!({}));
+    t.s.put_index_settings("logs-dns-1", json!({}));
     let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "count"}]}, "data_description": {"time_field": "@timestamp"}});
     assert_eq!(
         t.es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
@@ -1514,6 +1517,7 @@ async fn conformance_rest_shapes() {
     );
     t.es(Method::POST, "/_ml/anomaly_detectors/j/_open", None)
         .await;
+    t.s.put_index_settings("logs-dns-1", json!({}));
     t.es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
         .await;
     let (s, v) = t
@@ -1730,4 +1734,57 @@ async fn bodies_over_http_max_content_length_are_answered_413_unread() {
         .raw(&t.s.es_url(), Method::PUT, "/_ingest/pipeline/p", Some(ok))
         .await;
     assert_eq!(s, 200, "{v}");
+}
+
+/// `_start` of a datafeed whose indices match nothing (a fresh stack without DNS data) is
+/// refused before any task exists, with the version's wording; once an index (or a data
+/// stream) matches, the same request starts it.
+#[tokio::test]
+async fn datafeed_start_without_matching_index_is_refused() {
+    for (v, reason) in [
+        (
+            "7.10",
+            "[datafeed-j] cannot retrieve field [@timestamp] because it has no mappings",
+        ),
+        (
+            "7.17",
+            "[datafeed-j] cannot retrieve field [@timestamp] because it has no mappings",
+        ),
+        (
+            "8.17",
+            "datafeed [datafeed-j] cannot retrieve data because no index matches datafeed's indices [logs-network_traffic.*, packetbeat-*]",
+        ),
+        (
+            "9.2",
+            "datafeed [datafeed-j] cannot retrieve data because no index matches datafeed's indices [logs-network_traffic.*, packetbeat-*]",
+        ),
+    ] {
+        let t = T::with(profile(v)).await;
+        let job = json!({"analysis_config": {"bucket_span": "15m", "detectors": [{"function": "count"}]}, "data_description": {"time_field": "@timestamp"}});
+        t.es(Method::PUT, "/_ml/anomaly_detectors/j", Some(job))
+            .await;
+        let feed = json!({"job_id": "j", "indices": ["logs-network_traffic.*", "packetbeat-*"]});
+        t.es(Method::PUT, "/_ml/datafeeds/datafeed-j", Some(feed))
+            .await;
+        t.es(Method::POST, "/_ml/anomaly_detectors/j/_open", None)
+            .await;
+        // A hidden index does not match a wildcard.
+        t.s.put_index_settings(".packetbeat-hidden", json!({}));
+        let (s, b) = t
+            .es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
+            .await;
+        assert_eq!(s, 400, "{v}: {b}");
+        assert_eq!(b["error"]["type"], "status_exception", "{v}");
+        assert_eq!(b["error"]["reason"], reason, "{v}");
+        let (_, st) = t
+            .es(Method::GET, "/_ml/datafeeds/datafeed-j/_stats", None)
+            .await;
+        assert_eq!(st["datafeeds"][0]["state"], "stopped", "{v}");
+        // One of the patterns matching is enough (ES PR #62827, 7.10 on).
+        t.s.put_index_settings("packetbeat-8.17.0-2026.12.05", json!({}));
+        let (s, b) = t
+            .es(Method::POST, "/_ml/datafeeds/datafeed-j/_start", None)
+            .await;
+        assert_eq!(s, 200, "{v}: {b}");
+    }
 }
