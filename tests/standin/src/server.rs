@@ -141,6 +141,7 @@ impl RequestRecord {
                     | "_explain"
                     | "_validate"
                     | "_preview"
+                    | "_review"
             ) {
                 return false;
             }
