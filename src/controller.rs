@@ -1343,22 +1343,28 @@ async fn rules_pass(
     } else {
         Vec::new()
     };
-    let wanted_elastic = kibana::prebuilt::wanted(&desired);
-    let avail = if wanted_elastic.is_empty() {
-        kibana::prebuilt::Availability::none("no rule of Elastic's is wanted")
-    } else {
-        prebuilt_offer(
-            ctx,
-            &client,
-            &format!("{} prebuilt {space}", kb.cache_key()),
-            &space,
-            &features,
-            glanced,
-        )
-        .await?
+    // Asked on every full pass, reused from the cache on a quiet resync (one Kibana read per
+    // resync stays one).
+    let offer_key = format!("{} prebuilt {space}", kb.cache_key());
+    let known = match ctx.cached(&offer_key) {
+        Some(CachedInfo::Prebuilt(a)) if glanced => Some(a),
+        _ => None,
     };
-    let decision = kibana::prebuilt::decide(&wanted_elastic, &avail, &observed, &recorded_prebuilt);
-    let custom = kibana::prebuilt::custom_only(&desired, &decision);
+    let kibana::prebuilt::Route {
+        offer: avail,
+        decision,
+        custom,
+    } = kibana::prebuilt::route(
+        &client,
+        &space,
+        &features,
+        &desired,
+        &observed,
+        &recorded_prebuilt,
+        known,
+    )
+    .await?;
+    ctx.remember(offer_key, CachedInfo::Prebuilt(avail.clone()));
     let actions = kibana::rules::plan(&custom, &observed, &own_tag, obj.spec.overwrite);
     let conflicts: Vec<String> = actions
         .iter()
@@ -1379,16 +1385,7 @@ async fn rules_pass(
     let job_recorded = !report.status.objects.jobs.is_empty();
     let mut repairs = 0usize;
     let mut done = Vec::new();
-    let installs: Vec<String> = decision
-        .install
-        .iter()
-        .map(|(id, v)| format!("install Elastic's prebuilt rule {id} (version {v})"))
-        .chain(decision.remove.iter().map(|id| {
-            format!(
-                "remove Elastic's prebuilt rule {id} (installed by this DgaModel, no longer wanted)"
-            )
-        }))
-        .collect();
+    let installs = kibana::prebuilt::describe(&decision);
     if !suspended && !(actions.is_empty() && installs.is_empty()) {
         let what: Vec<String> = actions
             .iter()
@@ -1561,24 +1558,6 @@ async fn rules_pass(
         msg,
     );
     Ok(())
-}
-
-/// What Kibana offers of Elastic's prebuilt DGA rules in `space`: asked on every full pass,
-/// reused from the cache on a quiet resync (one Kibana read per resync stays one).
-async fn prebuilt_offer(
-    ctx: &Context,
-    client: &crate::kibana::KibanaClient,
-    key: &str,
-    space: &str,
-    features: &crate::kibana::KibanaFeatures,
-    glanced: bool,
-) -> Result<crate::kibana::prebuilt::Availability, Error> {
-    if glanced && let Some(CachedInfo::Prebuilt(a)) = ctx.cached(key) {
-        return Ok(a);
-    }
-    let a = crate::kibana::prebuilt::probe(client, space, features).await?;
-    ctx.remember(key.to_string(), CachedInfo::Prebuilt(a.clone()));
-    Ok(a)
 }
 
 /// The rules condition's message: which route each of Elastic's rules took, and why.
