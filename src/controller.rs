@@ -1386,7 +1386,7 @@ async fn rules_pass(
     let mut repairs = 0usize;
     let mut done = Vec::new();
     let installs = kibana::prebuilt::describe(&decision);
-    if !suspended && !(actions.is_empty() && installs.is_empty()) {
+    if !suspended && (!actions.is_empty() || !installs.is_empty()) {
         let what: Vec<String> = actions
             .iter()
             .map(|a| a.describe())

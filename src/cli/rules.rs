@@ -253,8 +253,16 @@ pub async fn remove(
     let left = left
         .iter()
         .filter(|r| !is_any_ours(r))
-        .filter_map(|r| r.get("rule_id").and_then(Value::as_str))
-        .map(|id| format!("detection rule {id}"))
+        .filter_map(|r| {
+            let id = r.get("rule_id").and_then(Value::as_str)?;
+            Some(if kibana::rules::is_prebuilt(r) {
+                // The CLI keeps no record of what it installed: a prebuilt rule may be a
+                // person's, so it is never removed here.
+                format!("Elastic's prebuilt detection rule {id} (never removed by the CLI)")
+            } else {
+                format!("detection rule {id}")
+            })
+        })
         .collect();
     Ok((removed, left))
 }

@@ -443,10 +443,11 @@ fn perform(sh: &Shared, space: &str, body: &Value, off: Offer, who: &str) -> Res
 /// `PUT /api/detection_engine/rules/prepackaged`: installs every prebuilt rule not installed
 /// (updates are not modelled: the catalogue has one version); timelines are not modelled.
 pub(crate) fn legacy_install_all(sh: &Shared, space: &str, who: &str) -> Resp {
-    let n = installable(sh, space)
-        .iter()
-        .map(|a| install(sh, space, a, who))
-        .count();
+    let assets = installable(sh, space);
+    for a in &assets {
+        install(sh, space, a, who);
+    }
+    let n = assets.len();
     Resp::json(
         200,
         &json!({"rules_installed": n, "rules_updated": 0, "timelines_installed": 0, "timelines_updated": 0}),
