@@ -129,7 +129,28 @@ async fn person_installs(env: &Env, ids: &[String]) {
 
 #[tokio::test]
 async fn kibana_offering_elastics_rules_gets_them_installed_and_enabled() {
-    let env = env("prebuilt-fresh", "8.17.0", true).await;
+    offered("prebuilt-fresh", "8.17.0").await;
+}
+
+/// 9.5: a paged `_review` (PR #247375) and a `_perform` that answers rule_id and version only
+/// (PR #264443); Elastic's ML rule watches the `_ea` job from 9.4.
+#[tokio::test]
+async fn kibana_9_5_offering_elastics_rules_gets_them_installed_and_enabled() {
+    offered("prebuilt-fresh95", "9.5.0").await;
+}
+
+async fn offered(prefix: &str, version: &str) {
+    let cfg = StandinConfig {
+        kibana_version: version.into(),
+        es_version: version.into(),
+        kibana_prebuilt_dga: true,
+        ..StandinConfig::default()
+    };
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_with(prefix, cfg, settings).await;
     if !env.standin_only("Kibana profiles") {
         return env.finish().await;
     }
@@ -159,13 +180,32 @@ async fn kibana_offering_elastics_rules_gets_them_installed_and_enabled() {
             .any(|r| r["tags"].to_string().contains(&owner_tag)),
         "no custom rule of the operator"
     );
-    // The ML rule's job is there for Elastic's ML rule.
-    assert!(
-        env.stack()
-            .jobs()
-            .await
-            .contains(&"dga_high_sum_probability".to_string())
-    );
+    // The job Elastic's ML rule watches is there.
+    let ml = env
+        .standin
+        .rules("default")
+        .into_iter()
+        .find(|r| r["type"] == "machine_learning")
+        .unwrap();
+    let job = ml["machine_learning_job_id"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let facts: Value =
+        serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap();
+    let f = facts["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "machine_learning")
+        .unwrap();
+    let expected = if version.starts_with("9.5") {
+        &f["machine_learning_job_id"]
+    } else {
+        &f["machine_learning_job_id_before_9_4"]
+    };
+    assert_eq!(&json!(job), expected);
+    assert!(env.stack().jobs().await.contains(&job), "{job}");
 
     // Later passes write nothing to Kibana.
     tokio::time::sleep(Duration::from_secs(1)).await;
