@@ -290,24 +290,38 @@ pub async fn apply(
         .filter_map(|c| rule_id(c).map(String::from))
         .collect();
     ids.sort();
-    if enable {
-        let mut objects = Vec::new();
-        for c in &created {
-            match c.get("id").and_then(Value::as_str) {
-                Some(id) => objects.push(id.to_string()),
-                // Kibanas with the brief answer (PR #264443) give rule_id and version only.
-                None => {
-                    if let Some(r) = client.get_rule(space, rule_id(c).unwrap_or("")).await?
-                        && let Some(id) = r.get("id").and_then(Value::as_str)
-                    {
-                        objects.push(id.to_string());
-                    }
+    let mut errors = errors;
+    if enable && let Err(e) = enable_created(client, space, &created).await {
+        // Installed all the same: recorded as ours by the caller; the person enables them.
+        errors.push(format!(
+            "installed {} but could not enable them: {e}",
+            ids.join(", ")
+        ));
+    }
+    Ok(Installed { ids, errors })
+}
+
+/// Enables the rules `_perform` created, by object id (looked up by rule_id where Kibana's
+/// answer gives rule_id and version only: kibana PR #264443).
+async fn enable_created(
+    client: &KibanaClient,
+    space: &str,
+    created: &[&Value],
+) -> Result<(), Error> {
+    let mut objects = Vec::new();
+    for c in created {
+        match c.get("id").and_then(Value::as_str) {
+            Some(id) => objects.push(id.to_string()),
+            None => {
+                if let Some(r) = client.get_rule(space, rule_id(c).unwrap_or("")).await?
+                    && let Some(id) = r.get("id").and_then(Value::as_str)
+                {
+                    objects.push(id.to_string());
                 }
             }
         }
-        client.enable_rules(space, &objects).await?;
     }
-    Ok(Installed { ids, errors })
+    client.enable_rules(space, &objects).await
 }
 
 /// Removes the prebuilt rules in `ids` (Elastic rule_ids this DgaModel installed) that are still
