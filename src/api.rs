@@ -356,6 +356,10 @@ pub struct InstalledObjects {
     /// Kibana space of the installed rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules_space: Option<String>,
+    /// Elastic's prebuilt rules (their rule_ids) this DgaModel installed in `rulesSpace`
+    /// through Kibana's prebuilt-rules API; a prebuilt rule a person installed is never listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prebuilt_rules: Vec<String>,
 }
 
 impl InstalledObjects {
@@ -366,6 +370,7 @@ impl InstalledObjects {
             && self.jobs.is_empty()
             && self.wired_indices.is_empty()
             && self.rules_space.is_none()
+            && self.prebuilt_rules.is_empty()
     }
 }
 

@@ -111,6 +111,7 @@ impl Settled {
 enum CachedInfo {
     Elasticsearch(ClusterInfo, String),
     Kibana(crate::kibana::KibanaStatus),
+    Prebuilt(crate::kibana::prebuilt::Availability),
 }
 
 impl Context {
@@ -1393,7 +1394,36 @@ async fn rules_pass(
     }
     let own_tag = kibana::owner_tag(&owner.key());
     let observed = kibana::rules::observe(&client, &space, &desired, &own_tag).await?;
-    let actions = kibana::rules::plan(&desired, &observed, &own_tag, obj.spec.overwrite);
+    // Elastic's prebuilt rules where Kibana offers them, custom rules for the rest.
+    let recorded_prebuilt = if report.status.objects.rules_space.as_deref() == Some(space.as_str())
+    {
+        report.status.objects.prebuilt_rules.clone()
+    } else {
+        Vec::new()
+    };
+    // Asked on every full pass, reused from the cache on a quiet resync (one Kibana read per
+    // resync stays one).
+    let offer_key = format!("{} prebuilt {space}", kb.cache_key());
+    let known = match ctx.cached(&offer_key) {
+        Some(CachedInfo::Prebuilt(a)) if glanced => Some(a),
+        _ => None,
+    };
+    let kibana::prebuilt::Route {
+        offer: avail,
+        decision,
+        custom,
+    } = kibana::prebuilt::route(
+        &client,
+        &space,
+        &features,
+        &desired,
+        &observed,
+        &recorded_prebuilt,
+        known,
+    )
+    .await?;
+    ctx.remember(offer_key, CachedInfo::Prebuilt(avail.clone()));
+    let actions = kibana::rules::plan(&custom, &observed, &own_tag, obj.spec.overwrite);
     let conflicts: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
@@ -1413,8 +1443,13 @@ async fn rules_pass(
     let job_recorded = !report.status.objects.jobs.is_empty();
     let mut repairs = 0usize;
     let mut done = Vec::new();
-    if !suspended && !actions.is_empty() {
-        let what: Vec<String> = actions.iter().map(|a| a.describe()).collect();
+    let installs = kibana::prebuilt::describe(&decision);
+    if !suspended && (!actions.is_empty() || !installs.is_empty()) {
+        let what: Vec<String> = actions
+            .iter()
+            .map(|a| a.describe())
+            .chain(installs.iter().cloned())
+            .collect();
         report
             .progress(ctx, format!("applying in Kibana: {}", what.join("; ")))
             .await;
@@ -1432,6 +1467,47 @@ async fn rules_pass(
                 .inspect_err(|e| {
                     report.set(RULES, false, e.reason(), e.to_string());
                 })?;
+        }
+    }
+    for (i, d) in installs.into_iter().enumerate() {
+        let repair = decision
+            .install
+            .get(i)
+            .is_some_and(|(id, _)| recorded_prebuilt.contains(id));
+        if repair {
+            repairs += 1;
+            done.push(format!("repair: {d}"));
+        } else {
+            done.push(d);
+        }
+    }
+    if !suspended {
+        let installed = kibana::prebuilt::apply(&client, &space, &decision, input.enabled)
+            .await
+            .inspect_err(|e| report.set(RULES, false, e.reason(), e.to_string()))?;
+        let (removed, customised) =
+            kibana::prebuilt::remove(&client, &space, &decision.remove).await?;
+        // Ours: what was ours and is still there, plus what Kibana created now; a rule a
+        // person customised since is theirs.
+        let mut record: Vec<String> = decision
+            .ours
+            .iter()
+            .chain(installed.ids.iter())
+            .filter(|id| !removed.contains(id) && !customised.contains(id))
+            .cloned()
+            .collect();
+        record.sort();
+        record.dedup();
+        report.status.objects.prebuilt_rules = record;
+        if !installed.errors.is_empty() {
+            let e = Error::Rejected {
+                service: crate::error::Service::Kibana,
+                what: "install Elastic's prebuilt rules".into(),
+                status: 200,
+                detail: installed.errors.join("; "),
+            };
+            report.set(RULES, false, e.reason(), e.to_string());
+            return Err(e);
         }
     }
     // The ML rule is useless without its job: install it alongside, remove it when unselected.
@@ -1503,7 +1579,8 @@ async fn rules_pass(
         report.set(RULES, done.is_empty(), reason, msg);
         return Ok(());
     }
-    report.status.objects.rules_space = wanted.then(|| space.clone());
+    report.status.objects.rules_space =
+        (wanted || !report.status.objects.prebuilt_rules.is_empty()).then(|| space.clone());
     report.status.rules = Some(format!("{}/{}", desired.len(), desired.len()));
     if !done.is_empty() {
         report.applied_something = true;
@@ -1534,16 +1611,9 @@ async fn rules_pass(
         } else {
             String::new()
         };
-        format!(
-            "custom rules under the operator's rule_ids ({} on Kibana {}){job_note}: {} rules in space {space}{skipped}",
-            if features.prebuilt_rules() {
-                "not yet installed through Kibana's prebuilt-rules route"
-            } else {
-                "Kibana ships Elastic's DGA rules as prebuilt rules only from 8.9"
-            },
-            kstatus.version,
-            desired.len()
-        )
+        route_message(&decision, &avail, &kstatus.version, custom.len(), &space)
+            + &job_note
+            + &skipped
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };
@@ -1554,6 +1624,49 @@ async fn rules_pass(
         msg,
     );
     Ok(())
+}
+
+/// The rules condition's message: which route each of Elastic's rules took, and why.
+fn route_message(
+    d: &crate::kibana::prebuilt::Decision,
+    avail: &crate::kibana::prebuilt::Availability,
+    version: &str,
+    custom: usize,
+    space: &str,
+) -> String {
+    let mut parts = Vec::new();
+    let prebuilt = d.prebuilt();
+    if !prebuilt.is_empty() {
+        let ours = d.ours.len() + d.install.len();
+        let persons = if d.persons.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} already installed by someone else, used as they are and not managed ({})",
+                d.persons.len(),
+                d.persons.join(", ")
+            )
+        };
+        parts.push(format!(
+            "Elastic's prebuilt rules through Kibana {version}'s prebuilt-rules API: {} in space {space}, {ours} installed by this DgaModel{persons}",
+            prebuilt.len()
+        ));
+    }
+    if custom > 0 || prebuilt.is_empty() {
+        let why = if !avail.api {
+            avail.why_not.clone()
+        } else if d.custom.is_empty() {
+            "rules of the release that are not Elastic's".to_string()
+        } else {
+            format!(
+                "Kibana {version} does not offer Elastic's DGA rules as prebuilt rules: its security_detection_engine package is absent (air-gapped?) or lacks them"
+            )
+        };
+        parts.push(format!(
+            "custom rules under the operator's rule_ids ({why}): {custom} rules in space {space}"
+        ));
+    }
+    parts.join("; ")
 }
 
 /// Kibana's version and health, cached like the cluster's, reported as a condition.
@@ -1885,6 +1998,14 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
             &kb.url,
             kb.auth.clone(),
         );
+        // Elastic's prebuilt rules this DgaModel installed (never one a person installed or
+        // has customised since).
+        let (gone, _customised) =
+            kibana::prebuilt::remove(&client, space, &status.objects.prebuilt_rules).await?;
+        removed.extend(
+            gone.into_iter()
+                .map(|id| format!("Elastic's prebuilt rule {id}")),
+        );
         let own_tag = kibana::owner_tag(&owner.key());
         let observed = kibana::rules::observe(&client, space, &[], &own_tag).await?;
         for a in kibana::diff(&[], &observed, &own_tag) {
@@ -1964,6 +2085,12 @@ fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
             "the detection rules tagged {} in Kibana space {space}",
             crate::kibana::owner_tag(&owner.key())
         ));
+        if !o.prebuilt_rules.is_empty() {
+            parts.push(format!(
+                "Elastic's prebuilt rules {} it installed in Kibana space {space}",
+                o.prebuilt_rules.join(", ")
+            ));
+        }
     }
     for job in &o.jobs {
         parts.push(format!(

@@ -1090,6 +1090,63 @@ async fn kibana_url_installs_the_rules_once_and_remove_takes_them() {
     assert!(bed.standin.models().is_empty(), "{rm}");
 }
 
+/// Issue 14: where Kibana offers Elastic's prebuilt DGA rules, setup installs and enables those
+/// (no custom copy under any id), a second setup has nothing to do, and remove leaves them (the
+/// CLI keeps no record that could tell its installs from a person's).
+#[tokio::test]
+async fn kibana_offering_elastics_rules_gets_them_from_setup_and_remove_leaves_them() {
+    let bed = Bed::start_with(StandinConfig {
+        kibana_prebuilt_dga: true,
+        ..StandinConfig::default()
+    })
+    .await;
+    bed.publish(TAG, Layout::V2);
+    let kb = bed.standin.kibana_url();
+    let with_kibana = |cmd: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec![cmd.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if cmd != "remove" {
+            args.extend(bed.release_opts());
+        }
+        args.extend(bed.conn());
+        args.extend(["--kibana-url".to_string(), kb.clone()]);
+        args
+    };
+    let facts: Value =
+        serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap();
+    let ids: Vec<String> = facts["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_string())
+        .collect();
+    let run = bed.run(&with_kibana("setup", &["-t", TAG])).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("prebuilt-rules API"), "{run}");
+    let rules = bed.standin.rules("default");
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    for id in &ids {
+        let r = rules.iter().find(|r| r["rule_id"] == json!(id)).expect(id);
+        assert_eq!(
+            (r["immutable"].clone(), r["enabled"].clone()),
+            (json!(true), json!(true)),
+            "{id}"
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("install Elastic's prebuilt rule {id}")),
+            "{run}"
+        );
+    }
+    let again = bed.run(&with_kibana("setup", &["-t", TAG])).await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(again.stdout.contains("nothing to do"), "{again}");
+    let rm = bed.run(&with_kibana("remove", &[])).await;
+    assert_eq!(rm.code, 0, "{rm}");
+    assert_eq!(bed.standin.rules("default").len(), 4, "{rm}");
+    assert!(rm.stdout.contains("never removed by the CLI"), "{rm}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 15, findings 7-9: a flaky network, a bad download, and the smaller edges.
 

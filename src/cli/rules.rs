@@ -19,6 +19,9 @@ const SPACE: &str = "default";
 pub struct RulesPlan {
     client: KibanaClient,
     pub actions: Vec<RuleAction>,
+    /// Elastic's prebuilt rules to install where Kibana offers them (the CLI keeps no record,
+    /// so it never removes a prebuilt rule: `remove` lists them as staying).
+    pub prebuilt: kibana::prebuilt::Decision,
     /// Job and datafeed steps still to take (empty when they are in place or not needed).
     pub job_steps: Vec<String>,
     index: Vec<String>,
@@ -36,7 +39,7 @@ impl RulesPlan {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty() && self.job_steps.is_empty()
+        self.actions.is_empty() && self.job_steps.is_empty() && self.prebuilt.install.is_empty()
     }
 
     /// Every step, for `plan`.
@@ -45,6 +48,7 @@ impl RulesPlan {
             .iter()
             .filter(|a| !matches!(a, RuleAction::Conflict { .. }))
             .map(RuleAction::describe)
+            .chain(kibana::prebuilt::describe(&self.prebuilt))
             .chain(self.job_steps.iter().cloned())
             .collect()
     }
@@ -95,7 +99,23 @@ pub async fn plan(
     }
     let tag = kibana::owner_tag(&owner.key());
     let observed = kibana::rules::observe(&client, SPACE, &desired, &tag).await?;
-    let actions = kibana::rules::plan(&desired, &observed, &tag, overwrite);
+    let route =
+        kibana::prebuilt::route(&client, SPACE, &features, &desired, &observed, &[], None).await?;
+    let prebuilt = route.decision.prebuilt().len();
+    let why = if route.offer.api {
+        "not offered by Kibana's prebuilt-rules API".to_string()
+    } else {
+        route.offer.why_not.clone()
+    };
+    let route_line = match (prebuilt, route.custom.len()) {
+        (0, n) => format!("{n} custom rules under the operator's rule_ids ({why})"),
+        (p, 0) => format!("{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API"),
+        (p, n) => format!(
+            "{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API, {n} custom rules ({why})"
+        ),
+    };
+    out.line(format!("Kibana rules: {route_line}"));
+    let actions = kibana::rules::plan(&route.custom, &observed, &tag, overwrite);
     let job_steps = if needs_job {
         engine::mljob::ensure(es, &owner, marker, &job, &input.index, overwrite, true)
             .await?
@@ -106,6 +126,7 @@ pub async fn plan(
     Ok(RulesPlan {
         client,
         actions,
+        prebuilt: route.decision,
         job_steps,
         index: input.index,
         needs_job,
@@ -128,6 +149,38 @@ pub async fn apply(
             .await?;
         *made += 1;
     }
+    if plan.prebuilt.install.is_empty() {
+        return apply_job(out, plan, es, marker, overwrite, made).await;
+    }
+    for d in kibana::prebuilt::describe(&plan.prebuilt) {
+        out.line(format!("  {d}"));
+    }
+    let installed = out
+        .step(
+            "installing Elastic's prebuilt rules",
+            kibana::prebuilt::apply(&plan.client, SPACE, &plan.prebuilt, true),
+        )
+        .await?;
+    *made += installed.ids.len();
+    if !installed.errors.is_empty() {
+        return Err(Error::Rejected {
+            service: crate::error::Service::Kibana,
+            what: "install Elastic's prebuilt rules".into(),
+            status: 200,
+            detail: installed.errors.join("; "),
+        });
+    }
+    apply_job(out, plan, es, marker, overwrite, made).await
+}
+
+async fn apply_job(
+    out: &Out,
+    plan: &RulesPlan,
+    es: &Elasticsearch,
+    marker: &engine::Marker,
+    overwrite: bool,
+    made: &mut usize,
+) -> Result<(), Error> {
     if plan.needs_job && !plan.job_steps.is_empty() {
         let done = out
             .step(
@@ -206,8 +259,16 @@ pub async fn remove(
     let left = left
         .iter()
         .filter(|r| !is_any_ours(r))
-        .filter_map(|r| r.get("rule_id").and_then(Value::as_str))
-        .map(|id| format!("detection rule {id}"))
+        .filter_map(|r| {
+            let id = r.get("rule_id").and_then(Value::as_str)?;
+            Some(if kibana::rules::is_prebuilt(r) {
+                // The CLI keeps no record of what it installed: a prebuilt rule may be a
+                // person's, so it is never removed here.
+                format!("Elastic's prebuilt detection rule {id} (never removed by the CLI)")
+            } else {
+                format!("detection rule {id}")
+            })
+        })
         .collect();
     Ok((removed, left))
 }

@@ -14,6 +14,12 @@ use crate::kibana::Auth;
 const SVC: Service = Service::Kibana;
 const RULES: &str = "/api/detection_engine/rules";
 const FIND: &str = "/api/detection_engine/rules/_find";
+const BULK: &str = "/api/detection_engine/rules/_bulk_action";
+const PREBUILT_STATUS: &str = "/internal/detection_engine/prebuilt_rules/status";
+const PREBUILT_REVIEW: &str = "/internal/detection_engine/prebuilt_rules/installation/_review";
+const PREBUILT_PERFORM: &str = "/internal/detection_engine/prebuilt_rules/installation/_perform";
+/// Page size asked of a paged `installation/_review` (its maximum since kibana PR #264443).
+const REVIEW_PAGE: usize = 500;
 /// Largest page `_find` is asked for.
 const PER_PAGE: usize = 100;
 /// Safety bound on paging (100 × 100 rules).
@@ -205,6 +211,86 @@ impl KibanaClient {
             return Ok(());
         }
         ok_json(&what, resp).await.map(|_| ())
+    }
+}
+
+impl KibanaClient {
+    /// A request to one of Kibana's internal, versioned routes: `elastic-api-version: 1` (the
+    /// only version of the prebuilt-rules routes) and the internal-origin header Kibana asks of
+    /// callers of internal APIs where `server.restrictInternalApis` is on.
+    fn internal(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        self.request(method, url)
+            .header("elastic-api-version", "1")
+            .header("x-elastic-internal-origin", "Kibana")
+    }
+
+    /// `GET /internal/detection_engine/prebuilt_rules/status` (8.9+): `stats` of the
+    /// prebuilt-rules package. A route Kibana does not have (older, or changed) is a refusal
+    /// with its status (404, or 400 for a version it no longer serves).
+    pub async fn prebuilt_status(&self, space: &str) -> Result<Value, Error> {
+        let what = "GET prebuilt-rules status";
+        let url = self.url(space, PREBUILT_STATUS, &[])?;
+        let resp = http::send(SVC, what, self.internal(Method::GET, url)).await?;
+        ok_json(what, resp).await
+    }
+
+    /// Every prebuilt rule Kibana can install in `space`
+    /// (`POST …/prebuilt_rules/installation/_review`). Kibanas before the paged review
+    /// (kibana PR #247375) ignore the body and list all at once; later ones page (`per_page`
+    /// at most 500), followed until `total`.
+    pub async fn prebuilt_installable(&self, space: &str) -> Result<Vec<Value>, Error> {
+        let what = "review prebuilt-rule installation";
+        let mut out = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let url = self.url(space, PREBUILT_REVIEW, &[])?;
+            let body = serde_json::json!({"page": page, "per_page": REVIEW_PAGE});
+            let resp = http::send(SVC, what, self.internal(Method::POST, url).json(&body)).await?;
+            let v = ok_json(what, resp).await?;
+            let rules = v
+                .get("rules")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let n = rules.len();
+            out.extend(rules);
+            match v.get("total").and_then(Value::as_u64) {
+                Some(total) if n > 0 && (out.len() as u64) < total => continue,
+                _ => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs prebuilt rules by rule_id and version
+    /// (`POST …/prebuilt_rules/installation/_perform`, mode `SPECIFIC_RULES`); the answer's
+    /// `results.created` and `errors`.
+    pub async fn prebuilt_install(
+        &self,
+        space: &str,
+        rules: &[(String, u64)],
+    ) -> Result<Value, Error> {
+        let what = "install prebuilt rules";
+        let url = self.url(space, PREBUILT_PERFORM, &[])?;
+        let specs: Vec<Value> = rules
+            .iter()
+            .map(|(id, v)| serde_json::json!({"rule_id": id, "version": v}))
+            .collect();
+        let body = serde_json::json!({"mode": "SPECIFIC_RULES", "rules": specs});
+        let resp = http::send(SVC, what, self.internal(Method::POST, url).json(&body)).await?;
+        ok_json(what, resp).await
+    }
+
+    /// Enables rules by their object ids (`POST /api/detection_engine/rules/_bulk_action`,
+    /// action `enable`): the way to enable a prebuilt rule without customising it.
+    pub async fn enable_rules(&self, space: &str, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let what = "enable rules";
+        let url = self.url(space, BULK, &[])?;
+        let body = serde_json::json!({"action": "enable", "ids": ids});
+        let resp = http::send(SVC, what, self.request(Method::POST, url).json(&body)).await?;
+        ok_json(what, resp).await.map(|_| ())
     }
 }
 

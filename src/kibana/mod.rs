@@ -2,11 +2,14 @@
 //!
 //! - [`client::KibanaClient`]: a thin, spec-conformant client for `GET /api/status` and the
 //!   detection-engine rules API, space-aware (`/s/{space}` prefix, omitted for `default`).
+//! - [`prebuilt`]: Elastic's prebuilt DGA rules installed through Kibana's prebuilt-rules API
+//!   where Kibana offers them (8.9+); custom rules ([`content`]) elsewhere.
 //! - [`rules`]: the built-in DGA rule set, `desired_rules` (pure) and `diff` (pure), plus
 //!   `apply` to carry out one planned action.
 
 pub mod client;
 pub mod content;
+pub mod prebuilt;
 pub mod rules;
 pub mod version;
 

@@ -394,7 +394,8 @@ pub fn plan(
                 rule_id: id.to_string(),
                 detail: format!(
                     "rule \"{name}\" holds Elastic's rule_id {id} (left by {by}); set overwrite \
-                     to replace it by the operator's rule {own}"
+                     to replace it (by Elastic's prebuilt rule where Kibana offers it, else by the \
+                     operator's rule {own})"
                 ),
             });
             continue;

@@ -34,6 +34,15 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
         resp.off_spec = Some("missing kbn-xsrf header".into());
         return resp;
     }
+    // Internal routes are not in the public OpenAPI document: the prebuilt-rules API is
+    // answered per Kibana version (`prebuilt.rs`); any other internal path is 404 below.
+    let (space, bare) = spec::kibana_space(&r.path);
+    if bare.starts_with("/internal/") {
+        let who = crate::es::principal(&r.headers).unwrap_or_else(|| "elastic".into());
+        if let Some(resp) = crate::prebuilt::internal(sh, r, &space, &bare, &who) {
+            return resp;
+        }
+    }
     let m = match spec::kibana_check(&r.method, &r.path, &r.query, &r.body) {
         Ok(m) => m,
         Err(o) => {
@@ -68,6 +77,8 @@ fn route(sh: &Shared, r: &Req, m: &KbMatch) -> Resp {
         "DeleteRule" => delete_rule(sh, space, r.param("id"), r.param("rule_id")),
         "FindRules" => find_rules(sh, space, r),
         "ImportRules" => import_rules(sh, space, r),
+        "InstallPrebuiltRulesAndTimelines" => crate::prebuilt::legacy_install_all(sh, space, &who),
+        "ReadPrebuiltRulesAndTimelinesStatus" => crate::prebuilt::legacy_status(sh, space),
         "PerformRulesBulkAction" => bulk_action(sh, space, &body, r.flag("dry_run")),
         "ReadTags" => {
             let st = sh.st();
@@ -141,7 +152,7 @@ fn find_rule(
     }
 }
 
-fn defaults(rule: &mut Map<String, Value>) {
+pub(crate) fn defaults(rule: &mut Map<String, Value>) {
     let d = [
         ("enabled", json!(true)),
         ("interval", json!("5m")),
@@ -254,6 +265,17 @@ fn update_rule(sh: &Shared, space: &str, body: Value, patch: bool, who: &str) ->
     if !patch {
         defaults(&mut new);
     }
+    // A prebuilt rule edited beyond its enabled state is customised (prebuilt-rule
+    // customization, 8.16+: `rule_source.is_customized`).
+    if old.get("immutable") == Some(&json!(true))
+        && old.contains_key("rule_source")
+        && customised(&old, &new)
+    {
+        new.insert(
+            "rule_source".into(),
+            json!({"type": "external", "is_customized": true}),
+        );
+    }
     let rev = old.get("revision").and_then(|r| r.as_i64()).unwrap_or(0) + 1;
     new.insert("revision".into(), json!(rev));
     new.insert("updated_at".into(), json!(util::now_iso()));
@@ -261,6 +283,22 @@ fn update_rule(sh: &Shared, space: &str, body: Value, patch: bool, who: &str) ->
     let v = Value::Object(new);
     rules[pos] = v.clone();
     Resp::json(200, &v)
+}
+
+/// Whether `new` changes a rule field of `old` other than the ones a person may set without
+/// customising a prebuilt rule (`enabled`, `actions`, `exceptions_list`, bookkeeping).
+fn customised(old: &Map<String, Value>, new: &Map<String, Value>) -> bool {
+    const FREE: &[&str] = &[
+        "enabled",
+        "actions",
+        "exceptions_list",
+        "revision",
+        "updated_at",
+        "updated_by",
+        "execution_summary",
+    ];
+    new.iter()
+        .any(|(k, v)| !FREE.contains(&k.as_str()) && old.get(k).is_some_and(|o| o != v))
 }
 
 fn delete_rule(sh: &Shared, space: &str, id: Option<&str>, rule_id: Option<&str>) -> Resp {

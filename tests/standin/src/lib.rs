@@ -31,6 +31,7 @@ mod es;
 mod github;
 mod indices;
 mod kibana;
+mod prebuilt;
 pub mod server;
 pub mod spec;
 pub mod util;

@@ -49,9 +49,14 @@ struct Args {
     /// profiles 7.10, 7.17, 8.17, 9.2 (= 7.10.2, 7.17.29, 8.17.0, 9.2.0); any X.Y[.Z] from 7.10.
     #[arg(long, default_value = dga_standin::profile::DEFAULT)]
     es_version: String,
-    /// Kibana version reported by GET /api/status.
+    /// Kibana version profile: reported by GET /api/status and deciding which prebuilt-rules
+    /// routes exist (internal API from 8.9, paged `_review` from 9.4).
     #[arg(long, default_value = "8.17.0")]
     kibana_version: String,
+    /// Whether Kibana holds Elastic's prebuilt-rules package (`on`: Elastic's DGA rules are
+    /// installable from 8.9; `off`: an air-gapped Kibana without the package).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    kibana_prebuilt_dga: String,
     /// Publish a release: TAG=PATH (asset named after the file). Repeatable. A `manifest-<tag>.json`
     /// next to the zip is published as a second asset when present.
     #[arg(long, value_name = "TAG=PATH")]
@@ -95,6 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         license_type: a.license.clone(),
         es_version: profile.to_string(),
         kibana_version: a.kibana_version.clone(),
+        kibana_prebuilt_dga: a.kibana_prebuilt_dga == "on",
         auth,
         ..Default::default()
     };

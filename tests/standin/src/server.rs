@@ -63,6 +63,11 @@ pub struct StandinConfig {
     pub cluster_uuid: String,
     pub auth: Auth,
     pub kibana_version: String,
+    /// Whether Kibana's `security_detection_engine` package (Elastic's prebuilt rules) is
+    /// installed; Elastic's DGA rules are in it from 8.9 (`prebuilt.rs`). Off: an air-gapped
+    /// Kibana without the package.
+    #[serde(default)]
+    pub kibana_prebuilt_dga: bool,
 }
 
 impl StandinConfig {
@@ -83,6 +88,7 @@ impl Default for StandinConfig {
             cluster_uuid: "dga-standin-cluster-uuid-0000000001".into(),
             auth: Auth::default(),
             kibana_version: "8.17.0".into(),
+            kibana_prebuilt_dga: false,
         }
     }
 }
@@ -135,6 +141,7 @@ impl RequestRecord {
                     | "_explain"
                     | "_validate"
                     | "_preview"
+                    | "_review"
             ) {
                 return false;
             }

@@ -1788,3 +1788,304 @@ async fn datafeed_start_without_matching_index_is_refused() {
         assert_eq!(s, 200, "{v}: {b}");
     }
 }
+
+/// Elastic's DGA rules as the fixture records them (rule_id → (version, version before 9.4)).
+fn elastic_dga() -> Vec<(String, u64, u64)> {
+    let f: Value =
+        serde_json::from_str(include_str!("../fixtures/elastic-dga-content.json")).unwrap();
+    f["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let v = r["version"].as_u64().unwrap();
+            let before = r["version_before_9_4"].as_u64().unwrap_or(v);
+            (r["rule_id"].as_str().unwrap().to_string(), v, before)
+        })
+        .collect()
+}
+
+async fn kb_internal(
+    t: &T,
+    m: Method,
+    path: &str,
+    version: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb =
+        t.c.request(m, format!("{}{path}", t.s.kibana_url()))
+            .basic_auth("elastic", Some("changeme"))
+            .header("kbn-xsrf", "true");
+    if let Some(v) = version {
+        rb = rb.header("elastic-api-version", v);
+    }
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn kibana_profile(v: &str, dga: bool) -> StandinConfig {
+    StandinConfig {
+        kibana_version: v.into(),
+        kibana_prebuilt_dga: dga,
+        ..Default::default()
+    }
+}
+
+const STATUS: &str = "/internal/detection_engine/prebuilt_rules/status";
+const REVIEW: &str = "/internal/detection_engine/prebuilt_rules/installation/_review";
+const PERFORM: &str = "/internal/detection_engine/prebuilt_rules/installation/_perform";
+
+#[tokio::test]
+async fn kibana_prebuilt_rules_follow_the_version_profile() {
+    let dga = elastic_dga();
+    let (ml_id, _, ml_before) = dga.iter().find(|(_, v, b)| v != b).cloned().unwrap();
+
+    // 8.8: no internal prebuilt-rules API; the legacy route installs the package, which does not
+    // hold the DGA rules yet.
+    let t = T::with(kibana_profile("8.8.2", true)).await;
+    let (s, _) = kb_internal(&t, Method::GET, STATUS, Some("1"), None).await;
+    assert_eq!(s, 404);
+    let (s, v) = t
+        .kb(Method::PUT, "/api/detection_engine/rules/prepackaged", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rules_updated"], 0);
+    let installed = t.s.rules("default");
+    assert_eq!(
+        v["rules_installed"].as_u64().unwrap() as usize,
+        installed.len()
+    );
+    assert!(
+        installed
+            .iter()
+            .all(|r| r["immutable"] == true && r["enabled"] == false)
+    );
+    assert!(
+        installed
+            .iter()
+            .all(|r| !dga.iter().any(|(id, _, _)| r["rule_id"] == json!(id)))
+    );
+    assert!(
+        installed.iter().all(|r| r.get("rule_source").is_none()),
+        "no rule_source before 8.16"
+    );
+    let (s, v) = t
+        .kb(
+            Method::GET,
+            "/api/detection_engine/rules/prepackaged/_status",
+            None,
+        )
+        .await;
+    assert_eq!((s, v["rules_not_installed"].clone()), (200, json!(0)));
+
+    // 8.17 with the package: versioned internal routes, every installable rule listed at once.
+    let t = T::with(kibana_profile("8.17.0", true)).await;
+    let (s, v) = kb_internal(&t, Method::GET, STATUS, None, None).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("elastic-api-version"),
+        "{v}"
+    );
+    let (s, v) = kb_internal(&t, Method::GET, STATUS, Some("2"), None).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["message"].as_str().unwrap().contains("No version \"2\""),
+        "{v}"
+    );
+    let (s, v) = kb_internal(&t, Method::GET, STATUS, Some("1"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let total = v["stats"]["num_prebuilt_rules_total_in_package"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        v["stats"]["num_prebuilt_rules_to_install"].as_u64(),
+        Some(total)
+    );
+    let (s, v) = kb_internal(&t, Method::POST, REVIEW, Some("1"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("total").is_none(), "not paged before 9.4");
+    let rules = v["rules"].as_array().unwrap();
+    assert_eq!(rules.len() as u64, total);
+    for (id, _, before) in &dga {
+        let r = rules
+            .iter()
+            .find(|r| r["rule_id"] == json!(id))
+            .expect("DGA rule installable");
+        assert_eq!(r["version"].as_u64(), Some(*before), "{id}");
+    }
+    // A custom rule under an Elastic rule_id does not make it installed: installing the
+    // prebuilt rule gives two rules with one rule_id (kibana #180198).
+    let (pred_id, pred_v, _) = dga.iter().find(|(id, _, _)| *id != ml_id).cloned().unwrap();
+    let mut custom = rule(&pred_id, "ML-DGA");
+    custom["name"] = json!("left by the old CLI");
+    assert_eq!(
+        t.kb(Method::POST, "/api/detection_engine/rules", Some(custom))
+            .await
+            .0,
+        200
+    );
+    let body = json!({"mode": "SPECIFIC_RULES", "rules": [
+        {"rule_id": ml_id, "version": ml_before}, {"rule_id": pred_id, "version": pred_v},
+        {"rule_id": "not-in-the-package", "version": 1}]});
+    let (s, v) = kb_internal(&t, Method::POST, PERFORM, Some("1"), Some(body.clone())).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["summary"],
+        json!({"total": 3, "succeeded": 2, "skipped": 0, "failed": 1})
+    );
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not-in-the-package")
+    );
+    let created = v["results"]["created"].as_array().unwrap();
+    let ml = created
+        .iter()
+        .find(|r| r["rule_id"] == json!(ml_id))
+        .unwrap();
+    assert_eq!(ml["immutable"], true);
+    assert_eq!(ml["enabled"], false);
+    assert_eq!(
+        ml["rule_source"],
+        json!({"type": "external", "is_customized": false})
+    );
+    assert_eq!(
+        ml["machine_learning_job_id"],
+        json!(["dga_high_sum_probability"])
+    );
+    assert_eq!(
+        t.s.rules("default")
+            .iter()
+            .filter(|r| r["rule_id"] == json!(pred_id))
+            .count(),
+        2
+    );
+    let (_, v) = kb_internal(&t, Method::POST, PERFORM, Some("1"), Some(body)).await;
+    assert_eq!(v["summary"]["skipped"], 2, "{v}");
+    assert_eq!(v["results"]["skipped"][0]["reason"], "ALREADY_INSTALLED");
+    let (s, _) = kb_internal(
+        &t,
+        Method::POST,
+        PERFORM,
+        Some("1"),
+        Some(json!({"mode": "SOME"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    // Enabling a prebuilt rule keeps it uncustomised; editing its query customises it.
+    let mut r =
+        t.s.rules("default")
+            .into_iter()
+            .find(|r| r["rule_id"] == json!(ml_id))
+            .unwrap();
+    let id = r["id"].clone();
+    let (s, v) = t
+        .kb(
+            Method::POST,
+            "/api/detection_engine/rules/_bulk_action",
+            Some(json!({"action": "enable", "ids": [id]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let stored =
+        t.s.rules("default")
+            .into_iter()
+            .find(|r| r["rule_id"] == json!(ml_id))
+            .unwrap();
+    assert_eq!(
+        (
+            stored["enabled"].clone(),
+            stored["rule_source"]["is_customized"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+    r["anomaly_threshold"] = json!(50);
+    for k in [
+        "id",
+        "created_at",
+        "updated_at",
+        "created_by",
+        "updated_by",
+        "revision",
+        "immutable",
+        "rule_source",
+    ] {
+        r.as_object_mut().unwrap().remove(k);
+    }
+    let (s, v) = t
+        .kb(Method::PUT, "/api/detection_engine/rules", Some(r))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rule_source"]["is_customized"], true);
+
+    // 8.17 without the package (air-gapped): nothing installable.
+    let t = T::with(kibana_profile("8.17.0", false)).await;
+    let (_, v) = kb_internal(&t, Method::POST, REVIEW, Some("1"), None).await;
+    assert_eq!(v["rules"], json!([]));
+
+    // 9.4: paged review (default 20 a page), Elastic's 9.4 versions and the `_ea` job.
+    let t = T::with(kibana_profile("9.4.0", true)).await;
+    let (_, v) = kb_internal(&t, Method::POST, REVIEW, Some("1"), Some(json!({}))).await;
+    assert_eq!(v["page"], 1);
+    assert_eq!(v["rules"].as_array().unwrap().len(), 20);
+    let total = v["total"].as_u64().unwrap();
+    let (_, v) = kb_internal(
+        &t,
+        Method::POST,
+        REVIEW,
+        Some("1"),
+        Some(json!({"page": 1, "per_page": 500})),
+    )
+    .await;
+    assert_eq!(v["rules"].as_array().unwrap().len() as u64, total);
+    let ml = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule_id"] == json!(ml_id))
+        .unwrap();
+    assert_ne!(ml["version"].as_u64(), Some(ml_before));
+    assert_eq!(
+        ml["machine_learning_job_id"],
+        json!(["dga_high_sum_probability_ea"])
+    );
+    let (s, _) = kb_internal(
+        &t,
+        Method::POST,
+        REVIEW,
+        Some("1"),
+        Some(json!({"per_page": 501})),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // 9.5: `_perform` answers rule_id and version only.
+    let t = T::with(kibana_profile("9.5.0", true)).await;
+    let (_, v) = kb_internal(
+        &t,
+        Method::POST,
+        PERFORM,
+        Some("1"),
+        Some(json!({"mode": "ALL_RULES"})),
+    )
+    .await;
+    let created = v["results"]["created"].as_array().unwrap();
+    assert!(!created.is_empty());
+    assert!(
+        created.iter().all(|c| c.as_object().unwrap().len() == 2),
+        "{created:?}"
+    );
+    assert!(
+        t.s.off_spec_requests().is_empty(),
+        "{:?}",
+        t.s.off_spec_requests()
+    );
+}
