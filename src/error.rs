@@ -83,7 +83,7 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
 
     #[error("internal error: {0}")]
@@ -192,6 +192,22 @@ impl Error {
 }
 
 /// ` (HTTP 404)`, or nothing when no status applies (0).
+/// kube's own Display of an API error appends the whole `Status` in Debug form; conditions,
+/// events and CLI errors say what the apiserver said, once.
+fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let reason = if s.reason.is_empty() {
+                "Error"
+            } else {
+                s.reason.as_str()
+            };
+            format!("{reason} (HTTP {}): {}", s.code, s.message)
+        }
+        other => other.to_string(),
+    }
+}
+
 fn http_status(status: u16) -> String {
     if status == 0 {
         String::new()
@@ -201,3 +217,22 @@ fn http_status(status: u16) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kubernetes_api_error_is_said_once_without_debug_dumps() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "secrets \"es\" is forbidden: User \"system:serviceaccount:x:y\" cannot get resource \"secrets\""
+        }))
+        .unwrap();
+        let e = Error::Kube(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            e.to_string(),
+            "Kubernetes API: Forbidden (HTTP 403): secrets \"es\" is forbidden: User \"system:serviceaccount:x:y\" cannot get resource \"secrets\""
+        );
+    }
+}
