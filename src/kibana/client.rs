@@ -15,7 +15,6 @@ const SVC: Service = Service::Kibana;
 const RULES: &str = "/api/detection_engine/rules";
 const FIND: &str = "/api/detection_engine/rules/_find";
 const BULK: &str = "/api/detection_engine/rules/_bulk_action";
-const PREBUILT_STATUS: &str = "/internal/detection_engine/prebuilt_rules/status";
 const PREBUILT_REVIEW: &str = "/internal/detection_engine/prebuilt_rules/installation/_review";
 const PREBUILT_PERFORM: &str = "/internal/detection_engine/prebuilt_rules/installation/_perform";
 /// Page size asked of a paged `installation/_review` (its maximum since kibana PR #264443).
@@ -222,16 +221,6 @@ impl KibanaClient {
         self.request(method, url)
             .header("elastic-api-version", "1")
             .header("x-elastic-internal-origin", "Kibana")
-    }
-
-    /// `GET /internal/detection_engine/prebuilt_rules/status` (8.9+): `stats` of the
-    /// prebuilt-rules package. A route Kibana does not have (older, or changed) is a refusal
-    /// with its status (404, or 400 for a version it no longer serves).
-    pub async fn prebuilt_status(&self, space: &str) -> Result<Value, Error> {
-        let what = "GET prebuilt-rules status";
-        let url = self.url(space, PREBUILT_STATUS, &[])?;
-        let resp = http::send(SVC, what, self.internal(Method::GET, url)).await?;
-        ok_json(what, resp).await
     }
 
     /// Every prebuilt rule Kibana can install in `space`
