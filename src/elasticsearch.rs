@@ -837,10 +837,11 @@ mod tests {
     }
 }
 
-/// A pipeline as it was PUT: from 9.2 a GET adds the read-only `created_date_millis` and
+/// A pipeline as a PUT takes it: from 9.2 a GET adds the read-only `created_date_millis` and
 /// `modified_date_millis` (`created_date`/`modified_date` with `?human`; ES PR #130847), which a
-/// PUT does not take and which would otherwise read as drift on every pass (Kibana strips them
-/// too, kibana PR #230053).
+/// PUT refuses (Kibana strips them before writing a pipeline back too, kibana PR #230053), so a
+/// body read here can be modified and written back. Drift does not depend on this: it compares
+/// only the keys the operator writes (`engine::diff::holds`).
 fn without_pipeline_dates(mut pipeline: Value) -> Value {
     if let Some(o) = pipeline.as_object_mut() {
         for k in [

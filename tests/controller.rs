@@ -943,7 +943,7 @@ async fn a_datafeed_without_data_waits_then_starts_when_data_arrives() {
     let job = cond("AnomalyJobRunning");
     assert!(
         job.message
-            .contains("because no index matches datafeed's indices"),
+            .contains("does not exist, is closed, or is still initializing"),
         "{}",
         job.message
     );

@@ -235,7 +235,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
                     h = Holder::Us;
                 }
                 match h {
-                    Holder::Us if seen == body => {}
+                    Holder::Us if holds(seen, body) => {}
                     Holder::Us => plan.actions.push(Action::PutPipeline {
                         id: id.clone(),
                         reason: put_reason(marker.as_ref()),
@@ -393,6 +393,23 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
 }
 
 /// `*` wildcards, as in index patterns.
+/// Whether `seen` holds everything the operator writes (`want`): every key of an object we
+/// write, with the same value, array by array element. Keys only the server adds are no drift:
+/// from 9.2 a GET of a pipeline carries read-only `created_date_millis`/`modified_date_millis`
+/// (ES PR #130847; Kibana strips them too, kibana PR #230053), and versions to come may add
+/// others; comparing whole bodies would rewrite every pipeline on every pass.
+pub fn holds(seen: &Value, want: &Value) -> bool {
+    match (seen, want) {
+        (Value::Object(s), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| s.get(k).is_some_and(|sv| holds(sv, wv))),
+        (Value::Array(s), Value::Array(w)) => {
+            s.len() == w.len() && s.iter().zip(w).all(|(sv, wv)| holds(sv, wv))
+        }
+        _ => seen == want,
+    }
+}
+
 pub fn wildcard(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
@@ -415,4 +432,33 @@ pub fn wildcard(pattern: &str, name: &str) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod holds_tests {
+    use super::holds;
+    use serde_json::json;
+
+    #[test]
+    fn server_added_keys_are_not_drift_but_changed_or_missing_ones_are() {
+        let want = json!({"description": "d", "processors": [{"inference": {"model_id": "m"}}], "_meta": {"k": 1}});
+        // What a 9.2 GET answers for the same body.
+        let mut seen = want.clone();
+        seen["created_date_millis"] = json!(1_764_979_200_000u64);
+        seen["modified_date_millis"] = json!(1_764_979_200_000u64);
+        assert!(holds(&seen, &want));
+        let mut edited = seen.clone();
+        edited["processors"][0]["inference"]["model_id"] = json!("other");
+        assert!(!holds(&edited, &want));
+        let mut dropped = seen.clone();
+        dropped["_meta"].as_object_mut().unwrap().remove("k");
+        assert!(!holds(&dropped, &want));
+        let mut extra_processor = seen.clone();
+        extra_processor["processors"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"set": {}}));
+        assert!(!holds(&extra_processor, &want));
+        assert!(!holds(&json!("x"), &want));
+    }
 }

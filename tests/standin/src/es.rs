@@ -1994,12 +1994,12 @@ fn start_stop_datafeed(sh: &Shared, id: &str, start: bool) -> Resp {
                 &format!("cannot start datafeed [{id}] because job [{job_id}] is closed"),
             );
         }
-        // `TransportStartDatafeedAction`: after the job check, the data extractor factory is
-        // built from a field-caps request over the datafeed's indices; no matching index (a
-        // fresh stack without DNS data yet) refuses the start with 400 before any persistent
-        // task exists. (`DatafeedNodeSelector`'s 409 "... does not exist, is closed, or is
-        // still initializing" comes later and is not reachable here: the stand-in has no
-        // closed or initializing indices.)
+        // A fresh stack without DNS data: real-stack.md (authoritative for this stand-in)
+        // records the answer as 409 `status_exception` from
+        // `DatafeedNodeSelector.checkDatafeedTaskCanBeCreated`, naming the first pattern that
+        // resolves to nothing. (Our reading of `TransportStartDatafeedAction` found a field-caps
+        // check that may answer 400 "no index matches datafeed's indices" first; the operator
+        // treats both as waiting for data: `elasticsearch.rs` `no_data_yet`.)
         let indices: Vec<String> = df
             .config
             .get("indices")
@@ -2012,22 +2012,14 @@ fn start_stop_datafeed(sh: &Shared, id: &str, start: bool) -> Resp {
             .collect();
         let (found, _) = crate::indices::resolve(&st, Some(&indices.join(",")));
         if found.is_empty() {
-            let reason = if sh.cfg.es_profile().has(Feature::DatafeedNoIndexMessage) {
-                format!(
-                    "datafeed [{id}] cannot retrieve data because no index matches datafeed's indices [{}]",
-                    indices.join(", ")
-                )
-            } else {
-                let time_field = st
-                    .jobs
-                    .get(&job_id)
-                    .and_then(|j| j.config.pointer("/data_description/time_field"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("time")
-                    .to_string();
-                format!("[{id}] cannot retrieve field [{time_field}] because it has no mappings")
-            };
-            return err(400, "status_exception", &reason);
+            let first = indices.first().cloned().unwrap_or_default();
+            return err(
+                409,
+                "status_exception",
+                &format!(
+                    "No node found to start datafeed [{id}], allocation explanation [cannot start datafeed [{id}] because index [{first}] does not exist, is closed, or is still initializing.]"
+                ),
+            );
         }
         st.datafeeds.get_mut(id).expect("exists").state = "started".into();
         Resp::json(200, &json!({"started": true, "node": "dga-standin-node"}))

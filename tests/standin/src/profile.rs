@@ -40,14 +40,6 @@ pub enum Feature {
     PlatformArchitecture,
     /// The parser knows `prefix_strings` (`TransportVersions.V_8_12_0`).
     PrefixStrings,
-    /// A datafeed `_start` whose indices match no index names the cause: 400 `status_exception`
-    /// "datafeed [{id}] cannot retrieve data because no index matches datafeed's indices [..]"
-    /// (ES PR #81069, merged 2021-11-29; `ScrollDataExtractorFactory.create`). Before, the same
-    /// field-caps check fails on the job's time field: 400 `status_exception` "[{id}] cannot
-    /// retrieve field [{time_field}] because it has no mappings"
-    /// (`TimeBasedExtractedFields.build` → `ExtractionMethodDetector.isAggregatable`). Which
-    /// 8.0/8.1 minor first carried it is not verified; the named profiles lie on either side.
-    DatafeedNoIndexMessage,
 }
 
 /// From which (major, minor) each feature holds. The one place that says it.
@@ -91,11 +83,6 @@ pub const SINCE: &[(Feature, (u32, u32), &str)] = &[
         Feature::PrefixStrings,
         (8, 12),
         "TrainedModelConfig.java: PREFIX_STRINGS, TransportVersions.V_8_12_0",
-    ),
-    (
-        Feature::DatafeedNoIndexMessage,
-        (8, 0),
-        "elastic/elasticsearch PR #81069",
     ),
 ];
 
@@ -196,8 +183,6 @@ mod tests {
         assert!(p("8.0.0").has(Feature::ModelSizeSettable));
         assert!(!p("8.11").has(Feature::PrefixStrings));
         assert!(p("8.12").has(Feature::PrefixStrings));
-        assert!(!p("7.17").has(Feature::DatafeedNoIndexMessage));
-        assert!(p("8.17").has(Feature::DatafeedNoIndexMessage));
         assert_eq!(p("8.17").spec_set(), SpecSet::Branch8_19);
         assert_eq!(p("9.2").spec_set(), SpecSet::Main2026_02_10);
         assert_eq!(p(DEFAULT), p("8.17"));
