@@ -125,26 +125,62 @@ async fn start_env(prefix: &str, use_api_key: bool) -> Env {
 }
 
 async fn converged(sc: Scenario, env: &Env) -> bool {
-    let Ok(m) = env.models_api().get_opt("dga").await else {
-        return false;
+    not_converged(sc, env).await.is_none()
+}
+
+/// Why the scenario has not converged yet (None once it has): what a failed run prints.
+async fn not_converged(sc: Scenario, env: &Env) -> Option<String> {
+    let m = match env.models_api().get_opt("dga").await {
+        Ok(m) => m,
+        Err(e) => return Some(format!("reading the DgaModel: {e}")),
     };
     if sc == Scenario::Delete {
-        return m.is_none();
+        return m.map(|m| {
+            format!(
+                "DgaModel still there (finalizers {:?}, status {:?})",
+                m.metadata.finalizers,
+                m.status.map(|s| s.conditions)
+            )
+        });
     }
-    let Some(m) = m else { return false };
-    let Some(st) = &m.status else { return false };
+    let Some(m) = m else {
+        return Some("no DgaModel".into());
+    };
+    let Some(st) = &m.status else {
+        return Some("no status".into());
+    };
     let want = if sc == Scenario::Upgrade {
         TAG_B
     } else {
         TAG_A
     };
+    let stack = env.stack();
+    let (pipelines, models, rules) = (
+        stack.pipelines().await.len(),
+        stack.models().await.len(),
+        stack.rules("default").await.len(),
+    );
     let ready = dga_operator::status::is_true(&st.conditions, "Ready");
-    ready
+    let done = ready
         && st.observed_generation == m.metadata.generation
         && st.installed_tag.as_deref() == Some(want)
-        && env.stack().pipelines().await.len() == 3
-        && env.stack().models().await.len() == 1
-        && env.stack().rules("default").await.len() == 4
+        && pipelines == 3
+        && models == 1
+        && rules == 4;
+    (!done).then(|| {
+        let conditions: Vec<String> = st
+            .conditions
+            .iter()
+            .map(|c| format!("{}={:?}/{}: {}", c.type_, c.status, c.reason, c.message))
+            .collect();
+        format!(
+            "installed {:?} (want {want}), generation {:?}/{:?}, {pipelines} pipelines, {models} models, {rules} rules; {}",
+            st.installed_tag,
+            st.observed_generation,
+            m.metadata.generation,
+            conditions.join(" | ")
+        )
+    })
 }
 
 struct Row {
@@ -285,9 +321,15 @@ async fn run(sc: Scenario, k: Option<usize>, release_first: bool) -> (Row, Vec<R
         .filter(|s| texts.iter().any(|t| t.contains(s.as_str())))
         .collect();
     if !ok {
+        let why = not_converged(sc, &env).await.unwrap_or_default();
+        let notable: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains(" INFO "))
+            .collect();
         eprintln!(
-            "--- {sc:?} k={k:?} did not converge; operator logs:\n{}",
-            tail(&logs, 60)
+            "--- {sc:?} k={k:?} did not converge: {why}\nwarnings/errors/info of both operators:\n{}\nlast lines:\n{}",
+            notable[notable.len().saturating_sub(80)..].join("\n"),
+            tail(&logs, 40)
         );
     }
     drop(second);
@@ -321,7 +363,16 @@ async fn sigkill_at_every_write_then_restart_converges() {
     let mut rows = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(3));
+    // DGA_CRASH_ONLY="Upgrade:8" reruns one scenario's k-th write (both orders), for chasing a
+    // failure the matrix found.
+    let only: Option<(String, usize)> = std::env::var("DGA_CRASH_ONLY").ok().and_then(|v| {
+        let (sc, k) = v.split_once(':')?;
+        Some((sc.to_string(), k.parse().ok()?))
+    });
     for sc in [Scenario::Install, Scenario::Upgrade, Scenario::Delete] {
+        if only.as_ref().is_some_and(|(o, _)| *o != format!("{sc:?}")) {
+            continue;
+        }
         // Fault-free run: which writes the scenario makes.
         let (row, writes) = run(sc, None, false).await;
         assert!(row.converged, "{sc:?}: baseline did not converge");
@@ -332,6 +383,9 @@ async fn sigkill_at_every_write_then_restart_converges() {
         );
         rows.push(row);
         for k in 1..=writes.len() {
+            if only.as_ref().is_some_and(|(_, o)| *o != k) {
+                continue;
+            }
             for release_first in [false, true] {
                 let limit = limit.clone();
                 tasks.spawn(async move {
