@@ -337,7 +337,11 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         api.patch(
             &obj.name_any(),
             &PatchParams::default(),
-            &Patch::Json::<()>(finalizer_patch(obj.finalizers(), FinalizerOp::Add)?),
+            &Patch::Json::<()>(crate::finalizer::patch(
+                obj.finalizers(),
+                FINALIZER,
+                crate::finalizer::Op::Add,
+            )?),
         )
         .await?;
         // The update event triggers the next pass.
@@ -1874,7 +1878,11 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
         .patch(
             &obj.name_any(),
             &PatchParams::default(),
-            &Patch::Json::<()>(finalizer_patch(obj.finalizers(), FinalizerOp::Remove)?),
+            &Patch::Json::<()>(crate::finalizer::patch(
+                obj.finalizers(),
+                FINALIZER,
+                crate::finalizer::Op::Remove,
+            )?),
         )
         .await
     {
@@ -1890,43 +1898,6 @@ async fn finalize(api: &Api<DgaModel>, obj: &DgaModel, ctx: &Context) -> Result<
         "finalized"
     );
     Ok(Requeue::await_change())
-}
-
-#[derive(Clone, Copy)]
-enum FinalizerOp {
-    Add,
-    Remove,
-}
-
-/// A JSON patch that adds or removes our finalizer with a `test` on the finalizer list alone
-/// (as kube-runtime's finalizer helper does): a compare-and-swap on what it changes, so
-/// concurrent writes elsewhere on the object (annotations, labels, status) never make it fail,
-/// and a finalizer someone else added or removed meanwhile is never lost (the test fails, 409,
-/// and the next pass sees fresh data). A `resourceVersion` precondition failed forever under a
-/// steady stream of annotation patches.
-fn finalizer_patch(current: &[String], op: FinalizerOp) -> Result<json_patch::Patch, Error> {
-    let ops = match op {
-        FinalizerOp::Add if current.is_empty() => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
-        ]),
-        FinalizerOp::Add => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
-        ]),
-        FinalizerOp::Remove => {
-            let i = current
-                .iter()
-                .position(|f| f == FINALIZER)
-                .ok_or_else(|| Error::Internal("our finalizer is not on the object".into()))?;
-            let path = format!("/metadata/finalizers/{i}");
-            json!([
-                {"op": "test", "path": path, "value": FINALIZER},
-                {"op": "remove", "path": path}
-            ])
-        }
-    };
-    serde_json::from_value(ops).map_err(|e| Error::Internal(format!("finalizer patch: {e}")))
 }
 
 /// A deletion waiting for its cluster: what failed, and when the finalizer is released anyway.

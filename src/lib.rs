@@ -11,6 +11,7 @@ pub mod elasticsearch;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod finalizer;
 pub mod http;
 pub mod kibana;
 pub mod leader;

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::api::{DgaModel, FINALIZER};
 use crate::error::Error;
+use crate::finalizer;
 
 /// On a Secret named by a DgaModel's `clusterRef.secretName`.
 pub const SECRET_FINALIZER: &str = "dgaoperator.io/secret-protection";
@@ -46,13 +47,9 @@ pub async fn protect(client: &Client, obj: &DgaModel) -> Result<(), Error> {
             return Ok(());
         }
         if !s.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
-            let mut finalizers = s.finalizers().to_vec();
-            finalizers.push(SECRET_FINALIZER.to_string());
-            let patch = json!({"metadata": {
-                "finalizers": finalizers, "resourceVersion": s.resource_version()
-            }});
+            let add = finalizer::patch(s.finalizers(), SECRET_FINALIZER, finalizer::Op::Add)?;
             secrets
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(name, &PatchParams::default(), &Patch::Json::<()>(add))
                 .await?;
         }
     }
@@ -113,16 +110,9 @@ async fn release(client: &Client, ns: &str, name: &str, uid: &str) -> Result<(),
     if !s.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
         return Ok(());
     }
-    let finalizers: Vec<&String> = s
-        .finalizers()
-        .iter()
-        .filter(|f| *f != SECRET_FINALIZER)
-        .collect();
-    let patch = json!({"metadata": {
-        "finalizers": finalizers, "resourceVersion": s.resource_version()
-    }});
+    let remove = finalizer::patch(s.finalizers(), SECRET_FINALIZER, finalizer::Op::Remove)?;
     match secrets
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(remove))
         .await
     {
         Ok(_) => Ok(()),
