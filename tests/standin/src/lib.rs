@@ -28,6 +28,8 @@ pub mod model;
 pub mod profile;
 
 mod es;
+mod fleet;
+pub mod fleet_package;
 mod github;
 mod indices;
 mod kibana;
