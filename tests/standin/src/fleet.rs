@@ -436,14 +436,20 @@ fn install_from_registry(sh: &Shared, r: &Req, name: &str, version: Option<&str>
     }
 }
 
-/// `InstallPackageResponse`: `{items, _meta: {install_source[, name]}}`; `_meta.name` from 8.15
-/// (kibana issue #185932).
+/// `InstallPackageResponse`: `{items, _meta: {install_source[, name]}}`. `_meta.name` (kibana
+/// issue #185932) is in the 9.x handlers and not in the last 8.x tree read (which already has
+/// the 8.15 upload rate limit): from 9.0 here. 8.x's upload answer still repeats `items` as the
+/// deprecated `response` (removed in 9.0, kibana PR #198434).
 fn install_answer(sh: &Shared, items: Vec<Value>, source: &str, name: &str) -> Value {
     let mut meta = json!({"install_source": source});
-    if at_least(sh, 8, 15) {
+    if at_least(sh, 9, 0) {
         meta["name"] = json!(name);
     }
-    json!({"items": items, "_meta": meta})
+    let mut out = json!({"items": items, "_meta": meta});
+    if source == "upload" && !at_least(sh, 9, 0) {
+        out["response"] = out["items"].clone();
+    }
+    out
 }
 
 // ---- POST /api/fleet/epm/packages (upload)
