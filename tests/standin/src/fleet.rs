@@ -501,8 +501,8 @@ fn upload(sh: &Shared, r: &Req) -> Resp {
 
 /// Install `p` as Fleet's state machine does for these asset types: the ML model (an existing
 /// model id is kept: `resource_already_exists_exception` is swallowed), the version-prefixed
-/// pipelines with Fleet's `_meta`, then the Kibana saved objects; the previous version's
-/// pipelines are deleted after the new ones exist. Returns the asset references.
+/// pipelines with Fleet's `_meta`, then the Kibana saved objects (the previous version's are
+/// replaced). Returns the asset references.
 fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>, Resp> {
     let name = p.manifest["name"].as_str().unwrap_or_default().to_string();
     let v = p.version.to_string();
@@ -584,10 +584,22 @@ fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>
         kibana_refs.push(json!({"id": id, "type": kind}));
         sos.push(((so_type, id), so));
     }
-    // Fleet removes the assets of the version it replaced once the new ones are in.
+    // An update deletes the previous version's pipelines only when the package has no
+    // top-level pipelines: top-level ones (dga's) stay, "as of ml model package addition which
+    // requires previous assets to remain installed" (kibana issue #115035; step
+    // `stepInstallIngestPipelines` / `_install_package.ts`). Their references stay in
+    // `installed_es`, so an uninstall removes them too.
+    let top_level = p
+        .files
+        .keys()
+        .any(|f| f.starts_with("elasticsearch/ingest_pipeline/"));
+    let mut kept = Vec::new();
     if let Some(prev) = &previous {
         for a in &prev.installed_es {
-            if a["type"] == "ingest_pipeline" && !es_refs.contains(a) {
+            if es_refs.contains(a) {
+                continue;
+            }
+            if a["type"] == "ingest_pipeline" && !top_level {
                 let id = a["id"].as_str().unwrap_or_default();
                 es(
                     sh,
@@ -597,6 +609,8 @@ fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>
                     &[],
                     None,
                 );
+            } else if a["type"] == "ingest_pipeline" {
+                kept.push(a.clone());
             }
         }
     }
@@ -620,7 +634,7 @@ fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>
             name,
             version: p.version.clone(),
             install_source: source.into(),
-            installed_es: es_refs.clone(),
+            installed_es: es_refs.iter().chain(&kept).cloned().collect(),
             installed_kibana: kibana_refs.clone(),
             created_at: previous
                 .as_ref()
