@@ -429,6 +429,17 @@ async fn module_setup_creates_the_job_and_datafeed_and_reports_the_wait_for_data
         assert_eq!(df["started"], false, "no DNS data yet");
         assert_eq!(df["error"]["error"]["type"], "status_exception", "{v}");
         assert_eq!(v["kibana"], json!({}));
+        let (_, stats) = t
+            .es(
+                Method::GET,
+                &format!("/_ml/anomaly_detectors/{job}/_stats"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            stats["jobs"][0]["state"], "opened",
+            "setup opens the job first"
+        );
         let jobs = t.s.jobs();
         assert_eq!(jobs[job]["custom_settings"]["created_by"], "ml-module-dga");
         assert_eq!(
