@@ -32,6 +32,10 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
     if r.method != "GET" && r.method != "HEAD" {
         return not_found().api("github.unknown");
     }
+    // The Fleet package registry is served here too (`fleet_package.rs`).
+    if let Some(resp) = crate::fleet_package::handle(sh, r) {
+        return resp;
+    }
     let segs = split_path(&r.path);
     let s: Vec<&str> = segs.iter().map(|x| x.as_str()).collect();
     let base = sh.github_url.get().cloned().unwrap_or_default();

@@ -37,6 +37,11 @@ pub(crate) fn handle(sh: &Shared, r: &Req) -> Resp {
     // Internal routes are not in the public OpenAPI document: the prebuilt-rules API is
     // answered per Kibana version (`prebuilt.rs`); any other internal path is 404 below.
     let (space, bare) = spec::kibana_space(&r.path);
+    // Fleet's package API and ML's module API are not in the embedded OpenAPI document:
+    // answered per Kibana version in `fleet.rs`.
+    if let Some(resp) = crate::fleet::handle(sh, r, &bare) {
+        return resp;
+    }
     if bare.starts_with("/internal/") {
         let who = crate::es::principal(&r.headers).unwrap_or_else(|| "elastic".into());
         if let Some(resp) = crate::prebuilt::internal(sh, r, &space, &bare, &who) {

@@ -11,6 +11,9 @@
 //! - [`server::Standin`]: start/stop, state inspection and drift, request log, faults,
 //!   interceptor, GitHub releases, admin API.
 //! - Elasticsearch semantics live in `es.rs`, Kibana in `kibana.rs`, GitHub in `github.rs`.
+//! - Kibana's Fleet package API and ML module setup live in `fleet.rs`; the `dga` package
+//!   registry (`--fleet-package dga-VERSION`, served on the GitHub listener) in
+//!   [`fleet_package`].
 //!
 //! Admin API (binary `--admin-port`, or [`Standin::start_admin`]); not spec-checked, not logged:
 //! `GET /requests`, `DELETE /requests`, `GET /state`, `POST /faults` with a JSON [`Fault`]
@@ -28,6 +31,8 @@ pub mod model;
 pub mod profile;
 
 mod es;
+mod fleet;
+pub mod fleet_package;
 mod github;
 mod indices;
 mod kibana;

@@ -57,6 +57,16 @@ struct Args {
     /// installable from 8.9; `off`: an air-gapped Kibana without the package).
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     kibana_prebuilt_dga: String,
+    /// Hold a generated Fleet `dga` package in the stand-in's package registry (repeatable), e.g.
+    /// `dga-2.3.7`: package-spec layout, the Kibana constraint real-stack.md gives for that
+    /// version. Kibana's Fleet API installs from it; the registry is served at GITHUB_URL
+    /// (`/search`, `/package/dga/VERSION/`, `/epr/dga/dga-VERSION.zip`).
+    #[arg(long, value_name = "dga-VERSION")]
+    fleet_package: Vec<String>,
+    /// Whether Kibana can reach its package registry (`off`: Fleet installs by version fail as
+    /// they do when the registry is down; upload still works).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    fleet_registry: String,
     /// Publish a release: TAG=PATH (asset named after the file). Repeatable. A `manifest-<tag>.json`
     /// next to the zip is published as a second asset when present.
     #[arg(long, value_name = "TAG=PATH")]
@@ -101,11 +111,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         es_version: profile.to_string(),
         kibana_version: a.kibana_version.clone(),
         kibana_prebuilt_dga: a.kibana_prebuilt_dga == "on",
+        fleet_packages: a.fleet_package.clone(),
         auth,
         ..Default::default()
     };
     let s = Standin::start_on_host(cfg, &a.host, a.es_port, a.kibana_port, a.github_port).await?;
     s.set_http_max_content_length(a.http_max_content_length);
+    for p in &a.fleet_package {
+        let v = dga_standin::fleet_package::parse_spec(p)?;
+        dga_standin::fleet_package::kibana_constraint(&v)?;
+    }
+    s.set_fleet_registry_reachable(a.fleet_registry == "on");
     for p in &a.publish {
         let (tag, path) = p.split_once('=').ok_or("--publish wants TAG=PATH")?;
         let path = PathBuf::from(path);
@@ -155,6 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ES_URL={}", s.es_url());
     println!("KIBANA_URL={}", s.kibana_url());
     println!("GITHUB_URL={}", s.github_url());
+    println!("FLEET_REGISTRY_URL={}", s.fleet_registry_url());
     println!("ADMIN_URL={admin}");
     use std::io::Write;
     std::io::stdout().flush()?;

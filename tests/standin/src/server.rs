@@ -68,6 +68,10 @@ pub struct StandinConfig {
     /// Kibana without the package.
     #[serde(default)]
     pub kibana_prebuilt_dga: bool,
+    /// `dga` package versions the stand-in's package registry holds (`dga-2.3.7` or `2.3.7`);
+    /// Kibana's Fleet installs from it (`fleet.rs`, `fleet_package.rs`).
+    #[serde(default)]
+    pub fleet_packages: Vec<String>,
 }
 
 impl StandinConfig {
@@ -89,6 +93,7 @@ impl Default for StandinConfig {
             auth: Auth::default(),
             kibana_version: "8.17.0".into(),
             kibana_prebuilt_dga: false,
+            fleet_packages: vec![],
         }
     }
 }
@@ -276,6 +281,8 @@ pub(crate) struct State {
     pub kibana_base_path: Option<String>,
     pub jobs: BTreeMap<String, Job>,
     pub datafeeds: BTreeMap<String, Job>,
+    /// Kibana Fleet packages, their saved objects and the registry (`fleet.rs`).
+    pub fleet: crate::fleet::FleetState,
     pub releases: BTreeMap<(String, String), Release>,
     pub mirror: BTreeMap<String, AssetSource>,
     pub next_id: u64,
@@ -888,6 +895,9 @@ impl Standin {
     }
     pub fn config(&self) -> &StandinConfig {
         &self.shared.cfg
+    }
+    pub(crate) fn shared_state(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Stop serving: listeners are closed and every further request on open connections is dropped.
