@@ -159,72 +159,47 @@ fn inference_pipeline() -> Value {
     })
 }
 
-/// The module's saved object (`kibana/ml_module/dga-ml.json`). From 3.0.0 the `_ea` job:
-/// host influencers, groups [security, dga], 11mb, and a datafeed that leaves out the DNS
-/// lookups of Elastic's own agents and Beats (real-stack.md).
+/// The module's saved object (`kibana/ml_module/dga-ml.json`): the job and datafeed query as
+/// Elastic ships them, taken from the recorded facts (`fixtures/elastic-dga-content.json`
+/// `ml_jobs`, each with its source commit), never restated here. From 3.0.0 the `_ea` job (host
+/// influencers, groups [security, dga], 11mb, a datafeed without the DNS lookups of Elastic's
+/// own agents and Beats; real-stack.md), before it `dga_high_sum_probability`.
 pub fn ml_module(v: &Version) -> Value {
-    let has = json!({"exists": {"field": "ml_is_dga.malicious_probability"}});
-    let (job_id, job, query) = if v.major >= 3 {
-        let own = json!([
-            "elastic-agent",
-            "elastic-agent.exe",
-            "elastic-endpoint",
-            "elastic-endpoint.exe",
-            "filebeat",
-            "filebeat.exe",
-            "packetbeat",
-            "packetbeat.exe",
-            "metricbeat",
-            "metricbeat.exe",
-            "winlogbeat.exe",
-            "auditbeat",
-            "heartbeat"
-        ]);
-        let q = json!({"bool": {"filter": [has], "must_not": [{"terms": {"process.name": own}}]}});
-        (
-            "dga_high_sum_probability_ea",
-            json!({
-                "groups": ["security", "dga"],
-                "description": "TEST STAND-IN: a source with a high sum of DGA probability over its DNS questions.",
-                "analysis_config": {
-                    "bucket_span": "15m",
-                    "detectors": [{
-                        "detector_description": "high_sum(\"ml_is_dga.malicious_probability\") over \"source.ip\"",
-                        "function": "high_sum",
-                        "field_name": "ml_is_dga.malicious_probability",
-                        "over_field_name": "source.ip"
-                    }],
-                    "influencers": ["source.ip", "host.name", "host.id"]
-                },
-                "analysis_limits": {"model_memory_limit": "11mb"},
-                "data_description": {"time_field": "@timestamp", "time_format": "epoch_ms"},
-                "custom_settings": {"created_by": "ml-module-dga"}
-            }),
-            q,
-        )
-    } else {
-        let q = json!({"bool": {"filter": [has]}});
-        (
-            "dga_high_sum_probability",
-            json!({
-                "groups": ["security", "dns", "packetbeat", "windows"],
-                "description": "TEST STAND-IN: a source with a high sum of DGA probability over its DNS questions.",
-                "analysis_config": {
-                    "bucket_span": "15m",
-                    "detectors": [{
-                        "detector_description": "high_sum(\"ml_is_dga.malicious_probability\") over \"source.ip\"",
-                        "function": "high_sum",
-                        "field_name": "ml_is_dga.malicious_probability",
-                        "over_field_name": "source.ip"
-                    }],
-                    "influencers": ["source.ip"]
-                },
-                "data_description": {"time_field": "@timestamp", "time_format": "epoch_ms"},
-                "custom_settings": {"created_by": "ml-module-dga"}
-            }),
-            q,
-        )
-    };
+    let facts: Value = serde_json::from_str(include_str!("../fixtures/elastic-dga-content.json"))
+        .expect("fixture parses");
+    let want = if v.major >= 3 { ">=9.4.0" } else { "<9.4.0" };
+    let fact = facts["ml_jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["stack"] == want))
+        .cloned()
+        .expect("the fixture records both jobs");
+    let job_id = fact["job_id"].as_str().expect("job_id").to_string();
+    let d = &fact["detector"];
+    let mut job = json!({
+        "groups": fact["groups"],
+        "description": "TEST STAND-IN: a source with a high sum of DGA probability over its DNS questions.",
+        "analysis_config": {
+            "bucket_span": fact["bucket_span"],
+            "detectors": [{
+                "detector_description": format!(
+                    "{}(\"{}\") over \"{}\"",
+                    d["function"].as_str().unwrap_or_default(),
+                    d["field_name"].as_str().unwrap_or_default(),
+                    d["over_field_name"].as_str().unwrap_or_default()
+                ),
+                "function": d["function"],
+                "field_name": d["field_name"],
+                "over_field_name": d["over_field_name"]
+            }],
+            "influencers": fact["influencers"]
+        },
+        "data_description": {"time_field": "@timestamp", "time_format": "epoch_ms"},
+        "custom_settings": {"created_by": fact["created_by"]}
+    });
+    if let Some(mml) = fact["model_memory_limit"].as_str() {
+        job["analysis_limits"] = json!({"model_memory_limit": mml});
+    }
+    let query = fact["datafeed_query"].clone();
     let df_id = format!("datafeed-{job_id}");
     json!({
         "id": MODULE_ID,
