@@ -65,7 +65,12 @@ impl KibanaClient {
     }
 
     /// The URL for `path` in `space` (`default` or empty: no prefix).
-    fn url(&self, space: &str, path: &str, query: &[(&str, &str)]) -> Result<Url, Error> {
+    pub(super) fn url(
+        &self,
+        space: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Url, Error> {
         let prefix = match space {
             "" | "default" => String::new(),
             s if valid_space(s) => format!("/s/{s}"),
@@ -87,7 +92,7 @@ impl KibanaClient {
         Ok(url)
     }
 
-    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
         let req = self
             .http
             .request(method, url)
@@ -315,7 +320,7 @@ pub fn kql_quote(s: &str) -> String {
     out
 }
 
-fn rejected(what: &str, status: u16, detail: String) -> Error {
+pub(super) fn rejected(what: &str, status: u16, detail: String) -> Error {
     Error::Rejected {
         service: SVC,
         what: what.to_string(),
@@ -325,7 +330,7 @@ fn rejected(what: &str, status: u16, detail: String) -> Error {
 }
 
 /// A 2xx answer's JSON body; any other status is a refusal retrying will not fix.
-async fn ok_json(what: &str, resp: reqwest::Response) -> Result<Value, Error> {
+pub(super) async fn ok_json(what: &str, resp: reqwest::Response) -> Result<Value, Error> {
     let status = resp.status();
     if !status.is_success() {
         // Which Kibana said it: the URL (without userinfo or query) before what it said.

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod content;
+pub mod fleet;
 pub mod prebuilt;
 pub mod rules;
 pub mod version;
