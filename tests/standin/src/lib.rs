@@ -31,6 +31,7 @@ mod es;
 mod github;
 mod indices;
 mod kibana;
+mod kibana_fields;
 mod prebuilt;
 pub mod server;
 pub mod spec;

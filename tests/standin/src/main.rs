@@ -57,6 +57,10 @@ struct Args {
     /// installable from 8.9; `off`: an air-gapped Kibana without the package).
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     kibana_prebuilt_dga: String,
+    /// Kibana starts "not ready": its first N requests are answered 503 as a starting Kibana
+    /// answers them ("Kibana server is not ready yet"; `/api/status` level `unavailable`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    kibana_not_ready: u32,
     /// Publish a release: TAG=PATH (asset named after the file). Repeatable. A `manifest-<tag>.json`
     /// next to the zip is published as a second asset when present.
     #[arg(long, value_name = "TAG=PATH")]
@@ -106,6 +110,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let s = Standin::start_on_host(cfg, &a.host, a.es_port, a.kibana_port, a.github_port).await?;
     s.set_http_max_content_length(a.http_max_content_length);
+    if a.kibana_not_ready > 0 {
+        s.kibana_starting(Some(a.kibana_not_ready));
+    }
     for p in &a.publish {
         let (tag, path) = p.split_once('=').ok_or("--publish wants TAG=PATH")?;
         let path = PathBuf::from(path);
