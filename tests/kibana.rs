@@ -457,7 +457,10 @@ async fn a_starting_kibana_is_told_apart() {
             c.status().await.unwrap_err(),
             c.find_rules_by_tag("default", DGA_TAG).await.unwrap_err(),
         ] {
-            assert!(dga_operator::kibana::client::is_starting(&e), "{version}: {e:?}");
+            assert!(
+                dga_operator::kibana::client::is_starting(&e),
+                "{version}: {e:?}"
+            );
             assert!(e.is_transient());
             assert!(e.retry_after() >= Some(std::time::Duration::from_secs(30)));
             assert!(e.to_string().starts_with("Kibana is starting"), "{e}");
@@ -493,7 +496,9 @@ async fn rule_bodies_carry_only_what_each_kibana_version_accepts() {
         "severity": "low", "query": "ml_is_dga.malicious_prediction:1", "setup": "## Setup",
         "required_fields": [{"name": "ml_is_dga.malicious_prediction", "type": "long"}],
         "related_integrations": [{"package": "dga", "version": "^2.0.0"}]});
-    for version in ["7.17.29", "8.8.2", "8.11.4", "8.13.4", "8.14.3", "8.17.0", "9.2.0"] {
+    for version in [
+        "7.17.29", "8.8.2", "8.11.4", "8.13.4", "8.14.3", "8.17.0", "9.2.0",
+    ] {
         let s = Standin::start(StandinConfig {
             kibana_version: version.into(),
             ..Default::default()

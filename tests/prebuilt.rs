@@ -125,7 +125,10 @@ async fn person_installs(env: &Env, ids: &[String]) {
     // Object ids by rule_id: from 9.5 `created` names rule_id and version only (PR #264443).
     let created = done["results"]["created"].as_array().unwrap();
     assert_eq!(created.len(), ids.len(), "{done}");
-    let objects: Vec<Value> = ids.iter().map(|id| holding(env, id)[0]["id"].clone()).collect();
+    let objects: Vec<Value> = ids
+        .iter()
+        .map(|id| holding(env, id)[0]["id"].clone())
+        .collect();
     let s = c
         .post(format!("{kb}/api/detection_engine/rules/_bulk_action"))
         .basic_auth("elastic", Some("changeme"))
@@ -137,7 +140,6 @@ async fn person_installs(env: &Env, ids: &[String]) {
         .status();
     assert!(s.is_success());
 }
-
 
 /// `major.minor` of a profile version.
 fn minor(v: &str) -> (u32, u32) {
@@ -181,7 +183,9 @@ fn assert_job(env: &Env, version: &str) -> String {
     let id = jf["job_id"].as_str().unwrap();
     let jobs = env.standin.jobs();
     assert_eq!(
-        jobs.keys().filter(|k| k.contains("dga")).collect::<Vec<_>>(),
+        jobs.keys()
+            .filter(|k| k.contains("dga"))
+            .collect::<Vec<_>>(),
         [id],
         "{version}: one DGA job, Elastic's"
     );
@@ -189,14 +193,17 @@ fn assert_job(env: &Env, version: &str) -> String {
     assert_eq!(as_set(&job["groups"]), as_set(&jf["groups"]), "{version}");
     let ac = &job["analysis_config"];
     assert_eq!(ac["bucket_span"], jf["bucket_span"], "{version}");
-    assert_eq!(as_set(&ac["influencers"]), as_set(&jf["influencers"]), "{version}");
+    assert_eq!(
+        as_set(&ac["influencers"]),
+        as_set(&jf["influencers"]),
+        "{version}"
+    );
     for k in ["function", "field_name", "over_field_name"] {
         assert_eq!(ac["detectors"][0][k], jf["detector"][k], "{version}: {k}");
     }
     if !jf["model_memory_limit"].is_null() {
         assert_eq!(
-            job["analysis_limits"]["model_memory_limit"],
-            jf["model_memory_limit"],
+            job["analysis_limits"]["model_memory_limit"], jf["model_memory_limit"],
             "{version}"
         );
     }
@@ -205,7 +212,10 @@ fn assert_job(env: &Env, version: &str) -> String {
         .values()
         .find(|d| d["job_id"] == id)
         .unwrap_or_else(|| panic!("{version}: no datafeed for {id}"));
-    assert_eq!(feed["query"], jf["datafeed_query"], "{version}: datafeed query");
+    assert_eq!(
+        feed["query"], jf["datafeed_query"],
+        "{version}: datafeed query"
+    );
     id.to_string()
 }
 
@@ -222,7 +232,10 @@ fn assert_custom_rules(env: &Env, version: &str, job: &str) {
             .find(|r| r["name"] == name)
             .unwrap_or_else(|| panic!("{version}: no rule named {name}"));
         assert_eq!(r["immutable"], false, "{name}");
-        assert_ne!(r["rule_id"], f["rule_id"], "{version}: {name} under Elastic's rule_id");
+        assert_ne!(
+            r["rule_id"], f["rule_id"],
+            "{version}: {name} under Elastic's rule_id"
+        );
         for k in ["type", "from", "risk_score", "severity"] {
             assert_eq!(r[k], f[k], "{version}: {name}: {k}");
         }
@@ -235,17 +248,28 @@ fn assert_custom_rules(env: &Env, version: &str, job: &str) {
         assert_eq!(r["interval"], interval, "{version}: {name}: interval");
         if f["type"] == "machine_learning" {
             assert_eq!(r["anomaly_threshold"], f["anomaly_threshold"], "{name}");
-            assert_eq!(r["machine_learning_job_id"], json!([job]), "{version}: {name}");
+            assert_eq!(
+                r["machine_learning_job_id"],
+                json!([job]),
+                "{version}: {name}"
+            );
         } else {
             for k in ["query", "language", "timestamp_override"] {
                 assert_eq!(r[k], f[k], "{version}: {name}: {k}");
             }
             assert!(as_set(&r["index"]).is_superset(&as_set(&f["index"])), "{r}");
         }
-        assert!(as_set(&r["tags"]).is_superset(&as_set(&f["tags"])), "{version}: {name}");
+        assert!(
+            as_set(&r["tags"]).is_superset(&as_set(&f["tags"])),
+            "{version}: {name}"
+        );
         assert!(r["threat"].to_string().contains("T1568.002"), "{name}");
         let has_setup = r["setup"].as_str().is_some_and(|s| !s.is_empty());
-        assert_eq!(has_setup, minor(version) >= (8, 14), "{version}: {name}: setup");
+        assert_eq!(
+            has_setup,
+            minor(version) >= (8, 14),
+            "{version}: {name}: setup"
+        );
     }
 }
 
@@ -305,7 +329,10 @@ async fn fresh(version: &str, dga: bool) {
         for id in &ids {
             let h = holding(&env, id);
             assert_eq!(h.len(), 1, "{id}: {h:?}");
-            assert_eq!((&h[0]["immutable"], &h[0]["enabled"]), (&json!(true), &json!(true)));
+            assert_eq!(
+                (&h[0]["immutable"], &h[0]["enabled"]),
+                (&json!(true), &json!(true))
+            );
             if minor(version) >= (8, 16) {
                 assert_eq!(h[0]["rule_source"]["is_customized"], false, "{id}");
             }
@@ -405,7 +432,10 @@ async fn person(version: &str) {
         assert_eq!(&holding(&env, id)[0], b, "{id} untouched");
     }
     let job = assert_job(&env, version);
-    let ml = before.iter().find(|r| r["type"] == "machine_learning").unwrap();
+    let ml = before
+        .iter()
+        .find(|r| r["type"] == "machine_learning")
+        .unwrap();
     assert_eq!(ml["machine_learning_job_id"], json!([job]), "{version}");
     env.delete("dga").await;
     env.wait_gone("dga").await;
@@ -437,9 +467,16 @@ async fn old_cli(version: &str) {
         .wait_condition("dga", "RulesInstalled", "False", Some("Conflict"))
         .await;
     let msg = rules_message(&m);
-    assert!(msg.contains(&ids[0]) && msg.contains("overwrite"), "{version}: {msg}");
+    assert!(
+        msg.contains(&ids[0]) && msg.contains("overwrite"),
+        "{version}: {msg}"
+    );
     let h = holding(&env, &ids[0]);
-    assert_eq!((h.len(), &h[0]["name"]), (1, &left["name"]), "{version}: untouched");
+    assert_eq!(
+        (h.len(), &h[0]["name"]),
+        (1, &left["name"]),
+        "{version}: untouched"
+    );
 
     let mut s = spec(&rel.tag);
     s["overwrite"] = json!(true);
@@ -457,7 +494,10 @@ async fn old_cli(version: &str) {
     } else {
         // The old rule is replaced by the operator's own, under its own rule_id.
         let job = assert_job(&env, version);
-        assert!(holding(&env, &ids[0]).is_empty(), "{version}: old rule left");
+        assert!(
+            holding(&env, &ids[0]).is_empty(),
+            "{version}: old rule left"
+        );
         assert_custom_rules(&env, version, &job);
     }
     env.delete("dga").await;
@@ -488,7 +528,10 @@ async fn fleet_job(version: &str) {
         body["analysis_limits"] = json!({"model_memory_limit": jf["model_memory_limit"]});
     }
     let s = reqwest::Client::new()
-        .put(format!("{}/_ml/anomaly_detectors/{id}", env.standin.es_url()))
+        .put(format!(
+            "{}/_ml/anomaly_detectors/{id}",
+            env.standin.es_url()
+        ))
         .basic_auth("elastic", Some("changeme"))
         .json(&body)
         .send()
@@ -511,10 +554,62 @@ async fn fleet_job(version: &str) {
     assert_eq!(ml["machine_learning_job_id"], json!([id]), "{version}");
     assert_eq!(env.standin.jobs().len(), 1, "{version}: no second job");
     assert_eq!(env.standin.jobs()[id], fleets, "Fleet's job untouched");
-    assert!(env.standin.datafeeds().is_empty(), "Kibana owns its datafeed");
+    assert!(
+        env.standin.datafeeds().is_empty(),
+        "Kibana owns its datafeed"
+    );
     env.delete("dga").await;
     env.wait_gone("dga").await;
     assert_eq!(env.standin.jobs()[id], fleets, "Fleet's job left");
     env.assert_no_off_spec();
+    env.finish().await;
+}
+
+/// An install whose enable step failed (Kibana answered the bulk `enable` with 500) is enabled
+/// on a later pass: the rules were created disabled and nobody enabled them since.
+#[tokio::test]
+async fn a_failed_enable_is_retried() {
+    let env = env("pb-enable", "8.17.0", true).await;
+    if !env.standin_only("fault injection") {
+        return env.finish().await;
+    }
+    env.standin.add_fault(dga_standin::Fault {
+        service: Some(dga_standin::Service::Kibana),
+        method: Some("POST".into()),
+        path_regex: "/_bulk_action$".into(),
+        nth: 1,
+        times: 1,
+        action: dga_standin::FaultAction::Status {
+            code: 500,
+            retry_after: None,
+            body: None,
+        },
+    });
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    let ids = elastic_ids();
+    support::wait_for(Duration::from_secs(60), || async {
+        ids.iter()
+            .all(|id| {
+                holding(&env, id)
+                    .first()
+                    .is_some_and(|r| r["enabled"] == true)
+            })
+            .then_some(())
+    })
+    .await
+    .expect("the rules enabled on a later pass");
+    let enables = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/_bulk_action"))
+        .count();
+    assert_eq!(enables, 2, "failed once, enabled on the next pass");
+    let m = env
+        .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
+        .await;
+    assert_eq!(m.status.as_ref().unwrap().objects.prebuilt_rules, ids);
     env.finish().await;
 }

@@ -430,18 +430,33 @@ mod tests {
             cause: Transience::Status(503),
         };
         for (d, ra) in [
-            ("HTTP 503 from http://k/api/status: Kibana server is not ready yet", Some(Duration::from_secs(30))),
-            (r#"HTTP 503 from http://k/api/status: {"status":{"overall":{"level":"unavailable"}}}"#, None),
-            (r#"HTTP 503 from http://k/api/status: {"status":"unavailable"}"#, Some(Duration::from_secs(5))),
+            (
+                "HTTP 503 from http://k/api/status: Kibana server is not ready yet",
+                Some(Duration::from_secs(30)),
+            ),
+            (
+                r#"HTTP 503 from http://k/api/status: {"status":{"overall":{"level":"unavailable"}}}"#,
+                None,
+            ),
+            (
+                r#"HTTP 503 from http://k/api/status: {"status":"unavailable"}"#,
+                Some(Duration::from_secs(5)),
+            ),
         ] {
             let e = starting(t(d, ra));
             assert!(is_starting(&e), "{d}");
             assert_eq!(e.retry_after(), Some(STARTING_RETRY));
             assert!(e.is_transient());
             let msg = e.to_string();
-            assert!(msg.starts_with("Kibana is starting: GET /api/status answered"), "{msg}");
+            assert!(
+                msg.starts_with("Kibana is starting: GET /api/status answered"),
+                "{msg}"
+            );
         }
-        let busy = starting(t("HTTP 503 from http://k/x: circuit_breaking_exception", None));
+        let busy = starting(t(
+            "HTTP 503 from http://k/x: circuit_breaking_exception",
+            None,
+        ));
         assert!(!is_starting(&busy) && busy.retry_after().is_none());
     }
 }

@@ -995,12 +995,19 @@ mod tests {
         );
         assert_eq!(keys(StackVersion::new(8, 15, 0)).len(), 4);
         // The built-in rules: `setup` only from 8.14.
-        for (v, has) in [(StackVersion::new(8, 13, 0), false), (StackVersion::new(8, 14, 0), true)] {
+        for (v, has) in [
+            (StackVersion::new(8, 13, 0), false),
+            (StackVersion::new(8, 14, 0), true),
+        ] {
             let inp = RulesInput {
                 kibana: KibanaFeatures::new(v),
                 ..input()
             };
-            assert!(desired_rules(&inp).iter().all(|r| r.get("setup").is_some() == has));
+            assert!(
+                desired_rules(&inp)
+                    .iter()
+                    .all(|r| r.get("setup").is_some() == has)
+            );
         }
     }
 }

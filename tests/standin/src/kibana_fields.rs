@@ -81,7 +81,10 @@ pub(crate) fn answered(v: (u32, u32), field: &str) -> bool {
 /// Checks a create/update/patch body against what Kibana `v` knows. Fields it does not know
 /// are refused as its io-ts validation refuses them (before 8.12) or removed from `body` as
 /// its zod schemas strip them (8.12 on). `Ok` carries the names dropped.
-pub(crate) fn check_body(v: (u32, u32), body: &mut Map<String, Value>) -> Result<Vec<String>, Resp> {
+pub(crate) fn check_body(
+    v: (u32, u32),
+    body: &mut Map<String, Value>,
+) -> Result<Vec<String>, Resp> {
     let unknown: Vec<String> = body
         .keys()
         .filter(|k| {
@@ -125,8 +128,11 @@ pub(crate) fn check_body(v: (u32, u32), body: &mut Map<String, Value>) -> Result
 /// asks for credentials.
 pub(crate) fn not_ready(v: (u32, u32), path: &str) -> Resp {
     if v >= (8, 0) && path.trim_end_matches('/').ends_with("/api/status") {
-        return Resp::json(503, &json!({"status": {"overall": {"level": "unavailable"}}}))
-            .api("get-status");
+        return Resp::json(
+            503,
+            &json!({"status": {"overall": {"level": "unavailable"}}}),
+        )
+        .api("get-status");
     }
     let mut r = Resp::json(503, &Value::Null).header("retry-after", "30");
     r.headers

@@ -314,7 +314,10 @@ fn review(sh: &Shared, space: &str, body: &Value, off: Offer) -> Resp {
     let stats = json!({"num_rules_to_install": all.len(), "tags": tags});
     if !off.review_paged {
         // Before paging the body is not validated (`validate: {}`) and every rule is listed.
-        let rules: Vec<Value> = all.iter().map(|a| review_form(a, kibana_version(sh))).collect();
+        let rules: Vec<Value> = all
+            .iter()
+            .map(|a| review_form(a, kibana_version(sh)))
+            .collect();
         return Resp::json(200, &json!({"stats": stats, "rules": rules}));
     }
     let num = |k: &str, default: i64| -> Result<i64, Resp> {
