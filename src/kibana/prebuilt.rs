@@ -14,6 +14,12 @@
 //! `deletionPolicy: Delete`. A prebuilt rule a person installed is used as it is: never
 //! recorded, enabled, changed or deleted.
 //!
+//! Upgrades: when Kibana's package offers a newer version of a rule the operator installed, the
+//! operator leaves it to Kibana's Rule Updates workflow (`…/prebuilt_rules/upgrade/_review`,
+//! `_perform` with the installed `revision`): the upgrade is a person's review of Elastic's
+//! changes against their own customisations, not a state the operator converges to. An install
+//! whose enable step failed is enabled on a later pass ([`Decision::enable`]).
+//!
 //! [`decide`] is pure; [`probe`], [`apply`] and [`remove`] do the I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
