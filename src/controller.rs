@@ -1502,6 +1502,11 @@ async fn rules_pass(
             .collect();
         record.sort();
         record.dedup();
+        // Recorded with its space at once: a pass that fails after installing (the enable
+        // step) must leave the next one knowing these installs are ours.
+        if !record.is_empty() {
+            report.status.objects.rules_space = Some(space.clone());
+        }
         report.status.objects.prebuilt_rules = record;
         if !installed.errors.is_empty() {
             let e = Error::Rejected {

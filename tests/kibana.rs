@@ -439,3 +439,91 @@ async fn kibana_down_is_unreachable_or_transient() {
     }
     assert_on_spec(&s);
 }
+
+/// A starting Kibana (503 "Kibana server is not ready yet"; `/api/status` level `unavailable`
+/// from 8.0) is told apart from a failing one: transient, named, at Kibana's own pace.
+#[tokio::test]
+async fn a_starting_kibana_is_told_apart() {
+    for version in ["7.17.29", "8.17.0"] {
+        let s = Standin::start(StandinConfig {
+            kibana_version: version.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        s.kibana_starting(Some(2));
+        let c = client(&s);
+        for e in [
+            c.status().await.unwrap_err(),
+            c.find_rules_by_tag("default", DGA_TAG).await.unwrap_err(),
+        ] {
+            assert!(
+                dga_operator::kibana::client::is_starting(&e),
+                "{version}: {e:?}"
+            );
+            assert!(e.is_transient());
+            assert!(e.retry_after() >= Some(std::time::Duration::from_secs(30)));
+            assert!(e.to_string().starts_with("Kibana is starting"), "{e}");
+        }
+        assert_eq!(c.status().await.unwrap().version, version);
+        assert_on_spec(&s);
+    }
+    // A Kibana that fails for another reason is not "starting".
+    let s = standin().await;
+    s.add_fault(dga_standin::Fault {
+        service: Some(dga_standin::Service::Kibana),
+        method: None,
+        path_regex: "^/api/status".into(),
+        nth: 1,
+        times: 1,
+        action: dga_standin::FaultAction::Status {
+            code: 503,
+            retry_after: None,
+            body: None,
+        },
+    });
+    let e = client(&s).status().await.unwrap_err();
+    assert!(!dga_operator::kibana::client::is_starting(&e), "{e:?}");
+}
+
+/// The built-in rules, and a release rule carrying the newer fields, go to each Kibana
+/// version with only the fields its rule bodies accept: the stand-in refuses (before 8.12) or
+/// counts as off-spec (8.12 on, where Kibana drops them) anything else.
+#[tokio::test]
+async fn rule_bodies_carry_only_what_each_kibana_version_accepts() {
+    let release = json!({"rule_id": "0b9d0c64-7c79-4b8e-8a0f-3a1d2a6a2b10", "type": "query",
+        "language": "kuery", "name": "release rule", "description": "d", "risk_score": 21,
+        "severity": "low", "query": "ml_is_dga.malicious_prediction:1", "setup": "## Setup",
+        "required_fields": [{"name": "ml_is_dga.malicious_prediction", "type": "long"}],
+        "related_integrations": [{"package": "dga", "version": "^2.0.0"}]});
+    for version in [
+        "7.17.29", "8.8.2", "8.11.4", "8.13.4", "8.14.3", "8.17.0", "9.2.0",
+    ] {
+        let s = Standin::start(StandinConfig {
+            kibana_version: version.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let c = client(&s);
+        let k = dga_operator::kibana::KibanaFeatures::new(
+            dga_operator::kibana::StackVersion::parse(version).unwrap(),
+        );
+        for source_rules in [Vec::new(), vec![release.clone()]] {
+            let inp = RulesInput {
+                source_rules,
+                kibana: k,
+                ..input()
+            };
+            reconcile(&c, "default", &inp).await;
+            // A second pass writes nothing: no field Kibana dropped makes it differ.
+            let before = writes(&s);
+            reconcile(&c, "default", &inp).await;
+            assert_eq!(writes(&s), before, "{version}: a settled pass wrote");
+        }
+        assert_on_spec(&s);
+        let r = stored(&s, "default", "0b9d0c64-7c79-4b8e-8a0f-3a1d2a6a2b10").unwrap();
+        let setup_kept = r.get("setup").and_then(Value::as_str) == Some("## Setup");
+        assert_eq!(setup_kept, k.accepts("setup"), "{version}: {r}");
+    }
+}

@@ -235,19 +235,56 @@ async fn selected_rules_skip_the_job_and_a_space_is_honoured() {
 
 #[tokio::test]
 async fn kibana_down_does_not_hold_back_elasticsearch() {
+    kibana_unavailable("rules-kbdown", false).await;
+}
+
+/// A Kibana still starting answers 503 "Kibana server is not ready yet" (`/api/status`: level
+/// `unavailable`): a named wait, retried at Kibana's `Retry-After: 30` pace, never a burst.
+#[tokio::test]
+async fn a_starting_kibana_is_waited_for() {
+    kibana_unavailable("rules-kbstart", true).await;
+}
+
+/// Kibana down (`starting: false`) or starting: Elasticsearch's side is installed all the
+/// same, Ready says Kibana, and the rules follow once Kibana answers.
+async fn kibana_unavailable(prefix: &str, starting: bool) {
     if support::real_stack().is_some() {
         eprintln!("skipped on a real stack: taking Kibana down needs the stand-in");
         return;
     }
-    let env = Env::start("rules-kbdown").await;
+    let env = Env::start(prefix).await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
-    env.standin.set_kibana_down(true);
+    if starting {
+        env.standin.kibana_starting(None);
+    } else {
+        env.standin.set_kibana_down(true);
+    }
     env.apply("dga", spec(&rel.tag)).await;
     let m = env
         .wait_condition("dga", "KibanaReachable", "False", None)
         .await;
     let st = m.status.unwrap();
+    if starting {
+        let c = dga_operator::status::get(&st.conditions, "KibanaReachable").unwrap();
+        assert!(
+            c.message.starts_with("Kibana is starting")
+                && (c.message.contains("Kibana server is not ready yet")
+                    || c.message.contains("unavailable")),
+            "{}",
+            c.message
+        );
+        // Calm: no more than one try per 30 s (Kibana's Retry-After).
+        env.standin.clear_requests();
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let tries = env
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.service == dga_standin::Service::Kibana)
+            .count();
+        assert!(tries <= 1, "{tries} Kibana requests in 12 s");
+    }
     assert!(dga_operator::status::is_true(
         &st.conditions,
         "ModelInstalled"
@@ -262,6 +299,7 @@ async fn kibana_down_does_not_hold_back_elasticsearch() {
     // The release's two pipelines and the default `@custom` hook that calls the router.
     assert_eq!(env.stack().pipelines().await.len(), 3);
     env.standin.set_kibana_down(false);
+    env.standin.kibana_ready();
     env.wait_ready("dga").await;
     assert_eq!(env.stack().rules("default").await.len(), 4);
     env.finish().await;

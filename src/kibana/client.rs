@@ -7,7 +7,9 @@
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
-use crate::error::{Error, Service};
+use std::time::Duration;
+
+use crate::error::{Error, Service, Transience};
 use crate::http;
 use crate::kibana::Auth;
 
@@ -105,7 +107,7 @@ impl KibanaClient {
     pub async fn status(&self) -> Result<KibanaStatus, Error> {
         let what = "GET /api/status";
         let url = self.url("", "/api/status", &[])?;
-        let resp = http::send(SVC, what, self.request(Method::GET, url)).await?;
+        let resp = send(what, self.request(Method::GET, url)).await?;
         let v = ok_json(what, resp).await?;
         let version = v
             .pointer("/version/number")
@@ -125,7 +127,7 @@ impl KibanaClient {
     pub async fn get_rule(&self, space: &str, rule_id: &str) -> Result<Option<Value>, Error> {
         let what = format!("GET rule {rule_id}");
         let url = self.url(space, RULES, &[("rule_id", rule_id)])?;
-        let resp = http::send(SVC, &what, self.request(Method::GET, url)).await?;
+        let resp = send(&what, self.request(Method::GET, url)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -158,7 +160,7 @@ impl KibanaClient {
                     ("page", &page_s),
                 ],
             )?;
-            let resp = http::send(SVC, what, self.request(Method::GET, url)).await?;
+            let resp = send(what, self.request(Method::GET, url)).await?;
             let v = ok_json(what, resp).await?;
             let data = v
                 .get("data")
@@ -186,7 +188,7 @@ impl KibanaClient {
         let rule_id = rule_id_of(rule);
         let what = format!("create rule {rule_id}");
         let url = self.url(space, RULES, &[])?;
-        let resp = http::send(SVC, &what, self.request(Method::POST, url).json(rule)).await?;
+        let resp = send(&what, self.request(Method::POST, url).json(rule)).await?;
         if resp.status() == StatusCode::CONFLICT {
             let detail = http::summarize(resp).await;
             return Err(Error::Conflict(format!(
@@ -202,7 +204,7 @@ impl KibanaClient {
         let rule_id = rule_id_of(rule);
         let what = format!("update rule {rule_id}");
         let url = self.url(space, RULES, &[])?;
-        let resp = http::send(SVC, &what, self.request(Method::PUT, url).json(rule)).await?;
+        let resp = send(&what, self.request(Method::PUT, url).json(rule)).await?;
         ok_json(&what, resp).await
     }
 
@@ -210,7 +212,7 @@ impl KibanaClient {
     pub async fn delete_rule(&self, space: &str, rule_id: &str) -> Result<(), Error> {
         let what = format!("delete rule {rule_id}");
         let url = self.url(space, RULES, &[("rule_id", rule_id)])?;
-        let resp = http::send(SVC, &what, self.request(Method::DELETE, url)).await?;
+        let resp = send(&what, self.request(Method::DELETE, url)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(());
         }
@@ -238,7 +240,7 @@ impl KibanaClient {
         for page in 1..=MAX_PAGES {
             let url = self.url(space, PREBUILT_REVIEW, &[])?;
             let body = serde_json::json!({"page": page, "per_page": REVIEW_PAGE});
-            let resp = http::send(SVC, what, self.internal(Method::POST, url).json(&body)).await?;
+            let resp = send(what, self.internal(Method::POST, url).json(&body)).await?;
             let v = ok_json(what, resp).await?;
             let rules = v
                 .get("rules")
@@ -270,7 +272,7 @@ impl KibanaClient {
             .map(|(id, v)| serde_json::json!({"rule_id": id, "version": v}))
             .collect();
         let body = serde_json::json!({"mode": "SPECIFIC_RULES", "rules": specs});
-        let resp = http::send(SVC, what, self.internal(Method::POST, url).json(&body)).await?;
+        let resp = send(what, self.internal(Method::POST, url).json(&body)).await?;
         ok_json(what, resp).await
     }
 
@@ -283,9 +285,59 @@ impl KibanaClient {
         let what = "enable rules";
         let url = self.url(space, BULK, &[])?;
         let body = serde_json::json!({"action": "enable", "ids": ids});
-        let resp = http::send(SVC, what, self.request(Method::POST, url).json(&body)).await?;
+        let resp = send(what, self.request(Method::POST, url).json(&body)).await?;
         ok_json(what, resp).await.map(|_| ())
     }
+}
+
+/// How long a starting Kibana asks callers to wait (`Retry-After: 30` on its not-ready answer).
+pub const STARTING_RETRY: Duration = Duration::from_secs(30);
+
+/// [`http::send`] for Kibana, with a starting Kibana told apart from a failing one.
+async fn send(what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+    http::send(SVC, what, req).await.map_err(starting)
+}
+
+/// A Kibana that is not ready yet answers every route 503 "Kibana server is not ready yet"
+/// (`Retry-After: 30`) and, from 8.0, `/api/status` 503 with overall level `unavailable`
+/// (kibana core: the not-ready/preboot server, `registerPrebootStatusRoute`; after start the
+/// status route answers 503 while the level is `unavailable` or `critical`). That is a waiting
+/// state, not a failure: the error stays transient (so the CLI retries it and the controller
+/// backs off), says so in words, and asks for at least Kibana's 30 seconds between tries.
+fn starting(e: Error) -> Error {
+    match e {
+        Error::Transient {
+            service,
+            what,
+            detail,
+            retry_after,
+            cause: Transience::Status(503),
+        } if is_not_ready_answer(&detail) => Error::Transient {
+            service,
+            what: "is starting".into(),
+            detail: format!(
+                "{what} answered {detail}; waiting for it (tried again every {}s or more); \
+                 nothing in Elasticsearch waits for Kibana",
+                STARTING_RETRY.as_secs()
+            ),
+            retry_after: Some(retry_after.unwrap_or(STARTING_RETRY).max(STARTING_RETRY)),
+            cause: Transience::Status(503),
+        },
+        other => other,
+    }
+}
+
+fn is_not_ready_answer(detail: &str) -> bool {
+    let d = detail.replace(' ', "");
+    detail.contains("Kibana server is not ready yet")
+        || d.contains("\"level\":\"unavailable\"")
+        || d.contains("\"level\":\"critical\"")
+        || d.contains("\"status\":\"unavailable\"")
+}
+
+/// Whether `e` is a Kibana that is still starting (see [`starting`]).
+pub fn is_starting(e: &Error) -> bool {
+    matches!(e, Error::Transient { service: Service::Kibana, what, cause: Transience::Status(503), .. } if what == "is starting")
 }
 
 /// Kibana space ids: lowercase letters, digits, `_` and `-`.
@@ -371,5 +423,45 @@ mod tests {
             kql_quote("dga-operator:owner:ns/n"),
             "\"dga-operator:owner:ns/n\""
         );
+    }
+
+    #[test]
+    fn a_starting_kibana_waits() {
+        let t = |detail: &str, ra| Error::Transient {
+            service: SVC,
+            what: "GET /api/status".into(),
+            detail: detail.into(),
+            retry_after: ra,
+            cause: Transience::Status(503),
+        };
+        for (d, ra) in [
+            (
+                "HTTP 503 from http://k/api/status: Kibana server is not ready yet",
+                Some(Duration::from_secs(30)),
+            ),
+            (
+                r#"HTTP 503 from http://k/api/status: {"status":{"overall":{"level":"unavailable"}}}"#,
+                None,
+            ),
+            (
+                r#"HTTP 503 from http://k/api/status: {"status":"unavailable"}"#,
+                Some(Duration::from_secs(5)),
+            ),
+        ] {
+            let e = starting(t(d, ra));
+            assert!(is_starting(&e), "{d}");
+            assert_eq!(e.retry_after(), Some(STARTING_RETRY));
+            assert!(e.is_transient());
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("Kibana is starting: GET /api/status answered"),
+                "{msg}"
+            );
+        }
+        let busy = starting(t(
+            "HTTP 503 from http://k/x: circuit_breaking_exception",
+            None,
+        ));
+        assert!(!is_starting(&busy) && busy.retry_after().is_none());
     }
 }

@@ -14,6 +14,12 @@
 //! `deletionPolicy: Delete`. A prebuilt rule a person installed is used as it is: never
 //! recorded, enabled, changed or deleted.
 //!
+//! Upgrades: when Kibana's package offers a newer version of a rule the operator installed, the
+//! operator leaves it to Kibana's Rule Updates workflow (`…/prebuilt_rules/upgrade/_review`,
+//! `_perform` with the installed `revision`): the upgrade is a person's review of Elastic's
+//! changes against their own customisations, not a state the operator converges to. An install
+//! whose enable step failed is enabled on a later pass ([`Decision::enable`]).
+//!
 //! [`decide`] is pure; [`probe`], [`apply`] and [`remove`] do the I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,6 +106,10 @@ pub struct Decision {
     pub remove: Vec<String>,
     /// Wanted Elastic rules Kibana does not offer: written as custom rules.
     pub custom: Vec<String>,
+    /// Installed by this DgaModel and never enabled by anyone since (an earlier enable step
+    /// failed): (Elastic rule_id, Kibana object id), enabled by [`apply`] when new rules start
+    /// enabled.
+    pub enable: Vec<(String, String)>,
 }
 
 impl Decision {
@@ -138,6 +148,16 @@ pub fn is_customised(r: &Value) -> bool {
         == Some(true)
 }
 
+/// A rule Kibana created disabled and nobody enabled or changed since: Kibana installs a
+/// prebuilt rule with `updated_at` equal to `created_at`, and enabling or disabling it (bulk
+/// `enable`/`disable`, rules client `enable`) moves `updated_at`. A person who disabled it
+/// again after an enable moved it too: their choice is kept.
+fn never_enabled(r: &Value) -> bool {
+    r.get("enabled").and_then(Value::as_bool) == Some(false)
+        && r.get("created_at").is_some()
+        && r.get("created_at") == r.get("updated_at")
+}
+
 /// Decides the route of each `wanted` Elastic rule_id given what Kibana offers, the rules
 /// `observed` in the space and the Elastic rule_ids this DgaModel `recorded` as installed.
 pub fn decide(
@@ -156,6 +176,14 @@ pub fn decide(
         if installed(e) {
             if recorded.iter().any(|r| r == e) {
                 d.ours.push(e.to_string());
+                if let Some(id) = observed
+                    .iter()
+                    .find(|r| rule_id(r) == Some(e) && is_prebuilt(r))
+                    .filter(|r| never_enabled(r))
+                    .and_then(|r| r.get("id").and_then(Value::as_str))
+                {
+                    d.enable.push((e.to_string(), id.to_string()));
+                }
             } else {
                 d.persons.push(e.to_string());
             }
@@ -245,6 +273,9 @@ pub fn describe(d: &Decision) -> Vec<String> {
                 "remove Elastic's prebuilt rule {id} (installed by this owner, no longer wanted)"
             )
         }))
+        .chain(d.enable.iter().map(|(id, _)| {
+            format!("enable Elastic's prebuilt rule {id} (installed by this owner, never enabled)")
+        }))
         .collect()
 }
 
@@ -264,17 +295,26 @@ pub async fn apply(
     d: &Decision,
     enable: bool,
 ) -> Result<Installed, Error> {
+    // An earlier pass installed these but could not enable them: enable them now.
+    let pending: Vec<String> = d.enable.iter().map(|(_, id)| id.clone()).collect();
+    let mut errors = Vec::new();
+    if enable && let Err(e) = client.enable_rules(space, &pending).await {
+        errors.push(format!("could not enable {}: {e}", names(&d.enable)));
+    }
     if d.install.is_empty() {
-        return Ok(Installed::default());
+        return Ok(Installed {
+            ids: Vec::new(),
+            errors,
+        });
     }
     let v = client.prebuilt_install(space, &d.install).await?;
-    let errors: Vec<String> = v
-        .get("errors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.get("message").and_then(Value::as_str).map(String::from))
-        .collect();
+    errors.extend(
+        v.get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("message").and_then(Value::as_str).map(String::from)),
+    );
     let wanted: BTreeSet<&str> = d.install.iter().map(|(id, _)| id.as_str()).collect();
     // Only what Kibana created: a rule skipped as already installed was installed meanwhile
     // by someone else, and is not ours.
@@ -290,7 +330,6 @@ pub async fn apply(
         .filter_map(|c| rule_id(c).map(String::from))
         .collect();
     ids.sort();
-    let mut errors = errors;
     if enable && let Err(e) = enable_created(client, space, &created).await {
         // Installed all the same: recorded as ours by the caller; the person enables them.
         errors.push(format!(
@@ -299,6 +338,13 @@ pub async fn apply(
         ));
     }
     Ok(Installed { ids, errors })
+}
+
+fn names(ids: &[(String, String)]) -> String {
+    ids.iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Enables the rules `_perform` created, by object id (looked up by rule_id where Kibana's
@@ -405,6 +451,31 @@ mod tests {
         );
         assert_eq!(d.custom, vec![ids[0].clone()]);
         assert_eq!(d.remove, vec![ids[3].clone()]);
+    }
+
+    /// An install of ours whose enable step failed is enabled on a later pass; one a person
+    /// disabled after it was enabled (its `updated_at` moved) is left disabled.
+    #[test]
+    fn an_install_never_enabled_is_enabled_later() {
+        let ids = elastic_ids();
+        let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let t0 = "2026-12-06T04:00:00.000Z";
+        let observed = vec![
+            json!({"id": "o0", "rule_id": ids[0], "immutable": true, "enabled": false,
+                "created_at": t0, "updated_at": t0}),
+            json!({"id": "o1", "rule_id": ids[1], "immutable": true, "enabled": false,
+                "created_at": t0, "updated_at": "2026-12-06T05:00:00.000Z"}),
+            json!({"id": "o2", "rule_id": ids[2], "immutable": true, "enabled": true,
+                "created_at": t0, "updated_at": t0}),
+            // A person's install, never enabled: not ours to enable.
+            json!({"id": "o3", "rule_id": ids[3], "immutable": true, "enabled": false,
+                "created_at": t0, "updated_at": t0}),
+        ];
+        let recorded: Vec<String> = ids[..3].to_vec();
+        let d = decide(&wanted, &Availability::none(""), &observed, &recorded);
+        assert_eq!(d.enable, vec![(ids[0].clone(), "o0".to_string())]);
+        assert_eq!(d.persons, vec![ids[3].clone()]);
+        assert!(describe(&d)[0].starts_with(&format!("enable Elastic's prebuilt rule {}", ids[0])));
     }
 
     #[test]

@@ -168,11 +168,6 @@ fn source(input: &RulesInput) -> Vec<Value> {
                 if r.get("type").and_then(Value::as_str) == Some("machine_learning") {
                     r["machine_learning_job_id"] = json!([input.job_id]);
                 }
-                if !input.kibana.setup_field()
-                    && let Some(o) = r.as_object_mut()
-                {
-                    o.remove("setup");
-                }
                 r
             })
             .collect()
@@ -211,6 +206,8 @@ pub fn desired_rules(input: &RulesInput) -> Vec<Value> {
         for k in SERVER_FIELDS {
             r.remove(*k);
         }
+        // Fields this Kibana's rule bodies do not take yet (a release rule may carry them).
+        r.retain(|k, _| input.kibana.accepts(k));
         // Tags: theirs, minus any other owner's tag, plus ML-DGA and ours.
         let mut t: Vec<Value> = Vec::new();
         let old = r
@@ -960,5 +957,57 @@ mod tests {
             &json!([{"a": 1}]),
             Some(&json!([]))
         ));
+    }
+
+    /// A release rule carrying fields newer Kibanas take keeps them only where the version's
+    /// rule bodies accept them (an older Kibana refuses the body or drops the field).
+    #[test]
+    fn fields_follow_the_kibana_version() {
+        let release = json!({"rule_id": "r1", "type": "query", "language": "kuery", "name": "n",
+            "description": "d", "risk_score": 21, "severity": "low", "query": "x:1",
+            "setup": "s", "required_fields": [{"name": "x", "type": "long"}],
+            "related_integrations": [], "investigation_fields": {"field_names": ["x"]}});
+        let keys = |v: StackVersion| {
+            let inp = RulesInput {
+                source_rules: vec![release.clone()],
+                kibana: KibanaFeatures::new(v),
+                ..input()
+            };
+            let d = desired_rules(&inp);
+            let mut k: Vec<String> = [
+                "setup",
+                "required_fields",
+                "related_integrations",
+                "investigation_fields",
+            ]
+            .into_iter()
+            .filter(|k| d[0].get(*k).is_some())
+            .map(String::from)
+            .collect();
+            k.sort();
+            k
+        };
+        assert!(keys(StackVersion::new(7, 17, 29)).is_empty());
+        assert_eq!(keys(StackVersion::new(8, 13, 4)), ["investigation_fields"]);
+        assert_eq!(
+            keys(StackVersion::new(8, 14, 0)),
+            ["investigation_fields", "setup"]
+        );
+        assert_eq!(keys(StackVersion::new(8, 15, 0)).len(), 4);
+        // The built-in rules: `setup` only from 8.14.
+        for (v, has) in [
+            (StackVersion::new(8, 13, 0), false),
+            (StackVersion::new(8, 14, 0), true),
+        ] {
+            let inp = RulesInput {
+                kibana: KibanaFeatures::new(v),
+                ..input()
+            };
+            assert!(
+                desired_rules(&inp)
+                    .iter()
+                    .all(|r| r.get("setup").is_some() == has)
+            );
+        }
     }
 }

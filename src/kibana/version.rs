@@ -40,6 +40,19 @@ impl fmt::Display for StackVersion {
     }
 }
 
+/// Rule fields a Kibana accepts in create/update bodies only from some version on. Before it,
+/// Kibana refuses the body (io-ts `exactCheck`, 400 `invalid keys`, until 8.11) or drops the
+/// field (zod, 8.12–: kibana PR #170861), so the operator leaves them out. Sources: `setup`
+/// kibana PR #178131 (responses carry it from 8.3, PR #132409: they are not the test),
+/// `related_integrations` PR #178295, `required_fields` PR #180682, `investigation_fields` PR
+/// #163235. The stand-in's table (`tests/standin/src/kibana_fields.rs`) says the same.
+pub const BODY_FIELDS_SINCE: [(&str, (u32, u32)); 4] = [
+    ("investigation_fields", (8, 10)),
+    ("setup", (8, 14)),
+    ("related_integrations", (8, 15)),
+    ("required_fields", (8, 15)),
+];
+
 /// What a Kibana version changes in the rules the operator writes or installs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KibanaFeatures {
@@ -54,7 +67,16 @@ impl KibanaFeatures {
     /// Rule create/update bodies accept `setup` from 8.14 (kibana PR #178131; responses carry
     /// it from 8.3, PR #132409, but older create schemas refuse it).
     pub fn setup_field(&self) -> bool {
-        self.version.at_least(8, 14)
+        self.accepts("setup")
+    }
+
+    /// Whether rule create/update bodies of this Kibana accept `field` ([`BODY_FIELDS_SINCE`];
+    /// fields not listed there are accepted by every supported version).
+    pub fn accepts(&self, field: &str) -> bool {
+        BODY_FIELDS_SINCE
+            .iter()
+            .find(|(f, _)| *f == field)
+            .is_none_or(|(_, (major, minor))| self.version.at_least(*major, *minor))
     }
 
     /// Elastic's DGA rules are prebuilt rules (package `security_detection_engine`) from 8.9,
@@ -89,6 +111,8 @@ mod tests {
         assert!(StackVersion::parse("x.1").is_none());
         let f = |s| KibanaFeatures::new(StackVersion::parse(s).unwrap());
         assert!(!f("8.13.4").setup_field() && f("8.14.0").setup_field());
+        assert!(!f("8.14.3").accepts("required_fields") && f("8.15.0").accepts("required_fields"));
+        assert!(!f("8.9.0").accepts("investigation_fields") && f("7.17.0").accepts("from"));
         assert!(!f("8.8.2").prebuilt_rules() && f("8.9.0").prebuilt_rules());
         assert!(!f("9.3.9").ea_job() && f("9.4.0").ea_job());
         assert!(!f("8.18.0").t1071_mapping() && f("8.19.1").t1071_mapping());

@@ -36,6 +36,7 @@ pub mod fleet_package;
 mod github;
 mod indices;
 mod kibana;
+mod kibana_fields;
 mod prebuilt;
 pub mod server;
 pub mod spec;

@@ -67,6 +67,10 @@ struct Args {
     /// they do when the registry is down; upload still works).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     fleet_registry: String,
+    /// Kibana starts "not ready": its first N requests are answered 503 as a starting Kibana
+    /// answers them ("Kibana server is not ready yet"; `/api/status` level `unavailable`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    kibana_not_ready: u32,
     /// Publish a release: TAG=PATH (asset named after the file). Repeatable. A `manifest-<tag>.json`
     /// next to the zip is published as a second asset when present.
     #[arg(long, value_name = "TAG=PATH")]
@@ -122,6 +126,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dga_standin::fleet_package::kibana_constraint(&v)?;
     }
     s.set_fleet_registry_reachable(a.fleet_registry == "on");
+    if a.kibana_not_ready > 0 {
+        s.kibana_starting(Some(a.kibana_not_ready));
+    }
     for p in &a.publish {
         let (tag, path) = p.split_once('=').ok_or("--publish wants TAG=PATH")?;
         let path = PathBuf::from(path);

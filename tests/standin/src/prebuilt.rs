@@ -209,7 +209,7 @@ fn install(sh: &Shared, space: &str, asset: &Value, who: &str) -> Value {
             json!({"type": "external", "is_customized": false}),
         );
     }
-    crate::kibana::defaults(&mut rule);
+    crate::kibana::defaults(&mut rule, kibana_version(sh));
     let v = Value::Object(rule);
     sh.st()
         .rules
@@ -294,11 +294,11 @@ fn status(sh: &Shared, space: &str) -> Resp {
 }
 
 /// The review form of an asset (`convertPrebuiltRuleAssetToRuleResponse`).
-fn review_form(a: &Value) -> Value {
+fn review_form(a: &Value, v: (u32, u32)) -> Value {
     let mut r = a.as_object().cloned().unwrap_or_default();
     r.insert("immutable".into(), json!(true));
     r.insert("enabled".into(), json!(false));
-    crate::kibana::defaults(&mut r);
+    crate::kibana::defaults(&mut r, v);
     Value::Object(r)
 }
 
@@ -314,7 +314,10 @@ fn review(sh: &Shared, space: &str, body: &Value, off: Offer) -> Resp {
     let stats = json!({"num_rules_to_install": all.len(), "tags": tags});
     if !off.review_paged {
         // Before paging the body is not validated (`validate: {}`) and every rule is listed.
-        let rules: Vec<Value> = all.iter().map(review_form).collect();
+        let rules: Vec<Value> = all
+            .iter()
+            .map(|a| review_form(a, kibana_version(sh)))
+            .collect();
         return Resp::json(200, &json!({"stats": stats, "rules": rules}));
     }
     let num = |k: &str, default: i64| -> Result<i64, Resp> {
@@ -350,7 +353,7 @@ fn review(sh: &Shared, space: &str, body: &Value, off: Offer) -> Resp {
         .iter()
         .skip((page - 1) * per_page)
         .take(per_page)
-        .map(review_form)
+        .map(|a| review_form(a, kibana_version(sh)))
         .collect();
     Resp::json(
         200,

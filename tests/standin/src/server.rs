@@ -17,7 +17,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -303,6 +303,9 @@ pub(crate) struct Shared {
     interceptor: Mutex<Option<Interceptor>>,
     es_down: AtomicBool,
     kibana_down: AtomicBool,
+    /// Kibana is starting (`kibana_fields::not_ready`): 0 ready, n > 0 for the next n Kibana
+    /// requests, -1 until [`Standin::kibana_ready`].
+    kibana_not_ready: AtomicI64,
     closed: AtomicBool,
     /// Elasticsearch's `http.max_content_length` in bytes (default 100mb).
     http_max_content_length: AtomicU64,
@@ -384,6 +387,7 @@ impl Shared {
             interceptor: Mutex::new(None),
             es_down: AtomicBool::new(false),
             kibana_down: AtomicBool::new(false),
+            kibana_not_ready: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             http_max_content_length: AtomicU64::new(DEFAULT_HTTP_MAX_CONTENT_LENGTH),
             github_url: OnceLock::new(),
@@ -392,6 +396,17 @@ impl Shared {
 
     pub fn st(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this Kibana request meets a starting Kibana (and counts it).
+    pub(crate) fn kibana_starting(&self) -> bool {
+        self.kibana_not_ready
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                n if n > 0 => Some(n - 1),
+                n => Some(n),
+            })
+            .is_ok()
     }
 
     fn is_down(&self, svc: Service) -> bool {
@@ -1072,6 +1087,17 @@ impl Standin {
     /// (what ECK's Kibana gets from that config): only paths under `base`, with it removed.
     pub fn set_kibana_base_path(&self, base: &str) {
         self.shared.st().kibana_base_path = Some(base.trim_end_matches('/').to_string());
+    }
+    /// Kibana starts over: the next `requests` Kibana requests (`None`: every one until
+    /// [`Standin::kibana_ready`]) are answered as a Kibana that is not ready yet answers them
+    /// (503; see `kibana_fields::not_ready`).
+    pub fn kibana_starting(&self, requests: Option<u32>) {
+        let n = requests.map_or(-1, i64::from);
+        self.shared.kibana_not_ready.store(n, Ordering::SeqCst);
+    }
+    /// Kibana has finished starting.
+    pub fn kibana_ready(&self) {
+        self.shared.kibana_not_ready.store(0, Ordering::SeqCst);
     }
     /// Elasticsearch's `http.max_content_length` in bytes (default
     /// [`DEFAULT_HTTP_MAX_CONTENT_LENGTH`]): a larger request body is answered 413.

@@ -2073,3 +2073,143 @@ async fn kibana_prebuilt_rules_follow_the_version_profile() {
         t.s.off_spec_requests()
     );
 }
+
+/// A custom query rule's create body with `extra` fields added.
+fn rule_body(rule_id: &str, extra: Value) -> Value {
+    let mut b = json!({"rule_id": rule_id, "name": "r", "description": "d", "type": "query",
+        "query": "x:1", "language": "kuery", "risk_score": 21, "severity": "low",
+        "index": ["logs-*"]});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+const RULES: &str = "/api/detection_engine/rules";
+
+/// Rule fields per Kibana version (`kibana_fields.rs`): `setup` is refused in bodies before
+/// 8.12 (io-ts `exactCheck`: 400 "invalid keys"), dropped 8.12–8.13 (zod strips), accepted
+/// from 8.14; `required_fields` accepted from 8.15; responses carry `setup` from 8.3 and
+/// `rule_source` from 8.16. A field refused or dropped counts as off-spec.
+#[tokio::test]
+async fn kibana_rule_fields_follow_the_version_profile() {
+    let setup = json!({"setup": "## Setup\n\nread me"});
+    // 7.17: neither in bodies nor in responses.
+    let t = T::with(kibana_profile("7.17.29", false)).await;
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("a", setup.clone())))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"], "Bad Request");
+    assert_eq!(v["message"], "[request body]: invalid keys \"setup\"");
+    assert_eq!(t.s.off_spec_requests().len(), 1);
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("a", json!({}))))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for k in [
+        "setup",
+        "related_integrations",
+        "required_fields",
+        "rule_source",
+    ] {
+        assert!(v.get(k).is_none(), "7.17 answers no {k}: {v}");
+    }
+
+    // 8.11: responses carry setup (8.3+), bodies still refuse it, on update too.
+    let t = T::with(kibana_profile("8.11.4", false)).await;
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("a", json!({}))))
+        .await;
+    assert_eq!((s, v["setup"].clone()), (200, json!("")), "{v}");
+    assert!(v.get("rule_source").is_none(), "{v}");
+    let (s, v) = t
+        .kb(Method::PUT, RULES, Some(rule_body("a", setup.clone())))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["message"], "[request body]: invalid keys \"setup\"");
+
+    // 8.13: dropped without a word (and counted as off-spec).
+    let t = T::with(kibana_profile("8.13.4", false)).await;
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("a", setup.clone())))
+        .await;
+    assert_eq!((s, v["setup"].clone()), (200, json!("")), "{v}");
+    assert_eq!(t.s.off_spec_requests().len(), 1);
+
+    // 8.14: setup kept; required_fields still dropped (8.15).
+    let t = T::with(kibana_profile("8.14.3", false)).await;
+    let rf =
+        json!({"required_fields": [{"name": "ml_is_dga.malicious_probability", "type": "float"}]});
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("a", setup.clone())))
+        .await;
+    assert_eq!(
+        (s, v["setup"].clone()),
+        (200, setup["setup"].clone()),
+        "{v}"
+    );
+    assert_eq!(t.s.off_spec_requests().len(), 0);
+    let (s, v) = t
+        .kb(Method::POST, RULES, Some(rule_body("b", rf.clone())))
+        .await;
+    assert_eq!((s, v["required_fields"].clone()), (200, json!([])), "{v}");
+    assert_eq!(t.s.off_spec_requests().len(), 1);
+
+    // 9.2: everything, and rule_source on custom rules.
+    let t = T::with(kibana_profile("9.2.0", false)).await;
+    let mut extra = setup.clone();
+    extra["required_fields"] = rf["required_fields"].clone();
+    let (s, v) = t.kb(Method::POST, RULES, Some(rule_body("a", extra))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rule_source"], json!({"type": "internal"}));
+    assert_eq!(
+        v["required_fields"][0]["name"],
+        "ml_is_dga.malicious_probability"
+    );
+    assert_eq!(t.s.off_spec_requests().len(), 0);
+}
+
+/// A starting Kibana (`Standin::kibana_starting`): every route 503 "Kibana server is not ready
+/// yet" with `Retry-After: 30`, before authentication; from 8.0 `/api/status` answers 503 with
+/// the redacted status, level `unavailable`. Counted per request, or until `kibana_ready`.
+#[tokio::test]
+async fn kibana_starting_answers_not_ready() {
+    let t = T::with(kibana_profile("8.17.0", false)).await;
+    t.s.kibana_starting(Some(2));
+    let (s, _, v) = t
+        .raw(&t.s.kibana_url(), Method::GET, "/api/status", None)
+        .await;
+    assert_eq!(s.as_u16(), 503);
+    assert_eq!(v, json!({"status": {"overall": {"level": "unavailable"}}}));
+    let r = reqwest::get(format!(
+        "{}/api/detection_engine/rules/_find",
+        t.s.kibana_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "no credentials asked");
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(r.text().await.unwrap(), "Kibana server is not ready yet");
+    let (s, v) = t.kb(Method::GET, "/api/status", None).await;
+    assert_eq!(
+        (s, v["status"]["overall"]["level"].clone()),
+        (200, json!("available"))
+    );
+
+    // 7.17: the not-ready server answers /api/status like any route; until flipped.
+    let t = T::with(kibana_profile("7.17.29", false)).await;
+    t.s.kibana_starting(None);
+    for _ in 0..3 {
+        let (s, h, _) = t
+            .raw(&t.s.kibana_url(), Method::GET, "/api/status", None)
+            .await;
+        assert_eq!(
+            (s.as_u16(), h["retry-after"].to_str().unwrap()),
+            (503, "30")
+        );
+    }
+    t.s.kibana_ready();
+    let (s, _) = t.kb(Method::GET, "/api/status", None).await;
+    assert_eq!(s, 200);
+}
