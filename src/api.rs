@@ -350,6 +350,14 @@ pub struct InstalledObjects {
     /// Indices whose `index.final_pipeline` this DgaModel set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wired_indices: Vec<String>,
+    /// `@custom` pipeline hooks holding this DgaModel's `pipeline` processor (the rest of each
+    /// hook is not ours).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
+    /// Composable index templates (of wired data streams) whose `index.final_pipeline` this
+    /// DgaModel set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wired_templates: Vec<String>,
     /// Anomaly detection jobs (with their datafeeds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<String>,
@@ -369,6 +377,8 @@ impl InstalledObjects {
             && self.pipelines.is_empty()
             && self.jobs.is_empty()
             && self.wired_indices.is_empty()
+            && self.hooks.is_empty()
+            && self.wired_templates.is_empty()
             && self.rules_space.is_none()
             && self.prebuilt_rules.is_empty()
     }
