@@ -2173,12 +2173,9 @@ fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
             .iter()
             .map(|t| format!("index.final_pipeline of index template {t}")),
     );
-    parts.extend(
-        o.hooks
-            .iter()
-            .filter(|h| !o.pipelines.contains(h))
-            .map(|h| format!("the enrichment's pipeline processor in hook {h}")),
-    );
+    parts.extend(o.hooks.iter().map(|h| {
+        format!("ingest pipeline hook {h} (the processor in it that calls the enrichment)")
+    }));
     for p in &o.pipelines {
         if p.ends_with("@custom") {
             parts.push(format!("ingest pipeline hook {p}"));

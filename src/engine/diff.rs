@@ -354,7 +354,7 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         })
     };
     for (index, settings) in &o.indices {
-        let wanted = d.wire_indices.iter().any(|p| wildcard(p, index));
+        let wanted = covered(&d.wire_indices, index);
         let fin = settings.final_pipeline.as_deref();
         if !wanted {
             if fin.is_some_and(ours_pipeline) {
@@ -510,6 +510,11 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
     }
     for (id, p) in &o.pipelines {
         let marker = Marker::from_meta(p.get("_meta"));
+        if super::hooks::holds_ours(p, owner) {
+            // A hook: only our processor in it is ours (recorded below), even in one we
+            // created.
+            continue;
+        }
         if holder(marker.as_ref(), owner) == Holder::Us
             || (marker.is_none() && known.pipelines.contains(id))
         {
@@ -573,7 +578,7 @@ pub fn fleet_enriched(d: &Desired, o: &Observed, owned: &Ids) -> Vec<String> {
     }
     let via = |p: Option<String>| p.filter(|p| fleet_enriches(o, p, &ours));
     for (index, s) in &o.indices {
-        if !d.wire_indices.iter().any(|p| wildcard(p, index)) {
+        if !covered(&d.wire_indices, index) {
             continue;
         }
         if let Some(p) = via(s.default_pipeline.clone()).or_else(|| via(s.final_pipeline.clone())) {
@@ -591,6 +596,15 @@ pub fn fleet_enriched(d: &Desired, o: &Observed, owned: &Ids) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether index patterns cover an index as `GET {patterns}/_settings` resolves them: by name,
+/// or as a backing index of a data stream a pattern names or matches.
+pub fn covered(patterns: &[String], index: &str) -> bool {
+    let stream = super::observe::backing_stream(index);
+    patterns
+        .iter()
+        .any(|p| wildcard(p, index) || stream.is_some_and(|s| wildcard(p, s)))
 }
 
 /// `*` wildcards, as in index patterns.

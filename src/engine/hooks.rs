@@ -167,15 +167,24 @@ impl Desired {
             };
         }
         let want = self.hook_processor();
+        // A hook a DgaModel whose leftovers this one adopts created: now created by this one.
+        let taken_over = Marker::from_meta(seen.get("_meta")).is_some_and(|m| {
+            m.owner != self.owner.key() && holder(Some(&m), &self.owner) == Holder::Us
+        });
         if let [one] = s.ours.as_slice()
             && same_processor(one, &want, self.es_version.is_some())
+            && !taken_over
         {
             return HookWant::Current;
         }
         let mut list = s.rest;
         list.insert(s.at.unwrap_or(list.len()), want);
+        let mut body = with_processors(seen, list);
+        if taken_over && let Some(meta) = body.get_mut("_meta").and_then(Value::as_object_mut) {
+            meta.insert(MARKER_KEY.into(), json!(self.marker));
+        }
         HookWant::Put {
-            body: with_processors(seen, list),
+            body,
             had_ours: !s.ours.is_empty(),
         }
     }
