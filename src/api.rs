@@ -100,8 +100,11 @@ pub struct DgaModelSpec {
 }
 
 /// Wiring the enrichment pipeline into the indices that receive DNS events. Each target is wired
-/// one way only (never twice): Fleet data streams through their `@custom` pipeline hook, Beats
-/// indices through `index.final_pipeline`. A hook or `final_pipeline` someone else set is a
+/// one way only (never twice): Fleet data streams through their `@custom` pipeline hook (one
+/// `pipeline` processor added to what the hook holds), Beats indices through
+/// `index.final_pipeline` (and, for data streams, in their index template, so rollovers stay
+/// wired). Where Fleet's own DGA pipeline already runs nothing is added (condition
+/// `EnrichmentWired`, reason `FleetEnrichmentPresent`). A `final_pipeline` someone else set is a
 /// Conflict unless `overwrite: true`. Deleting the DgaModel unwires first.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -116,7 +119,8 @@ pub struct EnrichmentSpec {
     pub custom_pipelines: Option<Vec<String>>,
 
     /// Index patterns whose existing indices get `index.final_pipeline` (Packetbeat without
-    /// Fleet). Default `packetbeat-*`. Indices created later are wired at the next resync.
+    /// Fleet), and the index templates of the data streams they match. Default `packetbeat-*`.
+    /// Plain indices created later are wired at the next resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indices: Option<Vec<String>>,
 }

@@ -170,6 +170,11 @@ pub async fn cleanup(
     let ours_pipeline = |name: &str| ours.pipelines.contains(name);
     let mut gone: Vec<&String> = Vec::new();
     for (id, body) in &observed.pipelines {
+        // Hooks: those holding our tagged processor, and `@custom` hooks an earlier operator
+        // wrote whole (a router of ours also calls a pipeline of ours: it is not a hook).
+        if !super::hooks::holds_ours(body, owner) && !id.ends_with("@custom") {
+            continue;
+        }
         match unhook(es, id, body, owner, &ours_pipeline).await? {
             super::hooks::Unhook::Nothing => {}
             super::hooks::Unhook::Delete => {
