@@ -102,7 +102,29 @@ async fn step(
         Action::PutHook { id, .. } => {
             // Read-modify-write at the moment of writing: whatever the hook holds now is kept.
             let seen = es.get_pipelines(std::slice::from_ref(id)).await?;
-            let ours = |name: &str| name == d.router || d.pipelines.iter().any(|(p, _)| p == name);
+            let mut ours_ids: Vec<String> = std::iter::once(d.router.clone())
+                .chain(d.pipelines.iter().map(|(p, _)| p.clone()))
+                .collect();
+            // An earlier operator's whole hook calls the router of the release it installed
+            // (another layout's id after an upgrade): ours if that pipeline carries our marker.
+            let others: Vec<String> = seen
+                .get(id)
+                .map(crate::bundle::processors_of)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.pointer("/pipeline/name").and_then(Value::as_str))
+                .filter(|n| !ours_ids.iter().any(|o| o == n))
+                .map(str::to_string)
+                .collect();
+            if !others.is_empty() {
+                for (pid, body) in es.get_pipelines(&others).await? {
+                    if holder(Marker::from_meta(body.get("_meta")).as_ref(), &d.owner) == Holder::Us
+                    {
+                        ours_ids.push(pid);
+                    }
+                }
+            }
+            let ours = |name: &str| ours_ids.iter().any(|o| o == name);
             match d.hook_want(seen.get(id), &ours) {
                 super::hooks::HookWant::Put { body, .. } => es.put_pipeline(id, &body).await,
                 super::hooks::HookWant::OtherOwner(o) => Err(Error::Conflict(format!(

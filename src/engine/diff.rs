@@ -631,3 +631,108 @@ pub fn wildcard(pattern: &str, name: &str) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::observe::IndexPipelines;
+    use crate::engine::{Marker, Owner};
+    use serde_json::json;
+
+    fn desired() -> Desired {
+        let owner = Owner {
+            namespace: "ns".into(),
+            name: "dga".into(),
+            uid: "u".into(),
+            adopted: vec![],
+        };
+        Desired {
+            marker: Marker::for_owner(&owner, "t", "s"),
+            owner,
+            release: "t".into(),
+            bundle_sha256: "s".into(),
+            model_id: "m".into(),
+            release_model_id: "m".into(),
+            model_head: Default::default(),
+            model: crate::bundle::ModelFile {
+                id: "m".into(),
+                file: "m_model.json".into(),
+                head: Default::default(),
+                definition_key: "definition".into(),
+                definition_path: "/nonexistent".into(),
+                definition_len: 0,
+                crc32: "00000000".into(),
+            },
+            scripts: vec![],
+            pipelines: vec![],
+            router: "r".into(),
+            wire_indices: vec!["packetbeat-*".into()],
+            hooks: vec![],
+            es_version: Some((8, 17)),
+        }
+    }
+
+    fn index(default: Option<&str>, fin: Option<&str>) -> IndexPipelines {
+        IndexPipelines {
+            default_pipeline: default.map(str::to_string),
+            final_pipeline: fin.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn data_streams_are_wired_in_backing_indices_and_template_never_over_fleet() {
+        let d = desired();
+        let backing = ".ds-packetbeat-8.17.0-2026.12.05-000001";
+        let fleet_index = "packetbeat-fleet";
+        let mut o = Observed::default();
+        o.model_ok(&d);
+        o.indices.insert(backing.into(), index(None, None));
+        o.indices.insert(
+            fleet_index.into(),
+            index(Some("2.3.7-ml_dga_ingest_pipeline"), None),
+        );
+        o.templates.insert(
+            "packetbeat-8.17.0".into(),
+            json!({"index_patterns": ["packetbeat-8.17.0"], "template": {"settings": {"index": {"number_of_shards": "1"}}}}),
+        );
+        o.stream_templates.insert("packetbeat-8.17.0".into());
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::WireIndex {
+                    index: backing.into(),
+                    reason: Reason::Create
+                },
+                Action::WireTemplate {
+                    name: "packetbeat-8.17.0".into(),
+                    reason: Reason::Create
+                },
+            ]
+        );
+        assert_eq!(
+            fleet_enriched(&d, &o, &Ids::default()),
+            ["index packetbeat-fleet runs 2.3.7-ml_dga_ingest_pipeline"]
+        );
+
+        // A template someone else pointed elsewhere: a conflict unless overwrite.
+        o.templates.get_mut("packetbeat-8.17.0").unwrap()["template"]["settings"]["index"]["final_pipeline"] =
+            json!("theirs");
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert!(plan.conflicts[0].contains("index template packetbeat-8.17.0"));
+        let plan = diff(&d, &o, &Ids::default(), true);
+        assert!(plan.actions.contains(&Action::WireTemplate {
+            name: "packetbeat-8.17.0".into(),
+            reason: Reason::Adopt
+        }));
+    }
+
+    impl Observed {
+        fn model_ok(&mut self, d: &Desired) {
+            self.models.insert(
+                d.model_id.clone(),
+                json!({"metadata": {crate::engine::MARKER_KEY: d.marker}}),
+            );
+        }
+    }
+}

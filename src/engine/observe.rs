@@ -51,6 +51,11 @@ impl Ids {
             DeletePipeline { id, .. } => drop(self.pipelines.remove(id)),
             WireIndex { index, .. } => drop(self.indices.insert(index.clone())),
             UnwireIndex { index, .. } => drop(self.indices.remove(index)),
+            // Stale: ours taken out of a hook where Fleet's own enrichment runs.
+            PutHook {
+                id,
+                reason: super::Reason::Stale,
+            } => drop(self.hooks.remove(id)),
             PutHook { id, .. } => drop(self.hooks.insert(id.clone())),
             Unhook { id, .. } => drop(self.hooks.remove(id)),
             WireTemplate { name, .. } => drop(self.templates.insert(name.clone())),
