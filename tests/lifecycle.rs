@@ -440,6 +440,50 @@ async fn a_users_custom_hook_gains_one_processor_and_loses_only_it() {
     env.finish().await;
 }
 
+/// A hook an earlier operator build wrote whole (its marker in `_meta`, one untagged `pipeline`
+/// processor calling the router) converts to the one-processor form in place; delete then
+/// removes it (the operator created it, and nothing else was added).
+#[tokio::test]
+async fn an_old_operators_whole_hook_converts_in_place() {
+    let env = Env::start("life-old-hook").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let hook_id = "logs-network_traffic.dns@custom";
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let marker =
+        env.stack().pipelines().await[&rel.router_pipeline]["_meta"]["dga_operator"].clone();
+    assert!(marker.is_object());
+    let old = json!({
+        "description": "Scores DNS questions for DGA domains (dga-operator)",
+        "processors": [{"pipeline": {"name": rel.router_pipeline}}],
+        "_meta": {"dga_operator": marker},
+    });
+    env.stack().put_pipeline(hook_id, old.clone()).await;
+    // A spec change (the same hook, named) makes the next pass a full one.
+    let mut s = spec(&rel.tag);
+    s["enrichment"] = json!({"customPipelines": [hook_id]});
+    env.apply("dga", s).await;
+    let converted = wait_for(Duration::from_secs(30), || async {
+        let h = env.stack().pipelines().await[hook_id].clone();
+        (h["processors"].as_array().map(Vec::len) == Some(1)
+            && h["processors"][0]["pipeline"]["tag"].is_string())
+        .then_some(h)
+    })
+    .await
+    .expect("converted");
+    assert_eq!(
+        converted["processors"][0]["pipeline"]["name"],
+        rel.router_pipeline.as_str()
+    );
+    assert_eq!(converted["_meta"], old["_meta"], "the rest kept");
+    assert_eq!(converted["description"], old["description"]);
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert!(!env.stack().pipelines().await.contains_key(hook_id));
+    env.finish().await;
+}
+
 /// Where Fleet's own DGA router already runs in the hook, the operator adds nothing there and
 /// says so; documents are never scored twice.
 #[tokio::test]
