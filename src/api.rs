@@ -100,8 +100,11 @@ pub struct DgaModelSpec {
 }
 
 /// Wiring the enrichment pipeline into the indices that receive DNS events. Each target is wired
-/// one way only (never twice): Fleet data streams through their `@custom` pipeline hook, Beats
-/// indices through `index.final_pipeline`. A hook or `final_pipeline` someone else set is a
+/// one way only (never twice): Fleet data streams through their `@custom` pipeline hook (one
+/// `pipeline` processor added to what the hook holds), Beats indices through
+/// `index.final_pipeline` (and, for data streams, in their index template, so rollovers stay
+/// wired). Where Fleet's own DGA pipeline already runs nothing is added (condition
+/// `EnrichmentWired`, reason `FleetEnrichmentPresent`). A `final_pipeline` someone else set is a
 /// Conflict unless `overwrite: true`. Deleting the DgaModel unwires first.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -116,7 +119,8 @@ pub struct EnrichmentSpec {
     pub custom_pipelines: Option<Vec<String>>,
 
     /// Index patterns whose existing indices get `index.final_pipeline` (Packetbeat without
-    /// Fleet). Default `packetbeat-*`. Indices created later are wired at the next resync.
+    /// Fleet), and the index templates of the data streams they match. Default `packetbeat-*`.
+    /// Plain indices created later are wired at the next resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indices: Option<Vec<String>>,
 }
@@ -350,6 +354,14 @@ pub struct InstalledObjects {
     /// Indices whose `index.final_pipeline` this DgaModel set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wired_indices: Vec<String>,
+    /// `@custom` pipeline hooks holding this DgaModel's `pipeline` processor (the rest of each
+    /// hook is not ours).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
+    /// Composable index templates (of wired data streams) whose `index.final_pipeline` this
+    /// DgaModel set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wired_templates: Vec<String>,
     /// Anomaly detection jobs (with their datafeeds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<String>,
@@ -369,6 +381,8 @@ impl InstalledObjects {
             && self.pipelines.is_empty()
             && self.jobs.is_empty()
             && self.wired_indices.is_empty()
+            && self.hooks.is_empty()
+            && self.wired_templates.is_empty()
             && self.rules_space.is_none()
             && self.prebuilt_rules.is_empty()
     }

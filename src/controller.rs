@@ -94,6 +94,9 @@ struct Settled {
     target: String,
     /// The anomaly job and datafeed were installed and running.
     job: bool,
+    /// The cluster's version the last full pass found (what a hook's processor may carry
+    /// depends on it; a glance does not ask).
+    es_version: Option<String>,
     /// The resourceVersion our own status write gave the object: its watch event comes straight
     /// back and is not a change to look at.
     echo: Option<String>,
@@ -311,6 +314,8 @@ fn recorded_ids(status: Option<&DgaModelStatus>) -> Ids {
         scripts: objects.scripts.into_iter().collect(),
         pipelines: objects.pipelines.into_iter().collect(),
         indices: objects.wired_indices.into_iter().collect(),
+        hooks: objects.hooks.into_iter().collect(),
+        templates: objects.wired_templates.into_iter().collect(),
     }
 }
 
@@ -318,6 +323,7 @@ fn recorded_ids(status: Option<&DgaModelStatus>) -> Ids {
 /// tell whether they are ours.
 fn ids_to_observe(recorded: &Ids) -> Ids {
     let mut ids = recorded.clone();
+    ids.pipelines.extend(recorded.hooks.iter().cloned());
     ids.scripts
         .extend(KNOWN_SCRIPTS.iter().map(|s| s.to_string()));
     ids.pipelines
@@ -765,6 +771,7 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         bundle_sha256: desired.bundle_sha256.clone(),
         target: keep_cache.keys.join(" "),
         job: false,
+        es_version: None,
         echo: None,
     };
     if applying {
@@ -772,6 +779,9 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             && s.same_inputs(&settle)
         {
             report.settle = Some(s.clone());
+            if let Some(v) = &s.es_version {
+                desired.fit_to_cluster(v);
+            }
             if glance_pass(
                 obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
             )
@@ -793,6 +803,9 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
         .map_err(|e| target.explain(e))?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
     let dropped = desired.fit_to_cluster(&info.version);
+    if let Some(s) = report.settle.as_mut() {
+        s.es_version = Some(info.version.clone());
+    }
     if !dropped.is_empty() {
         tracing::debug!(
             fields = %dropped.join(", "),
@@ -1230,6 +1243,7 @@ async fn apply_es(
                 .join(", ")
         ),
     );
+    wired_condition(report, desired, observed, known, &now_owned);
     if !applied.warnings.is_empty() {
         report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
     }
@@ -1264,6 +1278,54 @@ async fn apply_es(
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
     Ok(())
+}
+
+/// `EnrichmentWired`: where the router is called from, and where Fleet's own DGA enrichment
+/// already runs so the operator added nothing (documents are never scored twice).
+fn wired_condition(
+    report: &mut Report,
+    desired: &engine::Desired,
+    observed: &engine::Observed,
+    known: &Ids,
+    owned: &Ids,
+) {
+    if desired.hooks.is_empty() && desired.wire_indices.is_empty() {
+        report
+            .status
+            .conditions
+            .retain(|c| c.type_ != status::WIRED);
+        return;
+    }
+    let mut ours: Vec<String> = Vec::new();
+    ours.extend(owned.hooks.iter().map(|h| format!("pipeline hook {h}")));
+    ours.extend(
+        owned
+            .templates
+            .iter()
+            .map(|t| format!("index template {t}")),
+    );
+    if !owned.indices.is_empty() {
+        ours.push(format!("{} indices", owned.indices.len()));
+    }
+    let ours = if ours.is_empty() {
+        "nothing wired by this DgaModel".to_string()
+    } else {
+        format!("{} call {}", ours.join(", "), desired.router)
+    };
+    let fleet = engine::diff::fleet_enriched(desired, observed, known);
+    if fleet.is_empty() {
+        report.set(status::WIRED, true, "Wired", ours);
+    } else {
+        report.set(
+            status::WIRED,
+            true,
+            "FleetEnrichmentPresent",
+            format!(
+                "Fleet's DGA enrichment already runs there, so the operator added none of its own (documents are scored once): {}; {ours}",
+                fleet.join(", ")
+            ),
+        );
+    }
 }
 
 /// The `EnrichmentVerified` condition a canary verdict gives. Unproven (the server cannot run a
@@ -1730,6 +1792,8 @@ fn record_objects(report: &mut Report, ids: &Ids) {
     o.scripts = ids.scripts.iter().cloned().collect();
     o.pipelines = ids.pipelines.iter().cloned().collect();
     o.wired_indices = ids.indices.iter().cloned().collect();
+    o.hooks = ids.hooks.iter().cloned().collect();
+    o.wired_templates = ids.templates.iter().cloned().collect();
 }
 
 /// Version and licence checks, reported as conditions.
@@ -1956,9 +2020,10 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
     let mut to_observe = ids_to_observe(&recorded);
     // Also the indices the spec wires, in case the status never recorded them (a crash right
     // after wiring): an index must not keep pointing at a pipeline that is about to go.
-    to_observe
-        .indices
-        .extend(engine::Wiring::from_spec(obj.spec.enrichment.as_ref()).indices);
+    let wiring = engine::Wiring::from_spec(obj.spec.enrichment.as_ref());
+    to_observe.indices.extend(wiring.indices);
+    // And the hooks it names: our processor may be in one the status does not record yet.
+    to_observe.pipelines.extend(wiring.custom_pipelines);
     // Leftovers this DgaModel took over go with it (a model, and the job, keep their first
     // marker).
     let observed = engine::observe(&es, &to_observe).await?;
@@ -2079,6 +2144,14 @@ fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
             .iter()
             .map(|i| format!("index.final_pipeline of index {i}")),
     );
+    parts.extend(
+        o.wired_templates
+            .iter()
+            .map(|t| format!("index.final_pipeline of index template {t}")),
+    );
+    parts.extend(o.hooks.iter().map(|h| {
+        format!("ingest pipeline hook {h} (the processor in it that calls the enrichment)")
+    }));
     for p in &o.pipelines {
         if p.ends_with("@custom") {
             parts.push(format!("ingest pipeline hook {p}"));

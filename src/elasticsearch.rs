@@ -36,6 +36,48 @@ pub struct MetadataGlance {
     pub scripts: BTreeMap<String, Value>,
     /// Persistent task id -> the state it reports (`opened`, `started`, ...), if any.
     pub tasks: BTreeMap<String, Option<String>>,
+    /// Indices the filter asked for (`metadata.indices`), as the cluster state holds them
+    /// (every state, hidden or not: the caller resolves them as `_settings` would).
+    pub indices: BTreeMap<String, StateIndex>,
+    /// Composable index templates the filter asked for (`metadata.index_template`), with only
+    /// the filtered fields.
+    pub templates: BTreeMap<String, Value>,
+}
+
+/// An index as a filtered cluster state shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StateIndex {
+    pub open: bool,
+    pub hidden: bool,
+    pub pipelines: crate::engine::observe::IndexPipelines,
+}
+
+/// What else a glance's cluster state read carries besides scripts and tasks: `filter_path`
+/// segments (dots already escaped) of the indices and index templates to include.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GlanceExtra {
+    pub index_segments: Vec<String>,
+    pub template_segments: Vec<String>,
+}
+
+impl GlanceExtra {
+    /// The `filter_path` entries: per index its state and its `hidden` and pipeline settings
+    /// (`*_pipeline`: default and final), per template its patterns (always there) and pipeline
+    /// settings.
+    pub fn filters(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.index_segments {
+            out.push(format!("metadata.indices.{s}.state"));
+            out.push(format!("metadata.indices.{s}.settings.index.hidden"));
+            out.push(format!("metadata.indices.{s}.settings.index.*_pipeline"));
+        }
+        for s in &self.template_segments {
+            let t = format!("metadata.index_template.index_template.{s}");
+            out.push(format!("{t}.index_patterns"));
+            out.push(format!("{t}.template.settings.index.*_pipeline"));
+        }
+        out
+    }
 }
 
 impl MetadataGlance {
@@ -44,6 +86,35 @@ impl MetadataGlance {
         let Some(meta) = body.get("metadata") else {
             return g;
         };
+        for (name, i) in meta
+            .get("indices")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let setting = |k: &str| {
+                i.pointer(&format!("/settings/index/{k}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            g.indices.insert(
+                name.clone(),
+                StateIndex {
+                    open: i.get("state").and_then(Value::as_str) != Some("close"),
+                    hidden: setting("hidden").as_deref() == Some("true"),
+                    pipelines: crate::engine::observe::IndexPipelines {
+                        default_pipeline: setting("default_pipeline"),
+                        final_pipeline: setting("final_pipeline"),
+                    },
+                },
+            );
+        }
+        if let Some(t) = meta
+            .pointer("/index_template/index_template")
+            .and_then(Value::as_object)
+        {
+            g.templates = t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
         for id in scripts {
             if let Some(s) = meta.pointer(&format!("/stored_scripts/{id}")) {
                 g.scripts.insert(id.clone(), s.clone());
@@ -654,6 +725,7 @@ impl Elasticsearch {
         &self,
         scripts: &[String],
         tasks: bool,
+        extra: &GlanceExtra,
     ) -> Result<Option<MetadataGlance>, Error> {
         let what = "reading stored scripts and tasks from the cluster state";
         let mut filter: Vec<String> = Vec::new();
@@ -674,12 +746,14 @@ impl Elasticsearch {
             filter.push("metadata.persistent_tasks.tasks.id".into());
             filter.push("metadata.persistent_tasks.tasks.task.*.state".into());
         }
+        filter.extend(extra.filters());
         let path = "/_cluster/state/metadata";
-        // Every part is plain ASCII (ids outside [A-Za-z0-9_-] never reach the filter), so the
-        // query needs no escaping.
+        // Ids outside [A-Za-z0-9_-] never reach the filter as they are; index and template
+        // names come with their dots escaped (`\.`), the one character that needs escaping
+        // in a query.
         let query = format!(
             "local=true&allow_no_indices=true&ignore_unavailable=true&expand_wildcards=open&filter_path={}",
-            filter.join(",")
+            filter.join(",").replace('\\', "%5C")
         );
         let req = self.req(Method::GET, &format!("{path}?{query}"));
         // Refused for this credential (403) or this kind of cluster: a lasting answer. Anything
@@ -694,6 +768,123 @@ impl Elasticsearch {
             400 | 404 | 405 | 410 | 501 => Ok(None),
             _ => Err(Self::rejected(what, status, &body)),
         }
+    }
+
+    /// Data streams matching the patterns, each with the composable index template its next
+    /// backing index is created from (`GET _data_stream`: `template`; 7.9+). A plain name is
+    /// asked as `name*` and matched exactly here, so one that is no data stream is no 404.
+    pub async fn data_stream_templates(
+        &self,
+        patterns: &[String],
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let what = "reading data streams";
+        let asked: Vec<String> = patterns
+            .iter()
+            // Backing indices (recorded wired indices) are never data streams.
+            .filter(|p| !p.starts_with('.'))
+            .map(|p| {
+                if p.contains('*') {
+                    p.clone()
+                } else {
+                    format!("{p}*")
+                }
+            })
+            .collect();
+        let mut out = BTreeMap::new();
+        if asked.is_empty() {
+            return Ok(out);
+        }
+        let path = format!("/_data_stream/{}", asked.join(","));
+        let (status, body) = self
+            .simple(what, self.req(Method::GET, &path), &[200, 404])
+            .await?;
+        if status == 404 {
+            return Ok(out);
+        }
+        for ds in body
+            .get("data_streams")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(name), Some(template)) = (
+                ds.get("name").and_then(Value::as_str),
+                ds.get("template").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if patterns
+                .iter()
+                .any(|p| crate::engine::diff::wildcard(p, name))
+            {
+                out.insert(name.to_string(), template.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A composable index template (`GET _index_template/{name}`: its `index_template`), or
+    /// None.
+    pub async fn get_index_template(&self, name: &str) -> Result<Option<Value>, Error> {
+        let what = format!("reading index template {name}");
+        let (status, body) = self
+            .simple(
+                &what,
+                self.req(Method::GET, &format!("/_index_template/{name}")),
+                &[200, 404],
+            )
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        Ok(body
+            .get("index_templates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|t| t.get("index_template").cloned()))
+    }
+
+    /// Sets (or with None, removes) `index.final_pipeline` in a composable index template's
+    /// `template.settings`, keeping everything else: read, change that one setting, write back.
+    /// Read-only fields a GET adds (the 9.x date fields) are not sent back.
+    pub async fn set_template_final_pipeline(
+        &self,
+        name: &str,
+        pipeline: Option<&str>,
+    ) -> Result<(), Error> {
+        let what = format!("setting index.final_pipeline in index template {name}");
+        let Some(mut t) = self.get_index_template(name).await? else {
+            if pipeline.is_none() {
+                return Ok(());
+            }
+            return Err(Error::Rejected {
+                service: ES,
+                what,
+                status: 404,
+                detail: format!("index template {name} is gone"),
+            });
+        };
+        if let Some(o) = t.as_object_mut() {
+            for k in [
+                "created_date_millis",
+                "modified_date_millis",
+                "created_date",
+                "modified_date",
+            ] {
+                o.remove(k);
+            }
+        }
+        crate::engine::templates::set_final_pipeline(&mut t, pipeline);
+        self.simple(
+            &what,
+            self.req(Method::PUT, &format!("/_index_template/{name}"))
+                .json(&t),
+            &[200],
+        )
+        .await
+        .map(drop)
     }
 
     /// Sets (or with None, removes) an index's `index.final_pipeline`.

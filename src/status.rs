@@ -15,6 +15,9 @@ pub const PIPELINES: &str = "PipelinesInstalled";
 pub const KIBANA_REACHABLE: &str = "KibanaReachable";
 pub const RULES: &str = "RulesInstalled";
 pub const VERIFIED: &str = "EnrichmentVerified";
+/// Where the enrichment is wired in (hooks, data stream templates, indices), or that Fleet's
+/// own DGA enrichment already runs there (reason `FleetEnrichmentPresent`).
+pub const WIRED: &str = "EnrichmentWired";
 /// The anomaly detection job of the `machine_learning` rule: open with its datafeed started
 /// (`True`), or open with the datafeed waiting for data to read (`False`, `WaitingForData`).
 /// Absent when no such rule is installed.

@@ -309,15 +309,24 @@ async fn drift_is_repaired_on_resync() {
 }
 
 /// A settled install's resyncs read three requests (pipelines, one filtered cluster state
-/// read, the canary run), and still see each kind of drift those reads do not fetch directly.
+/// read carrying scripts, tasks, the wired indices' and templates' pipeline settings, and the
+/// canary run), and still see each kind of drift those reads do not fetch directly.
 #[tokio::test]
 async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
     let env = resyncing_every(1, "ctl-glance").await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
-    let index = "packetbeat-8.17.0-2026.11.27";
+    let index = "packetbeat-7.17.0-2026.11.27";
+    let stream = "packetbeat-8.17.0";
     if !env.real() {
         env.standin.put_index_settings(index, json!({}));
+        // A Packetbeat 8 data stream too: its backing index and its template are wired.
+        env.standin.put_index_template(
+            stream,
+            json!({"index_patterns": [stream], "data_stream": {}, "priority": 150,
+                   "template": {"settings": {"index": {"number_of_shards": "1"}}}}),
+        );
+        env.standin.create_data_stream(stream).unwrap();
     }
     env.apply("dga", spec(&rel.tag)).await;
     let m = env.wait_ready("dga").await;
@@ -335,10 +344,11 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
             .collect();
         let passes = es.iter().filter(|r| r.path.ends_with("/_simulate")).count();
         assert!(passes >= 2, "resyncs ran: {passes}");
-        // A glance: the pipelines, the wired indices' settings, the cluster state (scripts and
-        // tasks) and the canary run. The window's end may cut a pass after three reads.
+        // A glance: the pipelines, the cluster state (scripts, tasks, the wired indices' and
+        // templates' settings) and the canary run. The window's end may cut a pass after two
+        // reads.
         assert!(
-            es.len() <= 4 * passes + 3,
+            es.len() <= 3 * passes + 2,
             "{} reads in {passes} resyncs: {:?}",
             es.len(),
             es.iter().map(|r| r.path.as_str()).collect::<Vec<_>>()
@@ -410,6 +420,42 @@ async fn settled_resyncs_glance_and_still_see_every_kind_of_drift() {
             rewired.is_some(),
             "index rewired: {:?}",
             env.standin.index_settings()
+        );
+
+        // Our processor removed from the hook by hand is added again.
+        let hook_id = "logs-network_traffic.dns@custom";
+        let mut h = env.standin.pipelines()[hook_id].clone();
+        h["processors"] = json!([{"set": {"field": "x", "value": 1}}]);
+        env.standin.put_pipeline(hook_id, h);
+        let rehooked = wait_for(Duration::from_secs(20), || async {
+            let p = env.standin.pipelines()[hook_id]["processors"].clone();
+            (p.as_array().map(Vec::len) == Some(2)
+                && p[1]["pipeline"]["name"] == json!(rel.router_pipeline))
+            .then_some(())
+        })
+        .await;
+        assert!(
+            rehooked.is_some(),
+            "hook processor re-added: {}",
+            env.standin.pipelines()[hook_id]
+        );
+
+        // The data stream template's setting removed by hand (a `packetbeat setup` rewriting
+        // its template) is set again.
+        let mut t = env.standin.index_templates()[stream].clone();
+        t["template"]["settings"] = json!({"index": {"number_of_shards": "1"}});
+        env.standin.put_index_template(stream, t);
+        let retemplated = wait_for(Duration::from_secs(20), || async {
+            (env.standin.index_templates()[stream]
+                .pointer("/template/settings/index/final_pipeline")
+                == Some(&json!(rel.router_pipeline)))
+            .then_some(())
+        })
+        .await;
+        assert!(
+            retemplated.is_some(),
+            "template rewired: {}",
+            env.standin.index_templates()[stream]
         );
 
         // A licence that lapses fails the canary run; the full pass that follows reads the

@@ -378,34 +378,202 @@ async fn enrichment_is_wired_once_never_over_a_users_pipeline_and_unwired_first(
     env.finish().await;
 }
 
+/// A `@custom` hook someone else wrote gains one `pipeline` processor (tagged as ours) and keeps
+/// everything else byte for byte; turning wiring off or deleting removes only that processor.
 #[tokio::test]
-async fn a_users_custom_hook_is_a_conflict_and_enrichment_can_be_turned_off() {
+async fn a_users_custom_hook_gains_one_processor_and_loses_only_it() {
     let env = Env::start("life-hook").await;
     let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
     env.secret("es", "changeme").await;
-    let theirs = json!({"processors": [{"set": {"field": "team", "value": "secops"}}]});
-    env.stack()
-        .put_pipeline("logs-network_traffic.dns@custom", theirs.clone())
-        .await;
+    let hook_id = "logs-network_traffic.dns@custom";
+    let theirs = json!({
+        "description": "team hook",
+        "processors": [{"set": {"field": "team", "value": "secops"}}],
+        "on_failure": [{"set": {"field": "hook_failed", "value": true}}],
+        "_meta": {"managed_by": "secops"}
+    });
+    let hook = || async { env.stack().pipelines().await[hook_id].clone() };
+    env.stack().put_pipeline(hook_id, theirs.clone()).await;
     env.apply("dga", spec(&rel.tag)).await;
-    env.wait_condition("dga", "Stalled", "True", Some("Conflict"))
-        .await;
+    let m = env.wait_ready("dga").await;
+    let h = hook().await;
+    for k in ["description", "on_failure", "_meta"] {
+        assert_eq!(h[k], theirs[k], "{k} kept");
+    }
+    assert_eq!(h["processors"][0], theirs["processors"][0]);
+    let ours = &h["processors"][1]["pipeline"];
+    assert_eq!(ours["name"], rel.router_pipeline.as_str());
+    assert_eq!(ours["ignore_failure"], true);
     assert_eq!(
-        env.stack().pipelines().await["logs-network_traffic.dns@custom"],
-        theirs
+        ours["ignore_missing_pipeline"], true,
+        "8.3 and later take it"
     );
-    // Turning wiring off installs the package and leaves the user's hook alone.
+    assert_eq!(
+        ours["tag"],
+        format!("dga-operator:{}/dga", env.ns.name).as_str()
+    );
+    assert_eq!(h["processors"].as_array().unwrap().len(), 2);
+    let st = m.status.unwrap();
+    assert_eq!(st.objects.hooks, vec![hook_id.to_string()]);
+    assert!(!st.objects.pipelines.contains(&hook_id.to_string()));
+    let wired = dga_operator::status::get(&st.conditions, "EnrichmentWired").unwrap();
+    assert_eq!(wired.reason, "Wired", "{wired:?}");
+
+    // Turning wiring off removes only our processor.
     let mut s = spec(&rel.tag);
     s["enrichment"] = json!({"enabled": false});
     env.apply("dga", s).await;
     env.wait_ready("dga").await;
+    assert_eq!(hook().await, theirs);
+
+    // On again, then delete: the hook is the user's again, exactly.
+    env.apply("dga", spec(&rel.tag)).await;
+    let back = wait_for(Duration::from_secs(20), || async {
+        (hook().await["processors"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "hooked again: {}", hook().await);
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert_eq!(hook().await, theirs);
+    env.stack().delete_pipeline(hook_id).await;
+    env.finish().await;
+}
+
+/// A hook an earlier operator build wrote whole (its marker in `_meta`, one untagged `pipeline`
+/// processor calling the router) converts to the one-processor form in place; delete then
+/// removes it (the operator created it, and nothing else was added).
+#[tokio::test]
+async fn an_old_operators_whole_hook_converts_in_place() {
+    let env = Env::start("life-old-hook").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let hook_id = "logs-network_traffic.dns@custom";
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_ready("dga").await;
+    let marker =
+        env.stack().pipelines().await[&rel.router_pipeline]["_meta"]["dga_operator"].clone();
+    assert!(marker.is_object());
+    let old = json!({
+        "description": "Scores DNS questions for DGA domains (dga-operator)",
+        "processors": [{"pipeline": {"name": rel.router_pipeline}}],
+        "_meta": {"dga_operator": marker},
+    });
+    env.stack().put_pipeline(hook_id, old.clone()).await;
+    // A spec change (the same hook, named) makes the next pass a full one.
+    let mut s = spec(&rel.tag);
+    s["enrichment"] = json!({"customPipelines": [hook_id]});
+    env.apply("dga", s).await;
+    let converted = wait_for(Duration::from_secs(30), || async {
+        let h = env.stack().pipelines().await[hook_id].clone();
+        (h["processors"].as_array().map(Vec::len) == Some(1)
+            && h["processors"][0]["pipeline"]["tag"].is_string())
+        .then_some(h)
+    })
+    .await
+    .expect("converted");
     assert_eq!(
-        env.stack().pipelines().await["logs-network_traffic.dns@custom"],
-        theirs
+        converted["processors"][0]["pipeline"]["name"],
+        rel.router_pipeline.as_str()
     );
-    env.stack()
-        .delete_pipeline("logs-network_traffic.dns@custom")
+    assert_eq!(converted["_meta"], old["_meta"], "the rest kept");
+    assert_eq!(converted["description"], old["description"]);
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert!(!env.stack().pipelines().await.contains_key(hook_id));
+    env.finish().await;
+}
+
+/// Where Fleet's own DGA router already runs in the hook, the operator adds nothing there and
+/// says so; documents are never scored twice.
+#[tokio::test]
+async fn fleets_own_enrichment_in_the_hook_is_not_doubled() {
+    let env = Env::start("life-fleet-hook").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    let hook_id = "logs-network_traffic.dns@custom";
+    let fleet = json!({"processors": [{"pipeline": {"name": "2.3.7-ml_dga_ingest_pipeline", "ignore_missing_pipeline": true, "ignore_failure": true}}]});
+    env.stack().put_pipeline(hook_id, fleet.clone()).await;
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env
+        .wait_condition(
+            "dga",
+            "EnrichmentWired",
+            "True",
+            Some("FleetEnrichmentPresent"),
+        )
         .await;
+    let c = dga_operator::status::get(&m.status.as_ref().unwrap().conditions, "EnrichmentWired")
+        .unwrap()
+        .clone();
+    assert!(
+        c.message.contains("2.3.7-ml_dga_ingest_pipeline") && c.message.contains(hook_id),
+        "{}",
+        c.message
+    );
+    env.wait_ready("dga").await;
+    assert_eq!(env.stack().pipelines().await[hook_id], fleet, "untouched");
+    assert!(m.status.unwrap().objects.hooks.is_empty());
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert_eq!(env.stack().pipelines().await[hook_id], fleet);
+    env.stack().delete_pipeline(hook_id).await;
+    env.finish().await;
+}
+
+/// A Packetbeat 8 data stream: its backing index and its index template get
+/// `index.final_pipeline`, so the write index a rollover creates is enriched from its first
+/// document, with no resync in between; delete leaves the template as it was.
+#[tokio::test]
+async fn a_packetbeat_data_stream_stays_wired_across_rollover() {
+    let env = Env::start("life-rollover").await;
+    if !env.standin_only("creating data streams and rolling them over") {
+        return env.finish().await;
+    }
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    let stream = "packetbeat-8.17.0";
+    let template = json!({
+        "index_patterns": [stream], "data_stream": {}, "priority": 150,
+        "template": {"settings": {"index": {"number_of_shards": "1", "lifecycle": {"name": "packetbeat"}}},
+                     "mappings": {"properties": {"dns": {"type": "object"}}}}
+    });
+    let path = format!("/_index_template/{stream}");
+    let (s, _) = env
+        .stack()
+        .es(reqwest::Method::PUT, &path, Some(&template))
+        .await;
+    assert_eq!(s, 200);
+    let read_template = || async {
+        env.stack().es(reqwest::Method::GET, &path, None).await.1["index_templates"][0]
+            ["index_template"]
+            .clone()
+    };
+    let before = read_template().await;
+    env.standin.create_data_stream(stream).unwrap();
+    let first = ".ds-packetbeat-8.17.0-2026.12.05-000001";
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env.wait_ready("dga").await;
+    let router = rel.router_pipeline.as_str();
+    assert_eq!(final_pipeline(&env, first).as_deref(), Some(router));
+    assert_eq!(
+        read_template().await["template"]["settings"]["index"]["final_pipeline"],
+        router
+    );
+    let st = m.status.unwrap();
+    assert_eq!(st.objects.wired_templates, vec![stream.to_string()]);
+
+    // Rollover: the new write index is wired from its creation (the operator did nothing).
+    env.standin.clear_requests();
+    let second = env.standin.rollover(stream).unwrap();
+    assert_eq!(final_pipeline(&env, &second).as_deref(), Some(router));
+    assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
+
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert_eq!(read_template().await, before, "the template as it was");
+    assert_eq!(final_pipeline(&env, first), None);
+    assert_eq!(final_pipeline(&env, &second), None);
     env.finish().await;
 }
 

@@ -866,6 +866,8 @@ fn label(a: &Action, d: &engine::Desired) -> String {
         Action::UnwireIndex { index, reason } => {
             format!("unsetting index.final_pipeline of {index} ({reason})")
         }
+        // The CLI wires nothing itself; a DgaModel's leftovers are unwired by `remove`.
+        other => other.to_string(),
     }
 }
 

@@ -99,6 +99,52 @@ async fn step(
             es.put_pipeline(id, body).await
         }
         Action::DeletePipeline { id, .. } => es.delete_pipeline(id).await,
+        Action::PutHook { id, .. } => {
+            // Read-modify-write at the moment of writing: whatever the hook holds now is kept.
+            let seen = es.get_pipelines(std::slice::from_ref(id)).await?;
+            let mut ours_ids: Vec<String> = std::iter::once(d.router.clone())
+                .chain(d.pipelines.iter().map(|(p, _)| p.clone()))
+                .collect();
+            // An earlier operator's whole hook calls the router of the release it installed
+            // (another layout's id after an upgrade): ours if that pipeline carries our marker.
+            let others: Vec<String> = seen
+                .get(id)
+                .map(crate::bundle::processors_of)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.pointer("/pipeline/name").and_then(Value::as_str))
+                .filter(|n| !ours_ids.iter().any(|o| o == n))
+                .map(str::to_string)
+                .collect();
+            if !others.is_empty() {
+                for (pid, body) in es.get_pipelines(&others).await? {
+                    if holder(Marker::from_meta(body.get("_meta")).as_ref(), &d.owner) == Holder::Us
+                    {
+                        ours_ids.push(pid);
+                    }
+                }
+            }
+            let ours = |name: &str| ours_ids.iter().any(|o| o == name);
+            match d.hook_want(seen.get(id), &ours) {
+                super::hooks::HookWant::Put { body, .. } => es.put_pipeline(id, &body).await,
+                super::hooks::HookWant::OtherOwner(o) => Err(Error::Conflict(format!(
+                    "pipeline hook {id} already calls the enrichment for DgaModel {o}"
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Action::Unhook { id, .. } => {
+            let seen = es.get_pipelines(std::slice::from_ref(id)).await?;
+            let ours = |name: &str| name == d.router || d.pipelines.iter().any(|(p, _)| p == name);
+            match seen.get(id) {
+                Some(body) => unhook(es, id, body, &d.owner, &ours).await.map(drop),
+                None => Ok(()),
+            }
+        }
+        Action::WireTemplate { name, .. } => {
+            es.set_template_final_pipeline(name, Some(&d.router)).await
+        }
+        Action::UnwireTemplate { name, .. } => es.set_template_final_pipeline(name, None).await,
         Action::WireIndex { index, .. } => es.set_final_pipeline(index, Some(&d.router)).await,
         Action::UnwireIndex { index, .. } => es.set_final_pipeline(index, None).await,
         Action::DeleteScript { id, .. } => es.delete_script(id).await,
@@ -124,7 +170,15 @@ pub async fn cleanup(
     let observed = observe(es, to_observe).await?;
     let ours = owned_ids(&observed, owner, recorded);
     let mut removed = Vec::new();
-    // Unwire first, so no index points at a pipeline about to disappear.
+    // Unwire first, so no index, template or hook points at a pipeline about to disappear.
+    for (name, t) in &observed.templates {
+        if super::templates::final_pipeline(t).is_some_and(|f| ours.pipelines.contains(&f))
+            && (recorded.templates.contains(name) || ours.templates.contains(name))
+        {
+            es.set_template_final_pipeline(name, None).await?;
+            removed.push(format!("index.final_pipeline of index template {name}"));
+        }
+    }
     for (index, settings) in &observed.indices {
         if settings
             .final_pipeline
@@ -135,7 +189,31 @@ pub async fn cleanup(
             removed.push(format!("index.final_pipeline of {index}"));
         }
     }
-    let mut pipelines: Vec<&String> = ours.pipelines.iter().collect();
+    let ours_pipeline = |name: &str| ours.pipelines.contains(name);
+    let mut gone: Vec<&String> = Vec::new();
+    for (id, body) in &observed.pipelines {
+        // Hooks: those holding our tagged processor, and `@custom` hooks an earlier operator
+        // wrote whole (a router of ours also calls a pipeline of ours: it is not a hook).
+        if !super::hooks::holds_ours(body, owner) && !id.ends_with("@custom") {
+            continue;
+        }
+        match unhook(es, id, body, owner, &ours_pipeline).await? {
+            super::hooks::Unhook::Nothing => {}
+            super::hooks::Unhook::Delete => {
+                gone.push(id);
+                removed.push(format!("ingest pipeline hook {id}"));
+            }
+            super::hooks::Unhook::Put(_) => {
+                gone.push(id);
+                removed.push(format!("the enrichment's processor in pipeline hook {id}"));
+            }
+        }
+    }
+    let mut pipelines: Vec<&String> = ours
+        .pipelines
+        .iter()
+        .filter(|id| !gone.contains(id))
+        .collect();
     // Routers (pipelines that call another pipeline) go first, so nothing calls a missing one.
     pipelines.sort_by_key(|id| !calls_pipeline(&observed.pipelines[*id]));
     for id in pipelines {
@@ -151,6 +229,24 @@ pub async fn cleanup(
         removed.push(format!("trained model {id}"));
     }
     Ok(removed)
+}
+
+/// Removes our processor from hook `id` (whose body is `body`): the hook is written back
+/// without it, or deleted when we created it and it held only ours.
+async fn unhook(
+    es: &Elasticsearch,
+    id: &str,
+    body: &Value,
+    owner: &Owner,
+    ours: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<super::hooks::Unhook, Error> {
+    let u = super::hooks::unhook(body, owner, ours);
+    match &u {
+        super::hooks::Unhook::Nothing => {}
+        super::hooks::Unhook::Delete => es.delete_pipeline(id).await?,
+        super::hooks::Unhook::Put(rest) => es.put_pipeline(id, rest).await?,
+    }
+    Ok(u)
 }
 
 /// A PUT model refusal that names a field of the config: the strict parser's "unknown field

@@ -26,8 +26,16 @@ pub struct Desired {
     /// `@custom` hooks that call the router.
     pub pipelines: Vec<(String, Value)>,
     pub router: String,
-    /// Index patterns whose indices get `index.final_pipeline` = the router.
+    /// Index patterns whose indices get `index.final_pipeline` = the router (and the index
+    /// templates of the data streams they match, so a rollover's new write index has it too).
     pub wire_indices: Vec<String>,
+    /// `@custom` pipelines that get a `pipeline` processor calling the router (see
+    /// [`super::hooks`]); their bodies depend on what each already holds, so they are not in
+    /// `pipelines`.
+    pub hooks: Vec<String>,
+    /// The cluster's `X.Y`, once known ([`Desired::fit_to_cluster`]): what the hook processor
+    /// may carry depends on it.
+    pub es_version: Option<(u32, u32)>,
 }
 
 impl Desired {
@@ -40,6 +48,7 @@ impl Desired {
     /// Elasticsearch never writes are left for it to judge: a refusal names them.
     pub fn fit_to_cluster(&mut self, version: &str) -> Vec<String> {
         let v = major_minor(version);
+        self.es_version = Some(v);
         let mut dropped: Vec<String> = Vec::new();
         self.model_head.retain(|k, _| {
             let drop = GET_OUTPUT.contains(&k.as_str()) && put_refuses(k, v);
@@ -220,14 +229,6 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
         pipelines.push((p.id.clone(), body));
     }
     let router = bundle.pipeline(PipelineRole::Router).id.clone();
-    for hook in &wiring.custom_pipelines {
-        let body = serde_json::json!({
-            "description": "Scores DNS questions for DGA domains (dga-operator)",
-            "processors": [{"pipeline": {"name": router}}],
-            "_meta": {MARKER_KEY: marker},
-        });
-        pipelines.push((hook.clone(), body));
-    }
 
     Desired {
         owner: owner.clone(),
@@ -242,6 +243,8 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
         pipelines,
         router,
         wire_indices: wiring.indices.clone(),
+        hooks: wiring.custom_pipelines.clone(),
+        es_version: None,
     }
 }
 
@@ -325,6 +328,8 @@ mod tests {
             pipelines: vec![],
             router: "r".into(),
             wire_indices: vec![],
+            hooks: vec![],
+            es_version: None,
         };
         let dropped = d.fit_to_cluster(version);
         (dropped, d.model_head)

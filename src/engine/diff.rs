@@ -72,6 +72,29 @@ pub enum Action {
         index: String,
         reason: Reason,
     },
+    /// Add (or bring up to date) our `pipeline` processor in a `@custom` hook, creating the hook
+    /// when it is missing; everything else in it is kept.
+    PutHook {
+        id: String,
+        reason: Reason,
+    },
+    /// Remove our processor from a hook (deleting the hook only when we created it and it held
+    /// nothing else).
+    Unhook {
+        id: String,
+        reason: Reason,
+    },
+    /// Point `index.final_pipeline` in a data stream's index template at the router, so every
+    /// rollover's new write index is enriched from its first document.
+    WireTemplate {
+        name: String,
+        reason: Reason,
+    },
+    /// Remove from an index template the `index.final_pipeline` we set.
+    UnwireTemplate {
+        name: String,
+        reason: Reason,
+    },
 }
 
 impl Action {
@@ -84,7 +107,11 @@ impl Action {
             | Action::DeleteScript { reason, .. }
             | Action::DeleteModel { reason, .. }
             | Action::WireIndex { reason, .. }
-            | Action::UnwireIndex { reason, .. } => *reason,
+            | Action::UnwireIndex { reason, .. }
+            | Action::PutHook { reason, .. }
+            | Action::Unhook { reason, .. }
+            | Action::WireTemplate { reason, .. }
+            | Action::UnwireTemplate { reason, .. } => *reason,
         }
     }
 }
@@ -105,6 +132,27 @@ impl fmt::Display for Action {
             }
             Action::UnwireIndex { index, reason } => {
                 write!(f, "{reason}: unset index.final_pipeline of {index}")
+            }
+            Action::PutHook { id, reason } => {
+                write!(
+                    f,
+                    "{reason} the enrichment's processor in pipeline hook {id}"
+                )
+            }
+            Action::Unhook { id, reason } => {
+                write!(
+                    f,
+                    "{reason}: remove the enrichment's processor from pipeline hook {id}"
+                )
+            }
+            Action::WireTemplate { name, reason } => {
+                write!(f, "{reason} index.final_pipeline of index template {name}")
+            }
+            Action::UnwireTemplate { name, reason } => {
+                write!(
+                    f,
+                    "{reason}: unset index.final_pipeline of index template {name}"
+                )
             }
         }
     }
@@ -255,21 +303,58 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
 
     // Wiring, once the router exists and before anything old is deleted. Pipelines we own (or
     // owned) may be replaced in `final_pipeline`; anything else is the user's.
-    let ours_pipeline = |name: &str| {
-        name == d.router
-            || owned.pipelines.contains(name)
-            || o.pipelines.get(name).is_some_and(|p| {
-                holder(Marker::from_meta(p.get("_meta")).as_ref(), &d.owner) == Holder::Us
-            })
+    let ours_pipeline = |name: &str| ours_pipeline(d, o, owned, name);
+
+    // Hooks: our processor added to what each holds, never a replaced body.
+    for id in &d.hooks {
+        use super::hooks::HookWant;
+        match d.hook_want(o.pipelines.get(id), &ours_pipeline) {
+            HookWant::Current | HookWant::FleetPresent(_) => {}
+            HookWant::OtherOwner(other) => plan.conflicts.push(format!(
+                "pipeline hook {id} already calls the enrichment for DgaModel {other} (a hook is enriched once)"
+            )),
+            HookWant::Put { body, had_ours } => {
+                let reason = if super::hooks::fleet_router_in(&body, &ours_pipeline).is_some() {
+                    Reason::Stale
+                } else if had_ours {
+                    let seen = o.pipelines.get(id);
+                    let old_form = seen.is_some_and(|b| !super::hooks::holds_ours(b, &d.owner));
+                    let other_router = seen.is_some_and(|b| {
+                        crate::bundle::processors_of(b).iter().any(|p| {
+                            p.pointer("/pipeline/tag").and_then(Value::as_str)
+                                == Some(super::hooks::tag_for(&d.owner).as_str())
+                                && p.pointer("/pipeline/name").and_then(Value::as_str)
+                                    != Some(d.router.as_str())
+                        })
+                    });
+                    if old_form || other_router {
+                        Reason::Upgrade
+                    } else {
+                        Reason::Repair
+                    }
+                } else {
+                    create_reason(owned.hooks.contains(id))
+                };
+                plan.actions.push(Action::PutHook {
+                    id: id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    let hooked: Vec<&String> = d.hooks.iter().collect();
+    // Already enriched through a pipeline setting: the router itself, a hook of ours, or
+    // Fleet's DGA router (directly or through a pipeline that calls it).
+    let enriched_by = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            p == d.router
+                || hooked.iter().any(|h| h.as_str() == p)
+                || fleet_enriches(o, p, &ours_pipeline)
+        })
     };
-    let hooked: Vec<&String> = d
-        .pipelines
-        .iter()
-        .map(|(id, _)| id)
-        .filter(|id| id.ends_with("@custom"))
-        .collect();
     for (index, settings) in &o.indices {
-        let wanted = d.wire_indices.iter().any(|p| wildcard(p, index));
+        let wanted = covered(&d.wire_indices, index);
         let fin = settings.final_pipeline.as_deref();
         if !wanted {
             if fin.is_some_and(ours_pipeline) {
@@ -280,12 +365,11 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
             }
             continue;
         }
-        if settings.default_pipeline.as_deref() == Some(d.router.as_str())
-            || hooked
-                .iter()
-                .any(|h| settings.default_pipeline.as_deref() == Some(h.as_str()))
+        if enriched_by(settings.default_pipeline.as_deref())
+            || (fin != Some(d.router.as_str())
+                && fin.is_some_and(|f| fleet_enriches(o, f, &ours_pipeline)))
         {
-            // Already enriched through its default pipeline: a final pipeline would score twice.
+            // Already enriched: a final pipeline would score twice.
             continue;
         }
         match fin {
@@ -299,10 +383,62 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         }
     }
 
+    // The index templates of the data streams wired above: a rollover's new write index takes
+    // its settings from there.
+    for (name, t) in &o.templates {
+        let fin = super::templates::final_pipeline(t);
+        let fin = fin.as_deref();
+        if !o.stream_templates.contains(name) {
+            if owned.templates.contains(name) && fin.is_some_and(ours_pipeline) {
+                plan.actions.push(Action::UnwireTemplate {
+                    name: name.clone(),
+                    reason: Reason::Stale,
+                });
+            }
+            continue;
+        }
+        if enriched_by(super::templates::default_pipeline(t).as_deref())
+            || (fin != Some(d.router.as_str())
+                && fin.is_some_and(|f| fleet_enriches(o, f, &ours_pipeline)))
+        {
+            continue;
+        }
+        match fin {
+            Some(f) if f == d.router => {}
+            None => plan.actions.push(Action::WireTemplate { name: name.clone(), reason: create_reason(owned.templates.contains(name)) }),
+            Some(f) if ours_pipeline(f) => plan.actions.push(Action::WireTemplate { name: name.clone(), reason: Reason::Upgrade }),
+            Some(_) if overwrite => plan.actions.push(Action::WireTemplate { name: name.clone(), reason: Reason::Adopt }),
+            Some(f) => plan.conflicts.push(format!(
+                "index template {name} already has index.final_pipeline {f} (set overwrite: true to replace it, or spec.enrichment.indices to skip its data streams)"
+            )),
+        }
+    }
+
+    // Hooks no longer named (or whose pipeline is gone from the spec): our processor goes,
+    // before the router it calls.
+    for (id, body) in &o.pipelines {
+        if d.hooks.contains(id) {
+            continue;
+        }
+        let recorded = owned.hooks.contains(id);
+        if (recorded || super::hooks::holds_ours(body, &d.owner))
+            && super::hooks::unhook(body, &d.owner, &ours_pipeline) != super::hooks::Unhook::Nothing
+        {
+            plan.actions.push(Action::Unhook {
+                id: id.clone(),
+                reason: Reason::Stale,
+            });
+        }
+    }
+
     // Deletions, after the switch: pipelines, scripts, then models.
     let desired_pipelines: Vec<&String> = d.pipelines.iter().map(|(id, _)| id).collect();
     for (id, body) in o.pipelines.iter().rev() {
-        if desired_pipelines.contains(&id) {
+        if desired_pipelines.contains(&id)
+            || d.hooks.contains(id)
+            || super::hooks::holds_ours(body, &d.owner)
+        {
+            // Hooks are unhooked above (and deleted there when only ours was in them).
             continue;
         }
         let marker = Marker::from_meta(body.get("_meta"));
@@ -374,6 +510,11 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
     }
     for (id, p) in &o.pipelines {
         let marker = Marker::from_meta(p.get("_meta"));
+        if super::hooks::holds_ours(p, owner) {
+            // A hook: only our processor in it is ours (recorded below), even in one we
+            // created.
+            continue;
+        }
         if holder(marker.as_ref(), owner) == Holder::Us
             || (marker.is_none() && known.pipelines.contains(id))
         {
@@ -389,10 +530,83 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
             ids.indices.insert(index.clone());
         }
     }
+    for (id, p) in &o.pipelines {
+        if super::hooks::holds_ours(p, owner) {
+            ids.hooks.insert(id.clone());
+        }
+    }
+    for (name, t) in &o.templates {
+        if super::templates::final_pipeline(t).is_some_and(|f| ids.pipelines.contains(&f))
+            && (known.templates.contains(name) || o.stream_templates.contains(name))
+        {
+            ids.templates.insert(name.clone());
+        }
+    }
     ids
 }
 
-/// `*` wildcards, as in index patterns.
+/// Whether a pipeline id is ours: the router, one the owner recorded, or one carrying its
+/// marker.
+fn ours_pipeline(d: &Desired, o: &Observed, owned: &Ids, name: &str) -> bool {
+    name == d.router
+        || owned.pipelines.contains(name)
+        || o.pipelines.get(name).is_some_and(|p| {
+            holder(Marker::from_meta(p.get("_meta")).as_ref(), &d.owner) == Holder::Us
+        })
+}
+
+/// Whether pipeline `p` is Fleet's DGA router, or a pipeline read in this pass that calls it.
+fn fleet_enriches(o: &Observed, p: &str, ours: &dyn Fn(&str) -> bool) -> bool {
+    (super::hooks::is_fleet_router(p) && !ours(p))
+        || o.pipelines
+            .get(p)
+            .is_some_and(|b| super::hooks::fleet_router_in(b, ours).is_some())
+}
+
+/// Where Fleet's own DGA enrichment already runs, so the operator does not add its own (for a
+/// condition): hooks that call Fleet's router, and wired indices or data stream templates
+/// whose pipeline settings do.
+pub fn fleet_enriched(d: &Desired, o: &Observed, owned: &Ids) -> Vec<String> {
+    let ours = |name: &str| ours_pipeline(d, o, owned, name);
+    let mut out = Vec::new();
+    for id in &d.hooks {
+        if let Some(b) = o.pipelines.get(id)
+            && let Some(f) = super::hooks::fleet_router_in(b, &ours)
+        {
+            out.push(format!("pipeline hook {id} calls {f}"));
+        }
+    }
+    let via = |p: Option<String>| p.filter(|p| fleet_enriches(o, p, &ours));
+    for (index, s) in &o.indices {
+        if !covered(&d.wire_indices, index) {
+            continue;
+        }
+        if let Some(p) = via(s.default_pipeline.clone()).or_else(|| via(s.final_pipeline.clone())) {
+            out.push(format!("index {index} runs {p}"));
+        }
+    }
+    for (name, t) in &o.templates {
+        if !o.stream_templates.contains(name) {
+            continue;
+        }
+        if let Some(p) = via(super::templates::default_pipeline(t))
+            .or_else(|| via(super::templates::final_pipeline(t)))
+        {
+            out.push(format!("index template {name} runs {p}"));
+        }
+    }
+    out
+}
+
+/// Whether index patterns cover an index as `GET {patterns}/_settings` resolves them: by name,
+/// or as a backing index of a data stream a pattern names or matches.
+pub fn covered(patterns: &[String], index: &str) -> bool {
+    let stream = super::observe::backing_stream(index);
+    patterns
+        .iter()
+        .any(|p| wildcard(p, index) || stream.is_some_and(|s| wildcard(p, s)))
+}
+
 /// Whether `seen` holds everything the operator writes (`want`): every key of an object we
 /// write, with the same value, array by array element. Keys only the server adds are no drift:
 /// from 9.2 a GET of a pipeline carries read-only `created_date_millis`/`modified_date_millis`
@@ -410,6 +624,7 @@ pub fn holds(seen: &Value, want: &Value) -> bool {
     }
 }
 
+/// `*` wildcards, as in index patterns.
 pub fn wildcard(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
@@ -460,5 +675,110 @@ mod holds_tests {
             .push(json!({"set": {}}));
         assert!(!holds(&extra_processor, &want));
         assert!(!holds(&json!("x"), &want));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::observe::IndexPipelines;
+    use crate::engine::{Marker, Owner};
+    use serde_json::json;
+
+    fn desired() -> Desired {
+        let owner = Owner {
+            namespace: "ns".into(),
+            name: "dga".into(),
+            uid: "u".into(),
+            adopted: vec![],
+        };
+        Desired {
+            marker: Marker::for_owner(&owner, "t", "s"),
+            owner,
+            release: "t".into(),
+            bundle_sha256: "s".into(),
+            model_id: "m".into(),
+            release_model_id: "m".into(),
+            model_head: Default::default(),
+            model: crate::bundle::ModelFile {
+                id: "m".into(),
+                file: "m_model.json".into(),
+                head: Default::default(),
+                definition_key: "definition".into(),
+                definition_path: "/nonexistent".into(),
+                definition_len: 0,
+                crc32: "00000000".into(),
+            },
+            scripts: vec![],
+            pipelines: vec![],
+            router: "r".into(),
+            wire_indices: vec!["packetbeat-*".into()],
+            hooks: vec![],
+            es_version: Some((8, 17)),
+        }
+    }
+
+    fn index(default: Option<&str>, fin: Option<&str>) -> IndexPipelines {
+        IndexPipelines {
+            default_pipeline: default.map(str::to_string),
+            final_pipeline: fin.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn data_streams_are_wired_in_backing_indices_and_template_never_over_fleet() {
+        let d = desired();
+        let backing = ".ds-packetbeat-8.17.0-2026.12.05-000001";
+        let fleet_index = "packetbeat-fleet";
+        let mut o = Observed::default();
+        o.model_ok(&d);
+        o.indices.insert(backing.into(), index(None, None));
+        o.indices.insert(
+            fleet_index.into(),
+            index(Some("2.3.7-ml_dga_ingest_pipeline"), None),
+        );
+        o.templates.insert(
+            "packetbeat-8.17.0".into(),
+            json!({"index_patterns": ["packetbeat-8.17.0"], "template": {"settings": {"index": {"number_of_shards": "1"}}}}),
+        );
+        o.stream_templates.insert("packetbeat-8.17.0".into());
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::WireIndex {
+                    index: backing.into(),
+                    reason: Reason::Create
+                },
+                Action::WireTemplate {
+                    name: "packetbeat-8.17.0".into(),
+                    reason: Reason::Create
+                },
+            ]
+        );
+        assert_eq!(
+            fleet_enriched(&d, &o, &Ids::default()),
+            ["index packetbeat-fleet runs 2.3.7-ml_dga_ingest_pipeline"]
+        );
+
+        // A template someone else pointed elsewhere: a conflict unless overwrite.
+        o.templates.get_mut("packetbeat-8.17.0").unwrap()["template"]["settings"]["index"]["final_pipeline"] =
+            json!("theirs");
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert!(plan.conflicts[0].contains("index template packetbeat-8.17.0"));
+        let plan = diff(&d, &o, &Ids::default(), true);
+        assert!(plan.actions.contains(&Action::WireTemplate {
+            name: "packetbeat-8.17.0".into(),
+            reason: Reason::Adopt
+        }));
+    }
+
+    impl Observed {
+        fn model_ok(&mut self, d: &Desired) {
+            self.models.insert(
+                d.model_id.clone(),
+                json!({"metadata": {crate::engine::MARKER_KEY: d.marker}}),
+            );
+        }
     }
 }

@@ -7,8 +7,10 @@
 pub mod apply;
 pub mod build;
 pub mod diff;
+pub mod hooks;
 pub mod mljob;
 pub mod observe;
+pub mod templates;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};

@@ -91,6 +91,14 @@ async fn multi(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         // every resync by design; `BENCH_NO_DNS_DATA=1` measures that instead).
         if std::env::var_os("BENCH_NO_DNS_DATA").is_none() {
             s.put_index_settings("logs-network_traffic.dns-default", serde_json::json!({}));
+            // And Packetbeat 8's data stream, wired through its backing index and its template
+            // (the resync glance reads both in its cluster state read).
+            s.put_index_template(
+                "packetbeat-8.17.0",
+                serde_json::json!({"index_patterns": ["packetbeat-8.17.0"], "data_stream": {},
+                    "priority": 150, "template": {"settings": {"index": {"number_of_shards": "1"}}}}),
+            );
+            s.create_data_stream("packetbeat-8.17.0")?;
         }
         standins.push(s);
     }

@@ -404,6 +404,22 @@ fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Res
                 "indices": indices,
             })
         } else {
+            // Customs under their writeable names (`Metadata.toXContent`):
+            // `ComposableIndexTemplateMetadata` as `index_template.index_template.{name}`,
+            // `DataStreamMetadata` as `data_stream.data_stream.{name}` (the stored stream:
+            // no `template`/`status`, which only the `_data_stream` API computes).
+            let streams: Map<String, Value> = st
+                .data_streams
+                .iter()
+                .map(|(n, d)| {
+                    let mut d = d.clone();
+                    if let Some(o) = d.as_object_mut() {
+                        o.remove("template");
+                        o.remove("status");
+                    }
+                    (n.clone(), d)
+                })
+                .collect();
             json!({
                 "cluster_uuid": sh.cfg.cluster_uuid,
                 "cluster_uuid_committed": true,
@@ -411,6 +427,8 @@ fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Res
                 "indices": indices,
                 "ingest": {"pipeline": pipelines},
                 "stored_scripts": st.scripts,
+                "index_template": {"index_template": st.index_templates},
+                "data_stream": {"data_stream": streams, "data_stream_aliases": {}},
                 "persistent_tasks": {"last_allocation_id": allocation, "tasks": tasks}
             })
         };
@@ -1503,7 +1521,10 @@ fn put_index_template(sh: &Shared, r: &Req, name: &str, legacy: bool) -> Result<
             ));
         }
     }
-    let body = body_json(r)?;
+    let mut body = body_json(r)?;
+    if !legacy {
+        normalize_template_settings(&mut body);
+    }
     let mut st = sh.st();
     let map = if legacy {
         &mut st.legacy_templates
@@ -1519,6 +1540,38 @@ fn put_index_template(sh: &Shared, r: &Req, name: &str, legacy: bool) -> Result<
     }
     map.insert(name.into(), body);
     Ok(ack())
+}
+
+/// A composable template's `template.settings` as Elasticsearch keeps them: parsed into
+/// `Settings` (`Template`'s parser, `Settings.fromXContent`) with the `index.` prefix added to
+/// bare keys (`MetadataIndexTemplateService`, `normalizePrefix(INDEX_SETTING_PREFIX)`), and so
+/// rendered back nested with string values, whether they came flat or nested.
+fn normalize_template_settings(body: &mut Value) {
+    let Some(settings) = body.pointer_mut("/template/settings") else {
+        return;
+    };
+    let flat = indices::flat_index_settings(settings);
+    let as_strings: Map<String, Value> = flat
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => Value::String(s),
+                Value::Null => Value::Null,
+                // List settings stay lists (of strings).
+                Value::Array(a) => Value::Array(
+                    a.into_iter()
+                        .map(|x| match x {
+                            Value::String(s) => Value::String(s),
+                            other => Value::String(other.to_string()),
+                        })
+                        .collect(),
+                ),
+                other => Value::String(other.to_string()),
+            };
+            (k, v)
+        })
+        .collect();
+    *settings = nest(&Value::Object(as_strings));
 }
 
 fn get_index_template(sh: &Shared, name: Option<&str>) -> Resp {

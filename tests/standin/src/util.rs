@@ -155,14 +155,44 @@ pub fn remove_field(doc: &mut Value, path: &str) -> Option<Value> {
 /// name, `**` for any depth; arrays are transparent; what matches nothing is dropped, so a
 /// response with no match at all is `{}`. Exclusions (`-path`) are not modelled.
 pub fn filter_path(v: &Value, spec: &str) -> Value {
-    let paths: Vec<Vec<&str>> = spec
+    let owned: Vec<Vec<String>> = spec
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| p.split('.').collect())
+        .map(filter_segments)
+        .collect();
+    let paths: Vec<Vec<&str>> = owned
+        .iter()
+        .map(|p| p.iter().map(String::as_str).collect())
         .collect();
     let refs: Vec<&[&str]> = paths.iter().map(Vec::as_slice).collect();
     filter_value(v, &refs).unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// A filter's field names, as `FilterPath` (libs/x-content `FilterPathBuilder.insertNode`)
+/// splits it: at the first dot not escaped as `\.`, when that dot is not the first character
+/// (a leading dot stays part of one final name); `\.` becomes a literal dot in the name.
+fn filter_segments(filter: &str) -> Vec<String> {
+    let b = filter.as_bytes();
+    let mut i = 0;
+    let mut split = None;
+    while i < b.len() {
+        if b[i] == b'.' {
+            split = Some(i);
+            break;
+        } else if b[i] == b'\\' && i + 1 < b.len() && b[i + 1] == b'.' {
+            i += 1;
+        }
+        i += 1;
+    }
+    match split {
+        Some(at) if at > 0 => {
+            let mut out = vec![filter[..at].replace("\\.", ".")];
+            out.extend(filter_segments(&filter[at + 1..]));
+            out
+        }
+        _ => vec![filter.replace("\\.", ".")],
+    }
 }
 
 fn filter_value(v: &Value, paths: &[&[&str]]) -> Option<Value> {

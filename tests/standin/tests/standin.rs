@@ -1272,6 +1272,72 @@ async fn cluster_state_has_no_customs_when_indices_are_named() {
     assert!(all["metadata"]["indices"]["packetbeat-a"].is_object());
 }
 
+/// `filter_path` splits on unescaped dots only (`FilterPath`), so names with dots (data stream
+/// backing indices, versioned templates) are reached with `\\.`; the cluster state carries the
+/// composable index templates (`index_template.index_template`) and data streams when no index
+/// is named; a template's settings come back nested with string values (`Settings`).
+#[tokio::test]
+async fn cluster_state_filter_path_escapes_dots_and_carries_templates() {
+    let t = T::new().await;
+    t.s.put_index_template(
+        "packetbeat-8.17.0",
+        json!({"index_patterns": ["packetbeat-8.17.0"], "data_stream": {}, "priority": 150}),
+    );
+    let (s, _) = t
+        .es(
+            Method::PUT,
+            "/_index_template/packetbeat-8.17.0",
+            Some(json!({"index_patterns": ["packetbeat-8.17.0"], "data_stream": {}, "priority": 150,
+                "template": {"settings": {"index.final_pipeline": "router", "number_of_shards": 1}}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, got) = t
+        .es(Method::GET, "/_index_template/packetbeat-8.17.0", None)
+        .await;
+    assert_eq!(
+        got["index_templates"][0]["index_template"]["template"]["settings"],
+        json!({"index": {"final_pipeline": "router", "number_of_shards": "1"}})
+    );
+    t.s.create_data_stream("packetbeat-8.17.0").unwrap();
+    t.s.put_index_settings("packetbeat-7.17.0-1", json!({"index.uuid": "u"}));
+    let filter = [
+        "metadata.indices.packetbeat-*.state",
+        "metadata.indices.%5C.ds-packetbeat-*.settings.index.*_pipeline",
+        "metadata.index_template.index_template.packetbeat-8%5C.17%5C.0.template.settings.index.*_pipeline",
+        "metadata.data_stream.data_stream.packetbeat-8%5C.17%5C.0.generation",
+    ]
+    .join(",");
+    let (s, v) = t
+        .es(
+            Method::GET,
+            &format!("/_cluster/state/metadata?filter_path={filter}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!({"metadata": {
+            "indices": {
+                "packetbeat-7.17.0-1": {"state": "open"},
+                ".ds-packetbeat-8.17.0-2026.12.05-000001": {"settings": {"index": {"final_pipeline": "router"}}}
+            },
+            "index_template": {"index_template": {"packetbeat-8.17.0": {"template": {"settings": {"index": {"final_pipeline": "router"}}}}}},
+            "data_stream": {"data_stream": {"packetbeat-8.17.0": {"generation": 1}}}
+        }})
+    );
+    // Unescaped, the dots split the name: nothing matches.
+    let (_, v) = t
+        .es(
+            Method::GET,
+            "/_cluster/state/metadata?filter_path=metadata.index_template.index_template.packetbeat-8.17.0",
+            None,
+        )
+        .await;
+    assert_eq!(v, json!({}));
+}
+
 #[tokio::test]
 async fn pipeline_fields_follow_the_version_profile() {
     let with_meta = json!({"processors": [], "_meta": {"k": "v"}});
