@@ -6,9 +6,11 @@
 
 pub mod apply;
 pub mod build;
+pub mod detection;
 pub mod diff;
 pub mod mljob;
 pub mod observe;
+pub mod plan;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
