@@ -1375,8 +1375,9 @@ async fn rules_pass(
         Some(CachedInfo::Prebuilt(a)) if glanced => Some(a),
         _ => None,
     };
+    let jobs_recorded = !recorded.jobs.is_empty();
     let observed =
-        detection::observe(&client, es, &desired, known, look, &recorded.jobs).await?;
+        detection::observe(Some(&client), es, &desired, known, look, jobs_recorded).await?;
     ctx.remember(offer_key, CachedInfo::Prebuilt(observed.offer.clone()));
     let plan = detection::diff(&desired, &observed, &recorded, obj.spec.overwrite);
     if !plan.conflicts.is_empty() {
@@ -1424,7 +1425,7 @@ async fn rules_pass(
             .await;
     }
     let (applied, failed) =
-        match detection::apply(&client, es, &desired, &plan, settings.enable_new).await {
+        match detection::apply(Some(&client), es, &desired, &plan, settings.enable_new).await {
             Ok(a) => (a, None),
             Err((a, f)) => (a, Some(f)),
         };

@@ -70,7 +70,7 @@ pub async fn plan(
         &detection::Settings::default(),
         features,
     )?;
-    let observed = detection::observe(&client, es, &desired, None, JobLook::Read, &[]).await?;
+    let observed = detection::observe(Some(&client), es, &desired, None, JobLook::Read, false).await?;
     let plan = detection::diff(&desired, &observed, &Recorded::default(), overwrite);
     let route = &plan.route;
     let prebuilt = route.decision.prebuilt().len();

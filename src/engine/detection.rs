@@ -107,6 +107,23 @@ pub fn build(
 }
 
 impl Desired {
+    /// Nothing wanted: what a removal plans against (every object the owner holds goes).
+    pub fn nothing(owner: &Owner, space: &str) -> Desired {
+        Desired {
+            space: space.to_string(),
+            wanted: false,
+            owner: owner.clone(),
+            marker: Marker::for_owner(owner, "", ""),
+            owner_tag: owner_tag(&owner.key()),
+            input: RulesInput {
+                owner: owner.key(),
+                ..RulesInput::default()
+            },
+            rules: Vec::new(),
+            needs_job: false,
+        }
+    }
+
     /// The rules again, pointing the machine-learning rule at `job`.
     fn rules_for(&self, job: &str) -> Vec<Value> {
         if job == self.input.job_id || !self.wanted {
@@ -165,21 +182,22 @@ pub struct Observed {
 }
 
 /// Reads what [`diff`] needs: the rules in the space, what Kibana offers of Elastic's (unless
-/// `known`), and the job. `recorded_jobs` says whether a job no longer needed may be ours.
+/// `known`), and the job. `jobs_recorded` says whether a job no longer needed may be ours. No
+/// Kibana client (a removal where no Kibana is known): no rules seen, only the job is read.
 pub async fn observe(
-    client: &KibanaClient,
+    client: Option<&KibanaClient>,
     es: &Elasticsearch,
     d: &Desired,
     known_offer: Option<Availability>,
     job: JobLook,
-    recorded_jobs: &[String],
+    jobs_recorded: bool,
 ) -> Result<Observed, Error> {
     let k = d.input.kibana;
     // The job first: it decides which job the machine-learning rule watches.
     let job = match job {
         JobLook::Proven(id) if d.needs_job => JobSeen::Proven(id),
         _ if d.needs_job => read_job(es, &k).await?,
-        _ if !recorded_jobs.is_empty() => {
+        _ if jobs_recorded => {
             let mut ours = Vec::new();
             for id in [mljob::JOB_ID, mljob::JOB_ID_EA] {
                 if let Some(j) = es.get_job(id).await?
@@ -194,6 +212,13 @@ pub async fn observe(
             JobSeen::Leftovers(ours)
         }
         _ => JobSeen::NotRead,
+    };
+    let Some(client) = client else {
+        return Ok(Observed {
+            rules: Vec::new(),
+            offer: Availability::none("no Kibana known"),
+            job,
+        });
     };
     let rules = rules::observe(client, &d.space, &d.rules, &d.owner_tag).await?;
     let w = prebuilt::wanted(&d.rules);
@@ -304,6 +329,21 @@ impl Action {
             Action::CreateDatafeed { .. }
             | Action::RecreateDatafeed { .. }
             | Action::StartDatafeed { .. } => "datafeed",
+        }
+    }
+
+    /// What a removal step took away, for the deletion's event.
+    pub fn gone(&self) -> Option<String> {
+        match self {
+            Action::Rule(RuleAction::Delete { rule_id }) => Some(format!("rule {rule_id}")),
+            Action::RemovePrebuilt { rule_id } => {
+                Some(format!("Elastic's prebuilt rule {rule_id}"))
+            }
+            Action::RemoveJob { id } => Some(format!(
+                "datafeed {}, anomaly detection job {id}",
+                mljob::datafeed_id(id)
+            )),
+            _ => None,
         }
     }
 
@@ -581,7 +621,7 @@ pub struct Failed {
 /// Carries out a plan in order: custom rules, Elastic's prebuilt rules (one install request),
 /// then the job. `enable` enables the prebuilt rules installed. Every step is idempotent.
 pub async fn apply(
-    client: &KibanaClient,
+    client: Option<&KibanaClient>,
     es: &Elasticsearch,
     d: &Desired,
     plan: &Plan,
@@ -596,16 +636,26 @@ pub async fn apply(
         let e = Error::Conflict(plan.conflict_details().join("; "));
         return Err((out, rules_failed(e)));
     }
-    for s in &plan.steps {
-        if let Action::Rule(a) = &s.action {
-            if let Err(e) = rules::apply(client, &plan.space, a).await {
-                return Err((out, rules_failed(e)));
+    let kibana_steps = plan
+        .steps
+        .iter()
+        .any(|s| s.action.service() == Service::Kibana);
+    if kibana_steps {
+        let Some(client) = client else {
+            let e = Error::Internal("a Kibana step was planned without a Kibana client".into());
+            return Err((out, rules_failed(e)));
+        };
+        for s in &plan.steps {
+            if let Action::Rule(a) = &s.action {
+                if let Err(e) = rules::apply(client, &plan.space, a).await {
+                    return Err((out, rules_failed(e)));
+                }
+                out.done.push(s.clone());
             }
-            out.done.push(s.clone());
         }
-    }
-    if let Err(e) = apply_prebuilt(client, plan, enable, &mut out).await {
-        return Err((out, e));
+        if let Err(e) = apply_prebuilt(client, plan, enable, &mut out).await {
+            return Err((out, e));
+        }
     }
     if let Err(e) = apply_job(es, d, plan, &mut out).await {
         return Err((
@@ -734,34 +784,33 @@ async fn remove_job(es: &Elasticsearch, id: &str) -> Result<(), Error> {
     es.delete_job(id).await
 }
 
-/// Removal is a plan against nothing: the prebuilt rules `recorded` as installed in `space`
-/// (never one a person installed or has customised since), every rule carrying the owner's tag,
-/// and the owner's jobs when `jobs` is set. Returns what went.
+/// Removal is a plan against nothing: the prebuilt rules `recorded_prebuilt` says the owner
+/// installed in the space (never one a person installed or has customised since), every rule
+/// carrying the owner's tag, and, when `jobs_recorded`, the owner's jobs. What is in the way of
+/// a desired object does not matter when nothing is desired: conflicts are dropped. Returns
+/// what went.
 pub async fn remove(
     client: Option<(&KibanaClient, &str)>,
     es: &Elasticsearch,
     owner: &Owner,
     recorded_prebuilt: &[String],
-    jobs: bool,
+    jobs_recorded: bool,
 ) -> Result<Vec<String>, Error> {
-    let mut removed = Vec::new();
-    if let Some((client, space)) = client {
-        let (gone, _customised) = prebuilt::remove(client, space, recorded_prebuilt).await?;
-        removed.extend(
-            gone.into_iter()
-                .map(|id| format!("Elastic's prebuilt rule {id}")),
-        );
-        let tag = owner_tag(&owner.key());
-        let observed = rules::observe(client, space, &[], &tag).await?;
-        for a in rules::diff(&[], &observed, &tag) {
-            rules::apply(client, space, &a).await?;
-            removed.push(format!("rule {}", a.rule_id()));
-        }
-    }
-    if jobs {
-        removed.extend(mljob::remove(es, owner).await?);
-    }
-    Ok(removed)
+    let d = Desired::nothing(owner, client.map_or("default", |(_, space)| space));
+    let kb = client.map(|(c, _)| c);
+    let observed = observe(kb, es, &d, None, JobLook::Read, jobs_recorded).await?;
+    let recorded = Recorded {
+        rules: true,
+        prebuilt: recorded_prebuilt.to_vec(),
+        jobs: Vec::new(),
+    };
+    let mut plan = diff(&d, &observed, &recorded, false);
+    plan.conflicts.clear();
+    plan.job_conflict = None;
+    let applied = apply(kb, es, &d, &plan, false)
+        .await
+        .map_err(|(_, f)| f.error)?;
+    Ok(applied.done.iter().filter_map(|s| s.action.gone()).collect())
 }
 
 #[cfg(test)]
@@ -1010,6 +1059,45 @@ mod tests {
             )]
         );
         assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn removal_is_a_plan_against_nothing() {
+        let d = desired(kibana(8, 17));
+        let ours = d.rules[0].clone();
+        let elastic = crate::kibana::content::ELASTIC_RULE_IDS[0];
+        let other = crate::kibana::content::ELASTIC_RULE_IDS[1];
+        let o = Observed {
+            rules: vec![
+                ours.clone(),
+                // Installed by this owner (recorded), and by a person (not recorded).
+                json!({"rule_id": elastic, "immutable": true}),
+                json!({"rule_id": other, "immutable": true}),
+            ],
+            offer: Availability::none("no rule of Elastic's is wanted"),
+            job: JobSeen::Leftovers(vec![(mljob::JOB_ID.into(), json!({}))]),
+        };
+        let nothing = Desired::nothing(&owner(), "default");
+        let recorded = Recorded {
+            rules: true,
+            prebuilt: vec![elastic.to_string()],
+            jobs: vec![],
+        };
+        let p = diff(&nothing, &o, &recorded, false);
+        let gone: Vec<String> = p.steps.iter().filter_map(|s| s.action.gone()).collect();
+        assert_eq!(
+            gone,
+            vec![
+                format!("rule {}", ours["rule_id"].as_str().unwrap()),
+                format!("Elastic's prebuilt rule {elastic}"),
+                format!(
+                    "datafeed {}, anomaly detection job {}",
+                    mljob::datafeed_id(mljob::JOB_ID),
+                    mljob::JOB_ID
+                ),
+            ]
+        );
+        assert_eq!(gone.len(), p.steps.len(), "removal only: {:?}", p.lines());
     }
 
     #[test]
