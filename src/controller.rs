@@ -1340,14 +1340,7 @@ async fn rules_pass(
     // Kibana's version decides which fields its rules accept and which job Elastic ships
     // (cached like the cluster's, so a glance pass rarely asks again).
     let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
-    let features = kibana::KibanaFeatures::new(
-        kibana::StackVersion::parse(&kstatus.version).ok_or_else(|| Error::Rejected {
-            service: crate::error::Service::Kibana,
-            what: "GET /api/status".into(),
-            status: 200,
-            detail: format!("version `{}` is not a stack version", kstatus.version),
-        })?,
-    );
+    let features = detection::features(&kstatus.version)?;
     let desired = detection::build(&bundle.rules, owner, marker, &settings, features)
         .inspect_err(|e| report.set(RULES, false, e.reason(), e.to_string()))?;
     // A glance that checked the job's tasks proved it open and fed.
@@ -1487,13 +1480,7 @@ async fn rules_pass(
             ),
             None => " (the machine_learning rule is not selected: no anomaly job)".to_string(),
         };
-        route_message(
-            &plan.route.decision,
-            &plan.route.offer,
-            &kstatus.version,
-            plan.route.custom.len(),
-            &space,
-        ) + &note
+        plan.route_message(&kstatus.version) + &note
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };
@@ -1504,49 +1491,6 @@ async fn rules_pass(
         msg,
     );
     Ok(())
-}
-
-/// The rules condition's message: which route each of Elastic's rules took, and why.
-fn route_message(
-    d: &crate::kibana::prebuilt::Decision,
-    avail: &crate::kibana::prebuilt::Availability,
-    version: &str,
-    custom: usize,
-    space: &str,
-) -> String {
-    let mut parts = Vec::new();
-    let prebuilt = d.prebuilt();
-    if !prebuilt.is_empty() {
-        let ours = d.ours.len() + d.install.len();
-        let persons = if d.persons.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} already installed by someone else, used as they are and not managed ({})",
-                d.persons.len(),
-                d.persons.join(", ")
-            )
-        };
-        parts.push(format!(
-            "Elastic's prebuilt rules through Kibana {version}'s prebuilt-rules API: {} in space {space}, {ours} installed by this DgaModel{persons}",
-            prebuilt.len()
-        ));
-    }
-    if custom > 0 || prebuilt.is_empty() {
-        let why = if !avail.api {
-            avail.why_not.clone()
-        } else if d.custom.is_empty() {
-            "rules of the release that are not Elastic's".to_string()
-        } else {
-            format!(
-                "Kibana {version} does not offer Elastic's DGA rules as prebuilt rules: its security_detection_engine package is absent (air-gapped?) or lacks them"
-            )
-        };
-        parts.push(format!(
-            "custom rules under the operator's rule_ids ({why}): {custom} rules in space {space}"
-        ));
-    }
-    parts.join("; ")
 }
 
 /// Kibana's version and health, cached like the cluster's, reported as a condition.

@@ -1049,7 +1049,10 @@ async fn kibana_url_installs_the_rules_once_and_remove_takes_them() {
         assert!(steps.iter().any(|s| s.starts_with(&want)), "{want}: {plan}");
     }
     assert_eq!(
-        steps.iter().filter(|s| s.starts_with("create rule ")).count(),
+        steps
+            .iter()
+            .filter(|s| s.starts_with("create rule "))
+            .count(),
         4,
         "{plan}"
     );

@@ -183,7 +183,14 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
     );
     assert!(model < router && router < rule && rule < job_at, "{plan}");
     assert!(job_at < feed_at && feed_at < start_at, "{plan}");
-    assert_eq!(steps.iter().filter(|s| s.starts_with("create rule")).count(), 4, "{plan}");
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("create rule"))
+            .count(),
+        4,
+        "{plan}"
+    );
     assert!(env.stack().models().await.is_empty() && env.stack().pipelines().await.is_empty());
     assert!(env.stack().rules("default").await.is_empty());
     let (_, _, note) = env.wait_event("dga", "Planned").await;

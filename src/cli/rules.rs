@@ -56,13 +56,7 @@ pub async fn plan(
     let client = client(kb, timeout)?;
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
-    let version = kibana::StackVersion::parse(&status.version).ok_or_else(|| Error::Rejected {
-        service: crate::error::Service::Kibana,
-        what: "GET /api/status".into(),
-        status: 200,
-        detail: format!("version `{}` is not a stack version", status.version),
-    })?;
-    let features = kibana::KibanaFeatures::new(version);
+    let features = detection::features(&status.version)?;
     let desired = detection::build(
         &bundle.rules,
         &Owner::cli(),
@@ -70,23 +64,10 @@ pub async fn plan(
         &detection::Settings::default(),
         features,
     )?;
-    let observed = detection::observe(Some(&client), es, &desired, None, JobLook::Read, false).await?;
+    let observed =
+        detection::observe(Some(&client), es, &desired, None, JobLook::Read, false).await?;
     let plan = detection::diff(&desired, &observed, &Recorded::default(), overwrite);
-    let route = &plan.route;
-    let prebuilt = route.decision.prebuilt().len();
-    let why = if route.offer.api {
-        "not offered by Kibana's prebuilt-rules API".to_string()
-    } else {
-        route.offer.why_not.clone()
-    };
-    let route_line = match (prebuilt, route.custom.len()) {
-        (0, n) => format!("{n} custom rules under the operator's rule_ids ({why})"),
-        (p, 0) => format!("{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API"),
-        (p, n) => format!(
-            "{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API, {n} custom rules ({why})"
-        ),
-    };
-    out.line(format!("Kibana rules: {route_line}"));
+    out.line(format!("Kibana rules: {}", plan.route_line()));
     if let Some(c) = &plan.job_conflict {
         return Err(Error::Conflict(c.clone()));
     }

@@ -57,7 +57,11 @@ impl Plan {
 
     /// No step and nothing in the way.
     pub fn is_empty(&self) -> bool {
-        self.es.is_empty() && self.detection.as_ref().is_none_or(detection::Plan::is_empty)
+        self.es.is_empty()
+            && self
+                .detection
+                .as_ref()
+                .is_none_or(detection::Plan::is_empty)
     }
 
     /// Conflicts then steps, one line each (`conflict: ...`), for status.plan and events.
