@@ -1368,11 +1368,9 @@ async fn rules_pass(
         Some(CachedInfo::Prebuilt(a)) if glanced => Some(a),
         _ => None,
     };
-    let jobs_recorded = !recorded.jobs.is_empty();
-    let observed =
-        detection::observe(Some(&client), es, &desired, known, look, jobs_recorded).await?;
-    ctx.remember(offer_key, CachedInfo::Prebuilt(observed.offer.clone()));
-    let plan = detection::diff(&desired, &observed, &recorded, obj.spec.overwrite);
+    let overwrite = obj.spec.overwrite;
+    let plan = detection::plan(&client, es, &desired, known, look, &recorded, overwrite).await?;
+    ctx.remember(offer_key, CachedInfo::Prebuilt(plan.route.offer.clone()));
     if !plan.conflicts.is_empty() {
         let e = Error::Conflict(plan.conflict_details().join("; "));
         report.set(RULES, false, "Conflict", e.to_string());

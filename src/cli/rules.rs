@@ -64,9 +64,17 @@ pub async fn plan(
         &detection::Settings::default(),
         features,
     )?;
-    let observed =
-        detection::observe(Some(&client), es, &desired, None, JobLook::Read, false).await?;
-    let plan = detection::diff(&desired, &observed, &Recorded::default(), overwrite);
+    let recorded = Recorded::default();
+    let plan = detection::plan(
+        &client,
+        es,
+        &desired,
+        None,
+        JobLook::Read,
+        &recorded,
+        overwrite,
+    )
+    .await?;
     out.line(format!("Kibana rules: {}", plan.route_line()));
     if let Some(c) = &plan.job_conflict {
         return Err(Error::Conflict(c.clone()));

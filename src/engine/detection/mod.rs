@@ -74,6 +74,22 @@ pub struct Desired {
     pub needs_job: bool,
 }
 
+/// Observe then diff: what a front door runs to know what to do (`recorded.jobs` says whether
+/// a job no longer needed may be the owner's).
+pub async fn plan(
+    client: &crate::kibana::KibanaClient,
+    es: &crate::elasticsearch::Elasticsearch,
+    d: &Desired,
+    known_offer: Option<crate::kibana::prebuilt::Availability>,
+    job: JobLook,
+    recorded: &Recorded,
+    overwrite: bool,
+) -> Result<Plan, Error> {
+    let jobs_recorded = !recorded.jobs.is_empty();
+    let o = observe(Some(client), es, d, known_offer, job, jobs_recorded).await?;
+    Ok(diff(d, &o, recorded, overwrite))
+}
+
 /// What Kibana's version (from `GET /api/status`) changes in the rules and the job.
 pub fn features(version: &str) -> Result<KibanaFeatures, Error> {
     crate::kibana::StackVersion::parse(version)
