@@ -429,13 +429,10 @@ struct Report {
     now: Time,
     events: Vec<Event>,
     applied_something: bool,
-    suspended: Option<Plan>,
-    /// Suspended with Kibana-side changes pending.
-    rules_pending: bool,
+    /// Suspended or `mode: Plan`: what Apply would do, both services.
+    suspended: Option<engine::plan::Plan>,
     /// `mode: Plan`: report the pending changes as a plan.
     plan_mode: bool,
-    /// Kibana-side changes a dry run would make.
-    rules_plan: Vec<String>,
     /// Set by an Apply pass: what the object settles on if the pass ends Ready and verified.
     settle: Option<Settled>,
 }
@@ -463,9 +460,7 @@ impl Report {
             events: Vec::new(),
             applied_something: false,
             suspended: None,
-            rules_pending: false,
             plan_mode: obj.spec.mode == crate::api::Mode::Plan,
-            rules_plan: Vec::new(),
             settle: None,
         }
     }
@@ -560,13 +555,7 @@ impl Report {
                 let pending: Vec<String> = self
                     .suspended
                     .iter()
-                    .flat_map(|p| {
-                        p.conflicts
-                            .iter()
-                            .map(|c| format!("conflict: {c}"))
-                            .chain(p.actions.iter().map(ToString::to_string))
-                    })
-                    .chain(self.rules_plan.iter().cloned())
+                    .flat_map(engine::plan::Plan::pending)
                     .collect();
                 let summary = if pending.is_empty() {
                     "no changes".to_string()
@@ -829,7 +818,10 @@ async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), 
             &plan,
             spec.mode == crate::api::Mode::Plan,
         );
-        report.suspended = Some(plan);
+        report.suspended = Some(engine::plan::Plan {
+            es: plan,
+            detection: None,
+        });
     } else {
         let insecure = target.elasticsearch.insecure;
         if let Err(e) = apply_es(
@@ -1363,8 +1355,9 @@ impl Drop for ForgetOnError<'_> {
     }
 }
 
-/// The Kibana side: the detection rules, and the anomaly job the ML rule needs. Runs after the
-/// Elasticsearch side converged, so a Kibana outage never holds back the enrichment.
+/// The Kibana side: the detection rules, and the anomaly job the ML rule needs, planned and
+/// applied by the engine's detection part. Runs after the Elasticsearch side converged, so a
+/// Kibana outage never holds back the enrichment.
 #[allow(clippy::too_many_arguments)]
 async fn rules_pass(
     obj: &DgaModel,
@@ -1377,9 +1370,20 @@ async fn rules_pass(
     glanced: bool,
     report: &mut Report,
 ) -> Result<(), Error> {
-    use crate::kibana::{self, KibanaClient, RuleAction, RulesInput};
+    use crate::kibana::{self, KibanaClient};
+    use engine::detection::{self, JobLook, Recorded};
     let spec = obj.spec.rules.clone().unwrap_or_default();
-    let space = spec.space.clone().unwrap_or_else(|| "default".into());
+    let settings = detection::Settings {
+        space: spec.space.clone().unwrap_or_else(|| "default".into()),
+        wanted: spec.enabled.unwrap_or(true),
+        selected: spec.rule_ids.clone(),
+        index: spec
+            .index
+            .clone()
+            .unwrap_or_else(kibana::rules::default_index),
+        enable_new: spec.enable_new_rules.unwrap_or(true),
+    };
+    let space = settings.space.clone();
     let Some(kb) = &target.kibana else {
         report.status.rules = None;
         if spec.enabled == Some(true) {
@@ -1397,246 +1401,59 @@ async fn rules_pass(
         );
         return Ok(());
     };
-    let wanted = spec.enabled.unwrap_or(true);
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
     // Kibana's version decides which fields its rules accept and which job Elastic ships
     // (cached like the cluster's, so a glance pass rarely asks again).
     let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
-    let features = kibana::KibanaFeatures::new(
-        kibana::StackVersion::parse(&kstatus.version).ok_or_else(|| Error::Rejected {
-            service: crate::error::Service::Kibana,
-            what: "GET /api/status".into(),
-            status: 200,
-            detail: format!("version `{}` is not a stack version", kstatus.version),
-        })?,
-    );
-
-    let mut input = RulesInput {
-        source_rules: bundle.rules.clone(),
-        selected: spec.rule_ids.clone(),
-        index: spec
-            .index
-            .clone()
-            .unwrap_or_else(kibana::rules::default_index),
-        enabled: spec.enable_new_rules.unwrap_or(true),
-        owner: owner.key(),
-        kibana: features,
-        job_id: engine::mljob::job_id_for(&features).to_string(),
-    };
-    let unknown = kibana::rules::unknown_selected(&input);
-    if !unknown.is_empty() {
-        let e = Error::InvalidSpec(format!(
-            "spec.rules.ruleIds: unknown rule_id {}",
-            unknown.join(", ")
-        ));
-        report.set(RULES, false, "InvalidSpec", e.to_string());
-        return Err(e);
-    }
-    let mut desired = if wanted {
-        kibana::desired_rules(&input)
-    } else {
-        Vec::new()
-    };
-    let needs_job = desired
-        .iter()
-        .any(|r| r.get("type").and_then(|t| t.as_str()) == Some("machine_learning"));
-    // The ML rule watches the job that exists: Fleet's module job if there is one.
+    let features = detection::features(&kstatus.version)?;
+    let desired = detection::build(&bundle.rules, owner, marker, &settings, features)
+        .inspect_err(|e| report.set(RULES, false, e.reason(), e.to_string()))?;
+    // A glance that checked the job's tasks proved it open and fed.
     let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
-    let job = match report.status.objects.jobs.first() {
-        Some(id) if checked => engine::mljob::JobChoice {
-            id: id.clone(),
-            fleet: false,
-        },
-        _ if needs_job => engine::mljob::choose(es, &features).await?,
-        _ => engine::mljob::JobChoice {
-            id: input.job_id.clone(),
-            fleet: false,
-        },
+    let look = match report.status.objects.jobs.first() {
+        Some(id) if checked => JobLook::Proven(id.clone()),
+        _ => JobLook::Read,
     };
-    if job.id != input.job_id {
-        input.job_id = job.id.clone();
-        desired = kibana::desired_rules(&input);
-    }
-    let own_tag = kibana::owner_tag(&owner.key());
-    let observed = kibana::rules::observe(&client, &space, &desired, &own_tag).await?;
-    // Elastic's prebuilt rules where Kibana offers them, custom rules for the rest.
-    let recorded_prebuilt = if report.status.objects.rules_space.as_deref() == Some(space.as_str())
-    {
-        report.status.objects.prebuilt_rules.clone()
-    } else {
-        Vec::new()
+    // A rule, prebuilt rule, job or datafeed created again where the status records them
+    // installed was removed by hand: a repair, counted and reported as one.
+    let same_space = report.status.objects.rules_space.as_deref() == Some(space.as_str());
+    let recorded = Recorded {
+        rules: same_space,
+        prebuilt: if same_space {
+            report.status.objects.prebuilt_rules.clone()
+        } else {
+            Vec::new()
+        },
+        jobs: report.status.objects.jobs.clone(),
     };
-    // Asked on every full pass, reused from the cache on a quiet resync (one Kibana read per
-    // resync stays one).
+    // What Kibana offers of Elastic's rules: asked on every full pass, reused from the cache on
+    // a quiet resync (one Kibana read per resync stays one).
     let offer_key = format!("{} prebuilt {space}", kb.cache_key());
     let known = match ctx.cached(&offer_key) {
         Some(CachedInfo::Prebuilt(a)) if glanced => Some(a),
         _ => None,
     };
-    let kibana::prebuilt::Route {
-        offer: avail,
-        decision,
-        custom,
-    } = kibana::prebuilt::route(
-        &client,
-        &space,
-        &features,
-        &desired,
-        &observed,
-        &recorded_prebuilt,
-        known,
-    )
-    .await?;
-    ctx.remember(offer_key, CachedInfo::Prebuilt(avail.clone()));
-    let actions = kibana::rules::plan(&custom, &observed, &own_tag, obj.spec.overwrite);
-    let conflicts: Vec<String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            RuleAction::Conflict { detail, .. } => Some(detail.clone()),
-            _ => None,
-        })
-        .collect();
-    if !conflicts.is_empty() {
-        let e = Error::Conflict(conflicts.join("; "));
+    let overwrite = obj.spec.overwrite;
+    let plan = detection::plan(&client, es, &desired, known, look, &recorded, overwrite).await?;
+    ctx.remember(offer_key, CachedInfo::Prebuilt(plan.route.offer.clone()));
+    if !plan.conflicts.is_empty() {
+        let e = Error::Conflict(plan.conflict_details().join("; "));
         report.set(RULES, false, "Conflict", e.to_string());
         return Err(e);
     }
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
-    // A rule, job or datafeed created again where the status records them installed was
-    // removed by hand: a repair, counted and reported as one.
-    let rules_recorded = report.status.objects.rules_space.as_deref() == Some(space.as_str());
-    let job_recorded = !report.status.objects.jobs.is_empty();
-    let mut repairs = 0usize;
-    let mut done = Vec::new();
-    let installs = kibana::prebuilt::describe(&decision);
-    if !suspended && (!actions.is_empty() || !installs.is_empty()) {
-        let what: Vec<String> = actions
-            .iter()
-            .map(|a| a.describe())
-            .chain(installs.iter().cloned())
-            .collect();
-        report
-            .progress(ctx, format!("applying in Kibana: {}", what.join("; ")))
-            .await;
-    }
-    for a in &actions {
-        if rules_recorded && matches!(a, RuleAction::Create(_)) {
-            repairs += 1;
-            done.push(format!("repair: {}", a.describe()));
-        } else {
-            done.push(a.describe());
-        }
-        if !suspended {
-            kibana::rules::apply(&client, &space, a)
-                .await
-                .inspect_err(|e| {
-                    report.set(RULES, false, e.reason(), e.to_string());
-                })?;
-        }
-    }
-    for (i, d) in installs.into_iter().enumerate() {
-        let repair = decision
-            .install
-            .get(i)
-            .is_some_and(|(id, _)| recorded_prebuilt.contains(id));
-        if repair {
-            repairs += 1;
-            done.push(format!("repair: {d}"));
-        } else {
-            done.push(d);
-        }
-    }
-    if !suspended {
-        let installed = kibana::prebuilt::apply(&client, &space, &decision, input.enabled)
-            .await
-            .inspect_err(|e| report.set(RULES, false, e.reason(), e.to_string()))?;
-        let (removed, customised) =
-            kibana::prebuilt::remove(&client, &space, &decision.remove).await?;
-        // Ours: what was ours and is still there, plus what Kibana created now; a rule a
-        // person customised since is theirs.
-        let mut record: Vec<String> = decision
-            .ours
-            .iter()
-            .chain(installed.ids.iter())
-            .filter(|id| !removed.contains(id) && !customised.contains(id))
-            .cloned()
-            .collect();
-        record.sort();
-        record.dedup();
-        // Recorded with its space at once: a pass that fails after installing (the enable
-        // step) must leave the next one knowing these installs are ours.
-        if !record.is_empty() {
-            report.status.objects.rules_space = Some(space.clone());
-        }
-        report.status.objects.prebuilt_rules = record;
-        if !installed.errors.is_empty() {
-            let e = Error::Rejected {
-                service: crate::error::Service::Kibana,
-                what: "install Elastic's prebuilt rules".into(),
-                status: 200,
-                detail: installed.errors.join("; "),
-            };
-            report.set(RULES, false, e.reason(), e.to_string());
-            return Err(e);
-        }
-    }
-    // The ML rule is useless without its job: install it alongside, remove it when unselected.
-    let mut waiting: Option<String> = None;
-    if needs_job {
-        // A glance that checked the job's tasks proved it open and fed.
-        if !checked {
-            let ch = engine::mljob::ensure(
-                es,
-                owner,
-                marker,
-                &job,
-                &input.index,
-                obj.spec.overwrite,
-                suspended,
-            )
-            .await?;
-            for d in ch.done {
-                if job_recorded && d.starts_with("create ") {
-                    repairs += 1;
-                    done.push(format!("repair: {d}"));
-                } else {
-                    done.push(d);
-                }
-            }
-            waiting = ch.waiting;
-        }
-        job_condition(report, &job, &input.index, waiting.as_deref(), ctx);
-        // A datafeed waiting for data is not settled: the next resync tries to start it again
-        // (one refused `_start`, no backoff).
-        if let Some(s) = report.settle.as_mut() {
-            s.job = waiting.is_none();
-        }
-        // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
-        // Suspended or planned, the job is not there to record (a later pass would take its
-        // first creation for a repair).
-        if !suspended {
-            report.status.objects.jobs = if job.fleet {
-                Vec::new()
-            } else {
-                vec![job.id.clone()]
-            };
-        }
-    } else if !report.status.objects.jobs.is_empty() && !suspended {
-        done.extend(
-            engine::mljob::remove(es, owner)
-                .await?
-                .into_iter()
-                .map(|d| format!("remove {d}")),
-        );
-        report.status.objects.jobs.clear();
-    }
-    if !needs_job && !suspended {
-        report.status.conditions.retain(|c| c.type_ != JOB);
-    }
     if suspended {
-        report.rules_pending = !done.is_empty();
-        report.rules_plan = done.clone();
+        if let Some(c) = &plan.job_conflict {
+            return Err(Error::Conflict(c.clone()));
+        }
+        if let Some(job) = &plan.job {
+            job_condition(report, job, &plan.index, None, ctx);
+            if let Some(s) = report.settle.as_mut() {
+                s.job = true;
+            }
+        }
+        let done = plan.lines();
         let plan_mode = obj.spec.mode == crate::api::Mode::Plan;
         let (reason, msg) = match (plan_mode, done.is_empty()) {
             (true, true) => ("InSync", "mode Plan; rules are current".to_string()),
@@ -1648,11 +1465,67 @@ async fn rules_pass(
             ),
         };
         report.set(RULES, done.is_empty(), reason, msg);
+        if let Some(p) = report.suspended.as_mut() {
+            p.detection = Some(plan);
+        }
         return Ok(());
     }
+    let in_kibana: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.action.service() == crate::error::Service::Kibana)
+        .map(ToString::to_string)
+        .collect();
+    if !in_kibana.is_empty() {
+        report
+            .progress(ctx, format!("applying in Kibana: {}", in_kibana.join("; ")))
+            .await;
+    }
+    let (applied, failed) =
+        match detection::apply(Some(&client), es, &desired, &plan, settings.enable_new).await {
+            Ok(a) => (a, None),
+            Err((a, f)) => (a, Some(f)),
+        };
+    if let Some(r) = &applied.prebuilt_record {
+        // Recorded with its space at once: a pass that fails after installing (the enable
+        // step) must leave the next one knowing these installs are ours.
+        if !r.is_empty() {
+            report.status.objects.rules_space = Some(space.clone());
+        }
+        report.status.objects.prebuilt_rules = r.clone();
+    }
+    if let Some(f) = failed {
+        if f.in_rules {
+            report.set(RULES, false, f.error.reason(), f.error.to_string());
+        }
+        return Err(f.error);
+    }
+    let done: Vec<String> = applied.done.iter().map(ToString::to_string).collect();
+    let repairs = applied.done.iter().filter(|s| s.repair).count();
+    match &plan.job {
+        Some(job) => {
+            job_condition(report, job, &plan.index, applied.waiting.as_deref(), ctx);
+            // A datafeed waiting for data is not settled: the next resync tries to start it
+            // again (one refused `_start`, no backoff).
+            if let Some(s) = report.settle.as_mut() {
+                s.job = applied.waiting.is_none();
+            }
+            // Only a job this DgaModel holds is recorded (and removed on delete); Fleet's is not.
+            report.status.objects.jobs = if job.fleet {
+                Vec::new()
+            } else {
+                vec![job.id.clone()]
+            };
+        }
+        None => {
+            report.status.objects.jobs.clear();
+            report.status.conditions.retain(|c| c.type_ != JOB);
+        }
+    }
+    let wanted = settings.wanted;
     report.status.objects.rules_space =
         (wanted || !report.status.objects.prebuilt_rules.is_empty()).then(|| space.clone());
-    report.status.rules = Some(format!("{}/{}", desired.len(), desired.len()));
+    report.status.rules = Some(format!("{}/{}", plan.rules, plan.rules));
     if !done.is_empty() {
         report.applied_something = true;
         ctx.metrics.drift_repaired(repairs); // metrics
@@ -1664,13 +1537,8 @@ async fn rules_pass(
         report.event(false, reason, "Apply", done.join("; "));
     }
     let msg = if wanted {
-        let skipped = if needs_job {
-            String::new()
-        } else {
-            " (the machine_learning rule is not selected: no anomaly job)".to_string()
-        };
-        let job_note = if needs_job {
-            format!(
+        let note = match &plan.job {
+            Some(job) => format!(
                 "; the machine_learning rule watches {}{}",
                 job.id,
                 if job.fleet {
@@ -1678,13 +1546,10 @@ async fn rules_pass(
                 } else {
                     ""
                 }
-            )
-        } else {
-            String::new()
+            ),
+            None => " (the machine_learning rule is not selected: no anomaly job)".to_string(),
         };
-        route_message(&decision, &avail, &kstatus.version, custom.len(), &space)
-            + &job_note
-            + &skipped
+        plan.route_message(&kstatus.version) + &note
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };
@@ -1695,49 +1560,6 @@ async fn rules_pass(
         msg,
     );
     Ok(())
-}
-
-/// The rules condition's message: which route each of Elastic's rules took, and why.
-fn route_message(
-    d: &crate::kibana::prebuilt::Decision,
-    avail: &crate::kibana::prebuilt::Availability,
-    version: &str,
-    custom: usize,
-    space: &str,
-) -> String {
-    let mut parts = Vec::new();
-    let prebuilt = d.prebuilt();
-    if !prebuilt.is_empty() {
-        let ours = d.ours.len() + d.install.len();
-        let persons = if d.persons.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} already installed by someone else, used as they are and not managed ({})",
-                d.persons.len(),
-                d.persons.join(", ")
-            )
-        };
-        parts.push(format!(
-            "Elastic's prebuilt rules through Kibana {version}'s prebuilt-rules API: {} in space {space}, {ours} installed by this DgaModel{persons}",
-            prebuilt.len()
-        ));
-    }
-    if custom > 0 || prebuilt.is_empty() {
-        let why = if !avail.api {
-            avail.why_not.clone()
-        } else if d.custom.is_empty() {
-            "rules of the release that are not Elastic's".to_string()
-        } else {
-            format!(
-                "Kibana {version} does not offer Elastic's DGA rules as prebuilt rules: its security_detection_engine package is absent (air-gapped?) or lacks them"
-            )
-        };
-        parts.push(format!(
-            "custom rules under the operator's rule_ids ({why}): {custom} rules in space {space}"
-        ));
-    }
-    parts.join("; ")
 }
 
 /// Kibana's version and health, cached like the cluster's, reported as a condition.
@@ -2032,31 +1854,27 @@ async fn cleanup(obj: &DgaModel, ctx: &Context, owner: &Owner) -> Result<Vec<Str
     let mut removed = Vec::new();
     // Rules first (they alert on the enrichment), then the job, then the enrichment itself.
     let status = obj.status.clone().unwrap_or_default();
-    if let (Some(space), Some(kb)) = (&status.objects.rules_space, &target.kibana) {
-        use crate::kibana::{self, KibanaClient};
-        let client = KibanaClient::new(
-            kb.http_client(ctx.settings.request_timeout)?,
-            &kb.url,
-            kb.auth.clone(),
-        );
-        // Elastic's prebuilt rules this DgaModel installed (never one a person installed or
-        // has customised since).
-        let (gone, _customised) =
-            kibana::prebuilt::remove(&client, space, &status.objects.prebuilt_rules).await?;
-        removed.extend(
-            gone.into_iter()
-                .map(|id| format!("Elastic's prebuilt rule {id}")),
-        );
-        let own_tag = kibana::owner_tag(&owner.key());
-        let observed = kibana::rules::observe(&client, space, &[], &own_tag).await?;
-        for a in kibana::diff(&[], &observed, &own_tag) {
-            kibana::rules::apply(&client, space, &a).await?;
-            removed.push(format!("rule {}", a.rule_id()));
-        }
-    }
-    if !status.objects.jobs.is_empty() {
-        removed.extend(engine::mljob::remove(&es, owner).await?);
-    }
+    let client = match (&status.objects.rules_space, &target.kibana) {
+        (Some(space), Some(kb)) => Some((
+            crate::kibana::KibanaClient::new(
+                kb.http_client(ctx.settings.request_timeout)?,
+                &kb.url,
+                kb.auth.clone(),
+            ),
+            space.as_str(),
+        )),
+        _ => None,
+    };
+    removed.extend(
+        engine::detection::remove(
+            client.as_ref().map(|(c, space)| (c, *space)),
+            &es,
+            owner,
+            &status.objects.prebuilt_rules,
+            !status.objects.jobs.is_empty(),
+        )
+        .await?,
+    );
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     Ok(removed)
 }

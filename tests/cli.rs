@@ -1026,6 +1026,44 @@ async fn kibana_url_installs_the_rules_once_and_remove_takes_them() {
             .count()
     };
 
+    // Issue 14: one plan, from one engine, lists both services' objects: the model, scripts
+    // and pipelines, the Kibana rules, the anomaly job and its datafeed; nothing is written.
+    let plan = bed.run(&with_kibana("plan", &["-t", TAG])).await;
+    assert_eq!(plan.code, 2, "{plan}");
+    let steps: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let job = "dga_high_sum_probability";
+    for want in [
+        "create trained model ".to_string(),
+        "create ingest pipeline ".to_string(),
+        "create rule ".to_string(),
+        format!("create anomaly detection job {job}"),
+        format!("create datafeed datafeed-{job}"),
+        format!("open job {job}"),
+        format!("start datafeed datafeed-{job}"),
+    ] {
+        assert!(steps.iter().any(|s| s.starts_with(&want)), "{want}: {plan}");
+    }
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("create rule "))
+            .count(),
+        4,
+        "{plan}"
+    );
+    assert!(
+        plan.stdout
+            .contains(&format!("setup would make {} change(s)", steps.len())),
+        "{plan}"
+    );
+    assert!(bed.es_writes().is_empty(), "{:?}", bed.es_writes());
+    assert_eq!(kibana_writes(), 0);
+
     let run = bed.run(&with_kibana("setup", &["-t", TAG])).await;
     assert_eq!(run.code, 0, "{run}");
     assert_installed(&bed, &rel);

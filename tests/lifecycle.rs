@@ -161,6 +161,36 @@ async fn plan_mode_changes_nothing_and_matches_what_apply_does() {
         plan.contains("create trained model") && plan.contains("create rule"),
         "{plan}"
     );
+    // Issue 14: one plan across both services, in apply order: Elasticsearch's objects, the
+    // Kibana rules, then the anomaly job and its datafeed.
+    let steps: Vec<&str> = plan.split("; ").collect();
+    let at = |want: &str| {
+        steps
+            .iter()
+            .position(|s| s.starts_with(want))
+            .unwrap_or_else(|| panic!("{want}: {plan}"))
+    };
+    let job = "dga_high_sum_probability";
+    let (model, router, rule) = (
+        at("create trained model"),
+        at(&format!("create ingest pipeline {}", rel.router_pipeline)),
+        at("create rule"),
+    );
+    let (job_at, feed_at, start_at) = (
+        at(&format!("create anomaly detection job {job}")),
+        at(&format!("create datafeed datafeed-{job}")),
+        at(&format!("start datafeed datafeed-{job}")),
+    );
+    assert!(model < router && router < rule && rule < job_at, "{plan}");
+    assert!(job_at < feed_at && feed_at < start_at, "{plan}");
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("create rule"))
+            .count(),
+        4,
+        "{plan}"
+    );
     assert!(env.stack().models().await.is_empty() && env.stack().pipelines().await.is_empty());
     assert!(env.stack().rules("default").await.is_empty());
     let (_, _, note) = env.wait_event("dga", "Planned").await;

@@ -758,6 +758,14 @@ impl Planned {
     fn is_empty(&self) -> bool {
         self.plan.actions.is_empty() && self.rules.as_ref().is_none_or(rules::RulesPlan::is_empty)
     }
+
+    /// One plan across both services, as the controller's `mode: Plan` reports it.
+    fn whole(&self) -> engine::plan::Plan {
+        engine::plan::Plan {
+            es: self.plan.clone(),
+            detection: self.rules.as_ref().map(|r| r.plan.clone()),
+        }
+    }
 }
 
 /// The release opened and the cluster checked: what every pass of `setup` and `plan` starts
@@ -997,7 +1005,7 @@ async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop
         warnings.extend(applied.warnings);
     }
     if let Some(r) = &planned.rules {
-        rules::apply(out, r, &s.es, &desired.marker, s.overwrite, made)
+        rules::apply(out, r, &s.es, made)
             .await
             .map_err(Stop::Error)?;
     }
@@ -1038,11 +1046,10 @@ async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
         return Ok(EXIT_OK);
     }
     let steps: Vec<String> = planned
-        .plan
-        .actions
-        .iter()
-        .map(ToString::to_string)
-        .chain(planned.rules.iter().flat_map(rules::RulesPlan::describe))
+        .whole()
+        .lines()
+        .into_iter()
+        .map(|l| l.text)
         .collect();
     if !steps.is_empty() {
         out.line(format!("setup would make {} change(s):", steps.len()));

@@ -88,36 +88,11 @@ pub fn datafeed_body(job: &str, index: &[String]) -> Value {
     })
 }
 
-fn fleet_made(job: &Value) -> bool {
+/// Fleet's module made this job (Kibana's module setup): used as it is, never taken.
+pub fn fleet_made(job: &Value) -> bool {
     job.pointer("/custom_settings/created_by")
         .and_then(Value::as_str)
         == Some(FLEET_CREATED_BY)
-}
-
-/// The job the machine-learning rule should watch: Fleet's module job when one exists (either
-/// id; the version's first), else the version's id, which the operator creates or holds.
-pub async fn choose(es: &Elasticsearch, k: &KibanaFeatures) -> Result<JobChoice, Error> {
-    let first = job_id_for(k);
-    let other = if first == JOB_ID { JOB_ID_EA } else { JOB_ID };
-    let have = es.get_job(first).await?;
-    if let Some(j) = &have {
-        return Ok(JobChoice {
-            id: first.to_string(),
-            fleet: fleet_made(j),
-        });
-    }
-    if let Some(j) = es.get_job(other).await?
-        && fleet_made(&j)
-    {
-        return Ok(JobChoice {
-            id: other.to_string(),
-            fleet: true,
-        });
-    }
-    Ok(JobChoice {
-        id: first.to_string(),
-        fleet: false,
-    })
 }
 
 /// Which job the rule watches, and whether Fleet's module made it (then it is left alone).
@@ -125,131 +100,6 @@ pub async fn choose(es: &Elasticsearch, k: &KibanaFeatures) -> Result<JobChoice,
 pub struct JobChoice {
     pub id: String,
     pub fleet: bool,
-}
-
-/// What ensuring the job did, for events.
-#[derive(Debug, Default, PartialEq)]
-pub struct JobChanges {
-    pub done: Vec<String>,
-    /// The datafeed could not start for want of data (Elasticsearch's reason): the job is
-    /// open and waits; the next pass tries again.
-    pub waiting: Option<String>,
-}
-
-/// Creates, opens and starts what is missing; repairs a datafeed whose indices changed.
-/// `dry_run` reports without writing. A job with this id that is not ours is a conflict.
-pub async fn ensure(
-    es: &Elasticsearch,
-    owner: &Owner,
-    marker: &Marker,
-    job: &JobChoice,
-    index: &[String],
-    overwrite: bool,
-    dry_run: bool,
-) -> Result<JobChanges, Error> {
-    let mut ch = JobChanges::default();
-    if job.fleet {
-        // Fleet's module job: Kibana's ML job settings own its datafeed and state.
-        return Ok(ch);
-    }
-    let job_id = job.id.as_str();
-    let feed = datafeed_id(job_id);
-    match es.get_job(job_id).await? {
-        None => {
-            ch.done
-                .push(format!("create anomaly detection job {job_id}"));
-            if !dry_run {
-                es.put_job(job_id, &job_body(job_id, marker)).await?;
-            }
-        }
-        Some(job) => {
-            let h = holder(
-                Marker::from_meta(job.get("custom_settings")).as_ref(),
-                owner,
-            );
-            match h {
-                Holder::Us => {}
-                Holder::Foreign if overwrite => {}
-                Holder::OtherOwner(o) => {
-                    return Err(Error::Conflict(format!(
-                        "anomaly detection job {job_id} is managed by DgaModel {o}"
-                    )));
-                }
-                Holder::Foreign => {
-                    return Err(Error::Conflict(format!(
-                        "anomaly detection job {job_id} exists and was not installed by this DgaModel (set overwrite: true to use it)"
-                    )));
-                }
-            }
-            // The marker names the release: after an upgrade (or a takeover) the job says
-            // which release it serves, like every other object.
-            if Marker::from_meta(job.get("custom_settings")).as_ref() != Some(marker) {
-                ch.done.push(format!(
-                    "mark anomaly detection job {job_id} as installed with release {}",
-                    marker.release
-                ));
-                if !dry_run {
-                    // `_update` replaces the whole map: keep what else it holds (custom_urls).
-                    let mut settings = job
-                        .get("custom_settings")
-                        .and_then(Value::as_object)
-                        .cloned()
-                        .unwrap_or_default();
-                    settings.insert(MARKER_KEY.into(), json!(marker));
-                    let update = json!({"custom_settings": settings});
-                    es.update_job(job_id, &update).await?;
-                }
-            }
-        }
-    }
-    let want_feed = datafeed_body(job_id, index);
-    match es.get_datafeed(&feed).await? {
-        None => {
-            ch.done.push(format!("create datafeed {feed}"));
-            if !dry_run {
-                es.put_datafeed(&feed, &want_feed).await?;
-            }
-        }
-        Some(have)
-            if have.get("indices") != want_feed.get("indices")
-                || have.get("query") != want_feed.get("query") =>
-        {
-            ch.done.push(format!(
-                "recreate datafeed {feed} (indices or query changed)"
-            ));
-            if !dry_run {
-                es.stop_datafeed(&feed).await?;
-                es.delete_datafeed(&feed).await?;
-                es.put_datafeed(&feed, &want_feed).await?;
-            }
-        }
-        Some(_) => {}
-    }
-    if dry_run && !ch.done.is_empty() {
-        // What does not exist yet cannot be open or started: say what apply will then do, in
-        // the same words.
-        ch.done.push(format!("open job {job_id}"));
-        ch.done.push(format!("start datafeed {feed}"));
-        return Ok(ch);
-    }
-    if es.job_state(job_id).await?.as_deref() != Some("opened") {
-        ch.done.push(format!("open job {job_id}"));
-        if !dry_run {
-            es.open_job(job_id).await?;
-        }
-    }
-    if es.datafeed_state(&feed).await?.as_deref() != Some("started") {
-        if dry_run {
-            ch.done.push(format!("start datafeed {feed}"));
-        } else {
-            match es.start_datafeed(&feed).await? {
-                None => ch.done.push(format!("start datafeed {feed}")),
-                // Not done, and not an error: a fresh stack has no DNS data yet.
-                Some(reason) => ch.waiting = Some(reason),
-            }
-        }
-    }
-    Ok(ch)
 }
 
 /// Stops and deletes the datafeeds and jobs (either id) that are ours.

@@ -6,10 +6,12 @@
 
 pub mod apply;
 pub mod build;
+pub mod detection;
 pub mod diff;
 pub mod hooks;
 pub mod mljob;
 pub mod observe;
+pub mod plan;
 pub mod templates;
 pub mod verify;
 

@@ -1,0 +1,152 @@
+//! Pure: desired vs observed on the detection side, one ordered plan (custom rules, Elastic's
+//! prebuilt rules, the job and its datafeed).
+
+use super::{Action, Conflict, Desired, JobSeen, Observed, Plan, Recorded, Step};
+use crate::engine::mljob::{self, JobChoice};
+use crate::engine::{Holder, Marker, holder};
+use crate::kibana::prebuilt::{self, Route};
+use crate::kibana::rules::{self, RuleAction};
+
+/// Pure: what to do so that Kibana and the job match `d`.
+pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> Plan {
+    let job = match &o.job {
+        JobSeen::Read { choice, .. } => Some(choice.clone()),
+        JobSeen::Proven(id) => Some(JobChoice {
+            id: id.clone(),
+            fleet: false,
+        }),
+        _ => None,
+    };
+    let desired = match &job {
+        Some(j) => d.rules_for(&j.id),
+        None => d.rules.clone(),
+    };
+    let decision = prebuilt::decide(
+        &prebuilt::wanted(&desired),
+        &o.offer,
+        &o.rules,
+        &recorded.prebuilt,
+    );
+    let custom = prebuilt::custom_only(&desired, &decision);
+    let actions = rules::plan(&custom, &o.rules, &d.owner_tag, overwrite);
+    let mut plan = Plan {
+        space: d.space.clone(),
+        rules: desired.len(),
+        route: Route {
+            offer: o.offer.clone(),
+            decision: decision.clone(),
+            custom,
+        },
+        job: job.clone(),
+        steps: Vec::new(),
+        conflicts: Vec::new(),
+        job_conflict: None,
+        index: d.input.index.clone(),
+    };
+    for a in actions {
+        match a {
+            RuleAction::Conflict { rule_id, detail } => {
+                plan.conflicts.push(Conflict { rule_id, detail })
+            }
+            a => {
+                let repair = recorded.rules && matches!(a, RuleAction::Create(_));
+                plan.steps.push(Step {
+                    action: Action::Rule(a),
+                    repair,
+                });
+            }
+        }
+    }
+    for (id, version) in &decision.install {
+        plan.steps.push(Step {
+            action: Action::InstallPrebuilt {
+                rule_id: id.clone(),
+                version: *version,
+            },
+            repair: recorded.prebuilt.contains(id),
+        });
+    }
+    for id in &decision.remove {
+        plan.steps.push(Step {
+            action: Action::RemovePrebuilt {
+                rule_id: id.clone(),
+            },
+            repair: false,
+        });
+    }
+    let job_recorded = !recorded.jobs.is_empty();
+    let mut push_job = |action: Action| {
+        let repair = job_recorded && action.creates();
+        plan.steps.push(Step { action, repair });
+    };
+    match &o.job {
+        JobSeen::Read {
+            choice,
+            job,
+            datafeed,
+            job_state,
+            datafeed_state,
+        } if !choice.fleet => {
+            let id = &choice.id;
+            let feed = mljob::datafeed_id(id);
+            match job {
+                None => push_job(Action::CreateJob { id: id.clone() }),
+                Some(have) => {
+                    let marker = Marker::from_meta(have.get("custom_settings"));
+                    match holder(marker.as_ref(), &d.owner) {
+                        Holder::Us => {}
+                        Holder::Foreign if overwrite => {}
+                        Holder::OtherOwner(o) => {
+                            plan.job_conflict = Some(format!(
+                                "anomaly detection job {id} is managed by DgaModel {o}"
+                            ))
+                        }
+                        Holder::Foreign => {
+                            plan.job_conflict = Some(format!(
+                                "anomaly detection job {id} exists and was not installed by this DgaModel (set overwrite: true to use it)"
+                            ))
+                        }
+                    }
+                    // The marker names the release: after an upgrade (or a takeover) the job
+                    // says which release it serves, like every other object.
+                    if plan.job_conflict.is_none() && marker.as_ref() != Some(&d.marker) {
+                        push_job(Action::MarkJob {
+                            id: id.clone(),
+                            release: d.marker.release.clone(),
+                        });
+                    }
+                }
+            }
+            if plan.job_conflict.is_none() {
+                let want = mljob::datafeed_body(id, &d.input.index);
+                let recreate = match datafeed {
+                    None => {
+                        push_job(Action::CreateDatafeed { id: feed.clone() });
+                        true
+                    }
+                    Some(have)
+                        if have.get("indices") != want.get("indices")
+                            || have.get("query") != want.get("query") =>
+                    {
+                        push_job(Action::RecreateDatafeed { id: feed.clone() });
+                        true
+                    }
+                    Some(_) => false,
+                };
+                if job.is_none() || job_state.as_deref() != Some("opened") {
+                    push_job(Action::OpenJob { id: id.clone() });
+                }
+                if recreate || datafeed_state.as_deref() != Some("started") {
+                    push_job(Action::StartDatafeed { id: feed });
+                }
+            }
+        }
+        JobSeen::Leftovers(ours) => {
+            for (id, _) in ours {
+                push_job(Action::RemoveJob { id: id.clone() });
+            }
+        }
+        _ => {}
+    }
+    plan
+}
