@@ -589,7 +589,7 @@ async fn a_failed_enable_is_retried() {
     env.secret("es", "changeme").await;
     env.apply("dga", spec(&rel.tag)).await;
     let ids = elastic_ids();
-    support::wait_for(Duration::from_secs(60), || async {
+    let enabled = support::wait_for(Duration::from_secs(60), || async {
         ids.iter()
             .all(|id| {
                 holding(&env, id)
@@ -598,8 +598,21 @@ async fn a_failed_enable_is_retried() {
             })
             .then_some(())
     })
-    .await
-    .expect("the rules enabled on a later pass");
+    .await;
+    if enabled.is_none() {
+        let rules: Vec<Value> = ids.iter().flat_map(|id| holding(&env, id)).collect();
+        panic!(
+            "the rules not enabled on a later pass; rules: {}; Kibana requests: {:?}; status: {}",
+            serde_json::to_string(&rules).unwrap(),
+            env.standin
+                .requests()
+                .iter()
+                .filter(|r| r.service == dga_standin::Service::Kibana)
+                .map(|r| format!("{} {} {} {:?}", r.method, r.path, r.status, r.fault))
+                .collect::<Vec<_>>(),
+            serde_json::to_string_pretty(&env.status("dga").await).unwrap()
+        );
+    }
     let enables = env
         .standin
         .requests()
@@ -611,5 +624,59 @@ async fn a_failed_enable_is_retried() {
         .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
         .await;
     assert_eq!(m.status.as_ref().unwrap().objects.prebuilt_rules, ids);
+    env.finish().await;
+}
+
+/// An installed prebuilt ML rule still on Elastic's pre-9.4 job (installed before a stack
+/// upgrade across 9.4, and not updated through Kibana's Rule Updates since; here the 9.5 rule a
+/// person pointed back at the old job) keeps the job it reads: the operator runs
+/// `dga_high_sum_probability`, not the `_ea` job the stack version would choose, so the rule
+/// never watches a job nobody feeds.
+#[tokio::test]
+async fn an_installed_ml_rule_keeps_the_job_it_reads() {
+    let env = env("pb-oldjob", "9.5.0", true).await;
+    if !env.standin_only("Kibana profiles") {
+        return env.finish().await;
+    }
+    let ids = elastic_ids();
+    person_installs(&env, &ids).await;
+    let ml = ids
+        .iter()
+        .map(|id| holding(&env, id).remove(0))
+        .find(|r| r["type"] == "machine_learning")
+        .unwrap();
+    let old = dga_operator::engine::mljob::JOB_ID;
+    let s = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/detection_engine/rules",
+            env.standin.kibana_url()
+        ))
+        .basic_auth("elastic", Some("changeme"))
+        .header("kbn-xsrf", "true")
+        .json(&json!({"rule_id": ml["rule_id"], "machine_learning_job_id": [old]}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(s.is_success(), "{s}");
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V1);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    env.wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
+        .await;
+    let m = env
+        .wait_condition("dga", "AnomalyJobRunning", "True", None)
+        .await;
+    let jobs: Vec<String> = env
+        .standin
+        .jobs()
+        .keys()
+        .filter(|k| k.contains("dga"))
+        .cloned()
+        .collect();
+    assert_eq!(jobs, [old], "the job the installed rule reads, and only it");
+    assert_eq!(m.status.as_ref().unwrap().objects.jobs, [old]);
+    assert_eq!(holding(&env, ml["rule_id"].as_str().unwrap()).len(), 1);
+    env.assert_no_off_spec();
     env.finish().await;
 }

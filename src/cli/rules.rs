@@ -109,7 +109,9 @@ pub async fn apply(
         .filter(|s| {
             matches!(
                 s.action,
-                Action::InstallPrebuilt { .. } | Action::RemovePrebuilt { .. }
+                Action::InstallPrebuilt { .. }
+                    | Action::RemovePrebuilt { .. }
+                    | Action::EnablePrebuilt { .. }
             )
         })
         .map(ToString::to_string)

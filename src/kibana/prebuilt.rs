@@ -285,6 +285,8 @@ pub fn describe(d: &Decision) -> Vec<String> {
 pub struct Installed {
     pub ids: Vec<String>,
     pub errors: Vec<String>,
+    /// Rules installed by an earlier pass and enabled by this one ([`Decision::enable`]).
+    pub enabled: Vec<String>,
 }
 
 /// Installs `d.install` and, when `enable`, enables what was installed (bulk `enable`: an
@@ -298,13 +300,18 @@ pub async fn apply(
     // An earlier pass installed these but could not enable them: enable them now.
     let pending: Vec<String> = d.enable.iter().map(|(_, id)| id.clone()).collect();
     let mut errors = Vec::new();
-    if enable && let Err(e) = client.enable_rules(space, &pending).await {
-        errors.push(format!("could not enable {}: {e}", names(&d.enable)));
+    let mut enabled = Vec::new();
+    if enable {
+        match client.enable_rules(space, &pending).await {
+            Ok(()) => enabled.extend(d.enable.iter().map(|(id, _)| id.clone())),
+            Err(e) => errors.push(format!("could not enable {}: {e}", names(&d.enable))),
+        }
     }
     if d.install.is_empty() {
         return Ok(Installed {
             ids: Vec::new(),
             errors,
+            enabled,
         });
     }
     let v = client.prebuilt_install(space, &d.install).await?;
@@ -337,7 +344,11 @@ pub async fn apply(
             ids.join(", ")
         ));
     }
-    Ok(Installed { ids, errors })
+    Ok(Installed {
+        ids,
+        errors,
+        enabled,
+    })
 }
 
 fn names(ids: &[(String, String)]) -> String {

@@ -109,6 +109,7 @@ pub async fn apply_prebuilt(
             .filter(|s| match &s.action {
                 Action::InstallPrebuilt { rule_id, .. } => installed.ids.contains(rule_id),
                 Action::RemovePrebuilt { rule_id } => removed.contains(rule_id),
+                Action::EnablePrebuilt { rule_id } => installed.enabled.contains(rule_id),
                 _ => false,
             })
             .cloned(),

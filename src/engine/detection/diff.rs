@@ -66,6 +66,17 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
             repair: recorded.prebuilt.contains(id),
         });
     }
+    // Only where new rules start enabled: otherwise the person enables them.
+    if d.input.enabled {
+        for (id, _) in &decision.enable {
+            plan.steps.push(Step {
+                action: Action::EnablePrebuilt {
+                    rule_id: id.clone(),
+                },
+                repair: false,
+            });
+        }
+    }
     for id in &decision.remove {
         plan.steps.push(Step {
             action: Action::RemovePrebuilt {

@@ -202,6 +202,11 @@ pub enum Action {
     RemovePrebuilt {
         rule_id: String,
     },
+    /// Enable a prebuilt rule this owner installed that nobody enabled since (the enable step
+    /// of the pass that installed it failed).
+    EnablePrebuilt {
+        rule_id: String,
+    },
     CreateJob {
         id: String,
     },
@@ -233,9 +238,10 @@ impl Action {
     /// Which service holds the object.
     pub fn service(&self) -> Service {
         match self {
-            Action::Rule(_) | Action::InstallPrebuilt { .. } | Action::RemovePrebuilt { .. } => {
-                Service::Kibana
-            }
+            Action::Rule(_)
+            | Action::InstallPrebuilt { .. }
+            | Action::RemovePrebuilt { .. }
+            | Action::EnablePrebuilt { .. } => Service::Kibana,
             _ => Service::Elasticsearch,
         }
     }
@@ -244,7 +250,9 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Rule(_) => "detection rule",
-            Action::InstallPrebuilt { .. } | Action::RemovePrebuilt { .. } => "prebuilt rule",
+            Action::InstallPrebuilt { .. }
+            | Action::RemovePrebuilt { .. }
+            | Action::EnablePrebuilt { .. } => "prebuilt rule",
             Action::CreateJob { .. }
             | Action::MarkJob { .. }
             | Action::OpenJob { .. }
@@ -292,6 +300,10 @@ impl fmt::Display for Action {
             Action::RemovePrebuilt { rule_id } => write!(
                 f,
                 "remove Elastic's prebuilt rule {rule_id} (installed by this owner, no longer wanted)"
+            ),
+            Action::EnablePrebuilt { rule_id } => write!(
+                f,
+                "enable Elastic's prebuilt rule {rule_id} (installed by this owner, never enabled)"
             ),
             Action::CreateJob { id } => write!(f, "create anomaly detection job {id}"),
             Action::MarkJob { id, release } => write!(

@@ -8,9 +8,9 @@ use crate::elasticsearch::Elasticsearch;
 use crate::engine::mljob::{self, JobChoice};
 use crate::engine::{Holder, Marker, holder};
 use crate::error::Error;
+use crate::kibana::KibanaClient;
 use crate::kibana::prebuilt::{self, Availability};
 use crate::kibana::rules;
-use crate::kibana::{KibanaClient, KibanaFeatures};
 
 /// How much of the job to read.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,10 +58,17 @@ pub async fn observe(
     jobs_recorded: bool,
 ) -> Result<Observed, Error> {
     let k = d.input.kibana;
-    // The job first: it decides which job the machine-learning rule watches.
+    // The rules first: an installed prebuilt machine-learning rule of Elastic's names the job
+    // it reads, and that job is the one to keep, whatever the stack version would choose.
+    let rules = match client {
+        Some(c) => Some(rules::observe(c, &d.space, &d.rules, &d.owner_tag).await?),
+        None => None,
+    };
+    let watched = rules.as_deref().and_then(watched_by_prebuilt);
+    // Then the job: it decides which job the custom machine-learning rule watches.
     let job = match job {
         JobLook::Proven(id) if d.needs_job => JobSeen::Proven(id),
-        _ if d.needs_job => read_job(es, &k).await?,
+        _ if d.needs_job => read_job(es, watched.unwrap_or(mljob::job_id_for(&k))).await?,
         _ if jobs_recorded => {
             let mut ours = Vec::new();
             for id in [mljob::JOB_ID, mljob::JOB_ID_EA] {
@@ -78,14 +85,13 @@ pub async fn observe(
         }
         _ => JobSeen::NotRead,
     };
-    let Some(client) = client else {
+    let (Some(client), Some(rules)) = (client, rules) else {
         return Ok(Observed {
             rules: Vec::new(),
             offer: Availability::none("no Kibana known"),
             job,
         });
     };
-    let rules = rules::observe(client, &d.space, &d.rules, &d.owner_tag).await?;
     let w = prebuilt::wanted(&d.rules);
     let offer = match known_offer {
         Some(a) => a,
@@ -96,10 +102,9 @@ pub async fn observe(
 }
 
 /// The job the machine-learning rule should watch (Fleet's module job when one exists, either
-/// id, the version's first; else the version's id, which the operator creates or holds), and
-/// what is there of it.
-async fn read_job(es: &Elasticsearch, k: &KibanaFeatures) -> Result<JobSeen, Error> {
-    let first = mljob::job_id_for(k);
+/// id, `first` first; else `first`, which the operator creates or holds), and what is there of
+/// it.
+async fn read_job(es: &Elasticsearch, first: &'static str) -> Result<JobSeen, Error> {
     let other = if first == mljob::JOB_ID {
         mljob::JOB_ID_EA
     } else {
@@ -147,4 +152,29 @@ async fn read_job(es: &Elasticsearch, k: &KibanaFeatures) -> Result<JobSeen, Err
         job_state,
         datafeed_state,
     })
+}
+
+/// The job an installed prebuilt machine-learning rule of Elastic's reads, when it is one of
+/// Elastic's two DGA jobs. Elastic moved the rule from `dga_high_sum_probability` to
+/// `dga_high_sum_probability_ea` with 9.4 (detection-rules d8a39869), but an installed prebuilt
+/// rule moves only when someone takes Kibana's rule update (the operator leaves upgrades to
+/// Kibana's Rule Updates): after a stack upgrade across 9.4 the installed rule still reads the
+/// old job, which must keep running.
+pub fn watched_by_prebuilt(rules: &[Value]) -> Option<&'static str> {
+    rules
+        .iter()
+        .filter(|r| {
+            rules::is_prebuilt(r)
+                && r.get("type").and_then(Value::as_str) == Some("machine_learning")
+        })
+        .flat_map(|r| match r.get("machine_learning_job_id") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        })
+        .find_map(|id| {
+            [mljob::JOB_ID, mljob::JOB_ID_EA]
+                .into_iter()
+                .find(|k| *k == id)
+        })
 }

@@ -145,6 +145,66 @@ fn elastic_prebuilt_rules_replace_the_custom_ones_where_kibana_offers_them() {
     );
 }
 
+/// The pass that installed Elastic's rules failed to enable them: the next plan holds a Kibana
+/// step to enable them (a plan without one would skip Kibana altogether), unless new rules are
+/// to start disabled or someone enabled or changed them since.
+#[test]
+fn prebuilt_rules_installed_but_never_enabled_are_enabled_by_the_next_plan() {
+    let d = desired(kibana(8, 17));
+    let ids = crate::kibana::content::ELASTIC_RULE_IDS;
+    let mut o = nothing_there(&d);
+    let installed = |enabled: bool, updated: &str| -> Vec<serde_json::Value> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                json!({"id": format!("obj-{i}"), "rule_id": id, "immutable": true,
+                       "rule_source": {"type": "external", "is_customized": false},
+                       "enabled": enabled, "created_at": "2026-01-01T00:00:00.000Z",
+                       "updated_at": updated})
+            })
+            .collect()
+    };
+    o.rules = installed(false, "2026-01-01T00:00:00.000Z");
+    let recorded = Recorded {
+        rules: true,
+        prebuilt: ids.iter().map(|s| s.to_string()).collect(),
+        jobs: vec![],
+    };
+    let enables = |p: &Plan| {
+        p.steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::EnablePrebuilt { .. }))
+            .count()
+    };
+    let p = diff(&d, &o, &recorded, false);
+    assert_eq!(enables(&p), ids.len(), "{:?}", p.lines());
+    assert!(
+        p.steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::EnablePrebuilt { .. }))
+            .all(|s| s.action.service() == Service::Kibana && !s.repair)
+    );
+    assert!(
+        p.lines()
+            .iter()
+            .any(|l| l.starts_with("enable Elastic's prebuilt rule"))
+    );
+
+    // Not ours (not recorded): a person's, left as it is.
+    assert_eq!(enables(&diff(&d, &o, &Recorded::default(), false)), 0);
+    // Disabled again by someone after an enable (updated_at moved): their choice.
+    o.rules = installed(false, "2026-01-02T00:00:00.000Z");
+    assert_eq!(enables(&diff(&d, &o, &recorded, false)), 0);
+    // New rules start disabled (spec.rules.enableNewRules: false): nothing to enable.
+    o.rules = installed(false, "2026-01-01T00:00:00.000Z");
+    let off = Settings {
+        enable_new: false,
+        ..Settings::default()
+    };
+    let d_off = build(&[], &owner(), &marker(), &off, kibana(8, 17)).unwrap();
+    assert_eq!(enables(&diff(&d_off, &o, &recorded, false)), 0);
+}
+
 #[test]
 fn a_settled_install_plans_nothing() {
     let d = desired(kibana(8, 17));
@@ -343,4 +403,30 @@ fn one_plan_lists_both_services_in_apply_order() {
     );
     assert_eq!(whole.pending().len(), 9);
     assert!(!whole.is_empty());
+}
+
+#[test]
+fn an_installed_prebuilt_ml_rule_names_the_job_to_keep() {
+    use super::observe::watched_by_prebuilt;
+    let ml = |job: serde_json::Value, immutable: bool| {
+        json!({"rule_id": "ff0d807d", "type": "machine_learning", "immutable": immutable,
+            "machine_learning_job_id": job})
+    };
+    // Installed before a stack upgrade across 9.4: still Elastic's old job.
+    assert_eq!(
+        watched_by_prebuilt(&[ml(json!(["dga_high_sum_probability"]), true)]),
+        Some(mljob::JOB_ID)
+    );
+    assert_eq!(
+        watched_by_prebuilt(&[ml(json!("dga_high_sum_probability_ea"), true)]),
+        Some(mljob::JOB_ID_EA)
+    );
+    // A custom rule (ours or a person's), or a job that is not Elastic's: no say.
+    assert_eq!(
+        watched_by_prebuilt(&[ml(json!(["dga_high_sum_probability"]), false)]),
+        None
+    );
+    assert_eq!(watched_by_prebuilt(&[ml(json!(["other"]), true)]), None);
+    let query = json!({"rule_id": "x", "type": "query", "immutable": true});
+    assert_eq!(watched_by_prebuilt(&[query]), None);
 }
