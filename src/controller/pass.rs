@@ -1,0 +1,540 @@
+//! One Apply (or Plan) pass for a live DgaModel, in the engine's order: dereference, validate,
+//! fetch, build, connect, observe, diff, apply (Elasticsearch, then Kibana); and the resync
+//! glance that skips the reads when nothing changed.
+
+use super::*;
+
+use std::collections::HashMap;
+
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::api::DgaModel;
+use crate::bundle::fetch::Request;
+use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
+use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
+use crate::error::{Error, Service};
+use crate::status::{self, ES_REACHABLE, LICENSE, MODEL, PIPELINES, VERIFIED};
+use crate::target::Target;
+
+/// One reconcile pass for a live DgaModel: dereference, validate, fetch, build, observe, diff,
+/// apply. Conditions are set as each stage is passed.
+pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
+    let spec = &obj.spec;
+    if !crate::api::is_release_tag(&spec.release_tag) {
+        return Err(Error::InvalidSpec(format!(
+            "spec.releaseTag `{}` is not of the form ML-DGA-YYYYMMDD-N",
+            spec.release_tag
+        )));
+    }
+    let target = resolve_target(ctx, obj).await?;
+    crate::protection::protect(&ctx.client, obj).await?;
+    let bundle = ctx
+        .fetcher
+        .fetch(Request {
+            tag: &spec.release_tag,
+            source: spec.source.as_ref(),
+        })
+        .await?;
+
+    let slot = ctx.cluster_slot(target.key());
+    let _permit = slot
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let es = Elasticsearch::new(target.elasticsearch.clone(), ctx.settings.request_timeout)?;
+    // Cached cluster answers survive only passes that succeed.
+    let mut keep_cache = ForgetOnError {
+        ctx,
+        keys: std::iter::once(target.elasticsearch.cache_key())
+            .chain(target.kibana.as_ref().map(|k| k.cache_key()))
+            .collect(),
+        armed: true,
+    };
+    let mut owner = owner_of(obj);
+    let mut desired = engine::build_with(
+        &bundle,
+        &owner,
+        &engine::Wiring::from_spec(spec.enrichment.as_ref()),
+    );
+    let known = recorded_ids(obj.status.as_ref());
+    let applying = !spec.suspend && spec.mode == crate::api::Mode::Apply;
+    let settle = Settled {
+        generation: obj.metadata.generation,
+        bundle_sha256: desired.bundle_sha256.clone(),
+        target: keep_cache.keys.join(" "),
+        job: false,
+        es_version: None,
+        echo: None,
+    };
+    if applying {
+        if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
+            && s.same_inputs(&settle)
+        {
+            report.settle = Some(s.clone());
+            if let Some(v) = &s.es_version {
+                desired.fit_to_cluster(v);
+            }
+            if glance_pass(
+                obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
+            )
+            .await?
+            {
+                keep_cache.armed = false;
+                return Ok(());
+            }
+            // Something changed: look again at everything, the cluster's version and
+            // licence included.
+            for k in &keep_cache.keys {
+                ctx.forget(k);
+            }
+        }
+        report.settle = Some(settle);
+    }
+    let info = connect(&es, &keep_cache.keys[0], ctx, report)
+        .await
+        .map_err(|e| target.explain(e))?;
+    report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
+    let dropped = desired.fit_to_cluster(&info.version);
+    if let Some(s) = report.settle.as_mut() {
+        s.es_version = Some(info.version.clone());
+    }
+    if !dropped.is_empty() {
+        tracing::debug!(
+            fields = %dropped.join(", "),
+            version = %info.version,
+            "model file fields this Elasticsearch refuses at creation are left out of the upload"
+        );
+    }
+
+    let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+    owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
+    desired.owner.adopted = owner.adopted.clone();
+    let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
+
+    if spec.suspend || spec.mode == crate::api::Mode::Plan {
+        let owned = engine::diff::owned_ids(&observed, &owner, &known);
+        record_objects(report, &owned);
+        held_back_conditions(
+            report,
+            &desired,
+            &owned,
+            &plan,
+            spec.mode == crate::api::Mode::Plan,
+        );
+        report.suspended = Some(engine::plan::Plan {
+            es: plan,
+            detection: None,
+        });
+    } else {
+        let insecure = target.elasticsearch.insecure;
+        if let Err(e) = apply_es(
+            ctx, &es, insecure, &desired, &observed, &known, plan, &owner, report,
+        )
+        .await
+        {
+            // A hook a StackConfigPolicy owns: name the policy.
+            return Err(target.explain_reserved(&ctx.client, e).await);
+        }
+    }
+    let r = rules_pass(
+        obj,
+        ctx,
+        &target,
+        &bundle,
+        &es,
+        &owner,
+        &desired.marker,
+        false,
+        report,
+    )
+    .await;
+    keep_cache.armed = r.is_err();
+    r
+}
+
+/// DgaModels that no longer exist (deleted with `Retain`, or their cleanup abandoned) whose
+/// markers are on objects this one may take: any object with `overwrite`, else only those its
+/// status records (a model taken over earlier keeps its first marker: models cannot be
+/// rewritten in place). A DgaModel re-created under the same name has a new uid: still gone.
+/// An owner that cannot be looked up (another namespace, no access) is never taken from.
+pub(super) async fn gone_owners(
+    client: &Client,
+    observed: &engine::Observed,
+    me: &Owner,
+    recorded: &Ids,
+    overwrite: bool,
+) -> Vec<String> {
+    let pick = |set: &std::collections::BTreeSet<String>, id: &str| overwrite || set.contains(id);
+    let markers = observed
+        .models
+        .iter()
+        .filter(|(id, _)| pick(&recorded.models, id))
+        .filter_map(|(_, m)| engine::Marker::from_meta(m.get("metadata")))
+        .chain(
+            observed
+                .pipelines
+                .iter()
+                .filter(|(id, _)| pick(&recorded.pipelines, id))
+                .filter_map(|(_, p)| engine::Marker::from_meta(p.get("_meta"))),
+        )
+        .chain(
+            observed
+                .scripts
+                .iter()
+                .filter(|(id, _)| pick(&recorded.scripts, id))
+                .filter_map(|(_, s)| {
+                    engine::Marker::from_script_source(s.get("source")?.as_str()?)
+                }),
+        );
+    let mut candidates: HashMap<String, String> = HashMap::new();
+    for m in markers {
+        if m.owner != me.key() && !m.owner.starts_with('/') {
+            candidates.insert(m.owner, m.owner_uid);
+        }
+    }
+    let mut gone = Vec::new();
+    for (key, uid) in candidates {
+        let Some((ns, name)) = key.split_once('/') else {
+            continue;
+        };
+        let api: Api<DgaModel> = Api::namespaced(client.clone(), ns);
+        match api.get_opt(name).await {
+            Ok(None) => gone.push(key),
+            Ok(Some(m)) if m.uid().as_deref() != Some(uid.as_str()) => gone.push(key),
+            _ => {}
+        }
+    }
+    gone.sort();
+    gone
+}
+
+/// A resync of a settled object: glance at the cluster and, when nothing changed, run the
+/// Kibana side without the reads a full pass makes. `false`: a full pass must follow.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn glance_pass(
+    obj: &DgaModel,
+    ctx: &Context,
+    target: &Target,
+    bundle: &crate::bundle::Bundle,
+    es: &Elasticsearch,
+    desired: &engine::Desired,
+    known: &Ids,
+    job: bool,
+    report: &mut Report,
+) -> Result<bool, Error> {
+    use engine::observe::{Glance, JobTasks};
+    let cluster = target.elasticsearch.cache_key();
+    if ctx.no_glance.lock().expect("no_glance").contains(&cluster) {
+        return Ok(false);
+    }
+    // The job this DgaModel recorded (its id follows the stack version).
+    let job_id = report
+        .status
+        .objects
+        .jobs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| engine::mljob::JOB_ID.to_string());
+    let feed = engine::mljob::datafeed_id(&job_id);
+    let tasks = job.then_some(JobTasks {
+        job: &job_id,
+        datafeed: &feed,
+    });
+    let (ns, name) = (&desired.owner.namespace, &desired.owner.name);
+    match engine::observe::glance(es, desired, known, obj.spec.overwrite, tasks).await {
+        Ok(Glance::Unchanged(verdict)) => {
+            let (state, _, message) = verified_condition(&verdict);
+            let before = status::get(&report.status.conditions, VERIFIED)
+                .map(|c| (c.status, c.message.as_str()));
+            if before != Some((state, message.as_str())) {
+                info!(
+                    namespace = ns,
+                    name, "canary result changed at resync; full pass"
+                );
+                ctx.metrics.glanced(false); // metrics
+                return Ok(false);
+            }
+            rules_pass(
+                obj,
+                ctx,
+                target,
+                bundle,
+                es,
+                &desired.owner,
+                &desired.marker,
+                true,
+                report,
+            )
+            .await?;
+            ctx.metrics.glanced(true); // metrics
+            Ok(true)
+        }
+        Ok(Glance::Changed(why)) => {
+            info!(
+                namespace = ns,
+                name, why, "change seen at resync; full pass"
+            );
+            ctx.metrics.glanced(false); // metrics
+            Ok(false)
+        }
+        Ok(Glance::Unavailable) => {
+            warn!(
+                namespace = ns,
+                name,
+                "the cluster state cannot be read (the `monitor` cluster privilege is missing, or a serverless project): every resync of this cluster reads each object"
+            );
+            ctx.no_glance.lock().expect("no_glance").insert(cluster);
+            Ok(false)
+        }
+        Err(e) => {
+            debug!(namespace = ns, name, error = %e, "glance failed; full pass");
+            ctx.metrics.glanced(false); // metrics
+            Ok(false)
+        }
+    }
+}
+
+/// The Elasticsearch side of an Apply pass: the plan's writes, then status, events and the
+/// canary check.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn apply_es(
+    ctx: &Context,
+    es: &Elasticsearch,
+    insecure: bool,
+    desired: &engine::Desired,
+    observed: &engine::Observed,
+    known: &Ids,
+    plan: Plan,
+    owner: &Owner,
+    report: &mut Report,
+) -> Result<(), Error> {
+    if !plan.conflicts.is_empty() {
+        report.set(MODEL, false, "Conflict", plan.conflicts.join("; "));
+        return Err(Error::Conflict(plan.conflicts.join("; ")));
+    }
+    if !plan.is_empty() {
+        report
+            .progress(ctx, format!("applying: {}", plan.summary()))
+            .await;
+    }
+    let result = engine::apply(es, desired, &plan).await;
+    let (applied, err) = match result {
+        Ok(a) => (a, None),
+        Err((a, e)) => (a, Some(e)),
+    };
+    // What is installed now, whether or not the pass finished.
+    let mut now_owned = engine::diff::owned_ids(observed, owner, known);
+    for a in &applied.done {
+        now_owned.record(a);
+    }
+    record_objects(report, &now_owned);
+    if insecure && !applied.done.is_empty() {
+        report.event(
+            true,
+            "TLSVerificationDisabled",
+            "Apply",
+            "spec.clusterRef.insecureSkipTlsVerify is set: changes were made over connections whose certificates were not verified".into(),
+        );
+    }
+    if !applied.done.is_empty() {
+        report.applied_something = true;
+        let done = Plan {
+            actions: applied.done.clone(),
+            conflicts: vec![],
+        };
+        ctx.metrics
+            .drift_repaired(crate::metrics::drift_repairs(&done)); // metrics
+        let (reason, verb) = if done.has(Reason::Upgrade) {
+            (
+                "Upgraded",
+                format!("upgraded to release {}", desired.release),
+            )
+        } else if done.has(Reason::Adopt) {
+            (
+                "Adopted",
+                format!("took over existing objects for release {}", desired.release),
+            )
+        } else if done.has(Reason::Repair) {
+            (
+                "DriftRepaired",
+                "repaired objects changed or deleted outside the operator".to_string(),
+            )
+        } else if done.has(Reason::Create) {
+            (
+                "Installed",
+                format!("installed release {}", desired.release),
+            )
+        } else {
+            (
+                "Cleaned",
+                "removed objects no longer part of the release".to_string(),
+            )
+        };
+        info!(
+            namespace = owner.namespace,
+            name = owner.name,
+            reason,
+            actions = done.summary(),
+            "applied"
+        );
+        report.event(
+            false,
+            reason,
+            "Apply",
+            format!("{verb}: {}", done.summary()),
+        );
+    }
+    let model_in = now_owned.models.contains(&desired.model_id);
+    let pipes_in = desired
+        .pipelines
+        .iter()
+        .all(|(id, _)| now_owned.pipelines.contains(id))
+        && desired
+            .scripts
+            .iter()
+            .all(|(id, _)| now_owned.scripts.contains(id));
+    if let Some(e) = err {
+        report.set(
+            MODEL,
+            model_in,
+            if model_in { "Installed" } else { e.reason() },
+            if model_in {
+                String::new()
+            } else {
+                e.to_string()
+            },
+        );
+        report.set(PIPELINES, false, e.reason(), e.to_string());
+        return Err(e);
+    }
+    report.set(
+        MODEL,
+        model_in,
+        "Installed",
+        format!("trained model {}", desired.model_id),
+    );
+    report.set(
+        PIPELINES,
+        pipes_in,
+        "Installed",
+        format!(
+            "pipelines {}",
+            desired
+                .pipelines
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    wired_condition(report, desired, observed, known, &now_owned);
+    if !applied.warnings.is_empty() {
+        report.event(true, "LeftInPlace", "Apply", applied.warnings.join("; "));
+    }
+    // Prove the chain works on canary documents; report, never undo.
+    match engine::verify::verify(
+        es,
+        desired.router_pipeline(),
+        &desired.model_id,
+        &desired.result_fields(),
+    )
+    .await
+    {
+        Ok(v) => {
+            let (state, reason, message) = verified_condition(&v);
+            let failed = matches!(v, engine::verify::Verdict::Failed(_));
+            if failed
+                && status::get(&report.status.conditions, VERIFIED)
+                    .is_none_or(|c| c.message != message)
+            {
+                report.event(true, "VerificationFailed", "Verify", message.clone());
+            }
+            report.set(VERIFIED, state, reason, message);
+        }
+        Err(e) => report.set(
+            VERIFIED,
+            crate::api::ConditionStatus::Unknown,
+            e.reason(),
+            format!("could not run _simulate: {e}"),
+        ),
+    }
+    report.status.installed_tag = Some(desired.release.clone());
+    report.status.model_id = Some(desired.model_id.clone());
+    report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
+    Ok(())
+}
+
+/// Drops a pass's cached cluster answers unless it is disarmed by a successful end.
+pub(super) struct ForgetOnError<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) keys: Vec<String>,
+    pub(super) armed: bool,
+}
+
+impl Drop for ForgetOnError<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for k in &self.keys {
+                self.ctx.forget(k);
+            }
+        }
+    }
+}
+
+/// Version and licence checks, reported as conditions.
+pub(super) async fn connect(
+    es: &Elasticsearch,
+    key: &str,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<ClusterInfo, Error> {
+    if let Some(CachedInfo::Elasticsearch(info, license)) = ctx.cached(key) {
+        report.set(
+            ES_REACHABLE,
+            true,
+            "Reachable",
+            format!("Elasticsearch {} at {}", info.version, es.url()),
+        );
+        report.set(
+            LICENSE,
+            true,
+            "LicenseSufficient",
+            format!("licence {license}"),
+        );
+        return Ok(info);
+    }
+    let info = match es.info().await {
+        Ok(i) => i,
+        Err(e) => {
+            if e.service() == Some(Service::Elasticsearch) {
+                report.set(ES_REACHABLE, false, e.reason(), e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    report.set(
+        ES_REACHABLE,
+        true,
+        "Reachable",
+        format!("Elasticsearch {} at {}", info.version, es.url()),
+    );
+    let license = es.license().await?;
+    if !ML_LICENSES.contains(&license.as_str()) {
+        let e = Error::LicenseInsufficient(license);
+        report.set(LICENSE, false, "LicenseInsufficient", e.to_string());
+        return Err(e);
+    }
+    report.set(
+        LICENSE,
+        true,
+        "LicenseSufficient",
+        format!("licence {license}"),
+    );
+    ctx.remember(
+        key.to_string(),
+        CachedInfo::Elasticsearch(info.clone(), license),
+    );
+    Ok(info)
+}
