@@ -383,15 +383,27 @@ async fn fresh(version: &str, dga: bool) {
     assert!(kibana_writes(&env).is_empty(), "{:?}", kibana_writes(&env));
 
     // A person disables one: it stays disabled (their choice wins).
-    let mut r = env
+    let r = env
         .standin
         .rules("default")
         .into_iter()
         .find(|r| r["type"] == "machine_learning")
         .unwrap();
     let rid = r["rule_id"].clone();
-    r["enabled"] = json!(false);
-    env.standin.put_rule("default", r);
+    // Through Kibana's API, as a person's click does (it moves `updated_at`).
+    let s = reqwest::Client::new()
+        .post(format!(
+            "{}/api/detection_engine/rules/_bulk_action",
+            env.standin.kibana_url()
+        ))
+        .basic_auth("elastic", Some("changeme"))
+        .header("kbn-xsrf", "true")
+        .json(&json!({"action": "disable", "ids": [r["id"]]}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(s.is_success(), "{s}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let now = env.standin.rules("default");
     assert_eq!(

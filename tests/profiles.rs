@@ -17,7 +17,7 @@ use support::{Env, wait_for};
 
 /// The profiles the README claims, oldest first: the supported range's floor, and the stand-in's
 /// named profiles from there on.
-const SUPPORTED: &[&str] = &["7.15.0", "7.17.29", "8.17.0", "9.2.0"];
+const SUPPORTED: &[&str] = &["7.15.0", "7.17.29", "8.17.0", "9.2.0", "9.5.0"];
 
 fn spec(tag: &str) -> Value {
     json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})
@@ -110,7 +110,16 @@ async fn scenario(version: &'static str) {
         json!(old.router_pipeline),
         "{v}: wired"
     );
-    let feed = "datafeed-dga_high_sum_probability";
+    // Elastic's module job is `dga_high_sum_probability_ea` from 9.4 (detection-rules d8a39869).
+    let (major, minor) = {
+        let mut p = v.split('.').map(|n| n.parse::<u32>().unwrap());
+        (p.next().unwrap(), p.next().unwrap())
+    };
+    let feed = if (major, minor) >= (9, 4) {
+        "datafeed-dga_high_sum_probability_ea"
+    } else {
+        "datafeed-dga_high_sum_probability"
+    };
     assert_eq!(
         datafeed_state(&env, feed).await,
         Some(json!("started")),

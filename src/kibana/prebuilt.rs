@@ -106,6 +106,11 @@ pub struct Decision {
     pub remove: Vec<String>,
     /// Wanted Elastic rules Kibana does not offer: written as custom rules.
     pub custom: Vec<String>,
+    /// Wanted Elastic rules Kibana offers whose rule_id a rule that is not Elastic's prebuilt
+    /// one holds (left by the old CLI, an older operator build or a person): installing now
+    /// would make two rules with one rule_id (kibana #180198). (Elastic rule_id, version
+    /// offered); installed in the pass that deletes that rule, or once it is gone.
+    pub blocked: Vec<(String, u64)>,
     /// Installed by this DgaModel and never enabled by anyone since (an earlier enable step
     /// failed): (Elastic rule_id, Kibana object id), enabled by [`apply`] when new rules start
     /// enabled.
@@ -121,6 +126,14 @@ impl Decision {
             .chain(self.ours.iter().map(String::as_str))
             .chain(self.persons.iter().map(String::as_str))
             .collect()
+    }
+
+    /// Elastic rule_ids served without a custom rule of ours: by Elastic's prebuilt rules, or
+    /// for now by the rule that holds the rule_id ([`Decision::blocked`]).
+    pub fn served(&self) -> BTreeSet<&str> {
+        let mut s = self.prebuilt();
+        s.extend(self.blocked.iter().map(|(id, _)| id.as_str()));
+        s
     }
 
     /// What this DgaModel holds once the installs are done (its record).
@@ -188,7 +201,11 @@ pub fn decide(
                 d.persons.push(e.to_string());
             }
         } else if let Some(v) = avail.installable.get(e) {
-            d.install.push((e.to_string(), *v));
+            if observed.iter().any(|r| rule_id(r) == Some(e)) {
+                d.blocked.push((e.to_string(), *v));
+            } else {
+                d.install.push((e.to_string(), *v));
+            }
         } else {
             d.custom.push(e.to_string());
         }
@@ -212,7 +229,7 @@ pub fn wanted(desired: &[Value]) -> Vec<&'static str> {
 
 /// The desired custom rules minus those Elastic's prebuilt rules serve.
 pub fn custom_only(desired: &[Value], d: &Decision) -> Vec<Value> {
-    let prebuilt = d.prebuilt();
+    let prebuilt = d.served();
     desired
         .iter()
         .filter(|r| {
@@ -440,15 +457,18 @@ mod tests {
         let observed = vec![
             json!({"rule_id": ids[2], "immutable": true, "enabled": true}),
             json!({"rule_id": ids[3], "immutable": true, "rule_source": {"type": "external"}}),
-            // A custom rule under an Elastic id does not count as installed.
+            // A custom rule under an Elastic id does not count as installed, and holds the
+            // install back (two rules, one rule_id otherwise: kibana #180198).
             json!({"rule_id": ids[1], "immutable": false}),
         ];
         let d = decide(&wanted[..], &avail, &observed, &[ids[3].clone()]);
-        assert_eq!(d.install, vec![(ids[0].clone(), 9), (ids[1].clone(), 9)]);
+        assert_eq!(d.install, vec![(ids[0].clone(), 9)]);
+        assert_eq!(d.blocked, vec![(ids[1].clone(), 9)]);
+        assert!(d.served().contains(ids[1].as_str()) && !d.prebuilt().contains(ids[1].as_str()));
         assert_eq!(d.persons, vec![ids[2].clone()]);
         assert_eq!(d.ours, vec![ids[3].clone()]);
         assert!(d.custom.is_empty() && d.remove.is_empty());
-        let mut rec = vec![ids[0].clone(), ids[1].clone(), ids[3].clone()];
+        let mut rec = vec![ids[0].clone(), ids[3].clone()];
         rec.sort();
         assert_eq!(d.record_after(), rec);
 

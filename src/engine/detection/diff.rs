@@ -21,7 +21,7 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
         Some(j) => d.rules_for(&j.id),
         None => d.rules.clone(),
     };
-    let decision = prebuilt::decide(
+    let mut decision = prebuilt::decide(
         &prebuilt::wanted(&desired),
         &o.offer,
         &o.rules,
@@ -29,6 +29,17 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
     );
     let custom = prebuilt::custom_only(&desired, &decision);
     let actions = rules::plan(&custom, &o.rules, &d.owner_tag, overwrite);
+    // A rule blocking an install that this plan deletes (rules run first): install after it.
+    let deleted = |id: &str| {
+        actions
+            .iter()
+            .any(|a| matches!(a, RuleAction::Delete { rule_id } if rule_id == id))
+    };
+    let (freed, blocked): (Vec<_>, Vec<_>) = std::mem::take(&mut decision.blocked)
+        .into_iter()
+        .partition(|(id, _)| deleted(id));
+    decision.install.extend(freed);
+    decision.blocked = blocked;
     let mut plan = Plan {
         space: d.space.clone(),
         rules: desired.len(),

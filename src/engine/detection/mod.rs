@@ -411,7 +411,18 @@ impl Plan {
                 prebuilt.len()
             ));
         }
-        if custom > 0 || prebuilt.is_empty() {
+        if !d.blocked.is_empty() {
+            parts.push(format!(
+                "{} of Elastic's prebuilt rules not installed while another rule holds their rule_id (installing would make two rules with one rule_id; delete that rule, or set overwrite if the old CLI or this operator left it): {}",
+                d.blocked.len(),
+                d.blocked
+                    .iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if custom > 0 || (prebuilt.is_empty() && d.blocked.is_empty()) {
             let why = if !avail.api {
                 avail.why_not.clone()
             } else if d.custom.is_empty() {
@@ -437,7 +448,12 @@ impl Plan {
         } else {
             route.offer.why_not.clone()
         };
-        match (prebuilt, route.custom.len()) {
+        let blocked = match route.decision.blocked.len() {
+            0 => String::new(),
+            b => format!("; {b} of Elastic's held back while another rule holds their rule_id"),
+        };
+        let line = match (prebuilt, route.custom.len()) {
+            (0, 0) if !blocked.is_empty() => "no rules installed".to_string(),
             (0, n) => format!("{n} custom rules under the operator's rule_ids ({why})"),
             (p, 0) => {
                 format!("{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API")
@@ -445,6 +461,7 @@ impl Plan {
             (p, n) => format!(
                 "{p} of Elastic's prebuilt rules through Kibana's prebuilt-rules API, {n} custom rules ({why})"
             ),
-        }
+        };
+        line + &blocked
     }
 }

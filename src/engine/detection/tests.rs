@@ -205,6 +205,71 @@ fn prebuilt_rules_installed_but_never_enabled_are_enabled_by_the_next_plan() {
     assert_eq!(enables(&diff(&d_off, &o, &recorded, false)), 0);
 }
 
+/// A rule that is not Elastic's prebuilt one holding an Elastic rule_id Kibana offers: never
+/// installed beside it (two rules, one rule_id: kibana #180198). Another DgaModel's holds the
+/// install back and says so; this owner's own leftover is deleted and replaced in one plan.
+#[test]
+fn an_elastic_rule_id_held_by_another_rule_is_not_installed_beside_it() {
+    use crate::kibana::rules::OWNER_TAG_PREFIX;
+    let d = desired(kibana(8, 17));
+    let ids = crate::kibana::content::ELASTIC_RULE_IDS;
+    let mut o = nothing_there(&d);
+    o.offer = Availability {
+        api: true,
+        installable: ids.iter().map(|id| (id.to_string(), 7)).collect(),
+        why_not: String::new(),
+    };
+    let held = ids[0];
+    let leftover = |owner: &str| {
+        json!({"id": "left", "rule_id": held, "name": "old", "immutable": false,
+               "rule_source": {"type": "internal"}, "enabled": true,
+               "tags": ["ML-DGA", format!("{OWNER_TAG_PREFIX}{owner}")]})
+    };
+    let installs = |p: &Plan| -> Vec<String> {
+        p.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::InstallPrebuilt { rule_id, .. } => Some(rule_id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Another DgaModel's rule (an older operator build): held back, no custom copy either.
+    o.rules = vec![leftover("elsewhere/other")];
+    let p = diff(&d, &o, &Recorded::default(), false);
+    assert!(!installs(&p).contains(&held.to_string()), "{:?}", p.lines());
+    assert_eq!(installs(&p).len(), ids.len() - 1);
+    assert_eq!(p.route.decision.blocked, vec![(held.to_string(), 7)]);
+    assert!(p.route.custom.is_empty(), "{:?}", p.route.custom);
+    assert!(p.conflicts.is_empty());
+    let msg = p.route_message("8.17.0");
+    assert!(
+        msg.contains(held) && msg.contains("two rules with one rule_id"),
+        "{msg}"
+    );
+    assert!(
+        p.route_line().contains("1 of Elastic's held back"),
+        "{}",
+        p.route_line()
+    );
+
+    // This owner's own leftover: deleted first, then Elastic's rule installed, in one plan.
+    o.rules = vec![leftover(&d.owner.key())];
+    let p = diff(&d, &o, &Recorded::default(), false);
+    let lines = p.lines();
+    let delete = lines
+        .iter()
+        .position(|l| l.contains("delete") && l.contains(held));
+    let install = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("install Elastic's prebuilt rule {held}")));
+    assert!(
+        matches!((delete, install), (Some(a), Some(b)) if a < b),
+        "{lines:?}"
+    );
+    assert!(p.route.decision.blocked.is_empty());
+}
+
 #[test]
 fn a_settled_install_plans_nothing() {
     let d = desired(kibana(8, 17));

@@ -440,7 +440,6 @@ fn cluster_state(sh: &Shared, r: &Req, metric: &str, index: Option<&str>) -> Res
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 64
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
@@ -502,6 +501,7 @@ fn model_fields_known(p: crate::profile::Profile) -> Vec<&'static str> {
 /// `None`: nothing refused here (the definition and the id are checked elsewhere).
 pub(crate) fn model_put_refusal(
     p: crate::profile::Profile,
+    id: &str,
     top: &BTreeMap<String, Box<RawValue>>,
 ) -> Option<Resp> {
     let known = model_fields_known(p);
@@ -519,6 +519,18 @@ pub(crate) fn model_put_refusal(
         .is_some_and(|v| v.get().trim_start().starts_with('{'))
     {
         errors.push("[inference_config] must not be null.".into());
+    }
+    // The id (`MlStrings.isValidId`, `hasValidLengthForId`; ML `Messages.INVALID_ID`,
+    // `ID_TOO_LONG`), checked in the same `validate(true)`, after the inference config.
+    if !valid_id(id) {
+        errors.push(format!(
+            "Invalid model_id; '{id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or underscores; must start and end with alphanumeric"
+        ));
+    }
+    if id.len() > 64 {
+        errors.push(format!(
+            "Invalid model_id; '{id}' cannot contain more than 64 characters."
+        ));
     }
     let fields_ok = top
         .get("input")
@@ -578,15 +590,6 @@ pub(crate) fn model_put_refusal(
 }
 
 fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
-    if !valid_id(id) {
-        return Err(err(
-            400,
-            "illegal_argument_exception",
-            &format!(
-                "Invalid model_id; '{id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or underscores; must start and end with alphanumeric"
-            ),
-        ));
-    }
     // Keep the definition as raw JSON text: no full Value tree of a 100 MB definition.
     let mut top: BTreeMap<String, Box<RawValue>> =
         serde_json::from_slice(&r.body).map_err(|e| {
@@ -598,7 +601,7 @@ fn put_model(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
         })?;
     let def_raw = top.remove("definition");
     let comp_raw = top.remove("compressed_definition");
-    if let Some(refusal) = model_put_refusal(sh.cfg.es_profile(), &top) {
+    if let Some(refusal) = model_put_refusal(sh.cfg.es_profile(), id, &top) {
         return Err(refusal);
     }
     let mut cfg = Map::new();
@@ -1717,7 +1720,7 @@ fn get_data_stream(sh: &Shared, name: Option<&str>) -> Resp {
 
 fn put_job(sh: &Shared, r: &Req, id: &str) -> Result<Resp, Resp> {
     let mut body = body_json(r)?;
-    if !valid_id(id) {
+    if !valid_id(id) || id.len() > 64 {
         return Err(err(
             400,
             "illegal_argument_exception",

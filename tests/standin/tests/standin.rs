@@ -1438,6 +1438,196 @@ async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missin
     );
 }
 
+/// The stored config's other keys survive a processor config that names none of them (the
+/// processor's `classification` is merged over the model's, `InferenceProcessor.Factory` /
+/// `ClassificationConfigUpdate.apply`): `top_classes_results_field`, `prediction_field_type`
+/// (number: the DGA model's), and the class entries' keys.
+#[tokio::test]
+async fn inference_keeps_the_models_top_classes_field_and_prediction_type() {
+    let t = T::new().await;
+    let mut model: Value =
+        serde_json::from_slice(&model_body("dga_typed", 50_000, ModelEncoding::Plain)).unwrap();
+    model["inference_config"] = json!({"classification": {
+        "results_field": "malicious_prediction", "num_top_classes": 0,
+        "top_classes_results_field": "classes", "prediction_field_type": "number"}});
+    let first_input = model["input"]["field_names"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _, _) = t
+        .raw(
+            &t.s.es_url(),
+            Method::PUT,
+            "/_ml/trained_models/dga_typed",
+            Some(serde_json::to_vec(&model).unwrap()),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut with_input = json!({});
+    with_input[&first_input] = json!(0.5);
+    let body = json!({
+        "pipeline": {"processors": [{"inference": {"model_id": "dga_typed", "target_field": "ml",
+            "inference_config": {"classification": {"num_top_classes": 2}}}}]},
+        "docs": [{"_source": with_input}]
+    });
+    let (s, v) = t
+        .es(Method::POST, "/_ingest/pipeline/_simulate", Some(body))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let ml = &v["docs"][0]["doc"]["_source"]["ml"];
+    assert!(ml["malicious_prediction"].is_number(), "number-typed: {ml}");
+    assert!(
+        ml.get("top_classes").is_none(),
+        "the model's field name kept: {ml}"
+    );
+    let classes = ml["classes"]
+        .as_array()
+        .expect("top classes under `classes`");
+    assert_eq!(classes.len(), 2, "{ml}");
+    for c in classes {
+        assert!(c["class_name"].is_number(), "{c}");
+        assert!(
+            c["class_probability"].is_number() && c["class_score"].is_number(),
+            "{c}"
+        );
+    }
+}
+
+/// Model ids (`MlStrings.isValidId`, `TrainedModelConfig` id check: lowercase alphanumerics,
+/// `-`, `_`, `.`, alphanumeric at both ends, at most 64 characters) and the head fields each
+/// version's strict parser knows (`TrainedModelConfig.STRICT_PARSER`; see `profile.rs` SINCE):
+/// unknown before their version, accepted or refused at creation after.
+#[tokio::test]
+async fn model_ids_and_head_field_gates_per_version() {
+    let base = json!({"input": {"field_names": ["a"]},
+        "inference_config": {"classification": {}},
+        "definition": {"trained_model": {"tree": {}}}});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let t = T::with(StandinConfig {
+        es_version: "8.17".into(),
+        ..Default::default()
+    })
+    .await;
+    let long = "a".repeat(65);
+    for bad in ["Upper_case", "-leading", "trailing_", long.as_str()] {
+        let (s, v) = t
+            .es(
+                Method::PUT,
+                &format!("/_ml/trained_models/{bad}"),
+                Some(base.clone()),
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert_eq!(
+            v["error"]["type"], "action_request_validation_exception",
+            "{bad}"
+        );
+        let why = if bad.len() > 64 {
+            format!("Invalid model_id; '{bad}' cannot contain more than 64 characters.")
+        } else {
+            format!(
+                "Invalid model_id; '{bad}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or underscores; must start and end with alphanumeric"
+            )
+        };
+        assert_eq!(
+            v["error"]["reason"],
+            format!("Validation Failed: 1: {why};"),
+            "{bad}"
+        );
+    }
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            &format!("/_ml/trained_models/{}", "a".repeat(64)),
+            Some(base.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "64 characters: {v}");
+    // 8.x: the deprecated size alias is accepted at creation and kept as model_size_bytes.
+    let (s, v) = t
+        .es(
+            Method::PUT,
+            "/_ml/trained_models/alias",
+            Some(with("estimated_heap_memory_usage_bytes", json!(1234))),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model_size_bytes"], 1234, "{v}");
+    // 8.x/9.x refuse the two read-only metadata keys, as 7.x does.
+    let mut meta = base.clone();
+    meta["metadata"] = json!({"model_aliases": ["x"], "total_feature_importance": []});
+    let (s, v) = t
+        .es(Method::PUT, "/_ml/trained_models/meta", Some(meta))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["error"]["reason"],
+        "Validation Failed: 1: illegal to set [metadata.total_feature_importance] at inference model creation;2: illegal to set [metadata.model_aliases] at inference model creation;"
+    );
+    // Fields by version: unknown to the parser before, refused or accepted from their version.
+    let unknown = |k: &str| format!("[1:2] [trained_model_config] unknown field [{k}]");
+    for (version, field, value, answer) in [
+        (
+            "8.7",
+            "model_package",
+            json!({"packaged_model_id": "p"}),
+            Err(unknown("model_package")),
+        ),
+        (
+            "8.8",
+            "model_package",
+            json!({"packaged_model_id": "p"}),
+            Err(
+                "Validation Failed: 1: illegal to set [model_package] at inference model creation;"
+                    .to_string(),
+            ),
+        ),
+        (
+            "8.10",
+            "platform_architecture",
+            json!("linux-x86_64"),
+            Err(unknown("platform_architecture")),
+        ),
+        (
+            "8.11",
+            "platform_architecture",
+            json!("linux-x86_64"),
+            Ok(()),
+        ),
+        (
+            "8.11",
+            "prefix_strings",
+            json!({"ingest": "a: "}),
+            Err(unknown("prefix_strings")),
+        ),
+        ("8.12", "prefix_strings", json!({"ingest": "a: "}), Ok(())),
+    ] {
+        let t = T::with(StandinConfig {
+            es_version: version.into(),
+            ..Default::default()
+        })
+        .await;
+        let (s, v) = t
+            .es(
+                Method::PUT,
+                "/_ml/trained_models/gated",
+                Some(with(field, value)),
+            )
+            .await;
+        match answer {
+            Ok(()) => assert_eq!(s, 200, "{version} {field}: {v}"),
+            Err(reason) => {
+                assert_eq!(s, 400, "{version} {field}: {v}");
+                assert_eq!(v["error"]["reason"], reason, "{version} {field}");
+            }
+        }
+    }
+}
+
 /// `_update` of an anomaly job (JobUpdate.java): `custom_settings` replaced whole, also on an
 /// opened job; an unknown field refused; an unknown job 404.
 #[tokio::test]
