@@ -167,32 +167,39 @@ pub async fn remove(
         owner: owner.key(),
         ..RulesInput::default()
     });
-    let mut removed = Vec::new();
-    let mut left = Vec::new();
     // The CLI's rules, then those of each deleted DgaModel named with --leftovers-of (in the
     // space the CLI uses; a DgaModel's rules may sit in another one).
     let keys: Vec<String> = std::iter::once(owner.key())
         .chain(owner.adopted.iter().cloned())
         .collect();
     let tags: Vec<String> = keys.iter().map(|k| kibana::owner_tag(k)).collect();
-    for tag in &tags {
-        let observed = kibana::rules::observe(&client, SPACE, &package, tag).await?;
-        let is_ours = |r: &Value| {
-            r.get("tags")
-                .and_then(Value::as_array)
-                .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(tag.as_str())))
+    // What of the package's rules no owner named here holds: read before, reported after.
+    let left: Vec<Value> = kibana::rules::observe(&client, SPACE, &package, &tags[0]).await?;
+    // The same removal plan as the controller's delete (engine::detection), once per owner;
+    // the job (either id) with the CLI's own, its marker naming the adopted owners too.
+    let mut removed = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let o = if i == 0 {
+            owner.clone()
+        } else {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key.as_str()));
+            Owner {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: String::new(),
+                adopted: Vec::new(),
+            }
         };
-        let (ours, theirs): (Vec<Value>, Vec<Value>) = observed.into_iter().partition(is_ours);
-        for a in kibana::diff(&[], &ours, tag) {
-            kibana::rules::apply(&client, SPACE, &a).await?;
-            removed.push(format!("detection rule {}", a.rule_id()));
-        }
-        // A package rule left in place is one no owner named here holds.
-        if tag == &tags[0] {
-            left = theirs;
-        }
+        removed.extend(
+            detection::remove(Some((&client, SPACE)), es, &o, &[], i == 0)
+                .await?
+                .into_iter()
+                .map(|g| match g.strip_prefix("rule ") {
+                    Some(id) => format!("detection rule {id}"),
+                    None => g,
+                }),
+        );
     }
-    removed.extend(detection::remove(None, es, owner, &[], true).await?);
     let is_any_ours = |r: &Value| {
         r.get("tags").and_then(Value::as_array).is_some_and(|t| {
             t.iter()
