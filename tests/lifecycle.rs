@@ -870,6 +870,13 @@ async fn cli_remove_takes_the_leftovers_of_a_named_dgamodel() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("removed trained model"), "{text}");
+    // Its rules too, through the same removal plan as the controller's delete.
+    assert!(text.contains("detection rule "), "{text}");
+    assert!(
+        env.stack().rules("default").await.is_empty(),
+        "rules left: {:?}",
+        env.stack().rules("default").await
+    );
     let left = env.invariant_violations(true).await;
     assert!(left.is_empty(), "{left:?}\n{text}");
     assert!(env.stack().models().await.is_empty(), "model left");
