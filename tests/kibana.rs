@@ -444,7 +444,7 @@ async fn kibana_down_is_unreachable_or_transient() {
 /// from 8.0) is told apart from a failing one: transient, named, at Kibana's own pace.
 #[tokio::test]
 async fn a_starting_kibana_is_told_apart() {
-    for version in ["7.17.29", "8.17.0"] {
+    for version in ["7.17.29", "8.17.0", "9.2.0"] {
         let s = Standin::start(StandinConfig {
             kibana_version: version.into(),
             ..Default::default()

@@ -281,7 +281,17 @@ async fn profile(version: &str) {
         person(version).await;
     }
     old_cli(version).await;
-    fleet_job(version).await;
+    // Fleet's `dga` package (and its module job) needs Kibana ^8.0.0 (real-stack.md "Fleet").
+    if minor(version) >= (8, 0) {
+        fleet_job(version).await;
+    }
+}
+
+/// 7.17, the last 7.x the README claims: no prebuilt-rules API, no Fleet `dga` package, rule
+/// bodies without the 8.x fields.
+#[tokio::test]
+async fn kibana_7_17_custom_rules_only() {
+    profile("7.17.29").await;
 }
 
 #[tokio::test]
