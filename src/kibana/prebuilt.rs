@@ -252,34 +252,6 @@ pub struct Route {
     pub custom: Vec<Value>,
 }
 
-/// The one entry point of the controller and the CLI: given the `desired` custom rules (from
-/// [`super::rules::desired_rules`]), the rules `observed` in the space and the Elastic rule_ids
-/// the caller `recorded` as installed, asks Kibana what it offers (unless `known` says it
-/// already) and decides the route of each rule.
-pub async fn route(
-    client: &KibanaClient,
-    space: &str,
-    k: &KibanaFeatures,
-    desired: &[Value],
-    observed: &[Value],
-    recorded: &[String],
-    known: Option<Availability>,
-) -> Result<Route, Error> {
-    let w = wanted(desired);
-    let offer = match known {
-        Some(a) => a,
-        None if w.is_empty() => Availability::none("no rule of Elastic's is wanted"),
-        None => probe(client, space, k).await?,
-    };
-    let decision = decide(&w, &offer, observed, recorded);
-    let custom = custom_only(desired, &decision);
-    Ok(Route {
-        offer,
-        decision,
-        custom,
-    })
-}
-
 /// One line per install or removal, for plans, progress and events.
 pub fn describe(d: &Decision) -> Vec<String> {
     d.install
