@@ -3,13 +3,13 @@
 //!
 //! - this module: the watch, the per-object pacing (backoff, settled resyncs, our own status
 //!   echoes) and the reconcile entry point;
-//! - [`pass`]: one pass in the engine's order (dereference, fetch, build, observe, diff, apply,
+//! - `pass.rs`: one pass in the engine's order (dereference, fetch, build, observe, diff, apply,
 //!   verify) and the resync glance;
-//! - [`detection`]: the pass's Kibana side (rules, prebuilt rules, the anomaly job), planned and
+//! - `detection.rs`: the pass's Kibana side (rules, prebuilt rules, the anomaly job), planned and
 //!   applied by `engine::detection`;
-//! - [`conditions`]: conditions derived from what the engine saw and did (pure);
-//! - [`report`]: the status and events of one pass, written once at its end;
-//! - [`finalize`]: deletion by `deletionPolicy`.
+//! - `conditions.rs`: conditions derived from what the engine saw and did (pure);
+//! - `report.rs`: the status and events of one pass, written once at its end;
+//! - `finalize.rs`: deletion by `deletionPolicy`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -118,7 +118,7 @@ pub enum HookWant {
 impl Desired {
     /// The processor the operator adds to a hook. `ignore_missing_pipeline` is accepted from
     /// 8.3 (ES PR #87354; before, the pipeline is refused with 400 `parse_exception`); when the
-    /// cluster's version is not known (a resync glance), it is left to [`same_processor`].
+    /// cluster's version is not known (a resync glance), it is left to `same_processor`.
     pub fn hook_processor(&self) -> Value {
         let mut p = Map::new();
         p.insert("name".into(), json!(self.router));

@@ -335,7 +335,7 @@ fn is_not_ready_answer(detail: &str) -> bool {
         || d.contains("\"status\":\"unavailable\"")
 }
 
-/// Whether `e` is a Kibana that is still starting (see [`starting`]).
+/// Whether `e` is a Kibana that is still starting (see `starting`).
 pub fn is_starting(e: &Error) -> bool {
     matches!(e, Error::Transient { service: Service::Kibana, what, cause: Transience::Status(503), .. } if what == "is starting")
 }

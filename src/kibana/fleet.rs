@@ -10,7 +10,7 @@
 //!   neither installed nor found in the registry (also what an unreachable registry looks like).
 //! - Installing from the registry does not check the *requested* version's
 //!   `conditions.kibana.version`: it refuses only a version older than the newest compatible one
-//!   (400 "… is out-of-date …" without `force`) and answers 404 "[dga] package not found in
+//!   (400 "… is out-of-date …" without `force`) and answers 404 "\[dga\] package not found in
 //!   registry" when nothing is compatible or the registry cannot be reached. A newer,
 //!   incompatible version installs, so the constraint is checked here ([`kibana_satisfies`]).
 //! - Upload (`POST /api/fleet/epm/packages`, `application/zip`) needs no registry and checks no

@@ -46,7 +46,7 @@ pub struct Observed {
     pub job: JobSeen,
 }
 
-/// Reads what [`diff`] needs: the rules in the space, what Kibana offers of Elastic's (unless
+/// Reads what [`super::diff()`] needs: the rules in the space, what Kibana offers of Elastic's (unless
 /// `known`), and the job. `jobs_recorded` says whether a job no longer needed may be ours. No
 /// Kibana client (a removal where no Kibana is known): no rules seen, only the job is read.
 pub async fn observe(
