@@ -1392,17 +1392,12 @@ async fn pipeline_fields_follow_the_version_profile() {
     }
 }
 
-/// ClassificationConfig's field names come from the model's stored `inference_config` merged
-/// with the processor's (InferenceProcessor / ClassificationConfigUpdate.apply), and a document
-/// with none of the model's input fields gets a `warning` instead of a prediction
-/// (LocalModel.infer).
-#[tokio::test]
-async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missing() {
-    let t = T::new().await;
+/// PUTs a generated model under `id` with `inference_config`; a document holding one of its
+/// inputs.
+async fn put_generated_model(t: &T, id: &str, inference_config: Value) -> Value {
     let mut model: Value =
-        serde_json::from_slice(&model_body("dga_cfg", 50_000, ModelEncoding::Plain)).unwrap();
-    model["inference_config"] = json!({"classification": {
-        "results_field": "malicious_prediction", "num_top_classes": 0}});
+        serde_json::from_slice(&model_body(id, 50_000, ModelEncoding::Plain)).unwrap();
+    model["inference_config"] = inference_config;
     let first_input = model["input"]["field_names"][0]
         .as_str()
         .unwrap()
@@ -1411,13 +1406,29 @@ async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missin
         .raw(
             &t.s.es_url(),
             Method::PUT,
-            "/_ml/trained_models/dga_cfg",
+            &format!("/_ml/trained_models/{id}"),
             Some(serde_json::to_vec(&model).unwrap()),
         )
         .await;
     assert_eq!(s, 200);
     let mut with_input = json!({});
     with_input[&first_input] = json!(0.5);
+    with_input
+}
+
+/// ClassificationConfig's field names come from the model's stored `inference_config` merged
+/// with the processor's (InferenceProcessor / ClassificationConfigUpdate.apply), and a document
+/// with none of the model's input fields gets a `warning` instead of a prediction
+/// (LocalModel.infer).
+#[tokio::test]
+async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missing() {
+    let t = T::new().await;
+    let with_input = put_generated_model(
+        &t,
+        "dga_cfg",
+        json!({"classification": {"results_field": "malicious_prediction", "num_top_classes": 0}}),
+    )
+    .await;
     let body = json!({
         "pipeline": {"processors": [{"inference": {"model_id": "dga_cfg", "target_field": "ml",
             "inference_config": {"classification": {"num_top_classes": 1}}}}]},
@@ -1445,26 +1456,13 @@ async fn inference_merges_the_models_config_and_warns_when_all_fields_are_missin
 #[tokio::test]
 async fn inference_keeps_the_models_top_classes_field_and_prediction_type() {
     let t = T::new().await;
-    let mut model: Value =
-        serde_json::from_slice(&model_body("dga_typed", 50_000, ModelEncoding::Plain)).unwrap();
-    model["inference_config"] = json!({"classification": {
-        "results_field": "malicious_prediction", "num_top_classes": 0,
-        "top_classes_results_field": "classes", "prediction_field_type": "number"}});
-    let first_input = model["input"]["field_names"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (s, _, _) = t
-        .raw(
-            &t.s.es_url(),
-            Method::PUT,
-            "/_ml/trained_models/dga_typed",
-            Some(serde_json::to_vec(&model).unwrap()),
-        )
-        .await;
-    assert_eq!(s, 200);
-    let mut with_input = json!({});
-    with_input[&first_input] = json!(0.5);
+    let with_input = put_generated_model(
+        &t,
+        "dga_typed",
+        json!({"classification": {"results_field": "malicious_prediction", "num_top_classes": 0,
+            "top_classes_results_field": "classes", "prediction_field_type": "number"}}),
+    )
+    .await;
     let body = json!({
         "pipeline": {"processors": [{"inference": {"model_id": "dga_typed", "target_field": "ml",
             "inference_config": {"classification": {"num_top_classes": 2}}}}]},
