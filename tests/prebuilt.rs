@@ -510,6 +510,17 @@ async fn old_cli(version: &str) {
         (1, &left["name"]),
         "{version}: untouched"
     );
+    // Both services are planned before either is written: the conflict holds back the
+    // Elasticsearch side too (nothing half installed).
+    assert!(
+        env.standin.models().is_empty() && env.standin.jobs().is_empty(),
+        "{version}: nothing written while the rules conflict"
+    );
+    assert!(
+        env.es_writes().is_empty(),
+        "{version}: {:?}",
+        env.es_writes()
+    );
 
     let mut s = spec(&rel.tag);
     s["overwrite"] = json!(true);
@@ -517,6 +528,7 @@ async fn old_cli(version: &str) {
     let m = env
         .wait_condition("dga", "RulesInstalled", "True", Some("Installed"))
         .await;
+    assert_eq!(env.standin.models().len(), 1, "{version}: installed");
     if offers(version, true) {
         assert_eq!(m.status.as_ref().unwrap().objects.prebuilt_rules, ids);
         for id in &ids {

@@ -54,8 +54,7 @@ pub(super) fn job_condition(
 }
 
 /// The Kibana side: the detection rules, and the anomaly job the ML rule needs, planned and
-/// applied by the engine's detection part. Runs after the Elasticsearch side converged, so a
-/// Kibana outage never holds back the enrichment.
+/// applied by the engine's detection part ([`prepare`] then [`finish`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn rules_pass(
     obj: &DgaModel,
@@ -68,6 +67,47 @@ pub(super) async fn rules_pass(
     glanced: bool,
     report: &mut Report,
 ) -> Result<(), Error> {
+    match prepare(obj, ctx, target, bundle, es, owner, marker, glanced, report).await? {
+        Some(p) => finish(ctx, es, p, report).await,
+        None => Ok(()),
+    }
+}
+
+/// The detection side planned, nothing written yet: what [`finish`] applies.
+pub(super) struct Prepared {
+    client: crate::kibana::KibanaClient,
+    desired: engine::detection::Desired,
+    plan: engine::detection::Plan,
+    enable_new: bool,
+    wanted: bool,
+    space: String,
+    kibana_version: String,
+}
+
+impl Prepared {
+    /// Whatever is in the way on the detection side.
+    pub(super) fn conflicts(&self) -> Vec<String> {
+        let mut c = self.plan.conflict_details();
+        c.extend(self.plan.job_conflict.iter().cloned());
+        c
+    }
+}
+
+/// Observes and diffs the detection side (Kibana's version and what it offers, the rules, the
+/// job). `None`: nothing to apply (no Kibana known, or suspended / `mode: Plan`, whose plan is
+/// reported here). Conflicts of the rules are returned as [`Error::Conflict`].
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn prepare(
+    obj: &DgaModel,
+    ctx: &Context,
+    target: &Target,
+    bundle: &crate::bundle::Bundle,
+    es: &Elasticsearch,
+    owner: &Owner,
+    marker: &engine::Marker,
+    glanced: bool,
+    report: &mut Report,
+) -> Result<Option<Prepared>, Error> {
     use crate::kibana::{self, KibanaClient};
     use engine::detection::{self, JobLook, Recorded};
     let spec = obj.spec.rules.clone().unwrap_or_default();
@@ -97,7 +137,7 @@ pub(super) async fn rules_pass(
             "NoKibana",
             "no Kibana known (set spec.kibanaRef to an ECK Kibana, or add `kibana-url` to the cluster Secret); rules not installed",
         );
-        return Ok(());
+        return Ok(None);
     };
     let http = kb.http_client(ctx.settings.request_timeout)?;
     let client = KibanaClient::new(http, &kb.url, kb.auth.clone());
@@ -166,8 +206,36 @@ pub(super) async fn rules_pass(
         if let Some(p) = report.suspended.as_mut() {
             p.detection = Some(plan);
         }
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(Prepared {
+        client,
+        desired,
+        plan,
+        enable_new: settings.enable_new,
+        wanted: settings.wanted,
+        space,
+        kibana_version: kstatus.version.clone(),
+    }))
+}
+
+/// Applies what [`prepare`] planned, then the conditions, the record and the events.
+pub(super) async fn finish(
+    ctx: &Context,
+    es: &Elasticsearch,
+    p: Prepared,
+    report: &mut Report,
+) -> Result<(), Error> {
+    use engine::detection;
+    let Prepared {
+        client,
+        desired,
+        plan,
+        enable_new,
+        wanted,
+        space,
+        kibana_version,
+    } = p;
     let in_kibana: Vec<String> = plan
         .steps
         .iter()
@@ -180,7 +248,7 @@ pub(super) async fn rules_pass(
             .await;
     }
     let (applied, failed) =
-        match detection::apply(Some(&client), es, &desired, &plan, settings.enable_new).await {
+        match detection::apply(Some(&client), es, &desired, &plan, enable_new).await {
             Ok(a) => (a, None),
             Err((a, f)) => (a, Some(f)),
         };
@@ -220,7 +288,6 @@ pub(super) async fn rules_pass(
             report.status.conditions.retain(|c| c.type_ != JOB);
         }
     }
-    let wanted = settings.wanted;
     report.status.objects.rules_space =
         (wanted || !report.status.objects.prebuilt_rules.is_empty()).then(|| space.clone());
     report.status.rules = Some(format!("{}/{}", plan.rules, plan.rules));
@@ -247,7 +314,7 @@ pub(super) async fn rules_pass(
             ),
             None => " (the machine_learning rule is not selected: no anomaly job)".to_string(),
         };
-        plan.route_message(&kstatus.version) + &note
+        plan.route_message(&kibana_version) + &note
     } else {
         "rules disabled by spec.rules.enabled".to_string()
     };

@@ -127,18 +127,26 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             es: plan,
             detection: None,
         });
-    } else {
-        let insecure = target.elasticsearch.insecure;
-        if let Err(e) = apply_es(
-            ctx, &es, insecure, &desired, &observed, &known, plan, &owner, report,
+        let r = rules_pass(
+            obj,
+            ctx,
+            &target,
+            &bundle,
+            &es,
+            &owner,
+            &desired.marker,
+            false,
+            report,
         )
-        .await
-        {
-            // A hook a StackConfigPolicy owns: name the policy.
-            return Err(target.explain_reserved(&ctx.client, e).await);
-        }
+        .await;
+        keep_cache.armed = r.is_err();
+        return r;
     }
-    let r = rules_pass(
+    // Both services planned before either is written, as the CLI does: what is in the way on
+    // either side, or a spec the rules cannot follow, holds back both (never half an upgrade).
+    // Anything else from Kibana (unreachable, starting, refusing our credentials) holds back
+    // only the rules: the enrichment goes on.
+    let detection = prepare(
         obj,
         ctx,
         &target,
@@ -150,6 +158,32 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         report,
     )
     .await;
+    match &detection {
+        Err(Error::Conflict(_) | Error::InvalidSpec(_)) => {
+            return detection.map(|_| ());
+        }
+        Ok(Some(p)) => {
+            let c = p.conflicts();
+            if !c.is_empty() {
+                return Err(Error::Conflict(c.join("; ")));
+            }
+        }
+        _ => {}
+    }
+    let insecure = target.elasticsearch.insecure;
+    if let Err(e) = apply_es(
+        ctx, &es, insecure, &desired, &observed, &known, plan, &owner, report,
+    )
+    .await
+    {
+        // A hook a StackConfigPolicy owns: name the policy.
+        return Err(target.explain_reserved(&ctx.client, e).await);
+    }
+    let r = match detection {
+        Ok(Some(p)) => finish(ctx, &es, p, report).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
     keep_cache.armed = r.is_err();
     r
 }
