@@ -285,7 +285,7 @@ async fn run(sc: Scenario, k: Option<usize>, release_first: bool) -> (Row, Vec<R
     .await
     .is_some();
     let secs = t0.elapsed().as_secs_f64();
-    let violations = if ok {
+    let mut violations = if ok {
         let mut v = env.invariant_violations(sc == Scenario::Delete).await;
         let states = env.ml_states(PASSWORD).await;
         let want = if sc == Scenario::Delete {
@@ -316,6 +316,10 @@ async fn run(sc: Scenario, k: Option<usize>, release_first: bool) -> (Row, Vec<R
         logs.push_str(&op.logs());
     }
     texts.push(logs.clone());
+    // A log file (as `kubectl logs` shows it) is plain text: colours only on a terminal.
+    if logs.contains('\u{1b}') {
+        violations.push("ANSI escape codes in the operator's log file".into());
+    }
     let leaks: Vec<String> = secrets()
         .into_iter()
         .filter(|s| texts.iter().any(|t| t.contains(s.as_str())))

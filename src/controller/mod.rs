@@ -391,6 +391,15 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         report.progress(&ctx, msg).await;
     }
     let outcome = pass(&obj, &ctx, &mut report).await;
+    // The on-call reader of the logs sees each failed pass (errors carry no secrets).
+    if let Err(e) = &outcome {
+        let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+        if e.is_transient() {
+            tracing::info!(namespace = ns, name, reason = e.reason(), error = %e, "pass failed; retrying after a backoff");
+        } else {
+            warn!(namespace = ns, name, reason = e.reason(), error = %e, "pass failed; retrying at the resync pace or on a change");
+        }
+    }
     let requeue = match &outcome {
         Ok(()) => {
             ctx.succeeded(&uid);
