@@ -1075,3 +1075,45 @@ async fn a_datafeed_without_data_waits_then_starts_when_data_arrives() {
     assert!(env.es_writes().is_empty(), "{:?}", env.es_writes());
     env.finish().await;
 }
+
+/// A settled object whose status is not the one the last pass wrote (a status write that
+/// failed after the pass ended, as under load, or a status edited by hand) gets a full pass at
+/// the next resync, which writes the truth back: a resync glance keeps the status it reads, so
+/// it must never run on one it did not write.
+#[tokio::test]
+async fn a_status_the_operator_did_not_write_is_corrected_at_the_next_resync() {
+    let env = resyncing_every(1, "ctl-stale").await;
+    let rel = env.publish("ML-DGA-20210126-1", Layout::V2);
+    env.secret("es", "changeme").await;
+    env.apply("dga", spec(&rel.tag)).await;
+    let m = env.wait_ready("dga").await;
+    let good = m.status.unwrap();
+    // Let a resync or two settle it (glances from here on).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.models_api()
+        .patch_status(
+            "dga",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {
+                "installedTag": "ML-DGA-20200101-1",
+                "modelId": "dga_stale",
+                "bundleSha256": "0000"
+            }})),
+        )
+        .await
+        .unwrap();
+    let fixed = wait_for(Duration::from_secs(30), || async {
+        let st = env.status("dga").await?;
+        (st.installed_tag == good.installed_tag
+            && st.model_id == good.model_id
+            && st.bundle_sha256 == good.bundle_sha256)
+            .then_some(st)
+    })
+    .await;
+    assert!(
+        fixed.is_some(),
+        "status not written back: {:?}",
+        env.status("dga").await
+    );
+    env.finish().await;
+}

@@ -425,8 +425,16 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
         .settle
         .take()
         .filter(|_| outcome.is_ok() && is_true(READY));
+    // Settled only once the status saying so is written: a resync glance keeps the status it
+    // reads, so settling before a failed write would keep the last pass's status for good.
+    let written = match report.publish(&api, &obj, &ctx).await {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.settle(&uid, None);
+            return Err(e);
+        }
+    };
     ctx.settle(&uid, settled);
-    let written = report.publish(&api, &obj, &ctx).await?;
     ctx.note_echo(&uid, written);
     ctx.metrics.reconciled(
         &obj,

@@ -69,8 +69,18 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         echo: None,
     };
     if applying {
+        // A glance keeps the status it reads: only worth it while that status is the one the
+        // settled pass wrote (not one a failed write left behind, nor one edited by hand).
+        let status_as_written = |s: &Settled| {
+            obj.status.as_ref().is_some_and(|st| {
+                st.observed_generation == s.generation
+                    && st.bundle_sha256.as_deref() == Some(s.bundle_sha256.as_str())
+                    && st.installed_tag.as_deref() == Some(desired.release.as_str())
+            })
+        };
         if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
             && s.same_inputs(&settle)
+            && status_as_written(&s)
         {
             report.settle = Some(s.clone());
             if let Some(v) = &s.es_version {
