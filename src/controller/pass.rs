@@ -123,7 +123,9 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     desired.owner.adopted = owner.adopted.clone();
     let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
-    if spec.suspend || spec.mode == crate::api::Mode::Plan {
+    // Suspended or `mode: Plan`: both services planned and reported, nothing written.
+    let held_back = spec.suspend || spec.mode == crate::api::Mode::Plan;
+    if held_back {
         let owned = engine::diff::owned_ids(&observed, &owner, &known);
         record_objects(report, &owned);
         held_back_conditions(
@@ -134,23 +136,9 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             spec.mode == crate::api::Mode::Plan,
         );
         report.suspended = Some(engine::plan::Plan {
-            es: plan,
+            es: plan.clone(),
             detection: None,
         });
-        let r = rules_pass(
-            obj,
-            ctx,
-            &target,
-            &bundle,
-            &es,
-            &owner,
-            &desired.marker,
-            false,
-            report,
-        )
-        .await;
-        keep_cache.armed = r.is_err();
-        return r;
     }
     // Both services planned before either is written, as the CLI does: what is in the way on
     // either side, or a spec the rules cannot follow, holds back both (never half an upgrade).
@@ -168,6 +156,10 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         report,
     )
     .await;
+    if held_back {
+        keep_cache.armed = detection.is_err();
+        return detection.map(|_| ());
+    }
     match &detection {
         Err(Error::Conflict(_) | Error::InvalidSpec(_)) => {
             return detection.map(|_| ());
