@@ -129,16 +129,25 @@ async fn person_installs(env: &Env, ids: &[String]) {
         .iter()
         .map(|id| holding(env, id)[0]["id"].clone())
         .collect();
-    let s = c
-        .post(format!("{kb}/api/detection_engine/rules/_bulk_action"))
+    bulk_action(env, "enable", &objects).await;
+}
+
+/// A person's bulk `action` on rules (by object id) through Kibana's API, as a click in the
+/// rules table does (it moves `updated_at`).
+async fn bulk_action(env: &Env, action: &str, ids: &[Value]) {
+    let s = reqwest::Client::new()
+        .post(format!(
+            "{}/api/detection_engine/rules/_bulk_action",
+            env.standin.kibana_url()
+        ))
         .basic_auth("elastic", Some("changeme"))
         .header("kbn-xsrf", "true")
-        .json(&json!({"action": "enable", "ids": objects}))
+        .json(&json!({"action": action, "ids": ids}))
         .send()
         .await
         .unwrap()
         .status();
-    assert!(s.is_success());
+    assert!(s.is_success(), "{action}: {s}");
 }
 
 /// `major.minor` of a profile version.
@@ -411,20 +420,7 @@ async fn fresh(version: &str, dga: bool) {
         .find(|r| r["type"] == "machine_learning")
         .unwrap();
     let rid = r["rule_id"].clone();
-    // Through Kibana's API, as a person's click does (it moves `updated_at`).
-    let s = reqwest::Client::new()
-        .post(format!(
-            "{}/api/detection_engine/rules/_bulk_action",
-            env.standin.kibana_url()
-        ))
-        .basic_auth("elastic", Some("changeme"))
-        .header("kbn-xsrf", "true")
-        .json(&json!({"action": "disable", "ids": [r["id"]]}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(s.is_success(), "{s}");
+    bulk_action(&env, "disable", &[r["id"].clone()]).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let now = env.standin.rules("default");
     assert_eq!(

@@ -190,15 +190,7 @@ pub async fn remove(
                 adopted: Vec::new(),
             }
         };
-        removed.extend(
-            detection::remove(Some((&client, SPACE)), es, &o, &[], i == 0)
-                .await?
-                .into_iter()
-                .map(|g| match g.strip_prefix("rule ") {
-                    Some(id) => format!("detection rule {id}"),
-                    None => g,
-                }),
-        );
+        removed.extend(detection::remove(Some((&client, SPACE)), es, &o, &[], i == 0).await?);
     }
     let is_any_ours = |r: &Value| {
         r.get("tags").and_then(Value::as_array).is_some_and(|t| {

@@ -53,27 +53,9 @@ pub(super) fn job_condition(
     }
 }
 
-/// The Kibana side: the detection rules, and the anomaly job the ML rule needs, planned and
-/// applied by the engine's detection part ([`prepare`] then [`finish`]).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn rules_pass(
-    obj: &DgaModel,
-    ctx: &Context,
-    target: &Target,
-    bundle: &crate::bundle::Bundle,
-    es: &Elasticsearch,
-    owner: &Owner,
-    marker: &engine::Marker,
-    glanced: bool,
-    report: &mut Report,
-) -> Result<(), Error> {
-    match prepare(obj, ctx, target, bundle, es, owner, marker, glanced, report).await? {
-        Some(p) => finish(ctx, es, p, report).await,
-        None => Ok(()),
-    }
-}
-
-/// The detection side planned, nothing written yet: what [`finish`] applies.
+/// The Kibana side (the detection rules, and the anomaly job the ML rule needs), planned and
+/// applied by the engine's detection part: [`prepare`] observes and diffs, nothing written yet;
+/// [`finish`] applies what it planned.
 pub(super) struct Prepared {
     client: crate::kibana::KibanaClient,
     desired: engine::detection::Desired,
@@ -84,18 +66,10 @@ pub(super) struct Prepared {
     kibana_version: String,
 }
 
-impl Prepared {
-    /// Whatever is in the way on the detection side.
-    pub(super) fn conflicts(&self) -> Vec<String> {
-        let mut c = self.plan.conflict_details();
-        c.extend(self.plan.job_conflict.iter().cloned());
-        c
-    }
-}
-
 /// Observes and diffs the detection side (Kibana's version and what it offers, the rules, the
 /// job). `None`: nothing to apply (no Kibana known, or suspended / `mode: Plan`, whose plan is
-/// reported here). Conflicts of the rules are returned as [`Error::Conflict`].
+/// reported here). What is in the way (a rule, the job) is returned as [`Error::Conflict`]
+/// before anything is written, in every mode.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn prepare(
     obj: &DgaModel,
@@ -180,11 +154,11 @@ pub(super) async fn prepare(
         report.set(RULES, false, "Conflict", e.to_string());
         return Err(e);
     }
+    if let Some(c) = &plan.job_conflict {
+        return Err(Error::Conflict(c.clone()));
+    }
     let suspended = obj.spec.suspend || obj.spec.mode == crate::api::Mode::Plan;
     if suspended {
-        if let Some(c) = &plan.job_conflict {
-            return Err(Error::Conflict(c.clone()));
-        }
         if let Some(job) = &plan.job {
             job_condition(report, job, &plan.index, None, ctx);
             if let Some(s) = report.settle.as_mut() {

@@ -160,17 +160,8 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         keep_cache.armed = detection.is_err();
         return detection.map(|_| ());
     }
-    match &detection {
-        Err(Error::Conflict(_) | Error::InvalidSpec(_)) => {
-            return detection.map(|_| ());
-        }
-        Ok(Some(p)) => {
-            let c = p.conflicts();
-            if !c.is_empty() {
-                return Err(Error::Conflict(c.join("; ")));
-            }
-        }
-        _ => {}
+    if let Err(Error::Conflict(_) | Error::InvalidSpec(_)) = &detection {
+        return detection.map(|_| ());
     }
     let insecure = target.elasticsearch.insecure;
     if let Err(e) = apply_es(
@@ -292,18 +283,11 @@ pub(super) async fn glance_pass(
                 ctx.metrics.glanced(false); // metrics
                 return Ok(false);
             }
-            rules_pass(
-                obj,
-                ctx,
-                target,
-                bundle,
-                es,
-                &desired.owner,
-                &desired.marker,
-                true,
-                report,
-            )
-            .await?;
+            let (owner, marker) = (&desired.owner, &desired.marker);
+            let prepared = prepare(obj, ctx, target, bundle, es, owner, marker, true, report);
+            if let Some(p) = prepared.await? {
+                finish(ctx, es, p, report).await?;
+            }
             ctx.metrics.glanced(true); // metrics
             Ok(true)
         }

@@ -266,7 +266,9 @@ impl Action {
     /// What a removal step took away, for the deletion's event.
     pub fn gone(&self) -> Option<String> {
         match self {
-            Action::Rule(RuleAction::Delete { rule_id }) => Some(format!("rule {rule_id}")),
+            Action::Rule(RuleAction::Delete { rule_id }) => {
+                Some(format!("detection rule {rule_id}"))
+            }
             Action::RemovePrebuilt { rule_id } => {
                 Some(format!("Elastic's prebuilt rule {rule_id}"))
             }

@@ -431,7 +431,7 @@ fn removal_is_a_plan_against_nothing() {
     assert_eq!(
         gone,
         vec![
-            format!("rule {}", ours["rule_id"].as_str().unwrap()),
+            format!("detection rule {}", ours["rule_id"].as_str().unwrap()),
             format!("Elastic's prebuilt rule {elastic}"),
             format!(
                 "datafeed {}, anomaly detection job {}",
