@@ -22,13 +22,14 @@ pub fn is_release_tag(tag: &str) -> bool {
     RE.is_match(tag)
 }
 
-/// Installs one release of Elastic's ML-DGA detection package (a supervised model that scores DNS
-/// questions for algorithmically generated domains, its painless scripts and enrichment ingest
-/// pipelines) into an Elasticsearch cluster, keeps it installed, and removes it when this object
-/// is deleted.
+/// Installs Elastic's DGA detection (a supervised model that scores DNS questions for
+/// algorithmically generated domains, and the ingest pipelines that enrich DNS events with it)
+/// into an Elasticsearch cluster, from an ML-DGA release (`releaseTag`) or Elastic's Fleet
+/// package `dga` (`fleetPackage`), with its detection rules in Kibana; keeps it installed, and
+/// removes what it installed when this object is deleted.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
-    doc = "A DgaModel installs one ML-DGA release into an Elasticsearch cluster (and its rules into Kibana) and keeps it there.",
+    doc = "A DgaModel installs Elastic's DGA detection (an ML-DGA release or the Fleet package dga) into an Elasticsearch cluster, and its rules into Kibana, and keeps it there.",
     group = "dgaoperator.io",
     version = "v1alpha1",
     kind = "DgaModel",
@@ -37,20 +38,33 @@ pub fn is_release_tag(tag: &str) -> bool {
     namespaced,
     status = "DgaModelStatus",
     printcolumn = r#"{"name":"Release","type":"string","description":"The release installed and serving","jsonPath":".status.installedTag"}"#,
+    printcolumn = r#"{"name":"Package","type":"string","description":"The Fleet package dga version installed","jsonPath":".status.fleetPackage.version"}"#,
     printcolumn = r#"{"name":"State","type":"string","description":"Pending, Installing, Installed, Retrying, NeedsAttention, Planned, Suspended or Deleting","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Rules","type":"string","jsonPath":".status.rules"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Wanted","type":"string","priority":1,"description":"spec.releaseTag","jsonPath":".spec.releaseTag"}"#,
+    printcolumn = r#"{"name":"Wanted-Package","type":"string","priority":1,"description":"spec.fleetPackage.version","jsonPath":".spec.fleetPackage.version"}"#,
     printcolumn = r#"{"name":"Model","type":"string","priority":1,"jsonPath":".status.modelId"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = exactly_one_source)]
 pub struct DgaModelSpec {
     /// The ML-DGA release to install, `ML-DGA-YYYYMMDD-N` (for example `ML-DGA-20201129-25`).
-    /// Changing it upgrades the installed package without a gap in enrichment.
+    /// Changing it upgrades the installed package without a gap in enrichment. Set exactly one
+    /// of `releaseTag` (the ML-DGA zips, last published 2021, for stacks up to 7.x and 8.x
+    /// without Fleet) or `fleetPackage` (Elastic's route from 8.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^ML-DGA-[0-9]{8}-[0-9]+$"))]
-    pub release_tag: String,
+    pub release_tag: Option<String>,
+
+    /// Elastic's Fleet integration package `dga` to install through Kibana (8.0 and later):
+    /// the model and its version-prefixed pipelines come from the package, the operator wires
+    /// the `@custom` hooks to them, installs Elastic's rules and sets up the package's anomaly
+    /// job through Kibana's ML module. Set exactly one of `releaseTag` or `fleetPackage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_package: Option<FleetPackage>,
 
     /// Where the release comes from. When omitted, the tag is looked up in the GitHub releases of
     /// `elastic/detection-rules`.
@@ -178,6 +192,119 @@ pub struct ReleaseSource {
     pub sha256: Option<String>,
 }
 
+/// A version of Elastic's Fleet integration package `dga`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetPackage {
+    /// The package version, e.g. `2.3.7`. Changing it upgrades the package, then moves the
+    /// hooks to the new version's pipelines (the old version's stay until then: no gap). The
+    /// version's Kibana constraint must match the stack (2.x: 8.9 and later; 3.x: 9.4 and
+    /// later; 1.x: 8.0 to 8.x).
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+
+    /// Download the package archive (zip) from this URL and install it by upload, for a Kibana
+    /// without access to a package registry (air-gapped). Without it, Kibana installs the
+    /// version from the registry it is configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: Option<String>,
+
+    /// Expected sha256 of the archive at `url` (64 hex digits): a download that does not match
+    /// is refused before anything is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// Where a DgaModel's enrichment comes from: exactly one of the spec's two sources.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Route<'a> {
+    /// An ML-DGA release zip (`spec.releaseTag`, `spec.source`).
+    Release {
+        tag: &'a str,
+        source: Option<&'a ReleaseSource>,
+    },
+    /// Elastic's Fleet package `dga` (`spec.fleetPackage`).
+    Fleet(&'a FleetPackage),
+}
+
+impl DgaModelSpec {
+    /// The spec's source, or why it has none (the CRD's `oneOf` refuses both and neither, but
+    /// an object stored before that schema, or the CLI, may still carry them).
+    pub fn route(&self) -> Result<Route<'_>, String> {
+        match (&self.release_tag, &self.fleet_package) {
+            (Some(tag), None) => {
+                if is_release_tag(tag) {
+                    Ok(Route::Release {
+                        tag,
+                        source: self.source.as_ref(),
+                    })
+                } else {
+                    Err(format!(
+                        "spec.releaseTag `{tag}` is not of the form ML-DGA-YYYYMMDD-N"
+                    ))
+                }
+            }
+            (None, Some(p)) => {
+                if !is_package_version(&p.version) {
+                    return Err(format!(
+                        "spec.fleetPackage.version `{}` is not a package version (semver, e.g. 2.3.7)",
+                        p.version
+                    ));
+                }
+                if p.sha256.is_some() && p.url.is_none() {
+                    return Err(
+                        "spec.fleetPackage.sha256 checks the archive at spec.fleetPackage.url: set url too (a registry install has no archive to check)".into(),
+                    );
+                }
+                if self.source.is_some() {
+                    return Err(
+                        "spec.source belongs to spec.releaseTag; with spec.fleetPackage use spec.fleetPackage.url".into(),
+                    );
+                }
+                if self
+                    .enrichment
+                    .as_ref()
+                    .is_some_and(|e| e.indices.as_ref().is_some_and(|i| !i.is_empty()))
+                {
+                    return Err(
+                        "spec.enrichment.indices wires Beats indices to a release's pipelines; with spec.fleetPackage the enrichment is wired through the @custom hooks of spec.enrichment.customPipelines, as Elastic documents for the package".into(),
+                    );
+                }
+                Ok(Route::Fleet(p))
+            }
+            (Some(_), Some(_)) => {
+                Err("set one of spec.releaseTag or spec.fleetPackage, not both".into())
+            }
+            (None, None) => Err("set spec.releaseTag or spec.fleetPackage".into()),
+        }
+    }
+
+    /// What the spec asks to install, for messages: `release ML-DGA-…` or `Fleet package dga
+    /// 2.3.7`.
+    pub fn wanted_label(&self) -> String {
+        match (&self.release_tag, &self.fleet_package) {
+            (Some(t), _) => format!("release {t}"),
+            (None, Some(p)) => format!("Fleet package dga {}", p.version),
+            (None, None) => "nothing".into(),
+        }
+    }
+}
+
+/// Whether `v` reads as a package version (semver).
+pub fn is_package_version(v: &str) -> bool {
+    semver::Version::parse(v).is_ok()
+}
+
+/// Kubernetes 1.20 has no CEL, but it does enforce `oneOf` with `required` lists.
+fn exactly_one_source(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        serde_json::json!([{"required": ["releaseTag"]}, {"required": ["fleetPackage"]}]),
+    );
+}
+
 /// The cluster to install into. Set exactly one of `secretName` or `name`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -289,6 +416,10 @@ pub struct DgaModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_tag: Option<String>,
 
+    /// The Fleet package `dga` in Kibana, when `spec.fleetPackage` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_package: Option<FleetPackageStatus>,
+
     /// Id of the trained model currently installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
@@ -297,7 +428,8 @@ pub struct DgaModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_uuid: Option<String>,
 
-    /// sha256 of the installed release zip.
+    /// sha256 of the installed release zip (on the Fleet route: of the uploaded package
+    /// archive, or `registry` for a version installed from Kibana's registry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,
 
@@ -317,6 +449,21 @@ pub struct DgaModelStatus {
     /// The objects this DgaModel installed and owns; removed on delete.
     #[serde(default, skip_serializing_if = "InstalledObjects::is_empty")]
     pub objects: InstalledObjects,
+}
+
+/// The Fleet package as the operator last saw it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetPackageStatus {
+    /// The version installed in Kibana.
+    pub version: String,
+    /// Whether this DgaModel installed that version (then deleting it uninstalls the package,
+    /// under `deletionPolicy: Delete`); `false` for a package someone else installed and this
+    /// DgaModel adopted with `overwrite: true`, which is never uninstalled.
+    pub installed_by_operator: bool,
+    /// How the version came: `registry` or `upload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The state column: derived from the conditions (see `status::state`), so it never disagrees

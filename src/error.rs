@@ -59,6 +59,14 @@ pub enum Error {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// Kibana cannot get the Fleet package version asked for (no registry it can reach has it).
+    #[error("{0}")]
+    PackageUnavailable(String),
+
+    /// The Fleet package version asked for does not fit this stack (its Kibana constraint).
+    #[error("{0}")]
+    PackageIncompatible(String),
+
     /// An object Elasticsearch's file-based settings own (ECK's StackConfigPolicy): no request,
     /// `overwrite` included, may change it. Reported as a Conflict.
     #[error("conflict: {0}")]
@@ -136,6 +144,8 @@ impl Error {
             Error::VersionUnsupported { .. } => "VersionUnsupported",
             Error::LicenseInsufficient(_) => "LicenseInsufficient",
             Error::Conflict(_) | Error::ReservedState(_) => "Conflict",
+            Error::PackageUnavailable(_) => "PackageUnavailable",
+            Error::PackageIncompatible(_) => "PackageIncompatible",
             Error::Transient { .. } => "TransientError",
             Error::Rejected { .. } => "RequestRejected",
             Error::Kube(_) => "KubernetesError",
@@ -186,6 +196,7 @@ impl Error {
             Error::LicenseInsufficient(_) | Error::Conflict(_) | Error::ReservedState(_) => {
                 Some(Service::Elasticsearch)
             }
+            Error::PackageUnavailable(_) | Error::PackageIncompatible(_) => Some(Service::Kibana),
             _ => None,
         }
     }

@@ -12,6 +12,8 @@ pub const ES_REACHABLE: &str = "ElasticsearchReachable";
 pub const LICENSE: &str = "LicenseSufficient";
 pub const MODEL: &str = "ModelInstalled";
 pub const PIPELINES: &str = "PipelinesInstalled";
+/// The Fleet package `dga` (the Fleet route): installed at the wanted version.
+pub const PACKAGE: &str = "PackageInstalled";
 pub const KIBANA_REACHABLE: &str = "KibanaReachable";
 pub const RULES: &str = "RulesInstalled";
 pub const VERIFIED: &str = "EnrichmentVerified";

@@ -35,6 +35,9 @@ pub struct Fetcher {
     opened: Mutex<HashMap<String, Bundle>>,
     /// Zip sha256 by source (the on-disk `sources/` index, remembered).
     sources: Mutex<HashMap<String, String>>,
+    /// Fleet package archives opened by this process, by url (each resync of a DgaModel on
+    /// the air-gapped route asks again).
+    packages: Mutex<HashMap<String, crate::engine::package::Archive>>,
 }
 
 /// See `Fetcher::on_download`.
@@ -60,6 +63,7 @@ impl Fetcher {
             locks: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
             sources: Mutex::new(HashMap::new()),
+            packages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -690,5 +694,112 @@ mod tests {
         assert!(started.is_ok(), "the download never started");
         drop(fetch);
         assert_eq!(partials(), Vec::<String>::new());
+    }
+}
+
+impl Fetcher {
+    /// The Fleet route's air-gapped source: the `dga` package archive at `url` (a mirror),
+    /// checked like a release (sha256 when given, Kibana's 100 MB upload limit, a zip with the
+    /// asked version's manifest) and cached by sha256; a url already downloaded needs no network
+    /// again (package versions are immutable).
+    pub async fn fetch_package(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        version: &str,
+    ) -> Result<crate::engine::package::Archive, Error> {
+        use crate::engine::package::{Archive, MAX_ARCHIVE_BYTES};
+        let pinned = sha256.map(str::to_ascii_lowercase);
+        let key = format!("package {url}");
+        let remembered = self.packages.lock().expect("packages").get(&key).cloned();
+        if let Some(a) = remembered
+            && a.version == version
+            && pinned.as_ref().is_none_or(|p| *p == a.sha256)
+        {
+            return Ok(a);
+        }
+        let shown = redact_url(url);
+        let path_of = |sha: &str| self.cache_dir.join("packages").join(format!("{sha}.zip"));
+        let cached = |sha: String| async move {
+            let bytes = tokio::fs::read(path_of(&sha)).await.ok()?;
+            // The file is named by its content: a damaged one is read again from the source.
+            (hex::encode(Sha256::digest(&bytes)) == sha).then_some((bytes, sha))
+        };
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        let mut hit = None;
+        if let Some(sha) = &pinned {
+            hit = cached(sha.clone()).await;
+        } else if let Ok(sha) = tokio::fs::read_to_string(self.index_path(&key)).await {
+            hit = cached(sha.trim().to_string()).await;
+        }
+        let (bytes, sha) = match hit {
+            Some(h) => h,
+            None => {
+                let what = format!("downloading the package archive from {shown}");
+                let resp = http::send(
+                    Service::Releases,
+                    &what,
+                    self.http
+                        .get(url)
+                        .header("Accept", "application/zip, application/octet-stream")
+                        .header("User-Agent", "dga-operator"),
+                )
+                .await?;
+                let status = resp.status().as_u16();
+                if !resp.status().is_success() {
+                    let detail = http::summarize(resp).await;
+                    return Err(if status == 404 {
+                        Error::InvalidRelease(format!("{shown} answered HTTP 404"))
+                    } else {
+                        Error::Rejected {
+                            service: Service::Releases,
+                            what,
+                            status,
+                            detail,
+                        }
+                    });
+                }
+                let too_big = || {
+                    Error::InvalidRelease(format!(
+                        "the package archive at {shown} is more than Kibana's upload limit of {MAX_ARCHIVE_BYTES} bytes"
+                    ))
+                };
+                if resp.content_length().is_some_and(|n| n > MAX_ARCHIVE_BYTES) {
+                    return Err(too_big());
+                }
+                let mut bytes = Vec::new();
+                let mut stream = resp.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk =
+                        chunk.map_err(|e| http::transport_error(Service::Releases, &what, &e))?;
+                    if bytes.len() as u64 + chunk.len() as u64 > MAX_ARCHIVE_BYTES {
+                        return Err(too_big());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                let sha = hex::encode(Sha256::digest(&bytes));
+                if let Some(want) = &pinned
+                    && *want != sha
+                {
+                    return Err(Error::ChecksumMismatch(format!(
+                        "the package archive at {shown} has sha256 {sha}, but spec.fleetPackage.sha256 is {want}"
+                    )));
+                }
+                (bytes, sha)
+            }
+        };
+        let archive = Archive::open(bytes, sha.clone(), &shown, version)?;
+        // Cached only once it opened as the version asked for.
+        let path = path_of(&sha);
+        if tokio::fs::metadata(&path).await.is_err() {
+            write_atomic(&path, &archive.bytes).await?;
+        }
+        write_atomic(&self.index_path(&key), sha.as_bytes()).await?;
+        self.packages
+            .lock()
+            .expect("packages")
+            .insert(key, archive.clone());
+        Ok(archive)
     }
 }

@@ -172,13 +172,27 @@ pub struct ReleaseArgs {
         help_heading = "Release source"
     )]
     pub cache_dir: Option<PathBuf>,
+    /// Install Elastic's Fleet integration package `dga` at this version through Kibana's
+    /// Fleet API (stacks 8.0 and later) instead of an ML-DGA release; needs --kibana-url. The
+    /// DNS data of the --custom-pipeline hooks is wired to the package's pipelines, Elastic's
+    /// rules are installed and the package's ML module sets up the anomaly job.
+    #[arg(long = "fleet-package", value_name = "VERSION", help_heading = "Fleet package")]
+    pub fleet_package: Option<String>,
+    /// With --fleet-package: download the package archive (zip) from this URL and install it by
+    /// upload, for a Kibana without a package registry (air-gapped). --sha256 checks it.
+    #[arg(long = "package-url", value_name = "URL", help_heading = "Fleet package")]
+    pub package_url: Option<String>,
+    /// With --fleet-package: the `@custom` ingest pipeline hook to wire (repeatable; default
+    /// logs-network_traffic.dns@custom, the Network Packet Capture integration's DNS data).
+    #[arg(long = "custom-pipeline", value_name = "NAME", help_heading = "Fleet package")]
+    pub custom_pipelines: Vec<String>,
 }
 
 /// `dga-operator setup`: install (or upgrade, or repair) the package.
 #[derive(clap::Args, Clone)]
 #[command(
     after_help = EXIT_CODES_HELP,
-    override_usage = "dga-operator setup (-t TAG | -d DIR) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
+    override_usage = "dga-operator setup (-t TAG | -d DIR | --fleet-package VERSION [--package-url URL --sha256 HEX]) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
 )]
 pub struct SetupArgs {
     #[command(flatten)]
@@ -191,7 +205,7 @@ pub struct SetupArgs {
 #[derive(clap::Args, Clone)]
 #[command(
     after_help = EXIT_CODES_HELP,
-    override_usage = "dga-operator plan (-t TAG | -d DIR) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
+    override_usage = "dga-operator plan (-t TAG | -d DIR | --fleet-package VERSION [--package-url URL --sha256 HEX]) [--overwrite] (-u URL | --cloud-id ID) [OPTIONS]"
 )]
 pub struct PlanArgs {
     #[command(flatten)]
@@ -215,6 +229,15 @@ pub struct RemoveArgs {
     /// the default hook pipeline and indices are looked at.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_owner_key)]
     pub leftovers_of: Vec<String>,
+    /// Also uninstall Elastic's Fleet package `dga` at this version (what `setup
+    /// --fleet-package VERSION` installed; the CLI keeps no record, so it is named here), after
+    /// the hook processor and the module's job setup made. Needs --kibana-url.
+    #[arg(long = "fleet-package", value_name = "VERSION")]
+    pub fleet_package: Option<String>,
+    /// With --fleet-package: the `@custom` hooks setup wired (default
+    /// logs-network_traffic.dns@custom).
+    #[arg(long = "custom-pipeline", value_name = "NAME")]
+    pub custom_pipelines: Vec<String>,
 }
 
 fn parse_owner_key(s: &str) -> Result<String, String> {
@@ -277,7 +300,9 @@ pub fn exit_code(e: &Error) -> i32 {
         "Unreachable" | "Unauthorized" => EXIT_CONNECTION,
         "LicenseInsufficient" | "VersionUnsupported" => EXIT_LICENSE,
         "Conflict" => EXIT_CONFLICT,
-        "ReleaseNotFound" | "InvalidRelease" | "InvalidBundle" | "ChecksumMismatch" => EXIT_RELEASE,
+        "ReleaseNotFound" | "InvalidRelease" | "InvalidBundle" | "ChecksumMismatch"
+        | "PackageUnavailable" => EXIT_RELEASE,
+        "PackageIncompatible" => EXIT_LICENSE,
         "RequestRejected" if releases => EXIT_RELEASE,
         _ => EXIT_UNEXPECTED,
     }
@@ -286,6 +311,14 @@ pub fn exit_code(e: &Error) -> i32 {
 /// Engine messages speak of the DgaModel spec; say it with the CLI's flags.
 fn cli_wording(s: &str) -> String {
     s.replace("spec.source.sha256", "--sha256")
+        .replace("spec.fleetPackage.sha256", "--sha256")
+        .replace("spec.fleetPackage.url", "--package-url")
+        .replace("spec.fleetPackage.version", "--fleet-package")
+        .replace(
+            " (set overwrite: true to adopt it; it is then never uninstalled by the operator)",
+            " (rerun with --overwrite to use it as it is)",
+        )
+        .replace(" (set overwrite: true to adopt it and move it to", " (rerun with --overwrite to move it to")
         .replace("spec.releaseTag", "-t/--model-tag")
         .replace("the spec asks for", "the command asks for")
         .replace(" (set overwrite: true to replace it)", "")
@@ -489,16 +522,82 @@ enum Source {
     Dir(PathBuf),
     /// A release zip on disk (`-d release.zip`).
     Zip(PathBuf),
+    /// Elastic's Fleet package `dga` (`--fleet-package`).
+    Fleet {
+        version: String,
+        url: Option<String>,
+        sha256: Option<String>,
+    },
+}
+
+fn check_sha256(sha: &Option<String>) -> Result<(), Failure> {
+    match sha {
+        Some(sha) if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Err(Failure::usage("--sha256 must be 64 hexadecimal digits"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_url(flag: &str, url: &Option<String>) -> Result<(), Failure> {
+    if let Some(url) = url {
+        let ok = reqwest::Url::parse(url)
+            .map(|u| matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(false);
+        if !ok {
+            return Err(Failure::usage(format!("{flag} must be an http or https URL")));
+        }
+    }
+    Ok(())
+}
+
+/// `--fleet-package` and its flags, checked.
+fn fleet_source(r: &ReleaseArgs, version: &str) -> Result<Source, Failure> {
+    if non_empty(&r.tag).is_some() || r.dir.is_some() {
+        return Err(Failure::usage(
+            "give one of -t/--model-tag, -d/--model-dir or --fleet-package",
+        ));
+    }
+    if r.repository.is_some() || r.url.is_some() {
+        return Err(Failure::usage(
+            "--repository and --url go with -t/--model-tag; with --fleet-package use --package-url",
+        ));
+    }
+    if !crate::api::is_package_version(version) {
+        return Err(Failure::usage(format!(
+            "--fleet-package `{version}` is not a package version (semver, e.g. 2.3.7)"
+        )));
+    }
+    if r.sha256.is_some() && r.package_url.is_none() {
+        return Err(Failure::usage(
+            "--sha256 with --fleet-package checks the archive of --package-url: give --package-url too",
+        ));
+    }
+    check_url("--package-url", &r.package_url)?;
+    check_sha256(&r.sha256)?;
+    Ok(Source::Fleet {
+        version: version.to_string(),
+        url: r.package_url.clone(),
+        sha256: r.sha256.clone(),
+    })
 }
 
 fn release_source(r: &ReleaseArgs) -> Result<Source, Failure> {
+    if let Some(v) = non_empty(&r.fleet_package) {
+        return fleet_source(r, v);
+    }
+    if r.package_url.is_some() || !r.custom_pipelines.is_empty() {
+        return Err(Failure::usage(
+            "--package-url and --custom-pipeline go with --fleet-package",
+        ));
+    }
     let from_github = r.repository.is_some() || r.url.is_some() || r.sha256.is_some();
     match (non_empty(&r.tag), &r.dir) {
         (Some(_), Some(_)) => Err(Failure::usage(
             "give either -t/--model-tag TAG or -d/--model-dir DIR, not both",
         )),
         (None, None) => Err(Failure::usage("no release given").hint(
-            "give -t/--model-tag TAG (e.g. ML-DGA-20211124-1) or -d/--model-dir DIR (an unpacked release)",
+            "give -t/--model-tag TAG (e.g. ML-DGA-20211124-1), -d/--model-dir DIR (an unpacked release) or --fleet-package VERSION (Elastic's Fleet package, stacks 8.0 and later)",
         )),
         (None, Some(dir)) => {
             if from_github {
@@ -650,6 +749,10 @@ async fn open_release(
                 .await;
             Ok(res?)
         }
+        Source::Fleet { .. } => Err(Failure::new(
+            EXIT_UNEXPECTED,
+            "internal: a Fleet package is not a release",
+        )),
         Source::Dir(dir) => {
             let src = std::fs::canonicalize(dir)
                 .map_err(|e| Failure::usage(format!("-d/--model-dir {}: {e}", dir.display())))?;
@@ -737,6 +840,11 @@ fn known_ids() -> Ids {
 }
 
 struct Planned {
+    /// The Fleet route: the package.
+    package: Option<engine::package::Plan>,
+    /// What the plan was made for (on the Fleet route, with the package's model as Kibana
+    /// lists it and its `inference_config`).
+    desired: engine::Desired,
     plan: Plan,
     /// The Kibana side, when a Kibana URL is known.
     rules: Option<rules::RulesPlan>,
@@ -747,7 +855,12 @@ impl Planned {
     fn conflicts(&self) -> Plan {
         let mut c = Plan {
             actions: vec![],
-            conflicts: self.plan.conflicts.clone(),
+            conflicts: self
+                .package
+                .iter()
+                .filter_map(|p| p.conflict.clone())
+                .chain(self.plan.conflicts.iter().cloned())
+                .collect(),
         };
         if let Some(r) = &self.rules {
             c.conflicts.extend(r.conflicts());
@@ -756,12 +869,15 @@ impl Planned {
     }
 
     fn is_empty(&self) -> bool {
-        self.plan.actions.is_empty() && self.rules.as_ref().is_none_or(rules::RulesPlan::is_empty)
+        self.package.as_ref().is_none_or(|p| p.install.is_none())
+            && self.plan.actions.is_empty()
+            && self.rules.as_ref().is_none_or(rules::RulesPlan::is_empty)
     }
 
     /// One plan across both services, as the controller's `mode: Plan` reports it.
     fn whole(&self) -> engine::plan::Plan {
         engine::plan::Plan {
+            package: self.package.clone(),
             es: self.plan.clone(),
             detection: self.rules.as_ref().map(|r| r.plan.clone()),
         }
@@ -773,14 +889,108 @@ impl Planned {
 struct Session {
     conn: Connection,
     es: Elasticsearch,
-    bundle: Bundle,
+    /// The release (none on the Fleet route).
+    bundle: Option<Bundle>,
     desired: engine::Desired,
     overwrite: bool,
+    fleet: Option<FleetSession>,
+}
+
+/// The Fleet route: Kibana, and the package version wanted.
+struct FleetSession {
+    client: crate::kibana::KibanaClient,
+    kibana_version: String,
+    want: engine::package::Desired,
+}
+
+/// `start` for `--fleet-package`: the archive fetched (with --package-url) and both services
+/// checked.
+async fn start_fleet(
+    out: &Out,
+    args: &ReleaseArgs,
+    conn: Connection,
+    version: &str,
+    url: Option<&str>,
+    sha256: Option<&str>,
+) -> Result<Session, Failure> {
+    use engine::package;
+    let Some(kb) = conn.kibana.clone() else {
+        return Err(Failure::usage(
+            "--fleet-package installs through Kibana's Fleet API: give --kibana-url (or a --cloud-id with a Kibana)",
+        ));
+    };
+    let archive = match url {
+        Some(url) => {
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10).min(conn.timeout))
+                .read_timeout(conn.timeout)
+                .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))?;
+            let fetcher = Fetcher::new(http, &args.github_api, cache_dir(args)?);
+            let a = out
+                .step(
+                    &format!("fetching the package archive {}", crate::bundle::fetch::redact_url(url)),
+                    conn.retry
+                        .run(out, true, || fetcher.fetch_package(url, sha256, version)),
+                )
+                .await?;
+            out.line(format!(
+                "package archive {PKG} {} (sha256 {})",
+                a.version,
+                &a.sha256[..12],
+                PKG = package::PACKAGE
+            ));
+            Some(a)
+        }
+        None => None,
+    };
+    let (es, info) = connect(out, &conn, true).await?;
+    let client = crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
+    let status = conn.retry.run(out, true, || client.status()).await?;
+    let identity = archive
+        .as_ref()
+        .map_or_else(|| "registry".to_string(), |a| a.sha256.clone());
+    let hooks = if args.custom_pipelines.is_empty() {
+        engine::Wiring::from_spec(None).custom_pipelines
+    } else {
+        args.custom_pipelines.clone()
+    };
+    let wiring = engine::Wiring {
+        custom_pipelines: hooks,
+        indices: Vec::new(),
+    };
+    let mut desired =
+        engine::build::build_fleet(&Owner::cli(), &wiring, version, package::MODEL_ID, &identity);
+    desired.fit_to_cluster(&info.version);
+    Ok(Session {
+        conn,
+        es,
+        bundle: None,
+        desired,
+        overwrite: args.overwrite,
+        fleet: Some(FleetSession {
+            client,
+            kibana_version: status.version,
+            want: package::Desired {
+                version: version.to_string(),
+                source: archive.map_or(package::Source::Registry, package::Source::Upload),
+            },
+        }),
+    })
 }
 
 async fn start(out: &Out, args: &ReleaseArgs, conn: &ConnectionArgs) -> Result<Session, Failure> {
     let source = release_source(args)?;
     let conn = connection(conn)?;
+    if let Source::Fleet {
+        version,
+        url,
+        sha256,
+    } = &source
+    {
+        return start_fleet(out, args, conn, version, url.as_deref(), sha256.as_deref()).await;
+    }
     // Side by side: a wrong password or an unreachable cluster is reported without waiting for
     // the download, and the cluster's answers cost no time on a large release.
     let (bundle, (es, info)) = tokio::try_join!(
@@ -809,17 +1019,38 @@ async fn start(out: &Out, args: &ReleaseArgs, conn: &ConnectionArgs) -> Result<S
     Ok(Session {
         conn,
         es,
-        bundle,
+        bundle: Some(bundle),
         desired,
         overwrite: args.overwrite,
+        fleet: None,
     })
 }
 
 /// Reads the cluster (and Kibana) and computes what `setup` has to do; writes nothing.
 async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
+    use engine::package;
     let recorded = Ids::default();
-    let observed = engine::observe(&s.es, &Ids::wanted(&s.desired, &known_ids())).await?;
-    let plan = engine::diff(&s.desired, &observed, &recorded, s.overwrite);
+    let mut desired = s.desired.clone();
+    let pkg = match &s.fleet {
+        Some(f) => {
+            let o = package::observe(&f.client, &f.want, &f.kibana_version).await?;
+            out.line(package::describe(&o));
+            let p = package::diff(&f.want, &o, &package::Recorded::Cli, s.overwrite)?;
+            if let Some(st) = &o.package
+                && st.installed.as_deref() == Some(f.want.version.as_str())
+                && let Some(m) = package::model_in(st.assets.iter().cloned())
+            {
+                desired.set_model_id(&m);
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    let observed = engine::observe(&s.es, &Ids::wanted(&desired, &known_ids())).await?;
+    desired.adopt_fleet_model(&observed);
+    let plan = engine::diff(&desired, &observed, &recorded, s.overwrite);
+    let module = s.fleet.as_ref().map(|_| package::MODULE);
+    let source_rules = s.bundle.as_ref().map_or(&[][..], |b| &b.rules[..]);
     let rules = match &s.conn.kibana {
         Some(kb) => Some(
             rules::plan(
@@ -827,15 +1058,21 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
                 kb,
                 s.conn.timeout,
                 &s.es,
-                &s.bundle,
-                &s.desired.marker,
+                source_rules,
+                module,
+                &desired.marker,
                 s.overwrite,
             )
             .await?,
         ),
         None => None,
     };
-    Ok(Planned { plan, rules })
+    Ok(Planned {
+        package: pkg,
+        desired,
+        plan,
+        rules,
+    })
 }
 
 fn conflict_failure(plan: &Plan) -> Failure {
@@ -974,18 +1211,37 @@ fn part_way(mut f: Failure, made: usize) -> Failure {
 
 /// Plans again (what earlier passes did is in place and not redone), then applies.
 async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop> {
-    let planned = plan_once(out, s).await.map_err(Stop::Error)?;
+    let mut planned = plan_once(out, s).await.map_err(Stop::Error)?;
     let conflicts = planned.conflicts();
     if !conflicts.conflicts.is_empty() {
         return Err(Stop::Failure(conflict_failure(&conflicts)));
     }
-    let desired = &s.desired;
+    // The Fleet package first: the hooks call its pipelines.
+    if let (Some(f), Some(pp)) = (&s.fleet, &planned.package)
+        && let Some(i) = &pp.install
+    {
+        out.step(&i.to_string(), engine::package::apply(&f.client, pp))
+            .await
+            .map_err(Stop::Error)?;
+        *made += 1;
+        // Its model and pipelines are there now: plan the rest against them.
+        planned = plan_once(out, s).await.map_err(Stop::Error)?;
+        let conflicts = planned.conflicts();
+        if !conflicts.conflicts.is_empty() {
+            return Err(Stop::Failure(conflict_failure(&conflicts)));
+        }
+    }
+    let desired = &planned.desired;
     if planned.is_empty() && *made == 0 {
-        out.line(format!(
-            "nothing to do: release {} is installed and unchanged (model {})",
-            desired.release, desired.model_id
-        ));
-        return Ok(());
+        let what = match &desired.fleet {
+            Some(v) => format!(
+                "Fleet package {} {v} is installed and wired",
+                engine::package::PACKAGE
+            ),
+            None => format!("release {} is installed and unchanged", desired.release),
+        };
+        out.line(format!("nothing to do: {what} (model {})", desired.model_id));
+        return verify_fleet(out, s, desired).await;
     }
     let mut warnings = Vec::new();
     for action in &planned.plan.actions {
@@ -1012,6 +1268,16 @@ async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop
     for w in &warnings {
         out.line(format!("note: {w}"));
     }
+    if let Some(v) = &desired.fleet {
+        out.line(format!(
+            "installed Fleet package {} {v} (model {}); {} call(s) its pipeline {}",
+            engine::package::PACKAGE,
+            desired.model_id,
+            desired.hooks.join(", "),
+            desired.router_pipeline()
+        ));
+        return verify_fleet(out, s, desired).await;
+    }
     out.line(format!(
         "installed release {} (model {}); enrich DNS data with ingest pipeline {}, e.g. \
          output.elasticsearch.pipeline in packetbeat or index.default_pipeline",
@@ -1020,6 +1286,35 @@ async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop
         desired.router_pipeline()
     ));
     Ok(())
+}
+
+/// The Fleet route ends, as the controller's pass does, with the canary run through the
+/// package's router, read where the package's model writes its answer.
+async fn verify_fleet(out: &Out, s: &Session, desired: &engine::Desired) -> Result<(), Stop> {
+    if desired.fleet.is_none() {
+        return Ok(());
+    }
+    let verdict = engine::verify::verify(
+        &s.es,
+        desired.router_pipeline(),
+        &desired.model_id,
+        &desired.result_fields(),
+    )
+    .await
+    .map_err(Stop::Error)?;
+    match verdict {
+        engine::verify::Verdict::Failed(m) => Err(Stop::Failure(
+            Failure::new(
+                EXIT_UNEXPECTED,
+                format!("installed, but the canary documents were scored wrongly: {m}"),
+            )
+            .hint("check the package's model and pipelines in Kibana (Stack Management, Ingest Pipelines)"),
+        )),
+        v => {
+            out.line(format!("verified: {}", v.message()));
+            Ok(())
+        }
+    }
 }
 
 pub async fn plan(args: PlanArgs) -> i32 {
@@ -1037,12 +1332,16 @@ async fn plan_inner(out: &Out, args: &PlanArgs) -> Result<i32, Failure> {
     let s = start(out, &args.release, &args.connection).await?;
     let planned = s.conn.retry.run(out, false, || plan_once(out, &s)).await?;
     let conflicts = planned.conflicts();
-    let desired = &s.desired;
+    let desired = &planned.desired;
     if planned.is_empty() && conflicts.conflicts.is_empty() {
-        out.line(format!(
-            "no changes: release {} is installed and unchanged (model {})",
-            desired.release, desired.model_id
-        ));
+        let what = match &desired.fleet {
+            Some(v) => format!(
+                "Fleet package {} {v} is installed and wired",
+                engine::package::PACKAGE
+            ),
+            None => format!("release {} is installed and unchanged", desired.release),
+        };
+        out.line(format!("no changes: {what} (model {})", desired.model_id));
         return Ok(EXIT_OK);
     }
     let steps: Vec<String> = planned
@@ -1081,6 +1380,19 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
     let mut owner = Owner::cli();
     owner.adopted = args.leftovers_of.clone();
     let mut known = known_ids();
+    if args.fleet_package.is_some() {
+        if conn.kibana.is_none() {
+            return Err(Failure::usage(
+                "--fleet-package is uninstalled through Kibana's Fleet API: give --kibana-url",
+            ));
+        }
+        let hooks = if args.custom_pipelines.is_empty() {
+            engine::Wiring::from_spec(None).custom_pipelines
+        } else {
+            args.custom_pipelines.clone()
+        };
+        known.pipelines.extend(hooks);
+    }
     if !owner.adopted.is_empty() {
         // A DgaModel also wires the enrichment in: by default through these hook pipelines and
         // indices (hooks its spec named otherwise are not known here).
@@ -1107,6 +1419,29 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
             .await?;
         removed.extend(gone);
         kept.extend(left);
+    }
+    if let (Some(v), Some(kb)) = (&args.fleet_package, &conn.kibana) {
+        let client = crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
+        let state = conn
+            .retry
+            .run(out, false, || client.fleet_package(engine::package::PACKAGE, None))
+            .await?;
+        match state.and_then(|p| p.installed) {
+            Some(installed) if installed == *v => {
+                let gone = out
+                    .step(
+                        &format!("uninstalling Fleet package {} {v}", engine::package::PACKAGE),
+                        conn.retry.run(out, false, || engine::package::remove(&client, v)),
+                    )
+                    .await?;
+                removed.push(gone);
+            }
+            Some(other) => kept.push(format!(
+                "Fleet package {} {other} (not the version --fleet-package names)",
+                engine::package::PACKAGE
+            )),
+            None => {}
+        }
     }
     if removed.is_empty() {
         out.line("nothing to remove: no objects installed by dga-operator setup were found");

@@ -7,7 +7,6 @@
 use serde_json::Value;
 
 use super::progress::Out;
-use crate::bundle::Bundle;
 use crate::elasticsearch::Elasticsearch;
 use crate::engine::detection::{self, Action, JobLook, Recorded};
 use crate::engine::{self, Owner};
@@ -49,7 +48,8 @@ pub async fn plan(
     kb: &Endpoint,
     timeout: std::time::Duration,
     es: &Elasticsearch,
-    bundle: &Bundle,
+    source_rules: &[Value],
+    module: Option<&str>,
     marker: &engine::Marker,
     overwrite: bool,
 ) -> Result<RulesPlan, Error> {
@@ -57,13 +57,14 @@ pub async fn plan(
     let status = client.status().await?;
     out.line(format!("Kibana {} at {}", status.version, kb.url));
     let features = detection::features(&status.version)?;
-    let desired = detection::build(
-        &bundle.rules,
+    let mut desired = detection::build(
+        source_rules,
         &Owner::cli(),
         marker,
         &detection::Settings::default(),
         features,
     )?;
+    desired.module = module.map(str::to_string);
     let recorded = Recorded::default();
     let plan = detection::plan(
         &client,
@@ -131,12 +132,15 @@ pub async fn apply(
     let job_steps = plan
         .steps
         .iter()
-        .any(|s| s.action.service() == crate::error::Service::Elasticsearch);
+        .any(|s| {
+            s.action.service() == crate::error::Service::Elasticsearch
+                || matches!(s.action, Action::SetupModule { .. })
+        });
     if job_steps {
         let mut job = detection::Applied::default();
         out.step(
             "installing the anomaly detection job of the machine_learning rule",
-            detection::apply_job(es, &rp.desired, plan, &mut job),
+            detection::apply_job(Some(&rp.client), es, &rp.desired, plan, &mut job),
         )
         .await?;
         *made += job.done.len();

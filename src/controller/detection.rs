@@ -53,6 +53,13 @@ pub(super) fn job_condition(
     }
 }
 
+/// What the detection side is built from: the release's rules (none on the Fleet route, where
+/// Elastic's own are installed) and, on the Fleet route, the package's ML module for the job.
+pub(super) struct Source<'a> {
+    pub(super) rules: &'a [serde_json::Value],
+    pub(super) module: Option<&'a str>,
+}
+
 /// The Kibana side (the detection rules, and the anomaly job the ML rule needs), planned and
 /// applied by the engine's detection part: [`prepare`] observes and diffs, nothing written yet;
 /// [`finish`] applies what it planned.
@@ -75,7 +82,7 @@ pub(super) async fn prepare(
     obj: &DgaModel,
     ctx: &Context,
     target: &Target,
-    bundle: &crate::bundle::Bundle,
+    source: &Source<'_>,
     es: &Elasticsearch,
     owner: &Owner,
     marker: &engine::Marker,
@@ -119,8 +126,9 @@ pub(super) async fn prepare(
     // (cached like the cluster's, so a glance pass rarely asks again).
     let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
     let features = detection::features(&kstatus.version)?;
-    let desired = detection::build(&bundle.rules, owner, marker, &settings, features)
+    let mut desired = detection::build(source.rules, owner, marker, &settings, features)
         .inspect_err(|e| report.set(RULES, false, e.reason(), e.to_string()))?;
+    desired.module = source.module.map(str::to_string);
     // A glance that checked the job's tasks proved it open and fed.
     let checked = glanced && report.settle.as_ref().is_some_and(|s| s.job);
     let look = match report.status.objects.jobs.first() {

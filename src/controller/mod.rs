@@ -114,6 +114,9 @@ struct Settled {
     /// The cluster's version the last full pass found (what a hook's processor may carry
     /// depends on it; a glance does not ask).
     es_version: Option<String>,
+    /// The Fleet route: the package model's `inference_config` the last full pass read (where
+    /// the canary run finds its answer; a glance does not read the model).
+    model_config: Option<serde_json::Value>,
     /// The resourceVersion our own status write gave the object: its watch event comes straight
     /// back and is not a change to look at.
     echo: Option<String>,
@@ -384,9 +387,9 @@ pub async fn reconcile(obj: Arc<DgaModel>, ctx: Arc<Context>) -> Result<Requeue,
     // that never answers still reads as in progress, never as the last pass's verdict.
     if report.status.observed_generation != obj.metadata.generation {
         let msg = format!(
-            "working on generation {}: release {}",
+            "working on generation {}: {}",
             obj.metadata.generation.unwrap_or_default(),
-            obj.spec.release_tag
+            obj.spec.wanted_label()
         );
         report.progress(&ctx, msg).await;
     }

@@ -10,33 +10,62 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::api::DgaModel;
+use crate::api::{DgaModel, Route};
 use crate::bundle::fetch::Request;
 use crate::elasticsearch::{ClusterInfo, Elasticsearch, ML_LICENSES};
 use crate::engine::{self, Owner, Plan, Reason, observe::Ids};
 use crate::error::{Error, Service};
-use crate::status::{self, ES_REACHABLE, LICENSE, MODEL, PIPELINES, VERIFIED};
+use crate::status::{self, ES_REACHABLE, LICENSE, MODEL, PACKAGE, PIPELINES, VERIFIED};
 use crate::target::Target;
 
 /// One reconcile pass for a live DgaModel: dereference, validate, fetch, build, observe, diff,
 /// apply. Conditions are set as each stage is passed.
 pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> Result<(), Error> {
     let spec = &obj.spec;
-    if !crate::api::is_release_tag(&spec.release_tag) {
-        return Err(Error::InvalidSpec(format!(
-            "spec.releaseTag `{}` is not of the form ML-DGA-YYYYMMDD-N",
-            spec.release_tag
-        )));
-    }
+    let route = spec.route().map_err(Error::InvalidSpec)?;
     let target = resolve_target(ctx, obj).await?;
     crate::protection::protect(&ctx.client, obj).await?;
-    let bundle = ctx
-        .fetcher
-        .fetch(Request {
-            tag: &spec.release_tag,
-            source: spec.source.as_ref(),
-        })
-        .await?;
+    let mut owner = owner_of(obj);
+    let wiring = engine::Wiring::from_spec(spec.enrichment.as_ref());
+    // The release's objects, or the Fleet package's (whose archive, on the air-gapped route,
+    // is fetched and checked before anything else happens).
+    let (bundle, mut desired, archive) = match route {
+        Route::Release { tag, source } => {
+            let bundle = ctx.fetcher.fetch(Request { tag, source }).await?;
+            let d = engine::build_with(&bundle, &owner, &wiring);
+            (Some(bundle), d, None)
+        }
+        Route::Fleet(p) => {
+            let archive = match &p.url {
+                Some(url) => Some(
+                    ctx.fetcher
+                        .fetch_package(url, p.sha256.as_deref(), &p.version)
+                        .await?,
+                ),
+                None => None,
+            };
+            let identity = archive
+                .as_ref()
+                .map_or_else(|| "registry".to_string(), |a| a.sha256.clone());
+            // The model id Kibana listed for this version last time (a full pass reads it).
+            let model_id = obj
+                .status
+                .as_ref()
+                .filter(|s| {
+                    s.fleet_package
+                        .as_ref()
+                        .is_some_and(|f| f.version == p.version)
+                })
+                .and_then(|s| s.model_id.clone())
+                .unwrap_or_else(|| engine::package::MODEL_ID.to_string());
+            let d = engine::build::build_fleet(&owner, &wiring, &p.version, &model_id, &identity);
+            (None, d, archive)
+        }
+    };
+    let source = Source {
+        rules: bundle.as_ref().map_or(&[][..], |b| &b.rules[..]),
+        module: desired.fleet.is_some().then_some(engine::package::MODULE),
+    };
 
     let slot = ctx.cluster_slot(target.key());
     let _permit = slot
@@ -52,12 +81,6 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             .collect(),
         armed: true,
     };
-    let mut owner = owner_of(obj);
-    let mut desired = engine::build_with(
-        &bundle,
-        &owner,
-        &engine::Wiring::from_spec(spec.enrichment.as_ref()),
-    );
     let known = recorded_ids(obj.status.as_ref());
     let applying = !spec.suspend && spec.mode == crate::api::Mode::Apply;
     let settle = Settled {
@@ -66,6 +89,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         target: keep_cache.keys.join(" "),
         job: false,
         es_version: None,
+        model_config: None,
         echo: None,
     };
     if applying {
@@ -73,9 +97,13 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         // settled pass wrote (not one a failed write left behind, nor one edited by hand).
         let status_as_written = |s: &Settled| {
             obj.status.as_ref().is_some_and(|st| {
+                let installed = match &desired.fleet {
+                    None => st.installed_tag.as_deref() == Some(desired.release.as_str()),
+                    Some(v) => st.fleet_package.as_ref().is_some_and(|f| f.version == *v),
+                };
                 st.observed_generation == s.generation
                     && st.bundle_sha256.as_deref() == Some(s.bundle_sha256.as_str())
-                    && st.installed_tag.as_deref() == Some(desired.release.as_str())
+                    && installed
             })
         };
         if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
@@ -86,8 +114,11 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             if let Some(v) = &s.es_version {
                 desired.fit_to_cluster(v);
             }
+            if let Some(cfg) = &s.model_config {
+                desired.adopt_model_config(Some(cfg));
+            }
             if glance_pass(
-                obj, ctx, &target, &bundle, &es, &desired, &known, s.job, report,
+                obj, ctx, &target, &source, &es, &desired, &known, s.job, report,
             )
             .await?
             {
@@ -118,10 +149,20 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         );
     }
 
-    let observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+    // The Fleet route: the package is planned first (it is installed before anything that
+    // calls its pipelines).
+    let package = match (route, archive) {
+        (Route::Fleet(p), archive) => {
+            Some(plan_package(obj, ctx, &target, p, archive, &mut desired, report).await?)
+        }
+        _ => None,
+    };
+
+    let mut observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+    desired.adopt_fleet_model(&observed);
     owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
     desired.owner.adopted = owner.adopted.clone();
-    let plan = engine::diff(&desired, &observed, &known, spec.overwrite);
+    let mut plan = engine::diff(&desired, &observed, &known, spec.overwrite);
 
     // Suspended or `mode: Plan`: both services planned and reported, nothing written.
     let held_back = spec.suspend || spec.mode == crate::api::Mode::Plan;
@@ -135,10 +176,18 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             &plan,
             spec.mode == crate::api::Mode::Plan,
         );
+        if let Some(pk) = &package {
+            package_held_back(report, pk, spec.mode == crate::api::Mode::Plan);
+        }
         report.suspended = Some(engine::plan::Plan {
+            package: package.as_ref().map(|p| p.plan.clone()),
             es: plan.clone(),
             detection: None,
         });
+    }
+    if let Some(c) = package.as_ref().and_then(|p| p.plan.conflict.clone()) {
+        report.set(PACKAGE, false, "Conflict", c.clone());
+        return Err(Error::Conflict(c));
     }
     // Both services planned before either is written, as the CLI does: what is in the way on
     // either side, or a spec the rules cannot follow, holds back both (never half an upgrade).
@@ -148,7 +197,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         obj,
         ctx,
         &target,
-        &bundle,
+        &source,
         &es,
         &owner,
         &desired.marker,
@@ -162,6 +211,18 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     }
     if let Err(Error::Conflict(_) | Error::InvalidSpec(_)) = &detection {
         return detection.map(|_| ());
+    }
+    if let Some(pk) = package {
+        // The new version's pipelines exist before the hooks move to them; the old version's
+        // stay (Fleet keeps top-level pipelines on upgrade), so enrichment never stops.
+        if apply_package(ctx, pk, &mut desired, report).await? {
+            observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
+            desired.adopt_fleet_model(&observed);
+            plan = engine::diff(&desired, &observed, &known, spec.overwrite);
+        }
+        if let Some(s) = report.settle.as_mut() {
+            s.model_config = desired.model_head.get("inference_config").cloned();
+        }
     }
     let insecure = target.elasticsearch.insecure;
     if let Err(e) = apply_es(
@@ -179,6 +240,162 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     };
     keep_cache.armed = r.is_err();
     r
+}
+
+/// The Fleet route's package stage, planned (nothing written).
+pub(super) struct PackageStage {
+    client: crate::kibana::KibanaClient,
+    plan: engine::package::Plan,
+    observed: engine::package::Observed,
+    upload: bool,
+}
+
+/// Reads the package in Kibana and plans it; the package's model id (Kibana's asset list) goes
+/// into `desired`. A version Kibana cannot get, or one this stack cannot take, ends the pass
+/// here with `PackageInstalled` saying why: nothing is written.
+#[allow(clippy::too_many_arguments)]
+async fn plan_package(
+    obj: &DgaModel,
+    ctx: &Context,
+    target: &Target,
+    p: &crate::api::FleetPackage,
+    archive: Option<engine::package::Archive>,
+    desired: &mut engine::Desired,
+    report: &mut Report,
+) -> Result<PackageStage, Error> {
+    use engine::package::{self, Recorded, Source as PackageSource};
+    let Some(kb) = &target.kibana else {
+        let e = Error::InvalidSpec(
+            "spec.fleetPackage is installed through Kibana's Fleet API, and no Kibana is known: set spec.kibanaRef (ECK) or add `kibana-url` to the cluster Secret".into(),
+        );
+        report.set(PACKAGE, false, "NoKibana", e.to_string());
+        return Err(e);
+    };
+    let client = crate::kibana::KibanaClient::new(
+        kb.http_client(ctx.settings.request_timeout)?,
+        &kb.url,
+        kb.auth.clone(),
+    );
+    let kstatus = kibana_status(ctx, &client, &kb.cache_key(), report).await?;
+    let upload = archive.is_some();
+    let want = package::Desired {
+        version: p.version.clone(),
+        source: archive.map_or(PackageSource::Registry, PackageSource::Upload),
+    };
+    let observed = package::observe(&client, &want, &kstatus.version).await?;
+    let recorded = Recorded::Status(
+        obj.status
+            .as_ref()
+            .and_then(|s| s.fleet_package.as_ref())
+            .map(|f| (f.version.clone(), f.installed_by_operator)),
+    );
+    let plan = package::diff(&want, &observed, &recorded, obj.spec.overwrite)
+        .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
+    if let Some(pkg) = observed.package.as_ref()
+        && pkg.installed.as_deref() == Some(p.version.as_str())
+        && let Some(m) = package::model_in(pkg.assets.iter().cloned())
+    {
+        desired.set_model_id(&m);
+    }
+    Ok(PackageStage {
+        client,
+        plan,
+        observed,
+        upload,
+    })
+}
+
+/// `PackageInstalled` while suspended or in `mode: Plan`.
+fn package_held_back(report: &mut Report, pk: &PackageStage, plan_mode: bool) {
+    let word = if plan_mode { "mode Plan" } else { "suspended" };
+    match (&pk.plan.install, &pk.plan.conflict) {
+        (_, Some(c)) => report.set(PACKAGE, false, "Conflict", c.clone()),
+        (Some(i), None) => report.set(
+            PACKAGE,
+            false,
+            if plan_mode { "Planned" } else { "Suspended" },
+            format!("{word}; would: {i}"),
+        ),
+        (None, None) => report.set(
+            PACKAGE,
+            true,
+            "Installed",
+            engine::package::describe(&pk.observed),
+        ),
+    }
+}
+
+/// Installs what the package stage planned and records it; `true` when something was
+/// installed (the cluster must then be read again).
+async fn apply_package(
+    ctx: &Context,
+    pk: PackageStage,
+    desired: &mut engine::Desired,
+    report: &mut Report,
+) -> Result<bool, Error> {
+    use engine::package::PACKAGE as NAME;
+    let installed = match &pk.plan.install {
+        None => false,
+        Some(i) => {
+            report.progress(ctx, format!("applying: {i}")).await;
+            let model = engine::package::apply(&pk.client, &pk.plan)
+                .await
+                .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
+            if let Some(m) = model {
+                desired.set_model_id(&m);
+            }
+            report.applied_something = true;
+            let reason = match i.reason {
+                Reason::Upgrade => "Upgraded",
+                Reason::Adopt => "Adopted",
+                Reason::Repair => "DriftRepaired",
+                _ => "Installed",
+            };
+            info!(
+                namespace = desired.owner.namespace,
+                name = desired.owner.name,
+                reason,
+                action = %i,
+                "applied"
+            );
+            report.event(false, reason, "Apply", i.to_string());
+            true
+        }
+    };
+    let Some((version, by_us)) = pk.plan.record.clone() else {
+        return Ok(installed);
+    };
+    let source = if installed {
+        Some(if pk.upload { "upload" } else { "registry" }.to_string())
+    } else {
+        pk.observed
+            .package
+            .as_ref()
+            .and_then(|p| p.install_source.clone())
+    };
+    let who = if by_us {
+        "installed by this DgaModel"
+    } else {
+        "installed by someone else, adopted with overwrite (never uninstalled by the operator)"
+    };
+    report.set(
+        PACKAGE,
+        true,
+        "Installed",
+        format!(
+            "Fleet package {NAME} {version} ({who}{})",
+            source
+                .as_deref()
+                .map(|s| format!(", from {s}"))
+                .unwrap_or_default()
+        ),
+    );
+    report.status.fleet_package = Some(crate::api::FleetPackageStatus {
+        version,
+        installed_by_operator: by_us,
+        source,
+    });
+    Ok(installed)
 }
 
 /// DgaModels that no longer exist (deleted with `Retain`, or their cleanup abandoned) whose
@@ -244,7 +461,7 @@ pub(super) async fn glance_pass(
     obj: &DgaModel,
     ctx: &Context,
     target: &Target,
-    bundle: &crate::bundle::Bundle,
+    source: &Source<'_>,
     es: &Elasticsearch,
     desired: &engine::Desired,
     known: &Ids,
@@ -284,7 +501,7 @@ pub(super) async fn glance_pass(
                 return Ok(false);
             }
             let (owner, marker) = (&desired.owner, &desired.marker);
-            let prepared = prepare(obj, ctx, target, bundle, es, owner, marker, true, report);
+            let prepared = prepare(obj, ctx, target, source, es, owner, marker, true, report);
             if let Some(p) = prepared.await? {
                 finish(ctx, es, p, report).await?;
             }
@@ -406,15 +623,33 @@ pub(super) async fn apply_es(
             format!("{verb}: {}", done.summary()),
         );
     }
-    let model_in = now_owned.models.contains(&desired.model_id);
-    let pipes_in = desired
-        .pipelines
-        .iter()
-        .all(|(id, _)| now_owned.pipelines.contains(id))
-        && desired
-            .scripts
-            .iter()
-            .all(|(id, _)| now_owned.scripts.contains(id));
+    // The Fleet package's model and pipelines are Fleet's: there, not owned.
+    let fleet_pipes = desired.fleet_pipelines();
+    let model_in = match &desired.fleet {
+        Some(_) => observed.models.contains_key(&desired.model_id),
+        None => now_owned.models.contains(&desired.model_id),
+    };
+    let pipes_in = match &desired.fleet {
+        Some(_) => fleet_pipes.iter().all(|p| observed.pipelines.contains_key(p)),
+        None => {
+            desired
+                .pipelines
+                .iter()
+                .all(|(id, _)| now_owned.pipelines.contains(id))
+                && desired
+                    .scripts
+                    .iter()
+                    .all(|(id, _)| now_owned.scripts.contains(id))
+        }
+    };
+    let from = match &desired.fleet {
+        Some(v) => format!(" (Fleet package {} {v})", engine::package::PACKAGE),
+        None => String::new(),
+    };
+    let pipe_names: Vec<&str> = match &desired.fleet {
+        Some(_) => fleet_pipes.iter().map(String::as_str).collect(),
+        None => desired.pipelines.iter().map(|(id, _)| id.as_str()).collect(),
+    };
     if let Some(e) = err {
         report.set(
             MODEL,
@@ -432,22 +667,14 @@ pub(super) async fn apply_es(
     report.set(
         MODEL,
         model_in,
-        "Installed",
-        format!("trained model {}", desired.model_id),
+        if model_in { "Installed" } else { "Missing" },
+        format!("trained model {}{from}", desired.model_id),
     );
     report.set(
         PIPELINES,
         pipes_in,
-        "Installed",
-        format!(
-            "pipelines {}",
-            desired
-                .pipelines
-                .iter()
-                .map(|(id, _)| id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        if pipes_in { "Installed" } else { "Missing" },
+        format!("pipelines {}{from}", pipe_names.join(", ")),
     );
     wired_condition(report, desired, observed, known, &now_owned);
     if !applied.warnings.is_empty() {
@@ -480,7 +707,7 @@ pub(super) async fn apply_es(
             format!("could not run _simulate: {e}"),
         ),
     }
-    report.status.installed_tag = Some(desired.release.clone());
+    report.status.installed_tag = desired.fleet.is_none().then(|| desired.release.clone());
     report.status.model_id = Some(desired.model_id.clone());
     report.status.bundle_sha256 = Some(desired.bundle_sha256.clone());
     Ok(())

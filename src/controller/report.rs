@@ -227,8 +227,8 @@ impl Report {
                 {
                     // The enrichment answered wrongly: the install stays, a person must look.
                     let m = format!(
-                        "release {} installed, but the canary documents were scored wrongly: {}; see the VerificationFailed event, check the model and the pipelines",
-                        self.status.installed_tag.clone().unwrap_or_default(),
+                        "{} installed, but the canary documents were scored wrongly: {}; see the VerificationFailed event, check the model and the pipelines",
+                        installed_label(&self.status),
                         v.message
                     );
                     stalled = Some(("VerificationFailed", m.clone()));
@@ -241,8 +241,8 @@ impl Report {
                     (
                         "Installed",
                         format!(
-                            "release {} installed (model {}){waiting}",
-                            self.status.installed_tag.clone().unwrap_or_default(),
+                            "{} installed (model {}){waiting}",
+                            installed_label(&self.status),
                             self.status.model_id.clone().unwrap_or_default()
                         ),
                     )
@@ -341,6 +341,19 @@ pub(super) fn describe_cluster_ref(obj: &DgaModel) -> String {
 }
 
 /// What a person does about an error that needs one; the Stalled message ends with it.
+/// What is installed, as the Ready message names it.
+fn installed_label(s: &crate::api::DgaModelStatus) -> String {
+    match (&s.fleet_package, &s.installed_tag) {
+        (Some(p), _) => format!(
+            "Fleet package {} {}{}",
+            crate::engine::package::PACKAGE,
+            p.version,
+            if p.installed_by_operator { "" } else { " (not installed by the operator, adopted)" }
+        ),
+        (None, t) => format!("release {}", t.clone().unwrap_or_default()),
+    }
+}
+
 pub(super) fn remedy(e: &Error, cluster: &str, eck_cluster: Option<&str>) -> Option<String> {
     Some(match e {
         Error::SecretNotFound(_) => format!(
@@ -378,6 +391,13 @@ pub(super) fn remedy(e: &Error, cluster: &str, eck_cluster: Option<&str>) -> Opt
         }
         Error::ReleaseNotFound { .. } => "correct spec.releaseTag or spec.source".to_string(),
         Error::InvalidSpec(_) => "correct the field named".to_string(),
+        Error::PackageUnavailable(_) => {
+            "give Kibana a package registry it can reach (xpack.fleet.registryUrl), or set spec.fleetPackage.url to the package archive"
+                .to_string()
+        }
+        Error::PackageIncompatible(_) => {
+            "set spec.fleetPackage.version to a version whose Kibana constraint this stack meets, or upgrade the stack".to_string()
+        }
         _ => return None,
     })
 }

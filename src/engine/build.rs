@@ -36,6 +36,10 @@ pub struct Desired {
     /// The cluster's `X.Y`, once known ([`Desired::fit_to_cluster`]): what the hook processor
     /// may carry depends on it.
     pub es_version: Option<(u32, u32)>,
+    /// Fleet's `dga` package version when the model and pipelines are the package's (Fleet
+    /// installs them; the operator only wires the hooks to them and never writes or deletes
+    /// them). `None`: a release's objects, which the operator installs.
+    pub fleet: Option<String>,
 }
 
 impl Desired {
@@ -245,6 +249,81 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
         wire_indices: wiring.indices.clone(),
         hooks: wiring.custom_pipelines.clone(),
         es_version: None,
+        fleet: None,
+    }
+}
+
+/// The Elasticsearch side of the Fleet route: the package's model and version-prefixed
+/// pipelines (installed by Fleet, so nothing to write) and the hooks wired to its router.
+/// `identity` tells one source of the same version from another (the archive's sha256, or
+/// the registry).
+pub fn build_fleet(owner: &Owner, wiring: &Wiring, version: &str, model_id: &str, identity: &str) -> Desired {
+    let release = format!("{} {version}", super::package::PACKAGE);
+    let marker = Marker::for_owner(owner, &release, identity);
+    Desired {
+        owner: owner.clone(),
+        marker,
+        release,
+        bundle_sha256: identity.to_string(),
+        model_id: model_id.to_string(),
+        release_model_id: model_id.to_string(),
+        // The model's `inference_config` is read from the cluster ([`Desired::adopt_model_config`]).
+        model_head: Map::new(),
+        model: ModelFile {
+            id: model_id.to_string(),
+            file: String::new(),
+            head: Map::new(),
+            definition_key: String::new(),
+            definition_path: Default::default(),
+            definition_len: 0,
+            crc32: String::new(),
+        },
+        scripts: Vec::new(),
+        pipelines: Vec::new(),
+        router: super::package::router(version),
+        // Elastic's recipe for the package wires only the `@custom` hooks.
+        wire_indices: Vec::new(),
+        hooks: wiring.custom_pipelines.clone(),
+        es_version: None,
+        fleet: Some(version.to_string()),
+    }
+}
+
+impl Desired {
+    /// The Fleet route: where the package's model writes its answer is its own stored
+    /// `inference_config`, read from the cluster.
+    pub fn adopt_model_config(&mut self, inference_config: Option<&Value>) {
+        if let Some(cfg) = inference_config {
+            self.model_head
+                .insert("inference_config".into(), cfg.clone());
+        }
+    }
+
+    /// The Fleet package's model id, as Kibana lists the installed package's `ml_model` asset.
+    pub fn set_model_id(&mut self, id: &str) {
+        self.model_id = id.to_string();
+        self.release_model_id = id.to_string();
+        self.model.id = id.to_string();
+    }
+
+    /// The Fleet route: the package's model's own `inference_config`, from what a pass read.
+    pub fn adopt_fleet_model(&mut self, observed: &super::Observed) {
+        if self.fleet.is_some() {
+            let cfg = observed
+                .models
+                .get(&self.model_id)
+                .and_then(|m| m.get("inference_config"))
+                .cloned();
+            self.adopt_model_config(cfg.as_ref());
+        }
+    }
+
+    /// The pipelines of the Fleet package (read, never written).
+    pub fn fleet_pipelines(&self) -> Vec<String> {
+        match &self.fleet {
+            Some(v) => vec![super::package::inference(v), self.router.clone()],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -330,6 +409,7 @@ mod tests {
             wire_indices: vec![],
             hooks: vec![],
             es_version: None,
+            fleet: None,
         };
         let dropped = d.fit_to_cluster(version);
         (dropped, d.model_head)

@@ -215,8 +215,9 @@ pub fn diff(d: &Desired, o: &Observed, owned: &Ids, overwrite: bool) -> Plan {
         }
     };
 
-    // Model.
-    match o.models.get(&d.model_id) {
+    // Model (the Fleet package's is Fleet's).
+    match o.models.get(&d.model_id).filter(|_| d.fleet.is_none()) {
+        None if d.fleet.is_some() => {}
         None => plan.actions.push(Action::PutModel {
             id: d.model_id.clone(),
             reason: create_reason(owned.models.contains(&d.model_id)),
@@ -715,6 +716,7 @@ mod tests {
             wire_indices: vec!["packetbeat-*".into()],
             hooks: vec![],
             es_version: Some((8, 17)),
+            fleet: None,
         }
     }
 

@@ -281,6 +281,7 @@ mod tests {
             wire_indices: vec![],
             hooks: vec!["logs-network_traffic.dns@custom".into()],
             es_version: version,
+            fleet: None,
         }
     }
 

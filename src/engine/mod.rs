@@ -11,6 +11,7 @@ pub mod diff;
 pub mod hooks;
 pub mod mljob;
 pub mod observe;
+pub mod package;
 pub mod plan;
 pub mod templates;
 pub mod verify;

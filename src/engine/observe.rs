@@ -31,6 +31,7 @@ impl Ids {
             .extend(desired.scripts.iter().map(|(id, _)| id.clone()));
         ids.pipelines
             .extend(desired.pipelines.iter().map(|(id, _)| id.clone()));
+        ids.pipelines.extend(desired.fleet_pipelines());
         ids.indices.extend(desired.wire_indices.iter().cloned());
         // Hooks are pipelines to read; those recorded are read too, so one the spec no longer
         // names is unhooked.

@@ -7,10 +7,13 @@ use std::fmt;
 
 use super::detection;
 use super::diff;
+use super::package;
 use crate::error::Service;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
+    /// The Fleet route: the package, installed before anything that calls its pipelines.
+    pub package: Option<package::Plan>,
     pub es: diff::Plan,
     /// `None`: no Kibana known (or not reached), so no rules and no job were planned.
     pub detection: Option<detection::Plan>,
@@ -32,6 +35,14 @@ impl fmt::Display for Line {
 impl Plan {
     /// Every step, Elasticsearch's objects first (the order apply takes).
     pub fn lines(&self) -> Vec<Line> {
+        let pkg = self
+            .package
+            .iter()
+            .flat_map(|p| p.install.iter())
+            .map(|i| Line {
+                service: Service::Kibana,
+                text: i.to_string(),
+            });
         let es = self.es.actions.iter().map(|a| Line {
             service: Service::Elasticsearch,
             text: a.to_string(),
@@ -42,12 +53,17 @@ impl Plan {
                 text: s.to_string(),
             })
         });
-        es.chain(det).collect()
+        pkg.chain(es).chain(det).collect()
     }
 
     /// Everything in the way, both services.
     pub fn conflicts(&self) -> Vec<String> {
-        let mut c = self.es.conflicts.clone();
+        let mut c: Vec<String> = self
+            .package
+            .iter()
+            .filter_map(|p| p.conflict.clone())
+            .collect();
+        c.extend(self.es.conflicts.iter().cloned());
         if let Some(d) = &self.detection {
             c.extend(d.conflict_details());
             c.extend(d.job_conflict.iter().cloned());
@@ -57,7 +73,8 @@ impl Plan {
 
     /// No step and nothing in the way.
     pub fn is_empty(&self) -> bool {
-        self.es.is_empty()
+        self.package.as_ref().is_none_or(package::Plan::is_empty)
+            && self.es.is_empty()
             && self
                 .detection
                 .as_ref()

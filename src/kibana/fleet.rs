@@ -41,6 +41,9 @@ pub struct PackageState {
     pub kibana_constraint: Option<String>,
     /// The newest version the registry offers this Kibana.
     pub latest: Option<String>,
+    /// The installed version's Elasticsearch assets, `(type, id)` (`ml_model`,
+    /// `ingest_pipeline`, ...), from `installed_es`.
+    pub assets: Vec<(String, String)>,
 }
 
 /// One job or datafeed in a module setup's answer.
@@ -202,7 +205,22 @@ fn package_state(item: &Value) -> PackageState {
         s("/installationInfo/install_source")
             .or_else(|| s("/savedObject/attributes/install_source"))
     });
+    let assets = item
+        .pointer("/installationInfo/installed_es")
+        .or_else(|| item.pointer("/savedObject/attributes/installed_es"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|_| installed.is_some())
+        .filter_map(|a| {
+            Some((
+                a.get("type")?.as_str()?.to_string(),
+                a.get("id")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
     PackageState {
+        assets,
         installed,
         install_source,
         version: s("/version").unwrap_or_default(),

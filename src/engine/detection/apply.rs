@@ -49,10 +49,15 @@ pub async fn apply(
         let e = Error::Conflict(plan.conflict_details().join("; "));
         return Err((out, rules_failed(e)));
     }
-    let kibana_steps = plan
-        .steps
-        .iter()
-        .any(|s| s.action.service() == Service::Kibana);
+    let kibana_steps = plan.steps.iter().any(|s| {
+        matches!(
+            s.action,
+            Action::Rule(_)
+                | Action::InstallPrebuilt { .. }
+                | Action::RemovePrebuilt { .. }
+                | Action::EnablePrebuilt { .. }
+        )
+    });
     if kibana_steps {
         let Some(client) = client else {
             let e = Error::Internal("a Kibana step was planned without a Kibana client".into());
@@ -70,7 +75,7 @@ pub async fn apply(
             return Err((out, e));
         }
     }
-    if let Err(e) = apply_job(es, d, plan, &mut out).await {
+    if let Err(e) = apply_job(client, es, d, plan, &mut out).await {
         return Err((
             out,
             Failed {
@@ -140,6 +145,7 @@ pub async fn apply_prebuilt(
 
 /// The job's steps, in plan order. A job in the way is a conflict here, after the rules.
 pub async fn apply_job(
+    kb: Option<&KibanaClient>,
     es: &Elasticsearch,
     d: &Desired,
     plan: &Plan,
@@ -152,6 +158,14 @@ pub async fn apply_job(
         match &s.action {
             Action::CreateJob { id } => {
                 es.put_job(id, &mljob::job_body(id, &d.marker)).await?;
+            }
+            Action::SetupModule { module, job } => {
+                let kb = kb.ok_or_else(|| {
+                    Error::Internal("a module setup was planned without a Kibana client".into())
+                })?;
+                if let Some(reason) = setup_module(kb, d, module, job).await? {
+                    out.waiting = Some(reason);
+                }
             }
             Action::MarkJob { id, .. } => {
                 // `_update` replaces the whole map: keep what else it holds (custom_urls).
@@ -193,6 +207,61 @@ pub async fn apply_job(
         out.done.push(s.clone());
     }
     Ok(())
+}
+
+/// Kibana's setup of the module: the job must be created (or already be there: a pass cut
+/// short after the setup); its datafeed started, or not for want of data (the reason is
+/// returned, as for a datafeed the operator starts itself).
+async fn setup_module(
+    kb: &KibanaClient,
+    d: &Desired,
+    module: &str,
+    job: &str,
+) -> Result<Option<String>, Error> {
+    use crate::kibana::fleet::ModuleSetup;
+    let setup = ModuleSetup {
+        index_pattern_name: Some(d.input.index.join(",")),
+        start_datafeed: true,
+        ..Default::default()
+    };
+    let answer = kb.ml_module_setup(&d.space, module, &setup).await?;
+    let refused = |what: &str, detail: String| Error::Rejected {
+        service: Service::Kibana,
+        what: format!("set up ML module {module}: {what}"),
+        status: 200,
+        detail,
+    };
+    match answer.jobs.iter().find(|j| j.id == job) {
+        Some(j) if j.success => {}
+        Some(j) => {
+            let e = j.error.clone().unwrap_or_default();
+            if !e.contains("already exists") {
+                return Err(refused(&format!("job {job}"), e));
+            }
+        }
+        None => {
+            return Err(refused(
+                "the answer",
+                format!("the module created no job {job}: it is not the module of this stack's job"),
+            ));
+        }
+    }
+    let feed = mljob::datafeed_id(job);
+    Ok(match answer.datafeeds.iter().find(|f| f.id == feed) {
+        Some(f) if f.success && f.started => None,
+        Some(f) if !f.success && !f.error.as_deref().unwrap_or_default().contains("already exists") => {
+            return Err(refused(
+                &format!("datafeed {feed}"),
+                f.error.clone().unwrap_or_default(),
+            ));
+        }
+        Some(f) => Some(
+            f.error
+                .clone()
+                .unwrap_or_else(|| "Kibana did not start it".into()),
+        ),
+        None => Some(format!("the module set up no datafeed {feed}")),
+    })
 }
 
 async fn remove_job(es: &Elasticsearch, id: &str) -> Result<(), Error> {

@@ -108,10 +108,26 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
             datafeed,
             job_state,
             datafeed_state,
-        } if !choice.fleet => {
+        } if !choice.fleet || marked_ours(job.as_ref(), d) => {
             let id = &choice.id;
             let feed = mljob::datafeed_id(id);
+            // Made by Kibana's module setup (the Fleet route): the module says what its
+            // datafeed reads, so its body is not compared with the operator's.
+            let module_made = job.as_ref().is_some_and(mljob::fleet_made);
             match job {
+                None if d.module.is_some() => {
+                    let module = d.module.clone().unwrap_or_default();
+                    push_job(Action::SetupModule {
+                        module,
+                        job: id.clone(),
+                    });
+                    push_job(Action::MarkJob {
+                        id: id.clone(),
+                        release: d.marker.release.clone(),
+                    });
+                    // The setup opened the job and started the datafeed (or says why not).
+                    return plan;
+                }
                 None => push_job(Action::CreateJob { id: id.clone() }),
                 Some(have) => {
                     let marker = Marker::from_meta(have.get("custom_settings"));
@@ -147,8 +163,9 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
                         true
                     }
                     Some(have)
-                        if have.get("indices") != want.get("indices")
-                            || have.get("query") != want.get("query") =>
+                        if !module_made
+                            && (have.get("indices") != want.get("indices")
+                                || have.get("query") != want.get("query")) =>
                     {
                         push_job(Action::RecreateDatafeed { id: feed.clone() });
                         true
@@ -171,4 +188,11 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
         _ => {}
     }
     plan
+}
+
+/// A job that carries this owner's marker (one Kibana's module setup made for it included).
+fn marked_ours(job: Option<&serde_json::Value>, d: &Desired) -> bool {
+    job.is_some_and(|j| {
+        holder(Marker::from_meta(j.get("custom_settings")).as_ref(), &d.owner) == Holder::Us
+    })
 }

@@ -72,6 +72,9 @@ pub struct Desired {
     pub rules: Vec<Value>,
     /// The machine-learning rule is wanted: its job and datafeed are.
     pub needs_job: bool,
+    /// The Fleet route: a missing job is created through Kibana's setup of this ML module (the
+    /// package's), so Kibana shows it as the module's; then marked as the owner's.
+    pub module: Option<String>,
 }
 
 /// Observe then diff: what a front door runs to know what to do (`recorded.jobs` says whether
@@ -144,6 +147,7 @@ pub fn build(
         input,
         rules,
         needs_job,
+        module: None,
     })
 }
 
@@ -162,6 +166,7 @@ impl Desired {
             },
             rules: Vec::new(),
             needs_job: false,
+            module: None,
         }
     }
 
@@ -210,6 +215,12 @@ pub enum Action {
     CreateJob {
         id: String,
     },
+    /// Create the job and its datafeed through Kibana's setup of ML module `module` (and start
+    /// the datafeed, or leave it waiting for data).
+    SetupModule {
+        module: String,
+        job: String,
+    },
     /// Put this owner's marker (this release) on the job.
     MarkJob {
         id: String,
@@ -241,7 +252,8 @@ impl Action {
             Action::Rule(_)
             | Action::InstallPrebuilt { .. }
             | Action::RemovePrebuilt { .. }
-            | Action::EnablePrebuilt { .. } => Service::Kibana,
+            | Action::EnablePrebuilt { .. }
+            | Action::SetupModule { .. } => Service::Kibana,
             _ => Service::Elasticsearch,
         }
     }
@@ -254,6 +266,7 @@ impl Action {
             | Action::RemovePrebuilt { .. }
             | Action::EnablePrebuilt { .. } => "prebuilt rule",
             Action::CreateJob { .. }
+            | Action::SetupModule { .. }
             | Action::MarkJob { .. }
             | Action::OpenJob { .. }
             | Action::RemoveJob { .. } => "anomaly detection job",
@@ -286,6 +299,7 @@ impl Action {
             Action::Rule(RuleAction::Create(_))
                 | Action::InstallPrebuilt { .. }
                 | Action::CreateJob { .. }
+                | Action::SetupModule { .. }
                 | Action::CreateDatafeed { .. }
         )
     }
@@ -308,6 +322,11 @@ impl fmt::Display for Action {
                 "enable Elastic's prebuilt rule {rule_id} (installed by this owner, never enabled)"
             ),
             Action::CreateJob { id } => write!(f, "create anomaly detection job {id}"),
+            Action::SetupModule { module, job } => write!(
+                f,
+                "create anomaly detection job {job} and datafeed {} through Kibana's setup of ML module {module}",
+                mljob::datafeed_id(job)
+            ),
             Action::MarkJob { id, release } => write!(
                 f,
                 "mark anomaly detection job {id} as installed with release {release}"

@@ -68,7 +68,7 @@ pub async fn observe(
     // Then the job: it decides which job the custom machine-learning rule watches.
     let job = match job {
         JobLook::Proven(id) if d.needs_job => JobSeen::Proven(id),
-        _ if d.needs_job => read_job(es, watched.unwrap_or(mljob::job_id_for(&k))).await?,
+        _ if d.needs_job => read_job(es, watched.unwrap_or(mljob::job_id_for(&k)), d).await?,
         _ if jobs_recorded => {
             let mut ours = Vec::new();
             for id in [mljob::JOB_ID, mljob::JOB_ID_EA] {
@@ -104,7 +104,7 @@ pub async fn observe(
 /// The job the machine-learning rule should watch (Fleet's module job when one exists, either
 /// id, `first` first; else `first`, which the operator creates or holds), and what is there of
 /// it.
-async fn read_job(es: &Elasticsearch, first: &'static str) -> Result<JobSeen, Error> {
+async fn read_job(es: &Elasticsearch, first: &'static str, d: &Desired) -> Result<JobSeen, Error> {
     let other = if first == mljob::JOB_ID {
         mljob::JOB_ID_EA
     } else {
@@ -125,8 +125,14 @@ async fn read_job(es: &Elasticsearch, first: &'static str) -> Result<JobSeen, Er
         };
         job = Some(j);
     }
+    let marked_ours = job.as_ref().is_some_and(|j| {
+        holder(Marker::from_meta(j.get("custom_settings")).as_ref(), &d.owner) == Holder::Us
+    });
+    // One the owner had Kibana's module set up is the owner's to keep running.
+    choice.fleet &= !marked_ours;
     if choice.fleet {
-        // Fleet's module job: Kibana's ML job settings own its datafeed and state.
+        // Fleet's module job someone set up: Kibana's ML job settings own its datafeed and
+        // state.
         return Ok(JobSeen::Read {
             choice,
             job,

@@ -448,6 +448,7 @@ fn one_plan_lists_both_services_in_apply_order() {
     let d = desired(kibana(8, 17));
     let det = diff(&d, &nothing_there(&d), &Recorded::default(), false);
     let whole = super::super::plan::Plan {
+        package: None,
         es: super::super::diff::Plan {
             actions: vec![super::super::Action::PutModel {
                 id: "m".into(),
