@@ -28,7 +28,7 @@ pub(super) async fn finalize(
     }
     let owner = owner_of(obj);
     let status = obj.status.clone().unwrap_or_default();
-    let left = describe_objects(&status.objects, &owner);
+    let left = describe_objects(&status.objects, status.fleet_package.as_ref(), &owner);
     let mut report = Report::new(obj);
     // The state column and Ready say so while the cleanup runs (kstatus reads Terminating from
     // the deletionTimestamp alone).
@@ -66,7 +66,7 @@ pub(super) async fn finalize(
             // Nothing recorded as installed: the one look at the well-known ids (for a crash
             // between a write and its status) could not be made, and waiting would only hold
             // the object (and its namespace) for `--delete-timeout` over nothing.
-            Err(e) if status.objects.is_empty() => (
+            Err(e) if status.objects.is_empty() && status.fleet_package.is_none() => (
                 false,
                 "Removed",
                 format!("nothing recorded as installed; could not check the cluster ({e})"),
@@ -226,13 +226,45 @@ pub(super) async fn cleanup(
         .await?,
     );
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
+    // Last, the Fleet package, and only a version this DgaModel installed (one it adopted
+    // stays): nothing of ours calls its pipelines any more.
+    if let Some(p) = status.fleet_package.as_ref().filter(|p| p.installed_by_operator) {
+        let Some(kb) = &target.kibana else {
+            return Err(Error::InvalidSpec(format!(
+                "Fleet package {} {} was installed through a Kibana that is no longer known: restore spec.kibanaRef (or `kibana-url`) so it can be uninstalled, or set deletionPolicy: Retain",
+                engine::package::PACKAGE,
+                p.version
+            )));
+        };
+        let client = crate::kibana::KibanaClient::new(
+            kb.http_client(ctx.settings.request_timeout)?,
+            &kb.url,
+            kb.auth.clone(),
+        );
+        // A version someone moved the package to since is not ours to uninstall.
+        let now = client.fleet_package(engine::package::PACKAGE, None).await?;
+        if now.and_then(|n| n.installed).as_deref() == Some(p.version.as_str()) {
+            removed.push(engine::package::remove(&client, &p.version).await?);
+        }
+    }
     Ok(removed)
 }
 
 /// Everything the status records, every kind: what a person has to remove by hand after a
 /// `Retain` or an abandoned cleanup.
-pub(super) fn describe_objects(o: &InstalledObjects, owner: &Owner) -> String {
+pub(super) fn describe_objects(
+    o: &InstalledObjects,
+    package: Option<&crate::api::FleetPackageStatus>,
+    owner: &Owner,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
+    if let Some(p) = package.filter(|p| p.installed_by_operator) {
+        parts.push(format!(
+            "Fleet package {} {} in Kibana",
+            engine::package::PACKAGE,
+            p.version
+        ));
+    }
     if let Some(space) = &o.rules_space {
         parts.push(format!(
             "the detection rules tagged {} in Kibana space {space}",

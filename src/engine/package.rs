@@ -323,8 +323,10 @@ pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Option<String>,
         return Ok(None);
     };
     let items = match &i.upload {
+        // `force`: the version is pinned, and Fleet refuses one older than the newest
+        // compatible version without it (400 "... is out-of-date ...", real-stack.md).
         None => client
-            .fleet_install(PACKAGE, &i.version, i.reason == Reason::Adopt || i.from.is_some())
+            .fleet_install(PACKAGE, &i.version, true)
             .await
             .map_err(|e| not_found_as_unavailable(e, &i.version))?,
         Some(a) => client.fleet_upload(a.bytes.to_vec()).await?,

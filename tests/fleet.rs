@@ -1,0 +1,426 @@
+//! Elastic's current route (issue 20): a DgaModel with `spec.fleetPackage` gets Fleet's `dga`
+//! package installed through Kibana, the `@custom` hook wired to the package's
+//! version-prefixed router, Elastic's prebuilt rules installed and enabled, the module's job set
+//! up through Kibana's ML module API, and the canary run through the package's pipelines; all
+//! through the real apiserver and the controller, against the stand-in's Fleet (Kibana's package
+//! API, ML module setup, and a package registry built from real-stack.md's facts; see
+//! `tests/standin/CONFORMANCE.md` "Fleet packages and ML modules").
+//!
+//! Facts asserted here come from the package as the stand-in's registry serves it (its router
+//! pipeline, its module's job) and from Elastic's fixture of rules, not from the operator's
+//! constants.
+
+mod support;
+
+use std::time::Duration;
+
+use dga_operator::controller::Settings;
+use dga_standin::{Service, StandinConfig};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::Env;
+
+const HOOK: &str = "logs-network_traffic.dns@custom";
+
+fn facts() -> Value {
+    serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap()
+}
+
+fn elastic_rule_ids() -> Vec<String> {
+    let mut ids: Vec<String> = facts()["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A stack of one version with Elastic's prebuilt DGA rules and a registry holding `packages`.
+async fn env(prefix: &str, version: &str, packages: &[&str]) -> Env {
+    let cfg = StandinConfig {
+        kibana_version: version.into(),
+        es_version: version.into(),
+        kibana_prebuilt_dga: true,
+        fleet_packages: packages.iter().map(|p| p.to_string()).collect(),
+        ..StandinConfig::default()
+    };
+    let settings = Settings {
+        resync: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let env = Env::start_with(prefix, cfg, settings).await;
+    env.secret("es", "changeme").await;
+    env
+}
+
+fn spec(version: &str) -> Value {
+    json!({"fleetPackage": {"version": version}, "clusterRef": {"secretName": "es"}})
+}
+
+fn writes(env: &Env) -> Vec<String> {
+    env.standin
+        .requests()
+        .iter()
+        .filter(|r| r.service != Service::GitHub && r.is_write())
+        .map(|r| format!("{:?} {} {}", r.service, r.method, r.path))
+        .collect()
+}
+
+fn condition(m: &dga_operator::api::DgaModel, t: &str) -> (String, String, String) {
+    let c = dga_operator::status::get(&m.status.as_ref().unwrap().conditions, t)
+        .unwrap_or_else(|| panic!("no condition {t}: {:?}", m.status));
+    (
+        format!("{:?}", c.status),
+        c.reason.clone(),
+        c.message.clone(),
+    )
+}
+
+/// The router our processor in the hook calls (the one tagged with our owner).
+fn hooked_router(env: &Env, name: &str) -> Option<String> {
+    let tag = format!("dga-operator:{}/{name}", env.ns.name);
+    let hook = env.standin.pipelines().get(HOOK).cloned()?;
+    hook["processors"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pipeline"]["tag"] == json!(tag))
+        .and_then(|p| p["pipeline"]["name"].as_str().map(str::to_string))
+}
+
+/// The package's router as the installed package holds it: its `_meta` says Fleet made it.
+fn assert_fleet_router(env: &Env, router: &str) {
+    let pipes = env.standin.pipelines();
+    let r = pipes
+        .get(router)
+        .unwrap_or_else(|| panic!("no {router} in {:?}", pipes.keys()));
+    assert_eq!(r["_meta"]["managed_by"], "fleet", "{router}: {r}");
+}
+
+/// Everything the issue's "done" asks of a Ready DgaModel on the Fleet route.
+async fn assert_whole_install(
+    env: &Env,
+    name: &str,
+    version: &str,
+) -> dga_operator::api::DgaModel {
+    let stack = env.standin.config().kibana_version.clone();
+    let m = env.wait_ready(name).await;
+    let st = m.status.clone().unwrap();
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some(version)
+    );
+    let fp = st.fleet_package.clone().expect("status.fleetPackage");
+    assert_eq!(fp.version, version);
+    // The package's router (Fleet's own, never one of ours) is what the hook calls.
+    let router = format!("{version}-ml_dga_ingest_pipeline");
+    assert_fleet_router(env, &router);
+    assert_eq!(hooked_router(env, name).as_deref(), Some(router.as_str()));
+    assert_eq!(condition(&m, "PackageInstalled").0, "True");
+    assert_eq!(condition(&m, "EnrichmentWired").0, "True", "{:?}", condition(&m, "EnrichmentWired"));
+    // The model is the package's, as Kibana listed it.
+    let model = st.model_id.clone().unwrap();
+    assert!(env.standin.models().contains_key(&model), "{model}");
+    // Elastic's rules, through Kibana's prebuilt-rules API, enabled.
+    let rules = env.standin.rules("default");
+    let mut ids: Vec<String> = rules
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, elastic_rule_ids(), "{rules:?}");
+    for r in &rules {
+        assert_eq!(r["immutable"], true, "{r}");
+        assert_eq!(r["enabled"], true, "{r}");
+    }
+    // The module's job: made by Kibana's module setup (Kibana shows it as the module's),
+    // marked as ours, open, its datafeed started or waiting for data.
+    let range = if stack.starts_with("9.4") || stack.starts_with("9.5") {
+        ">=9.4.0"
+    } else {
+        "<9.4.0"
+    };
+    let job_id = facts()["ml_jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["stack"] == range)
+        .unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs = env.standin.jobs();
+    let job = jobs
+        .get(&job_id)
+        .unwrap_or_else(|| panic!("no job {job_id}: {:?}", jobs.keys()));
+    assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
+    assert!(
+        job["custom_settings"]["dga_operator"]["owner"]
+            .as_str()
+            .is_some_and(|o| o.ends_with(&format!("/{name}"))),
+        "{job}"
+    );
+    assert_eq!(st.objects.jobs, vec![job_id.clone()]);
+    let (state, reason, msg) = condition(&m, "AnomalyJobRunning");
+    assert!(
+        state == "True" || reason == "WaitingForData",
+        "{state} {reason} {msg}"
+    );
+    // The canary run goes through the package's router and reads the answer where the
+    // package's model writes it (its own `results_field`). The stand-in cannot run painless (the
+    // package's feature and verdict scripts), so there it is Unproven, naming only those.
+    let (state, reason, msg) = condition(&m, "EnrichmentVerified");
+    let results_field = env.standin.models()[&model]["inference_config"]["classification"]
+        ["results_field"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    match reason.as_str() {
+        "Verified" => assert_eq!(state, "True"),
+        "Unproven" => {
+            assert_eq!(state, "Unknown");
+            assert!(
+                msg.contains(&format!("\"{results_field}\":"))
+                    && msg.contains("skipped processors it cannot run: script(inline), script(inline)"),
+                "{msg}"
+            );
+        }
+        other => panic!("EnrichmentVerified {state} {other}: {msg}"),
+    }
+    m
+}
+
+/// Fresh 8.17 and 9.2 stacks (package 2.3.7) and a 9.5 stack (package 3.0.0, whose module
+/// has the `_ea` job): Ready with every part installed, a resync writes nothing, and `kubectl
+/// get dgamodels` shows the package version. Then delete: the package (which the DgaModel
+/// installed), the hook processor and the job go.
+#[tokio::test]
+async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_removes_it() {
+    for (version, pkg) in [("8.17.0", "2.3.7"), ("9.2.0", "2.3.7"), ("9.5.0", "3.0.0")] {
+        let env = env("fleet-fresh", version, &[&format!("dga-{pkg}")]).await;
+        env.apply("dga", spec(pkg)).await;
+        let m = assert_whole_install(&env, "dga", pkg).await;
+        let fp = m.status.as_ref().unwrap().fleet_package.clone().unwrap();
+        assert!(fp.installed_by_operator, "{version}");
+        assert_eq!(fp.source.as_deref(), Some("registry"), "{version}");
+        // The install went through Kibana's Fleet API, once.
+        let installs: Vec<_> = env
+            .standin
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == format!("/api/fleet/epm/packages/dga/{pkg}"))
+            .collect();
+        assert_eq!(installs.len(), 1, "{version}");
+
+        let out = support::kubectl(&["get", "dgamodels", "-n", &env.ns.name]);
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            table.lines().next().unwrap_or_default().contains("PACKAGE")
+                && table.contains(pkg),
+            "{version}: {table}"
+        );
+
+        // Settled: two resyncs later, no write to Elasticsearch or Kibana.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        env.standin.clear_requests();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            env.standin.requests().iter().any(|r| r.method == "GET"),
+            "{version}: resyncs ran"
+        );
+        assert_eq!(writes(&env), Vec::<String>::new(), "{version}");
+        let again = env.models_api().get("dga").await.unwrap();
+        assert_eq!(again.status, m.status, "{version}: status unchanged");
+
+        env.delete("dga").await;
+        env.wait_gone("dga").await;
+        assert_eq!(env.standin.fleet_installed_version("dga"), None, "{version}");
+        assert_eq!(hooked_router(&env, "dga"), None, "{version}");
+        assert!(
+            !env.standin.jobs().keys().any(|k| k.contains("dga")),
+            "{version}: {:?}",
+            env.standin.jobs().keys()
+        );
+        env.finish().await;
+    }
+}
+
+/// A version bump: the new version is installed first, then the hook moves to its router;
+/// the old version's pipelines are still there (Fleet keeps them), so no document passes the
+/// hook unenriched.
+#[tokio::test]
+async fn a_version_bump_installs_first_then_moves_the_hook() {
+    let env = env("fleet-bump", "9.2.0", &["dga-2.2.0", "dga-2.3.7"]).await;
+    env.apply("dga", spec("2.2.0")).await;
+    assert_whole_install(&env, "dga", "2.2.0").await;
+    env.standin.clear_requests();
+    env.apply("dga", spec("2.3.7")).await;
+    let m = assert_whole_install(&env, "dga", "2.3.7").await;
+    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    let log: Vec<String> = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let pos = |needle: &str| {
+        log.iter()
+            .position(|w| w == needle)
+            .unwrap_or_else(|| panic!("{needle} not in {log:?}"))
+    };
+    assert!(
+        pos("POST /api/fleet/epm/packages/dga/2.3.7")
+            < pos(&format!("PUT /_ingest/pipeline/{HOOK}")),
+        "{log:?}"
+    );
+    // The old router stays until nothing of ours calls it (Fleet keeps top-level pipelines).
+    assert_fleet_router(&env, "2.2.0-ml_dga_ingest_pipeline");
+    env.wait_event("dga", "Upgraded").await;
+    env.finish().await;
+}
+
+/// A package someone installed: a Conflict without `overwrite` (nothing written), adopted with
+/// it (recorded as not installed by the operator), and never uninstalled on delete.
+#[tokio::test]
+async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
+    let env = env("fleet-person", "8.17.0", &["dga-2.3.7"]).await;
+    let c = reqwest::Client::new();
+    let s = c
+        .post(format!(
+            "{}/api/fleet/epm/packages/dga/2.3.7",
+            env.standin.kibana_url()
+        ))
+        .basic_auth("elastic", Some("changeme"))
+        .header("kbn-xsrf", "true")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(s.is_success(), "{s}");
+    env.standin.clear_requests();
+    env.apply("dga", spec("2.3.7")).await;
+    let m = env
+        .wait_condition("dga", "PackageInstalled", "False", Some("Conflict"))
+        .await;
+    let (_, _, msg) = condition(&m, "PackageInstalled");
+    assert!(msg.contains("2.3.7") && msg.contains("overwrite"), "{msg}");
+    assert_eq!(condition(&m, "Ready").1, "Conflict");
+    assert_eq!(writes(&env), Vec::<String>::new(), "nothing written");
+
+    let mut adopt = spec("2.3.7");
+    adopt["overwrite"] = json!(true);
+    env.apply("dga", adopt).await;
+    let m = assert_whole_install(&env, "dga", "2.3.7").await;
+    let fp = m.status.as_ref().unwrap().fleet_package.clone().unwrap();
+    assert!(!fp.installed_by_operator, "{fp:?}");
+    assert!(
+        condition(&m, "Ready").2.contains("not installed by the operator"),
+        "{:?}",
+        condition(&m, "Ready")
+    );
+    // Adopted, not reinstalled.
+    assert!(
+        !writes(&env).iter().any(|w| w.contains("/api/fleet/epm/packages")),
+        "{:?}",
+        writes(&env)
+    );
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("2.3.7"),
+        "a package the operator did not install stays"
+    );
+    assert_eq!(hooked_router(&env, "dga"), None);
+    env.finish().await;
+}
+
+/// An air-gapped Kibana: no registry, the archive from a mirror (checked by sha256), installed
+/// by upload; a wrong sha256 installs nothing.
+#[tokio::test]
+async fn an_air_gapped_kibana_gets_the_package_by_upload() {
+    let env = env("fleet-upload", "8.17.0", &["dga-2.3.7"]).await;
+    env.standin.set_fleet_registry_reachable(false);
+    let zip = env.standin.fleet_package_zip("2.3.7").unwrap();
+    let sha = hex::encode(Sha256::digest(&zip));
+    // The mirror: the stand-in's registry listener, which the operator reaches (Kibana does
+    // not).
+    let url = format!("{}/epr/dga/dga-2.3.7.zip", env.standin.fleet_registry_url());
+
+    let mut wrong = spec("2.3.7");
+    wrong["fleetPackage"]["url"] = json!(url);
+    wrong["fleetPackage"]["sha256"] = json!("0".repeat(64));
+    env.apply("dga", wrong).await;
+    let m = env
+        .wait_condition("dga", "Ready", "False", Some("ChecksumMismatch"))
+        .await;
+    assert!(condition(&m, "Ready").2.contains(&sha), "{:?}", condition(&m, "Ready"));
+    assert_eq!(env.standin.fleet_installed_version("dga"), None);
+
+    let mut right = spec("2.3.7");
+    right["fleetPackage"]["url"] = json!(url);
+    right["fleetPackage"]["sha256"] = json!(sha);
+    env.apply("dga", right).await;
+    let m = assert_whole_install(&env, "dga", "2.3.7").await;
+    let st = m.status.unwrap();
+    assert_eq!(st.fleet_package.unwrap().source.as_deref(), Some("upload"));
+    assert_eq!(st.bundle_sha256.as_deref(), Some(sha.as_str()));
+    env.finish().await;
+}
+
+/// A Kibana that cannot reach its registry, and a version this stack cannot take: a clear
+/// condition, nothing written, no retry storm (not retried on a backoff).
+#[tokio::test]
+async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_is_written() {
+    let env = env("fleet-unavail", "9.2.0", &["dga-2.3.7", "dga-3.0.0"]).await;
+    env.standin.set_fleet_registry_reachable(false);
+    env.standin.clear_requests();
+    env.apply("dga", spec("2.3.7")).await;
+    let m = env
+        .wait_condition("dga", "PackageInstalled", "False", Some("PackageUnavailable"))
+        .await;
+    let (_, _, msg) = condition(&m, "PackageInstalled");
+    assert!(msg.contains("registry") && msg.contains("spec.fleetPackage.url"), "{msg}");
+    assert_eq!(condition(&m, "Ready").1, "PackageUnavailable");
+    assert_eq!(condition(&m, "Stalled").0, "True");
+    assert_eq!(condition(&m, "Reconciling").0, "False");
+    // Looked at again at the resync pace (2 s here), not on a backoff of its own.
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let asks = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/api/fleet/epm/packages"))
+        .count();
+    assert!(asks <= 8, "{asks} package reads in 5 s");
+    assert_eq!(writes(&env), Vec::<String>::new());
+
+    // 3.0.0 needs Kibana ^9.4.0: refused before Fleet (which would install it) is asked.
+    env.standin.set_fleet_registry_reachable(true);
+    env.apply("dga", spec("3.0.0")).await;
+    let m = env
+        .wait_condition("dga", "PackageInstalled", "False", Some("PackageIncompatible"))
+        .await;
+    let (_, _, msg) = condition(&m, "PackageInstalled");
+    assert!(msg.contains("^9.4.0") && msg.contains("9.2.0"), "{msg}");
+    assert_eq!(writes(&env), Vec::<String>::new());
+    assert_eq!(env.standin.fleet_installed_version("dga"), None);
+
+    // Both sources at once are refused by the CRD's schema.
+    let both = json!({"apiVersion": "dgaoperator.io/v1alpha1", "kind": "DgaModel",
+        "metadata": {"name": "both"},
+        "spec": {"releaseTag": "ML-DGA-20210126-1", "fleetPackage": {"version": "2.3.7"},
+                 "clusterRef": {"secretName": "es"}}});
+    let obj: dga_operator::api::DgaModel = serde_json::from_value(both).unwrap();
+    let e = env
+        .models_api()
+        .create(&Default::default(), &obj)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("oneOf") || e.to_string().contains("must validate one and only one"), "{e}");
+    env.finish().await;
+}
