@@ -1971,3 +1971,140 @@ async fn a_model_over_http_max_content_length_is_refused_once() {
         assert!(bed.standin.models().is_empty());
     }
 }
+
+/// `setup --fleet-package` does from the command line what a DgaModel with
+/// `spec.fleetPackage` does (issue 20): the package through Kibana's Fleet API, the hook wired
+/// to its router, Elastic's rules, the module's job; a second run writes nothing; `plan` sees
+/// nothing to do; `remove --fleet-package` takes the hook processor, the job and the package.
+/// An air-gapped Kibana gets the archive by upload (`--package-url`, `--sha256`), and a
+/// registry Kibana cannot reach is told with exit 7 and nothing written.
+#[tokio::test]
+async fn fleet_package_setup_plan_remove() {
+    let bed = Bed::start_with(StandinConfig {
+        kibana_version: "9.2.0".into(),
+        es_version: "9.2.0".into(),
+        kibana_prebuilt_dga: true,
+        fleet_packages: vec!["dga-2.3.7".into()],
+        ..StandinConfig::default()
+    })
+    .await;
+    let kb = bed.standin.kibana_url();
+    let with_kibana = |cmd: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec![cmd.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--kibana-url".to_string(), kb.clone()]);
+        if cmd != "remove" {
+            args.extend(bed.release_opts());
+        }
+        args.extend(bed.conn());
+        args
+    };
+    let hook = "logs-network_traffic.dns@custom";
+    let router = "2.3.7-ml_dga_ingest_pipeline";
+    let hooked = |bed: &Bed| -> Vec<String> {
+        bed.standin
+            .pipelines()
+            .get(hook)
+            .and_then(|h| h["processors"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["pipeline"]["tag"] == json!(format!("dga-operator:{CLI_OWNER}")))
+            .filter_map(|p| p["pipeline"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+
+    // Without Kibana: a usage error naming the flag.
+    let run = bed
+        .run(&{
+            let mut a = vec!["setup".to_string(), "--fleet-package".into(), "2.3.7".into()];
+            a.extend(bed.conn());
+            a
+        })
+        .await;
+    assert_eq!(run.code, 3, "{run}");
+    assert!(run.stderr.contains("--kibana-url"), "{run}");
+
+    let run = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(bed.standin.fleet_installed_version("dga").as_deref(), Some("2.3.7"));
+    assert_eq!(hooked(&bed), vec![router.to_string()], "{run}");
+    let rules = bed.standin.rules("default");
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    assert!(rules.iter().all(|r| r["immutable"] == true && r["enabled"] == true), "{rules:?}");
+    let jobs = bed.standin.jobs();
+    let job = &jobs["dga_high_sum_probability"];
+    assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
+    assert_eq!(job["custom_settings"]["dga_operator"]["owner"], CLI_OWNER, "{job}");
+    assert!(run.stdout.contains("installed Fleet package dga 2.3.7"), "{run}");
+    // The canary run through the package's router (the stand-in cannot run the package's
+    // painless scripts: not conclusive there, never a failure).
+    assert!(
+        run.stdout.contains("\nverified: ")
+            || (run.stdout.contains("\nnot verified (nothing failed): ")
+                && run.stdout.contains("skipped processors it cannot run: script(inline)")),
+        "{run}"
+    );
+
+    // Again: nothing to do, nothing written.
+    bed.standin.clear_requests();
+    let again = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    assert_eq!(again.code, 0, "{again}");
+    assert!(again.stdout.contains("nothing to do: Fleet package dga 2.3.7 is installed and wired"), "{again}");
+    let writes: Vec<String> = bed
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.service != Service::GitHub && r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(writes, Vec::<String>::new(), "{again}");
+    let plan = bed.run(&with_kibana("plan", &["--fleet-package", "2.3.7"])).await;
+    assert_eq!(plan.code, 0, "{plan}");
+    assert!(plan.stdout.contains("no changes"), "{plan}");
+
+    // Another version someone has in place: a conflict (exit 6) without --overwrite.
+    let other = bed.run(&with_kibana("plan", &["--fleet-package", "2.3.6"])).await;
+    assert_eq!(other.code, 6, "{other}");
+    assert!(other.stderr.contains("2.3.7") && other.stderr.contains("--overwrite"), "{other}");
+
+    let rm = bed.run(&with_kibana("remove", &["--fleet-package", "2.3.7"])).await;
+    assert_eq!(rm.code, 0, "{rm}");
+    assert_eq!(bed.standin.fleet_installed_version("dga"), None, "{rm}");
+    assert!(hooked(&bed).is_empty(), "{rm}");
+    assert!(!bed.standin.jobs().contains_key("dga_high_sum_probability"), "{rm}");
+
+    // Air-gapped: Kibana has no registry; the archive comes from a mirror, checked.
+    bed.standin.set_fleet_registry_reachable(false);
+    bed.standin.clear_requests();
+    let refused = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    assert_eq!(refused.code, 7, "{refused}");
+    assert!(refused.stderr.contains("--package-url"), "{refused}");
+    assert!(
+        !bed.standin.requests().iter().any(|r| r.service != Service::GitHub && r.is_write()),
+        "{refused}"
+    );
+    let zip = bed.standin.fleet_package_zip("2.3.7").unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&zip))
+    };
+    let url = format!("{}/epr/dga/dga-2.3.7.zip", bed.standin.fleet_registry_url());
+    let bad = bed
+        .run(&with_kibana(
+            "setup",
+            &["--fleet-package", "2.3.7", "--package-url", &url, "--sha256", &"0".repeat(64)],
+        ))
+        .await;
+    assert_eq!(bad.code, 7, "{bad}");
+    assert!(bad.stderr.contains("--sha256"), "{bad}");
+    let up = bed
+        .run(&with_kibana(
+            "setup",
+            &["--fleet-package", "2.3.7", "--package-url", &url, "--sha256", &sha],
+        ))
+        .await;
+    assert_eq!(up.code, 0, "{up}");
+    assert!(up.stdout.contains("by upload"), "{up}");
+    assert_eq!(bed.standin.fleet_installed_version("dga").as_deref(), Some("2.3.7"));
+    assert_eq!(hooked(&bed), vec![router.to_string()], "{up}");
+}

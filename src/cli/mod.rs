@@ -1310,8 +1310,12 @@ async fn verify_fleet(out: &Out, s: &Session, desired: &engine::Desired) -> Resu
             )
             .hint("check the package's model and pipelines in Kibana (Stack Management, Ingest Pipelines)"),
         )),
-        v => {
-            out.line(format!("verified: {}", v.message()));
+        engine::verify::Verdict::Passed(m) => {
+            out.line(format!("verified: {m}"));
+            Ok(())
+        }
+        engine::verify::Verdict::Unproven(m) => {
+            out.line(format!("not verified (nothing failed): {m}"));
             Ok(())
         }
     }
