@@ -455,8 +455,9 @@ pub struct DgaModelStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetPackageStatus {
-    /// The version installed in Kibana.
-    pub version: String,
+    /// The version installed in Kibana (absent until the first install finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Whether this DgaModel installed that version (then deleting it uninstalls the package,
     /// under `deletionPolicy: Delete`); `false` for a package someone else installed and this
     /// DgaModel adopted with `overwrite: true`, which is never uninstalled.
@@ -464,6 +465,11 @@ pub struct FleetPackageStatus {
     /// How the version came: `registry` or `upload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A version whose install this DgaModel has asked Kibana for and not yet seen finish:
+    /// recorded before the request, so that an install cut short (a crash, a lost status
+    /// write) is still known as the operator's and is finished, not refused as someone else's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installing: Option<String>,
 }
 
 /// The state column: derived from the conditions (see `status::state`), so it never disagrees

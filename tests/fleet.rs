@@ -112,7 +112,8 @@ async fn assert_whole_install(
         Some(version)
     );
     let fp = st.fleet_package.clone().expect("status.fleetPackage");
-    assert_eq!(fp.version, version);
+    assert_eq!(fp.version.as_deref(), Some(version));
+    assert_eq!(fp.installing, None);
     // The package's router (Fleet's own, never one of ours) is what the hook calls.
     let router = format!("{version}-ml_dga_ingest_pipeline");
     assert_fleet_router(env, &router);
@@ -422,5 +423,48 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
         .await
         .unwrap_err();
     assert!(e.to_string().contains("oneOf") || e.to_string().contains("must validate one and only one"), "{e}");
+    env.finish().await;
+}
+
+/// The operator dies between Kibana's install and the status that records it: the install was
+/// recorded as started before Kibana was asked, so the next operator finishes the job and the
+/// package is still the DgaModel's (not a Conflict as someone else's), and uninstalled on
+/// delete.
+#[tokio::test]
+async fn an_install_whose_status_was_lost_is_still_the_operators() {
+    let mut env = env("fleet-crash", "8.17.0", &["dga-2.3.7"]).await;
+    // The operator is held in the hook's write, after the install, and stopped there.
+    let reached = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = reached.clone();
+    env.standin.set_interceptor(Some(std::sync::Arc::new(move |r: dga_standin::RequestRecord| {
+        let signal = signal.clone();
+        Box::pin(async move {
+            if r.method == "PUT" && r.path.ends_with(HOOK) {
+                signal.notify_one();
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        })
+    })));
+    env.apply("dga", spec("2.3.7")).await;
+    tokio::time::timeout(Duration::from_secs(30), reached.notified())
+        .await
+        .expect("the hook's write was reached");
+    env.stop_controller();
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("2.3.7")
+    );
+    let st = env.status("dga").await.unwrap();
+    let fp = st.fleet_package.clone().expect("recorded before the install");
+    assert_eq!(fp.installing.as_deref(), Some("2.3.7"), "{fp:?}");
+    assert_eq!(fp.version, None, "{fp:?}");
+
+    env.standin.set_interceptor(None);
+    env.start_controller();
+    let m = assert_whole_install(&env, "dga", "2.3.7").await;
+    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    assert_eq!(env.standin.fleet_installed_version("dga"), None);
     env.finish().await;
 }

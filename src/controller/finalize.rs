@@ -228,12 +228,23 @@ pub(super) async fn cleanup(
     removed.extend(engine::cleanup(&es, owner, &recorded, &to_observe).await?);
     // Last, the Fleet package, and only a version this DgaModel installed (one it adopted
     // stays): nothing of ours calls its pipelines any more.
-    if let Some(p) = status.fleet_package.as_ref().filter(|p| p.installed_by_operator) {
+    let ours: Vec<String> = status
+        .fleet_package
+        .iter()
+        .flat_map(|p| {
+            p.version
+                .clone()
+                .filter(|_| p.installed_by_operator)
+                .into_iter()
+                .chain(p.installing.clone())
+        })
+        .collect();
+    if !ours.is_empty() {
         let Some(kb) = &target.kibana else {
             return Err(Error::InvalidSpec(format!(
                 "Fleet package {} {} was installed through a Kibana that is no longer known: restore spec.kibanaRef (or `kibana-url`) so it can be uninstalled, or set deletionPolicy: Retain",
                 engine::package::PACKAGE,
-                p.version
+                ours.join(" or ")
             )));
         };
         let client = crate::kibana::KibanaClient::new(
@@ -243,8 +254,8 @@ pub(super) async fn cleanup(
         );
         // A version someone moved the package to since is not ours to uninstall.
         let now = client.fleet_package(engine::package::PACKAGE, None).await?;
-        if now.and_then(|n| n.installed).as_deref() == Some(p.version.as_str()) {
-            removed.push(engine::package::remove(&client, &p.version).await?);
+        if let Some(v) = now.and_then(|n| n.installed).filter(|v| ours.contains(v)) {
+            removed.push(engine::package::remove(&client, &v).await?);
         }
     }
     Ok(removed)
@@ -258,11 +269,13 @@ pub(super) fn describe_objects(
     owner: &Owner,
 ) -> String {
     let mut parts: Vec<String> = Vec::new();
-    if let Some(p) = package.filter(|p| p.installed_by_operator) {
+    if let Some(v) = package
+        .filter(|p| p.installed_by_operator)
+        .and_then(|p| p.version.as_ref())
+    {
         parts.push(format!(
-            "Fleet package {} {} in Kibana",
-            engine::package::PACKAGE,
-            p.version
+            "Fleet package {} {v} in Kibana",
+            engine::package::PACKAGE
         ));
     }
     if let Some(space) = &o.rules_space {

@@ -54,7 +54,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
                 .filter(|s| {
                     s.fleet_package
                         .as_ref()
-                        .is_some_and(|f| f.version == p.version)
+                        .is_some_and(|f| f.version.as_deref() == Some(p.version.as_str()))
                 })
                 .and_then(|s| s.model_id.clone())
                 .unwrap_or_else(|| engine::package::MODEL_ID.to_string());
@@ -99,7 +99,10 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             obj.status.as_ref().is_some_and(|st| {
                 let installed = match &desired.fleet {
                     None => st.installed_tag.as_deref() == Some(desired.release.as_str()),
-                    Some(v) => st.fleet_package.as_ref().is_some_and(|f| f.version == *v),
+                    Some(v) => st
+                        .fleet_package
+                        .as_ref()
+                        .is_some_and(|f| f.version.as_ref() == Some(v) && f.installing.is_none()),
                 };
                 st.observed_generation == s.generation
                     && st.bundle_sha256.as_deref() == Some(s.bundle_sha256.as_str())
@@ -283,12 +286,11 @@ async fn plan_package(
         source: archive.map_or(PackageSource::Registry, PackageSource::Upload),
     };
     let observed = package::observe(&client, &want, &kstatus.version).await?;
-    let recorded = Recorded::Status(
-        obj.status
-            .as_ref()
-            .and_then(|s| s.fleet_package.as_ref())
-            .map(|f| (f.version.clone(), f.installed_by_operator)),
-    );
+    let record = obj.status.as_ref().and_then(|s| s.fleet_package.as_ref());
+    let recorded = Recorded::Status {
+        last: record.and_then(|f| Some((f.version.clone()?, f.installed_by_operator))),
+        installing: record.and_then(|f| f.installing.clone()),
+    };
     let plan = package::diff(&want, &observed, &recorded, obj.spec.overwrite)
         .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
     if let Some(pkg) = observed.package.as_ref()
@@ -337,7 +339,20 @@ async fn apply_package(
     let installed = match &pk.plan.install {
         None => false,
         Some(i) => {
+            // Recorded before Kibana is asked: a package found installed without this record
+            // is someone else's, so an install whose status write a crash lost would otherwise
+            // be refused as a Conflict at the next pass.
+            let mut record = report.status.fleet_package.clone().unwrap_or_default();
+            record.installing = Some(i.version.clone());
+            report.status.fleet_package = Some(record);
             report.progress(ctx, format!("applying: {i}")).await;
+            let api: kube::Api<DgaModel> =
+                kube::Api::namespaced(ctx.client.clone(), &desired.owner.namespace);
+            report.write_status(&api).await.map_err(|e| {
+                Error::Internal(format!(
+                    "could not record the package install before making it: {e}"
+                ))
+            })?;
             let model = engine::package::apply(&pk.client, &pk.plan)
                 .await
                 .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
@@ -391,9 +406,10 @@ async fn apply_package(
         ),
     );
     report.status.fleet_package = Some(crate::api::FleetPackageStatus {
-        version,
+        version: Some(version),
         installed_by_operator: by_us,
         source,
+        installing: None,
     });
     Ok(installed)
 }

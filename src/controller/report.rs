@@ -347,7 +347,7 @@ fn installed_label(s: &crate::api::DgaModelStatus) -> String {
         (Some(p), _) => format!(
             "Fleet package {} {}{}",
             crate::engine::package::PACKAGE,
-            p.version,
+            p.version.clone().unwrap_or_default(),
             if p.installed_by_operator { "" } else { " (not installed by the operator, adopted)" }
         ),
         (None, t) => format!("release {}", t.clone().unwrap_or_default()),

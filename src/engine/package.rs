@@ -153,9 +153,13 @@ impl Observed {
 /// What the owner knows of the package it manages.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Recorded {
-    /// A DgaModel's record (`status.fleetPackage`): the version seen last, and whether this
-    /// owner installed it. `None`: nothing recorded (a package found is someone else's).
-    Status(Option<(String, bool)>),
+    /// A DgaModel's record (`status.fleetPackage`): the version seen last and whether this
+    /// owner installed it (`None`: nothing recorded, a package found is someone else's), and a
+    /// version whose install it started and did not see finish.
+    Status {
+        last: Option<(String, bool)>,
+        installing: Option<String>,
+    },
     /// The one-shot CLI keeps no record: a package already at the wanted version is used as
     /// it is, another version is someone else's.
     Cli,
@@ -214,9 +218,14 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
     // Some(by_us): the installed version is the one the record names (installed by this owner,
     // or adopted).
     let ours = match recorded {
-        Recorded::Status(Some((v, by_us))) if installed.as_deref() == Some(v.as_str()) => {
-            Some(*by_us)
-        }
+        Recorded::Status {
+            last: Some((v, by_us)),
+            ..
+        } if installed.as_deref() == Some(v.as_str()) => Some(*by_us),
+        Recorded::Status {
+            installing: Some(v),
+            ..
+        } if installed.as_deref() == Some(v.as_str()) => Some(true),
         _ => None,
     };
     let mut plan = Plan::default();
@@ -225,8 +234,8 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
             plan.record = match (recorded, ours) {
                 (_, Some(by_us)) => Some((v.to_string(), by_us)),
                 (Recorded::Cli, None) => Some((v.to_string(), false)),
-                (Recorded::Status(_), None) if overwrite => Some((v.to_string(), false)),
-                (Recorded::Status(_), None) => {
+                (Recorded::Status { .. }, None) if overwrite => Some((v.to_string(), false)),
+                (Recorded::Status { .. }, None) => {
                     plan.conflict = Some(format!(
                         "Fleet package {PACKAGE} {v} is installed and was not installed by this DgaModel (set overwrite: true to adopt it; it is then never uninstalled by the operator)"
                     ));
@@ -255,7 +264,13 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
             });
         }
         None => {
-            let recorded_before = matches!(recorded, Recorded::Status(Some((_, true))));
+            let recorded_before = matches!(
+                recorded,
+                Recorded::Status {
+                    last: Some((_, true)),
+                    ..
+                }
+            );
             plan.install = Some(Install {
                 version: d.version.clone(),
                 upload: None,
@@ -413,6 +428,35 @@ mod tests {
         }
     }
 
+    fn none() -> Recorded {
+        Recorded::Status {
+            last: None,
+            installing: None,
+        }
+    }
+
+    fn last(v: &str, by_us: bool) -> Recorded {
+        Recorded::Status {
+            last: Some((v.into(), by_us)),
+            installing: None,
+        }
+    }
+
+    #[test]
+    fn an_install_cut_short_is_still_ours() {
+        // The record says an install of 2.3.7 started; Kibana has 2.3.7: ours, nothing to do.
+        let o = observed(Some("2.3.7"), None, "9.2.0");
+        let rec = Recorded::Status {
+            last: Some(("2.2.0".into(), true)),
+            installing: Some("2.3.7".into()),
+        };
+        let p = diff(&want("2.3.7"), &o, &rec, false).unwrap();
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.record, Some(("2.3.7".into(), true)));
+        // Without that record, the same package reads as someone else's.
+        assert!(diff(&want("2.3.7"), &o, &last("2.2.0", true), false).unwrap().conflict.is_some());
+    }
+
     fn want(v: &str) -> Desired {
         Desired {
             version: v.into(),
@@ -423,7 +467,7 @@ mod tests {
     #[test]
     fn a_fresh_stack_gets_the_version_from_the_registry() {
         let o = observed(None, Some("^8.9.0 || ^9.0.0"), "8.17.0");
-        let p = diff(&want("2.3.7"), &o, &Recorded::Status(None), false).unwrap();
+        let p = diff(&want("2.3.7"), &o, &none(), false).unwrap();
         let i = p.install.expect("an install");
         assert_eq!((i.reason, i.upload, i.from), (Reason::Create, None, None));
         assert_eq!(p.record, Some(("2.3.7".into(), true)));
@@ -432,7 +476,7 @@ mod tests {
     #[test]
     fn the_recorded_version_in_place_is_no_step() {
         let o = observed(Some("2.3.7"), None, "9.2.0");
-        let rec = Recorded::Status(Some(("2.3.7".into(), true)));
+        let rec = last("2.3.7", true);
         let p = diff(&want("2.3.7"), &o, &rec, false).unwrap();
         assert!(p.is_empty());
         assert_eq!(p.record, Some(("2.3.7".into(), true)));
@@ -441,7 +485,7 @@ mod tests {
     #[test]
     fn a_bump_of_our_version_is_an_upgrade() {
         let o = observed(Some("2.2.0"), Some("^8.9.0 || ^9.0.0"), "9.2.0");
-        let rec = Recorded::Status(Some(("2.2.0".into(), true)));
+        let rec = last("2.2.0", true);
         let p = diff(&want("2.3.7"), &o, &rec, false).unwrap();
         let i = p.install.unwrap();
         assert_eq!((i.reason, i.from.as_deref()), (Reason::Upgrade, Some("2.2.0")));
@@ -451,19 +495,19 @@ mod tests {
     fn a_package_someone_else_installed_is_a_conflict_unless_overwrite() {
         // Same version: adopted as it is with overwrite, and recorded as not ours.
         let o = observed(Some("2.3.7"), None, "8.17.0");
-        let p = diff(&want("2.3.7"), &o, &Recorded::Status(None), false).unwrap();
+        let p = diff(&want("2.3.7"), &o, &none(), false).unwrap();
         assert!(p.conflict.unwrap().contains("was not installed by this DgaModel"));
-        let p = diff(&want("2.3.7"), &o, &Recorded::Status(None), true).unwrap();
+        let p = diff(&want("2.3.7"), &o, &none(), true).unwrap();
         assert_eq!((p.install, p.conflict), (None, None));
         assert_eq!(p.record, Some(("2.3.7".into(), false)));
         // Another version: moved with overwrite (then this owner installed that version).
         let o = observed(Some("2.2.0"), Some("^8.9.0 || ^9.0.0"), "8.17.0");
-        let p = diff(&want("2.3.7"), &o, &Recorded::Status(None), false).unwrap();
+        let p = diff(&want("2.3.7"), &o, &none(), false).unwrap();
         assert!(p.conflict.unwrap().contains("2.2.0"));
-        let p = diff(&want("2.3.7"), &o, &Recorded::Status(None), true).unwrap();
+        let p = diff(&want("2.3.7"), &o, &none(), true).unwrap();
         assert_eq!(p.install.unwrap().reason, Reason::Adopt);
         // A version recorded as adopted that someone moved since is not ours either.
-        let rec = Recorded::Status(Some(("2.1.0".into(), true)));
+        let rec = last("2.1.0", true);
         let p = diff(&want("2.3.7"), &o, &rec, false).unwrap();
         assert!(p.conflict.is_some());
     }
@@ -480,11 +524,11 @@ mod tests {
     #[test]
     fn an_unknown_version_or_an_unmet_constraint_is_told_not_installed() {
         let o = observed(None, None, "8.17.0");
-        let e = diff(&want("2.3.7"), &o, &Recorded::Status(None), false).unwrap_err();
+        let e = diff(&want("2.3.7"), &o, &none(), false).unwrap_err();
         assert_eq!(e.reason(), "PackageUnavailable");
         assert!(e.to_string().contains("spec.fleetPackage.url"), "{e}");
         let o = observed(None, Some("^9.4.0"), "9.2.0");
-        let e = diff(&want("3.0.0"), &o, &Recorded::Status(None), false).unwrap_err();
+        let e = diff(&want("3.0.0"), &o, &none(), false).unwrap_err();
         assert_eq!(e.reason(), "PackageIncompatible");
         assert!(e.to_string().contains("^9.4.0") && e.to_string().contains("9.2.0"), "{e}");
     }
