@@ -104,6 +104,16 @@ async fn assert_whole_install(
     name: &str,
     version: &str,
 ) -> dga_operator::api::DgaModel {
+    assert_install(env, name, version, true).await
+}
+
+/// `module_job`: the job was made by Kibana's module setup (not one the DgaModel already ran).
+async fn assert_install(
+    env: &Env,
+    name: &str,
+    version: &str,
+    module_job: bool,
+) -> dga_operator::api::DgaModel {
     let stack = env.standin.config().kibana_version.clone();
     let m = env.wait_ready(name).await;
     let st = m.status.clone().unwrap();
@@ -155,7 +165,9 @@ async fn assert_whole_install(
     let job = jobs
         .get(&job_id)
         .unwrap_or_else(|| panic!("no job {job_id}: {:?}", jobs.keys()));
-    assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
+    if module_job {
+        assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
+    }
     assert!(
         job["custom_settings"]["dga_operator"]["owner"]
             .as_str()
@@ -466,5 +478,76 @@ async fn an_install_whose_status_was_lost_is_still_the_operators() {
     env.delete("dga").await;
     env.wait_gone("dga").await;
     assert_eq!(env.standin.fleet_installed_version("dga"), None);
+    env.finish().await;
+}
+
+/// `mode: Plan` lists the package's install with everything else and writes nothing; Apply
+/// then does it.
+#[tokio::test]
+async fn mode_plan_lists_the_package_install_and_writes_nothing() {
+    let env = env("fleet-plan", "9.2.0", &["dga-2.3.7"]).await;
+    env.standin.clear_requests();
+    let mut s = spec("2.3.7");
+    s["mode"] = json!("Plan");
+    env.apply("dga", s).await;
+    let m = env
+        .wait_condition("dga", "PackageInstalled", "False", Some("Planned"))
+        .await;
+    let plan = m.status.as_ref().unwrap().plan.clone().unwrap_or_default();
+    assert!(
+        plan.contains("create Fleet package dga 2.3.7 from Kibana's package registry"),
+        "{plan}"
+    );
+    assert!(plan.contains(HOOK), "{plan}");
+    assert_eq!(writes(&env), Vec::<String>::new());
+    assert_eq!(env.standin.fleet_installed_version("dga"), None);
+    env.apply("dga", spec("2.3.7")).await;
+    assert_whole_install(&env, "dga", "2.3.7").await;
+    env.finish().await;
+}
+
+/// A DgaModel on an ML-DGA release moved to the Fleet package (a GitOps edit): the package is
+/// installed, the hook moves to its router, and only then are the release's objects (ours)
+/// removed. The anomaly job it already ran is kept (same detector; deleting it would throw away
+/// what it has learned), now marked with the package.
+#[tokio::test]
+async fn a_release_install_moves_to_the_fleet_package() {
+    let env = env("fleet-switch", "8.17.0", &["dga-2.3.7"]).await;
+    let tag = "ML-DGA-20210126-1";
+    let rel = env.publish(tag, dga_standin::bundle::Layout::V2);
+    env.apply(
+        "dga",
+        json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}}),
+    )
+    .await;
+    env.wait_ready("dga").await;
+    assert_eq!(hooked_router(&env, "dga").as_deref(), Some(rel.router_pipeline.as_str()));
+    env.standin.clear_requests();
+    env.apply("dga", spec("2.3.7")).await;
+    let m = assert_install(&env, "dga", "2.3.7", false).await;
+    let st = m.status.unwrap();
+    assert_eq!(st.installed_tag, None);
+    let job = &env.standin.jobs()["dga_high_sum_probability"];
+    assert_eq!(job["custom_settings"]["dga_operator"]["release"], "dga 2.3.7", "{job}");
+    assert!(st.objects.pipelines.is_empty() && st.objects.models.is_empty(), "{:?}", st.objects);
+    let pipes = env.standin.pipelines();
+    assert!(!pipes.contains_key(&rel.router_pipeline), "{:?}", pipes.keys());
+    assert!(!pipes.contains_key(&rel.inference_pipeline), "{:?}", pipes.keys());
+    let log: Vec<String> = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let pos = |needle: &str| {
+        log.iter()
+            .position(|w| w == needle)
+            .unwrap_or_else(|| panic!("{needle} not in {log:?}"))
+    };
+    let install = pos("POST /api/fleet/epm/packages/dga/2.3.7");
+    let hook = pos(&format!("PUT /_ingest/pipeline/{HOOK}"));
+    let gone = pos(&format!("DELETE /_ingest/pipeline/{}", rel.router_pipeline));
+    assert!(install < hook && hook < gone, "{log:?}");
     env.finish().await;
 }
