@@ -2016,7 +2016,11 @@ async fn fleet_package_setup_plan_remove() {
     // Without Kibana: a usage error naming the flag.
     let run = bed
         .run(&{
-            let mut a = vec!["setup".to_string(), "--fleet-package".into(), "2.3.7".into()];
+            let mut a = vec![
+                "setup".to_string(),
+                "--fleet-package".into(),
+                "2.3.7".into(),
+            ];
             a.extend(bed.conn());
             a
         })
@@ -2024,32 +2028,60 @@ async fn fleet_package_setup_plan_remove() {
     assert_eq!(run.code, 3, "{run}");
     assert!(run.stderr.contains("--kibana-url"), "{run}");
 
-    let run = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    let run = bed
+        .run(&with_kibana("setup", &["--fleet-package", "2.3.7"]))
+        .await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(bed.standin.fleet_installed_version("dga").as_deref(), Some("2.3.7"));
+    assert_eq!(
+        bed.standin.fleet_installed_version("dga").as_deref(),
+        Some("2.3.7")
+    );
     assert_eq!(hooked(&bed), vec![router.to_string()], "{run}");
     let rules = bed.standin.rules("default");
     assert_eq!(rules.len(), 4, "{rules:?}");
-    assert!(rules.iter().all(|r| r["immutable"] == true && r["enabled"] == true), "{rules:?}");
+    assert!(
+        rules
+            .iter()
+            .all(|r| r["immutable"] == true && r["enabled"] == true),
+        "{rules:?}"
+    );
     let jobs = bed.standin.jobs();
     let job = &jobs["dga_high_sum_probability"];
-    assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
-    assert_eq!(job["custom_settings"]["dga_operator"]["owner"], CLI_OWNER, "{job}");
-    assert!(run.stdout.contains("installed Fleet package dga 2.3.7"), "{run}");
+    assert_eq!(
+        job["custom_settings"]["created_by"], "ml-module-dga",
+        "{job}"
+    );
+    assert_eq!(
+        job["custom_settings"]["dga_operator"]["owner"], CLI_OWNER,
+        "{job}"
+    );
+    assert!(
+        run.stdout.contains("installed Fleet package dga 2.3.7"),
+        "{run}"
+    );
     // The canary run through the package's router (the stand-in cannot run the package's
     // painless scripts: not conclusive there, never a failure).
     assert!(
         run.stdout.contains("\nverified: ")
             || (run.stdout.contains("\nnot verified (nothing failed): ")
-                && run.stdout.contains("skipped processors it cannot run: script(inline)")),
+                && run
+                    .stdout
+                    .contains("skipped processors it cannot run: script(inline)")),
         "{run}"
     );
 
     // Again: nothing to do, nothing written.
     bed.standin.clear_requests();
-    let again = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    let again = bed
+        .run(&with_kibana("setup", &["--fleet-package", "2.3.7"]))
+        .await;
     assert_eq!(again.code, 0, "{again}");
-    assert!(again.stdout.contains("nothing to do: Fleet package dga 2.3.7 is installed and wired"), "{again}");
+    assert!(
+        again
+            .stdout
+            .contains("nothing to do: Fleet package dga 2.3.7 is installed and wired"),
+        "{again}"
+    );
     let writes: Vec<String> = bed
         .standin
         .requests()
@@ -2058,29 +2090,46 @@ async fn fleet_package_setup_plan_remove() {
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     assert_eq!(writes, Vec::<String>::new(), "{again}");
-    let plan = bed.run(&with_kibana("plan", &["--fleet-package", "2.3.7"])).await;
+    let plan = bed
+        .run(&with_kibana("plan", &["--fleet-package", "2.3.7"]))
+        .await;
     assert_eq!(plan.code, 0, "{plan}");
     assert!(plan.stdout.contains("no changes"), "{plan}");
 
     // Another version someone has in place: a conflict (exit 6) without --overwrite.
-    let other = bed.run(&with_kibana("plan", &["--fleet-package", "2.3.6"])).await;
+    let other = bed
+        .run(&with_kibana("plan", &["--fleet-package", "2.3.6"]))
+        .await;
     assert_eq!(other.code, 6, "{other}");
-    assert!(other.stderr.contains("2.3.7") && other.stderr.contains("--overwrite"), "{other}");
+    assert!(
+        other.stderr.contains("2.3.7") && other.stderr.contains("--overwrite"),
+        "{other}"
+    );
 
-    let rm = bed.run(&with_kibana("remove", &["--fleet-package", "2.3.7"])).await;
+    let rm = bed
+        .run(&with_kibana("remove", &["--fleet-package", "2.3.7"]))
+        .await;
     assert_eq!(rm.code, 0, "{rm}");
     assert_eq!(bed.standin.fleet_installed_version("dga"), None, "{rm}");
     assert!(hooked(&bed).is_empty(), "{rm}");
-    assert!(!bed.standin.jobs().contains_key("dga_high_sum_probability"), "{rm}");
+    assert!(
+        !bed.standin.jobs().contains_key("dga_high_sum_probability"),
+        "{rm}"
+    );
 
     // Air-gapped: Kibana has no registry; the archive comes from a mirror, checked.
     bed.standin.set_fleet_registry_reachable(false);
     bed.standin.clear_requests();
-    let refused = bed.run(&with_kibana("setup", &["--fleet-package", "2.3.7"])).await;
+    let refused = bed
+        .run(&with_kibana("setup", &["--fleet-package", "2.3.7"]))
+        .await;
     assert_eq!(refused.code, 7, "{refused}");
     assert!(refused.stderr.contains("--package-url"), "{refused}");
     assert!(
-        !bed.standin.requests().iter().any(|r| r.service != Service::GitHub && r.is_write()),
+        !bed.standin
+            .requests()
+            .iter()
+            .any(|r| r.service != Service::GitHub && r.is_write()),
         "{refused}"
     );
     let zip = bed.standin.fleet_package_zip("2.3.7").unwrap();
@@ -2092,7 +2141,14 @@ async fn fleet_package_setup_plan_remove() {
     let bad = bed
         .run(&with_kibana(
             "setup",
-            &["--fleet-package", "2.3.7", "--package-url", &url, "--sha256", &"0".repeat(64)],
+            &[
+                "--fleet-package",
+                "2.3.7",
+                "--package-url",
+                &url,
+                "--sha256",
+                &"0".repeat(64),
+            ],
         ))
         .await;
     assert_eq!(bad.code, 7, "{bad}");
@@ -2100,11 +2156,21 @@ async fn fleet_package_setup_plan_remove() {
     let up = bed
         .run(&with_kibana(
             "setup",
-            &["--fleet-package", "2.3.7", "--package-url", &url, "--sha256", &sha],
+            &[
+                "--fleet-package",
+                "2.3.7",
+                "--package-url",
+                &url,
+                "--sha256",
+                &sha,
+            ],
         ))
         .await;
     assert_eq!(up.code, 0, "{up}");
     assert!(up.stdout.contains("by upload"), "{up}");
-    assert_eq!(bed.standin.fleet_installed_version("dga").as_deref(), Some("2.3.7"));
+    assert_eq!(
+        bed.standin.fleet_installed_version("dga").as_deref(),
+        Some("2.3.7")
+    );
     assert_eq!(hooked(&bed), vec![router.to_string()], "{up}");
 }

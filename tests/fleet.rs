@@ -99,11 +99,7 @@ fn assert_fleet_router(env: &Env, router: &str) {
 }
 
 /// Everything the "done" asks of a Ready DgaModel on the Fleet route.
-async fn assert_whole_install(
-    env: &Env,
-    name: &str,
-    version: &str,
-) -> dga_operator::api::DgaModel {
+async fn assert_whole_install(env: &Env, name: &str, version: &str) -> dga_operator::api::DgaModel {
     assert_install(env, name, version, true).await
 }
 
@@ -129,7 +125,12 @@ async fn assert_install(
     assert_fleet_router(env, &router);
     assert_eq!(hooked_router(env, name).as_deref(), Some(router.as_str()));
     assert_eq!(condition(&m, "PackageInstalled").0, "True");
-    assert_eq!(condition(&m, "EnrichmentWired").0, "True", "{:?}", condition(&m, "EnrichmentWired"));
+    assert_eq!(
+        condition(&m, "EnrichmentWired").0,
+        "True",
+        "{:?}",
+        condition(&m, "EnrichmentWired")
+    );
     // The model is the package's, as Kibana listed it.
     let model = st.model_id.clone().unwrap();
     assert!(env.standin.models().contains_key(&model), "{model}");
@@ -166,7 +167,10 @@ async fn assert_install(
         .get(&job_id)
         .unwrap_or_else(|| panic!("no job {job_id}: {:?}", jobs.keys()));
     if module_job {
-        assert_eq!(job["custom_settings"]["created_by"], "ml-module-dga", "{job}");
+        assert_eq!(
+            job["custom_settings"]["created_by"], "ml-module-dga",
+            "{job}"
+        );
     }
     assert!(
         job["custom_settings"]["dga_operator"]["owner"]
@@ -184,18 +188,20 @@ async fn assert_install(
     // package's model writes it (its own `results_field`). The stand-in cannot run painless (the
     // package's feature and verdict scripts), so there it is Unproven, naming only those.
     let (state, reason, msg) = condition(&m, "EnrichmentVerified");
-    let results_field = env.standin.models()[&model]["inference_config"]["classification"]
-        ["results_field"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let results_field =
+        env.standin.models()[&model]["inference_config"]["classification"]["results_field"]
+            .as_str()
+            .unwrap()
+            .to_string();
     match reason.as_str() {
         "Verified" => assert_eq!(state, "True"),
         "Unproven" => {
             assert_eq!(state, "Unknown");
             assert!(
                 msg.contains(&format!("\"{results_field}\":"))
-                    && msg.contains("skipped processors it cannot run: script(inline), script(inline)"),
+                    && msg.contains(
+                        "skipped processors it cannot run: script(inline), script(inline)"
+                    ),
                 "{msg}"
             );
         }
@@ -222,15 +228,16 @@ async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_re
             .standin
             .requests()
             .into_iter()
-            .filter(|r| r.method == "POST" && r.path == format!("/api/fleet/epm/packages/dga/{pkg}"))
+            .filter(|r| {
+                r.method == "POST" && r.path == format!("/api/fleet/epm/packages/dga/{pkg}")
+            })
             .collect();
         assert_eq!(installs.len(), 1, "{version}");
 
         let out = support::kubectl(&["get", "dgamodels", "-n", &env.ns.name]);
         let table = String::from_utf8_lossy(&out.stdout);
         assert!(
-            table.lines().next().unwrap_or_default().contains("PACKAGE")
-                && table.contains(pkg),
+            table.lines().next().unwrap_or_default().contains("PACKAGE") && table.contains(pkg),
             "{version}: {table}"
         );
 
@@ -248,7 +255,11 @@ async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_re
 
         env.delete("dga").await;
         env.wait_gone("dga").await;
-        assert_eq!(env.standin.fleet_installed_version("dga"), None, "{version}");
+        assert_eq!(
+            env.standin.fleet_installed_version("dga"),
+            None,
+            "{version}"
+        );
         assert_eq!(hooked_router(&env, "dga"), None, "{version}");
         assert!(
             !env.standin.jobs().keys().any(|k| k.contains("dga")),
@@ -270,7 +281,13 @@ async fn a_version_bump_installs_first_then_moves_the_hook() {
     env.standin.clear_requests();
     env.apply("dga", spec("2.3.7")).await;
     let m = assert_whole_install(&env, "dga", "2.3.7").await;
-    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    assert!(
+        m.status
+            .unwrap()
+            .fleet_package
+            .unwrap()
+            .installed_by_operator
+    );
     let log: Vec<String> = env
         .standin
         .requests()
@@ -330,13 +347,17 @@ async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
     let fp = m.status.as_ref().unwrap().fleet_package.clone().unwrap();
     assert!(!fp.installed_by_operator, "{fp:?}");
     assert!(
-        condition(&m, "Ready").2.contains("not installed by the operator"),
+        condition(&m, "Ready")
+            .2
+            .contains("not installed by the operator"),
         "{:?}",
         condition(&m, "Ready")
     );
     // Adopted, not reinstalled.
     assert!(
-        !writes(&env).iter().any(|w| w.contains("/api/fleet/epm/packages")),
+        !writes(&env)
+            .iter()
+            .any(|w| w.contains("/api/fleet/epm/packages")),
         "{:?}",
         writes(&env)
     );
@@ -370,7 +391,11 @@ async fn an_air_gapped_kibana_gets_the_package_by_upload() {
     let m = env
         .wait_condition("dga", "Ready", "False", Some("ChecksumMismatch"))
         .await;
-    assert!(condition(&m, "Ready").2.contains(&sha), "{:?}", condition(&m, "Ready"));
+    assert!(
+        condition(&m, "Ready").2.contains(&sha),
+        "{:?}",
+        condition(&m, "Ready")
+    );
     assert_eq!(env.standin.fleet_installed_version("dga"), None);
 
     let mut right = spec("2.3.7");
@@ -393,10 +418,18 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
     env.standin.clear_requests();
     env.apply("dga", spec("2.3.7")).await;
     let m = env
-        .wait_condition("dga", "PackageInstalled", "False", Some("PackageUnavailable"))
+        .wait_condition(
+            "dga",
+            "PackageInstalled",
+            "False",
+            Some("PackageUnavailable"),
+        )
         .await;
     let (_, _, msg) = condition(&m, "PackageInstalled");
-    assert!(msg.contains("registry") && msg.contains("spec.fleetPackage.url"), "{msg}");
+    assert!(
+        msg.contains("registry") && msg.contains("spec.fleetPackage.url"),
+        "{msg}"
+    );
     assert_eq!(condition(&m, "Ready").1, "PackageUnavailable");
     assert_eq!(condition(&m, "Stalled").0, "True");
     assert_eq!(condition(&m, "Reconciling").0, "False");
@@ -416,7 +449,12 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
     env.standin.set_fleet_registry_reachable(true);
     env.apply("dga", spec("3.0.0")).await;
     let m = env
-        .wait_condition("dga", "PackageInstalled", "False", Some("PackageIncompatible"))
+        .wait_condition(
+            "dga",
+            "PackageInstalled",
+            "False",
+            Some("PackageIncompatible"),
+        )
         .await;
     let (_, _, msg) = condition(&m, "PackageInstalled");
     assert!(msg.contains("^9.4.0") && msg.contains("9.2.0"), "{msg}");
@@ -434,7 +472,10 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
         .create(&Default::default(), &obj)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("oneOf") || e.to_string().contains("must validate one and only one"), "{e}");
+    assert!(
+        e.to_string().contains("oneOf") || e.to_string().contains("must validate one and only one"),
+        "{e}"
+    );
     env.finish().await;
 }
 
@@ -448,15 +489,17 @@ async fn an_install_whose_status_was_lost_is_still_the_operators() {
     // The operator is held in the hook's write, after the install, and stopped there.
     let reached = std::sync::Arc::new(tokio::sync::Notify::new());
     let signal = reached.clone();
-    env.standin.set_interceptor(Some(std::sync::Arc::new(move |r: dga_standin::RequestRecord| {
-        let signal = signal.clone();
-        Box::pin(async move {
-            if r.method == "PUT" && r.path.ends_with(HOOK) {
-                signal.notify_one();
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            }
-        })
-    })));
+    env.standin.set_interceptor(Some(std::sync::Arc::new(
+        move |r: dga_standin::RequestRecord| {
+            let signal = signal.clone();
+            Box::pin(async move {
+                if r.method == "PUT" && r.path.ends_with(HOOK) {
+                    signal.notify_one();
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            })
+        },
+    )));
     env.apply("dga", spec("2.3.7")).await;
     tokio::time::timeout(Duration::from_secs(30), reached.notified())
         .await
@@ -467,14 +510,23 @@ async fn an_install_whose_status_was_lost_is_still_the_operators() {
         Some("2.3.7")
     );
     let st = env.status("dga").await.unwrap();
-    let fp = st.fleet_package.clone().expect("recorded before the install");
+    let fp = st
+        .fleet_package
+        .clone()
+        .expect("recorded before the install");
     assert_eq!(fp.installing.as_deref(), Some("2.3.7"), "{fp:?}");
     assert_eq!(fp.version, None, "{fp:?}");
 
     env.standin.set_interceptor(None);
     env.start_controller();
     let m = assert_whole_install(&env, "dga", "2.3.7").await;
-    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    assert!(
+        m.status
+            .unwrap()
+            .fleet_package
+            .unwrap()
+            .installed_by_operator
+    );
     env.delete("dga").await;
     env.wait_gone("dga").await;
     assert_eq!(env.standin.fleet_installed_version("dga"), None);
@@ -521,18 +573,36 @@ async fn a_release_install_moves_to_the_fleet_package() {
     )
     .await;
     env.wait_ready("dga").await;
-    assert_eq!(hooked_router(&env, "dga").as_deref(), Some(rel.router_pipeline.as_str()));
+    assert_eq!(
+        hooked_router(&env, "dga").as_deref(),
+        Some(rel.router_pipeline.as_str())
+    );
     env.standin.clear_requests();
     env.apply("dga", spec("2.3.7")).await;
     let m = assert_install(&env, "dga", "2.3.7", false).await;
     let st = m.status.unwrap();
     assert_eq!(st.installed_tag, None);
     let job = &env.standin.jobs()["dga_high_sum_probability"];
-    assert_eq!(job["custom_settings"]["dga_operator"]["release"], "dga 2.3.7", "{job}");
-    assert!(st.objects.pipelines.is_empty() && st.objects.models.is_empty(), "{:?}", st.objects);
+    assert_eq!(
+        job["custom_settings"]["dga_operator"]["release"], "dga 2.3.7",
+        "{job}"
+    );
+    assert!(
+        st.objects.pipelines.is_empty() && st.objects.models.is_empty(),
+        "{:?}",
+        st.objects
+    );
     let pipes = env.standin.pipelines();
-    assert!(!pipes.contains_key(&rel.router_pipeline), "{:?}", pipes.keys());
-    assert!(!pipes.contains_key(&rel.inference_pipeline), "{:?}", pipes.keys());
+    assert!(
+        !pipes.contains_key(&rel.router_pipeline),
+        "{:?}",
+        pipes.keys()
+    );
+    assert!(
+        !pipes.contains_key(&rel.inference_pipeline),
+        "{:?}",
+        pipes.keys()
+    );
     let log: Vec<String> = env
         .standin
         .requests()

@@ -633,70 +633,6 @@ impl std::io::Read for QueueReader {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// A download abandoned half-way (the future dropped, as the CLI does when the cluster
-    /// refuses it first) leaves no partial file in the cache.
-    #[tokio::test]
-    async fn an_abandoned_download_leaves_nothing_behind() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: 10000000\r\n\r\n";
-            conn.write_all(head.as_bytes()).await.unwrap();
-            conn.write_all(&vec![0u8; 256 * 1024]).await.unwrap();
-            // Stall with the body unfinished.
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
-        let cache = tempfile::tempdir().unwrap();
-        let fetcher = Fetcher::new(
-            reqwest::Client::new(),
-            "http://127.0.0.1:9",
-            cache.path().to_path_buf(),
-        );
-        let source = ReleaseSource {
-            repository: None,
-            url: Some(format!("http://{addr}/ML-DGA-20210126-1.zip")),
-            sha256: Some("ab".repeat(32)),
-        };
-        let partials = || -> Vec<String> {
-            std::fs::read_dir(cache.path().join("zips"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".download-"))
-                .collect()
-        };
-        let mut fetch = Box::pin(fetcher.fetch(Request {
-            tag: "ML-DGA-20210126-1",
-            source: Some(&source),
-        }));
-        // Wait until the partial file exists, then abandon the download.
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                tokio::select! {
-                    r = &mut fetch => panic!("the stalled download ended: {:?}", r.err()),
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-                if !partials().is_empty() {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(started.is_ok(), "the download never started");
-        drop(fetch);
-        assert_eq!(partials(), Vec::<String>::new());
-    }
-}
-
 impl Fetcher {
     /// The Fleet route's air-gapped source: the `dga` package archive at `url` (a mirror),
     /// checked like a release (sha256 when given, Kibana's 100 MB upload limit, a zip with the
@@ -801,5 +737,69 @@ impl Fetcher {
             .expect("packages")
             .insert(key, archive.clone());
         Ok(archive)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A download abandoned half-way (the future dropped, as the CLI does when the cluster
+    /// refuses it first) leaves no partial file in the cache.
+    #[tokio::test]
+    async fn an_abandoned_download_leaves_nothing_behind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/zip\r\ncontent-length: 10000000\r\n\r\n";
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(&vec![0u8; 256 * 1024]).await.unwrap();
+            // Stall with the body unfinished.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let cache = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            cache.path().to_path_buf(),
+        );
+        let source = ReleaseSource {
+            repository: None,
+            url: Some(format!("http://{addr}/ML-DGA-20210126-1.zip")),
+            sha256: Some("ab".repeat(32)),
+        };
+        let partials = || -> Vec<String> {
+            std::fs::read_dir(cache.path().join("zips"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".download-"))
+                .collect()
+        };
+        let mut fetch = Box::pin(fetcher.fetch(Request {
+            tag: "ML-DGA-20210126-1",
+            source: Some(&source),
+        }));
+        // Wait until the partial file exists, then abandon the download.
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    r = &mut fetch => panic!("the stalled download ended: {:?}", r.err()),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                if !partials().is_empty() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "the download never started");
+        drop(fetch);
+        assert_eq!(partials(), Vec::<String>::new());
     }
 }

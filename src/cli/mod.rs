@@ -176,15 +176,27 @@ pub struct ReleaseArgs {
     /// Fleet API (stacks 8.0 and later) instead of an ML-DGA release; needs --kibana-url. The
     /// DNS data of the --custom-pipeline hooks is wired to the package's pipelines, Elastic's
     /// rules are installed and the package's ML module sets up the anomaly job.
-    #[arg(long = "fleet-package", value_name = "VERSION", help_heading = "Fleet package")]
+    #[arg(
+        long = "fleet-package",
+        value_name = "VERSION",
+        help_heading = "Fleet package"
+    )]
     pub fleet_package: Option<String>,
     /// With --fleet-package: download the package archive (zip) from this URL and install it by
     /// upload, for a Kibana without a package registry (air-gapped). --sha256 checks it.
-    #[arg(long = "package-url", value_name = "URL", help_heading = "Fleet package")]
+    #[arg(
+        long = "package-url",
+        value_name = "URL",
+        help_heading = "Fleet package"
+    )]
     pub package_url: Option<String>,
     /// With --fleet-package: the `@custom` ingest pipeline hook to wire (repeatable; default
     /// logs-network_traffic.dns@custom, the Network Packet Capture integration's DNS data).
-    #[arg(long = "custom-pipeline", value_name = "NAME", help_heading = "Fleet package")]
+    #[arg(
+        long = "custom-pipeline",
+        value_name = "NAME",
+        help_heading = "Fleet package"
+    )]
     pub custom_pipelines: Vec<String>,
 }
 
@@ -318,7 +330,10 @@ fn cli_wording(s: &str) -> String {
             " (set overwrite: true to adopt it; it is then never uninstalled by the operator)",
             " (rerun with --overwrite to use it as it is)",
         )
-        .replace(" (set overwrite: true to adopt it and move it to", " (rerun with --overwrite to move it to")
+        .replace(
+            " (set overwrite: true to adopt it and move it to",
+            " (rerun with --overwrite to move it to",
+        )
         .replace("spec.releaseTag", "-t/--model-tag")
         .replace("the spec asks for", "the command asks for")
         .replace(" (set overwrite: true to replace it)", "")
@@ -545,7 +560,9 @@ fn check_url(flag: &str, url: &Option<String>) -> Result<(), Failure> {
             .map(|u| matches!(u.scheme(), "http" | "https"))
             .unwrap_or(false);
         if !ok {
-            return Err(Failure::usage(format!("{flag} must be an http or https URL")));
+            return Err(Failure::usage(format!(
+                "{flag} must be an http or https URL"
+            )));
         }
     }
     Ok(())
@@ -930,7 +947,10 @@ async fn start_fleet(
             let fetcher = Fetcher::new(http, &args.github_api, cache_dir(args)?);
             let a = out
                 .step(
-                    &format!("fetching the package archive {}", crate::bundle::fetch::redact_url(url)),
+                    &format!(
+                        "fetching the package archive {}",
+                        crate::bundle::fetch::redact_url(url)
+                    ),
                     conn.retry
                         .run(out, true, || fetcher.fetch_package(url, sha256, version)),
                 )
@@ -946,7 +966,8 @@ async fn start_fleet(
         None => None,
     };
     let (es, info) = connect(out, &conn, true).await?;
-    let client = crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
+    let client =
+        crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
     let status = conn.retry.run(out, true, || client.status()).await?;
     let identity = archive
         .as_ref()
@@ -960,8 +981,13 @@ async fn start_fleet(
         custom_pipelines: hooks,
         indices: Vec::new(),
     };
-    let mut desired =
-        engine::build::build_fleet(&Owner::cli(), &wiring, version, package::MODEL_ID, &identity);
+    let mut desired = engine::build::build_fleet(
+        &Owner::cli(),
+        &wiring,
+        version,
+        package::MODEL_ID,
+        &identity,
+    );
     desired.fit_to_cluster(&info.version);
     Ok(Session {
         conn,
@@ -1240,7 +1266,10 @@ async fn setup_pass(out: &Out, s: &Session, made: &mut usize) -> Result<(), Stop
             ),
             None => format!("release {} is installed and unchanged", desired.release),
         };
-        out.line(format!("nothing to do: {what} (model {})", desired.model_id));
+        out.line(format!(
+            "nothing to do: {what} (model {})",
+            desired.model_id
+        ));
         return verify_fleet(out, s, desired).await;
     }
     let mut warnings = Vec::new();
@@ -1425,17 +1454,27 @@ async fn remove_inner(out: &Out, args: &RemoveArgs) -> Result<(), Failure> {
         kept.extend(left);
     }
     if let (Some(v), Some(kb)) = (&args.fleet_package, &conn.kibana) {
-        let client = crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
+        let client = crate::kibana::KibanaClient::new(
+            kb.http_client(conn.timeout)?,
+            &kb.url,
+            kb.auth.clone(),
+        );
         let state = conn
             .retry
-            .run(out, false, || client.fleet_package(engine::package::PACKAGE, None))
+            .run(out, false, || {
+                client.fleet_package(engine::package::PACKAGE, None)
+            })
             .await?;
         match state.and_then(|p| p.installed) {
             Some(installed) if installed == *v => {
                 let gone = out
                     .step(
-                        &format!("uninstalling Fleet package {} {v}", engine::package::PACKAGE),
-                        conn.retry.run(out, false, || engine::package::remove(&client, v)),
+                        &format!(
+                            "uninstalling Fleet package {} {v}",
+                            engine::package::PACKAGE
+                        ),
+                        conn.retry
+                            .run(out, false, || engine::package::remove(&client, v)),
                     )
                     .await?;
                 removed.push(gone);

@@ -43,6 +43,7 @@ fn client(kb: &Endpoint, timeout: std::time::Duration) -> Result<KibanaClient, E
 }
 
 /// Reads Kibana's status and the rules in the space; nothing is written.
+#[allow(clippy::too_many_arguments)]
 pub async fn plan(
     out: &Out,
     kb: &Endpoint,
@@ -129,13 +130,10 @@ pub async fn apply(
         .map_err(|f| f.error)?;
         *made += applied.done.len();
     }
-    let job_steps = plan
-        .steps
-        .iter()
-        .any(|s| {
-            s.action.service() == crate::error::Service::Elasticsearch
-                || matches!(s.action, Action::SetupModule { .. })
-        });
+    let job_steps = plan.steps.iter().any(|s| {
+        s.action.service() == crate::error::Service::Elasticsearch
+            || matches!(s.action, Action::SetupModule { .. })
+    });
     if job_steps {
         let mut job = detection::Applied::default();
         out.step(

@@ -646,7 +646,9 @@ pub(super) async fn apply_es(
         None => now_owned.models.contains(&desired.model_id),
     };
     let pipes_in = match &desired.fleet {
-        Some(_) => fleet_pipes.iter().all(|p| observed.pipelines.contains_key(p)),
+        Some(_) => fleet_pipes
+            .iter()
+            .all(|p| observed.pipelines.contains_key(p)),
         None => {
             desired
                 .pipelines
@@ -664,7 +666,11 @@ pub(super) async fn apply_es(
     };
     let pipe_names: Vec<&str> = match &desired.fleet {
         Some(_) => fleet_pipes.iter().map(String::as_str).collect(),
-        None => desired.pipelines.iter().map(|(id, _)| id.as_str()).collect(),
+        None => desired
+            .pipelines
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect(),
     };
     if let Some(e) = err {
         report.set(

@@ -348,7 +348,11 @@ fn installed_label(s: &crate::api::DgaModelStatus) -> String {
             "Fleet package {} {}{}",
             crate::engine::package::PACKAGE,
             p.version.clone().unwrap_or_default(),
-            if p.installed_by_operator { "" } else { " (not installed by the operator, adopted)" }
+            if p.installed_by_operator {
+                ""
+            } else {
+                " (not installed by the operator, adopted)"
+            }
         ),
         (None, t) => format!("release {}", t.clone().unwrap_or_default()),
     }

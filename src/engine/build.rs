@@ -257,7 +257,13 @@ pub fn build_with(bundle: &Bundle, owner: &Owner, wiring: &Wiring) -> Desired {
 /// pipelines (installed by Fleet, so nothing to write) and the hooks wired to its router.
 /// `identity` tells one source of the same version from another (the archive's sha256, or
 /// the registry).
-pub fn build_fleet(owner: &Owner, wiring: &Wiring, version: &str, model_id: &str, identity: &str) -> Desired {
+pub fn build_fleet(
+    owner: &Owner,
+    wiring: &Wiring,
+    version: &str,
+    model_id: &str,
+    identity: &str,
+) -> Desired {
     let release = format!("{} {version}", super::package::PACKAGE);
     let marker = Marker::for_owner(owner, &release, identity);
     Desired {

@@ -68,14 +68,18 @@ impl Archive {
     /// the spec asks for: an archive of another package or version is refused here, before
     /// Kibana installs something else than asked.
     pub fn open(bytes: Vec<u8>, sha256: String, url: &str, want: &str) -> Result<Archive, Error> {
-        let bad = |why: String| Error::InvalidRelease(format!("the package archive at {url} {why}"));
+        let bad =
+            |why: String| Error::InvalidRelease(format!("the package archive at {url} {why}"));
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..]))
             .map_err(|e| bad(format!("is not a zip archive: {e}")))?;
         let manifest_name = (0..zip.len())
             .filter_map(|i| zip.name_for_index(i).map(str::to_string))
             .find(|n| {
                 let mut parts = n.split('/');
-                matches!((parts.next(), parts.next(), parts.next()), (Some(_), Some("manifest.yml"), None))
+                matches!(
+                    (parts.next(), parts.next(), parts.next()),
+                    (Some(_), Some("manifest.yml"), None)
+                )
             })
             .ok_or_else(|| bad("has no <name>-<version>/manifest.yml".into()))?;
         let mut text = String::new();
@@ -180,7 +184,11 @@ impl fmt::Display for Install {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = match &self.upload {
             None => "from Kibana's package registry".to_string(),
-            Some(a) => format!("by upload of {} (sha256 {})", a.url, &a.sha256[..12.min(a.sha256.len())]),
+            Some(a) => format!(
+                "by upload of {} (sha256 {})",
+                a.url,
+                &a.sha256[..12.min(a.sha256.len())]
+            ),
         };
         match (&self.reason, &self.from) {
             (Reason::Upgrade | Reason::Adopt, Some(from)) => write!(
@@ -188,7 +196,11 @@ impl fmt::Display for Install {
                 "{} Fleet package {PACKAGE} {from} -> {} {how}",
                 self.reason, self.version
             ),
-            _ => write!(f, "{} Fleet package {PACKAGE} {} {how}", self.reason, self.version),
+            _ => write!(
+                f,
+                "{} Fleet package {PACKAGE} {} {how}",
+                self.reason, self.version
+            ),
         }
     }
 }
@@ -213,7 +225,12 @@ impl Plan {
 /// soon: a version Kibana cannot find (no registry reachable, or no such version), or one whose
 /// Kibana constraint this stack does not meet (Fleet does not check the requested version's
 /// constraint itself: a newer, incompatible version installs).
-pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> Result<Plan, Error> {
+pub fn diff(
+    d: &Desired,
+    o: &Observed,
+    recorded: &Recorded,
+    overwrite: bool,
+) -> Result<Plan, Error> {
     let installed = o.installed().map(str::to_string);
     // Some(by_us): the installed version is the one the record names (installed by this owner,
     // or adopted).
@@ -274,7 +291,11 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
             plan.install = Some(Install {
                 version: d.version.clone(),
                 upload: None,
-                reason: if recorded_before { Reason::Repair } else { Reason::Create },
+                reason: if recorded_before {
+                    Reason::Repair
+                } else {
+                    Reason::Create
+                },
                 from: None,
             });
         }
@@ -313,13 +334,10 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
 
 /// One read of the package (and, when it is to be installed from the registry, of the wanted
 /// version's constraint).
-pub async fn observe(
-    client: &KibanaClient,
-    d: &Desired,
-    kibana: &str,
-) -> Result<Observed, Error> {
+pub async fn observe(client: &KibanaClient, d: &Desired, kibana: &str) -> Result<Observed, Error> {
     let package = client.fleet_package(PACKAGE, None).await?;
-    let needs_install = package.as_ref().and_then(|p| p.installed.as_deref()) != Some(d.version.as_str());
+    let needs_install =
+        package.as_ref().and_then(|p| p.installed.as_deref()) != Some(d.version.as_str());
     let wanted = if needs_install && d.source == Source::Registry {
         client.fleet_package(PACKAGE, Some(&d.version)).await?
     } else {
@@ -454,7 +472,12 @@ mod tests {
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(p.record, Some(("2.3.7".into(), true)));
         // Without that record, the same package reads as someone else's.
-        assert!(diff(&want("2.3.7"), &o, &last("2.2.0", true), false).unwrap().conflict.is_some());
+        assert!(
+            diff(&want("2.3.7"), &o, &last("2.2.0", true), false)
+                .unwrap()
+                .conflict
+                .is_some()
+        );
     }
 
     fn want(v: &str) -> Desired {
@@ -488,7 +511,10 @@ mod tests {
         let rec = last("2.2.0", true);
         let p = diff(&want("2.3.7"), &o, &rec, false).unwrap();
         let i = p.install.unwrap();
-        assert_eq!((i.reason, i.from.as_deref()), (Reason::Upgrade, Some("2.2.0")));
+        assert_eq!(
+            (i.reason, i.from.as_deref()),
+            (Reason::Upgrade, Some("2.2.0"))
+        );
     }
 
     #[test]
@@ -496,7 +522,11 @@ mod tests {
         // Same version: adopted as it is with overwrite, and recorded as not ours.
         let o = observed(Some("2.3.7"), None, "8.17.0");
         let p = diff(&want("2.3.7"), &o, &none(), false).unwrap();
-        assert!(p.conflict.unwrap().contains("was not installed by this DgaModel"));
+        assert!(
+            p.conflict
+                .unwrap()
+                .contains("was not installed by this DgaModel")
+        );
         let p = diff(&want("2.3.7"), &o, &none(), true).unwrap();
         assert_eq!((p.install, p.conflict), (None, None));
         assert_eq!(p.record, Some(("2.3.7".into(), false)));
@@ -518,7 +548,12 @@ mod tests {
         let p = diff(&want("2.3.7"), &o, &Recorded::Cli, false).unwrap();
         assert!(p.is_empty());
         let o = observed(Some("2.2.0"), Some("^8.9.0"), "8.17.0");
-        assert!(diff(&want("2.3.7"), &o, &Recorded::Cli, false).unwrap().conflict.is_some());
+        assert!(
+            diff(&want("2.3.7"), &o, &Recorded::Cli, false)
+                .unwrap()
+                .conflict
+                .is_some()
+        );
     }
 
     #[test]
@@ -530,7 +565,10 @@ mod tests {
         let o = observed(None, Some("^9.4.0"), "9.2.0");
         let e = diff(&want("3.0.0"), &o, &none(), false).unwrap_err();
         assert_eq!(e.reason(), "PackageIncompatible");
-        assert!(e.to_string().contains("^9.4.0") && e.to_string().contains("9.2.0"), "{e}");
+        assert!(
+            e.to_string().contains("^9.4.0") && e.to_string().contains("9.2.0"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -538,13 +576,18 @@ mod tests {
         let zip = |manifest: &str| {
             let mut buf = std::io::Cursor::new(Vec::new());
             let mut w = zip::ZipWriter::new(&mut buf);
-            w.start_file("dga-2.3.7/manifest.yml", zip::write::SimpleFileOptions::default())
-                .unwrap();
+            w.start_file(
+                "dga-2.3.7/manifest.yml",
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
             std::io::Write::write_all(&mut w, manifest.as_bytes()).unwrap();
             w.finish().unwrap();
             buf.into_inner()
         };
-        let ok = zip("name: dga\nversion: 2.3.7\nconditions:\n  kibana:\n    version: ^8.9.0 || ^9.0.0\n");
+        let ok = zip(
+            "name: dga\nversion: 2.3.7\nconditions:\n  kibana:\n    version: ^8.9.0 || ^9.0.0\n",
+        );
         let a = Archive::open(ok.clone(), "ab".into(), "http://m/dga.zip", "2.3.7").unwrap();
         assert_eq!(a.kibana_constraint.as_deref(), Some("^8.9.0 || ^9.0.0"));
         let e = Archive::open(ok, "ab".into(), "http://m/dga.zip", "2.3.6").unwrap_err();

@@ -242,14 +242,23 @@ async fn setup_module(
         None => {
             return Err(refused(
                 "the answer",
-                format!("the module created no job {job}: it is not the module of this stack's job"),
+                format!(
+                    "the module created no job {job}: it is not the module of this stack's job"
+                ),
             ));
         }
     }
     let feed = mljob::datafeed_id(job);
     Ok(match answer.datafeeds.iter().find(|f| f.id == feed) {
         Some(f) if f.success && f.started => None,
-        Some(f) if !f.success && !f.error.as_deref().unwrap_or_default().contains("already exists") => {
+        Some(f)
+            if !f.success
+                && !f
+                    .error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("already exists") =>
+        {
             return Err(refused(
                 &format!("datafeed {feed}"),
                 f.error.clone().unwrap_or_default(),

@@ -193,6 +193,9 @@ pub fn diff(d: &Desired, o: &Observed, recorded: &Recorded, overwrite: bool) -> 
 /// A job that carries this owner's marker (one Kibana's module setup made for it included).
 fn marked_ours(job: Option<&serde_json::Value>, d: &Desired) -> bool {
     job.is_some_and(|j| {
-        holder(Marker::from_meta(j.get("custom_settings")).as_ref(), &d.owner) == Holder::Us
+        holder(
+            Marker::from_meta(j.get("custom_settings")).as_ref(),
+            &d.owner,
+        ) == Holder::Us
     })
 }

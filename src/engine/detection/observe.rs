@@ -126,7 +126,10 @@ async fn read_job(es: &Elasticsearch, first: &'static str, d: &Desired) -> Resul
         job = Some(j);
     }
     let marked_ours = job.as_ref().is_some_and(|j| {
-        holder(Marker::from_meta(j.get("custom_settings")).as_ref(), &d.owner) == Holder::Us
+        holder(
+            Marker::from_meta(j.get("custom_settings")).as_ref(),
+            &d.owner,
+        ) == Holder::Us
     });
     // One the owner had Kibana's module set up is the owner's to keep running.
     choice.fleet &= !marked_ours;
