@@ -250,6 +250,20 @@ async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_re
             "{version}: resyncs ran"
         );
         assert_eq!(writes(&env), Vec::<String>::new(), "{version}");
+        // A settled resync glances: the package, the model and the job are not read again
+        // (the canary run through the package's router proves them).
+        let reads: Vec<String> = env
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.path.starts_with("/api/fleet/")
+                    || r.path.starts_with("/_ml/trained_models")
+                    || r.path.starts_with("/_ml/anomaly_detectors")
+            })
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        assert_eq!(reads, Vec::<String>::new(), "{version}");
         let again = env.models_api().get("dga").await.unwrap();
         assert_eq!(again.status, m.status, "{version}: status unchanged");
 
@@ -619,5 +633,61 @@ async fn a_release_install_moves_to_the_fleet_package() {
     let hook = pos(&format!("PUT /_ingest/pipeline/{HOOK}"));
     let gone = pos(&format!("DELETE /_ingest/pipeline/{}", rel.router_pipeline));
     assert!(install < hook && hook < gone, "{log:?}");
+    env.finish().await;
+}
+
+/// 8.8 with package 1.1.0 (Kibana `^8.0.0`; before Elastic's DGA rules were prebuilt rules):
+/// Ready with the package, the hook and the module's job; the rules as custom rules under the
+/// operator's rule_ids (Kibana 8.8 offers no per-rule prebuilt install). `deletionPolicy:
+/// Retain` then leaves everything, and the event lists the package.
+#[tokio::test]
+async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
+    let env = env("fleet-88", "8.8.0", &["dga-1.1.0"]).await;
+    let mut s = spec("1.1.0");
+    s["deletionPolicy"] = json!("Retain");
+    env.apply("dga", s).await;
+    let m = env.wait_ready("dga").await;
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("1.1.0")
+    );
+    assert_eq!(
+        hooked_router(&env, "dga").as_deref(),
+        Some("1.1.0-ml_dga_ingest_pipeline")
+    );
+    let rules = env.standin.rules("default");
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    let elastic = elastic_rule_ids();
+    for r in &rules {
+        assert_eq!(r["immutable"], false, "{r}");
+        assert!(
+            !elastic.contains(&r["rule_id"].as_str().unwrap().to_string()),
+            "{r}"
+        );
+    }
+    let job = &env.standin.jobs()["dga_high_sum_probability"];
+    assert_eq!(
+        job["custom_settings"]["created_by"], "ml-module-dga",
+        "{job}"
+    );
+    assert!(
+        condition(&m, "RulesInstalled").2.contains("custom rules"),
+        "{:?}",
+        condition(&m, "RulesInstalled")
+    );
+    env.delete("dga").await;
+    env.wait_gone("dga").await;
+    let (_, _, note) = env
+        .events("dga")
+        .await
+        .into_iter()
+        .find(|(_, reason, _)| reason == "Retained")
+        .expect("a Retained event");
+    assert!(note.contains("Fleet package dga 1.1.0 in Kibana"), "{note}");
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("1.1.0")
+    );
+    assert!(hooked_router(&env, "dga").is_some());
     env.finish().await;
 }
