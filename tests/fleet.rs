@@ -39,6 +39,8 @@ fn elastic_rule_ids() -> Vec<String> {
 
 /// A stack of one version with Elastic's prebuilt DGA rules and a registry holding `packages`.
 async fn env(prefix: &str, version: &str, packages: &[&str]) -> Env {
+    // Against a real stack the stand-in only serves what the tests publish (releases).
+    let version = if version == "real" { "9.2.0" } else { version };
     let cfg = StandinConfig {
         kibana_version: version.into(),
         es_version: version.into(),
@@ -78,10 +80,21 @@ fn condition(m: &dga_operator::api::DgaModel, t: &str) -> (String, String, Strin
     )
 }
 
+use reqwest::Method;
+
+/// A pipeline, read as any client reads it (the stand-in's or a real stack's Elasticsearch).
+async fn pipeline(env: &Env, id: &str) -> Option<Value> {
+    let (s, b) = env
+        .stack()
+        .es(Method::GET, &format!("/_ingest/pipeline/{id}"), None)
+        .await;
+    (s == 200).then(|| b[id].clone())
+}
+
 /// The router our processor in the hook calls (the one tagged with our owner).
-fn hooked_router(env: &Env, name: &str) -> Option<String> {
+async fn hooked_router(env: &Env, name: &str) -> Option<String> {
     let tag = format!("dga-operator:{}/{name}", env.ns.name);
-    let hook = env.standin.pipelines().get(HOOK).cloned()?;
+    let hook = pipeline(env, HOOK).await?;
     hook["processors"]
         .as_array()?
         .iter()
@@ -90,12 +103,49 @@ fn hooked_router(env: &Env, name: &str) -> Option<String> {
 }
 
 /// The package's router as the installed package holds it: its `_meta` says Fleet made it.
-fn assert_fleet_router(env: &Env, router: &str) {
-    let pipes = env.standin.pipelines();
-    let r = pipes
-        .get(router)
-        .unwrap_or_else(|| panic!("no {router} in {:?}", pipes.keys()));
+async fn assert_fleet_router(env: &Env, router: &str) {
+    let r = pipeline(env, router)
+        .await
+        .unwrap_or_else(|| panic!("no pipeline {router}"));
     assert_eq!(r["_meta"]["managed_by"], "fleet", "{router}: {r}");
+}
+
+/// The installed version of the `dga` package, as Kibana's Fleet API says it.
+async fn installed(env: &Env) -> Option<String> {
+    let (s, b) = env
+        .stack()
+        .kibana(Method::GET, "/api/fleet/epm/packages/dga", None)
+        .await;
+    let item = &b["item"];
+    if s != 200 || item["status"] != "installed" {
+        return None;
+    }
+    item.pointer("/installationInfo/version")
+        .or_else(|| item.pointer("/savedObject/attributes/version"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// A job's config, or None.
+async fn job(env: &Env, id: &str) -> Option<Value> {
+    let (s, b) = env
+        .stack()
+        .es(Method::GET, &format!("/_ml/anomaly_detectors/{id}"), None)
+        .await;
+    (s == 200).then(|| b["jobs"][0].clone())
+}
+
+/// The rule holding `rule_id` in the default space, or None.
+async fn rule(env: &Env, rule_id: &str) -> Option<Value> {
+    let (s, b) = env
+        .stack()
+        .kibana(
+            Method::GET,
+            &format!("/api/detection_engine/rules?rule_id={rule_id}"),
+            None,
+        )
+        .await;
+    (s == 200).then_some(b)
 }
 
 /// Everything the "done" asks of a Ready DgaModel on the Fleet route.
@@ -110,20 +160,24 @@ async fn assert_install(
     version: &str,
     module_job: bool,
 ) -> dga_operator::api::DgaModel {
-    let stack = env.standin.config().kibana_version.clone();
+    let (_, root) = env.stack().es(Method::GET, "/", None).await;
+    let stack = root["version"]["number"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let m = env.wait_ready(name).await;
     let st = m.status.clone().unwrap();
-    assert_eq!(
-        env.standin.fleet_installed_version("dga").as_deref(),
-        Some(version)
-    );
+    assert_eq!(installed(env).await.as_deref(), Some(version));
     let fp = st.fleet_package.clone().expect("status.fleetPackage");
     assert_eq!(fp.version.as_deref(), Some(version));
     assert_eq!(fp.installing, None);
     // The package's router (Fleet's own, never one of ours) is what the hook calls.
     let router = format!("{version}-ml_dga_ingest_pipeline");
-    assert_fleet_router(env, &router);
-    assert_eq!(hooked_router(env, name).as_deref(), Some(router.as_str()));
+    assert_fleet_router(env, &router).await;
+    assert_eq!(
+        hooked_router(env, name).await.as_deref(),
+        Some(router.as_str())
+    );
     assert_eq!(condition(&m, "PackageInstalled").0, "True");
     assert_eq!(
         condition(&m, "EnrichmentWired").0,
@@ -133,22 +187,27 @@ async fn assert_install(
     );
     // The model is the package's, as Kibana listed it.
     let model = st.model_id.clone().unwrap();
-    assert!(env.standin.models().contains_key(&model), "{model}");
+    let (code, models) = env
+        .stack()
+        .es(Method::GET, &format!("/_ml/trained_models/{model}"), None)
+        .await;
+    assert_eq!(code, 200, "{model}: {models}");
     // Elastic's rules, through Kibana's prebuilt-rules API, enabled.
-    let rules = env.standin.rules("default");
-    let mut ids: Vec<String> = rules
-        .iter()
-        .map(|r| r["rule_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    assert_eq!(ids, elastic_rule_ids(), "{rules:?}");
-    for r in &rules {
+    for id in elastic_rule_ids() {
+        let r = rule(env, &id)
+            .await
+            .unwrap_or_else(|| panic!("no rule {id}"));
         assert_eq!(r["immutable"], true, "{r}");
         assert_eq!(r["enabled"], true, "{r}");
     }
     // The module's job: made by Kibana's module setup (Kibana shows it as the module's),
     // marked as ours, open, its datafeed started or waiting for data.
-    let range = if stack.starts_with("9.4") || stack.starts_with("9.5") {
+    let minor: Vec<u32> = stack
+        .split('.')
+        .take(2)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    let range = if minor >= vec![9, 4] {
         ">=9.4.0"
     } else {
         "<9.4.0"
@@ -162,10 +221,9 @@ async fn assert_install(
         .as_str()
         .unwrap()
         .to_string();
-    let jobs = env.standin.jobs();
-    let job = jobs
-        .get(&job_id)
-        .unwrap_or_else(|| panic!("no job {job_id}: {:?}", jobs.keys()));
+    let job = job(env, &job_id)
+        .await
+        .unwrap_or_else(|| panic!("no job {job_id}"));
     if module_job {
         assert_eq!(
             job["custom_settings"]["created_by"], "ml-module-dga",
@@ -189,7 +247,7 @@ async fn assert_install(
     // package's feature and verdict scripts), so there it is Unproven, naming only those.
     let (state, reason, msg) = condition(&m, "EnrichmentVerified");
     let results_field =
-        env.standin.models()[&model]["inference_config"]["classification"]["results_field"]
+        models["trained_model_configs"][0]["inference_config"]["classification"]["results_field"]
             .as_str()
             .unwrap()
             .to_string();
@@ -216,13 +274,37 @@ async fn assert_install(
 /// installed), the hook processor and the job go.
 #[tokio::test]
 async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_removes_it() {
-    for (version, pkg) in [("8.17.0", "2.3.7"), ("9.2.0", "2.3.7"), ("9.5.0", "3.0.0")] {
+    let real_pkg = std::env::var("DGA_TEST_FLEET_PACKAGE").unwrap_or_else(|_| "2.3.7".into());
+    let profiles: Vec<(&str, &str)> = if support::real_stack().is_some() {
+        // A real stack is one version: the package DGA_TEST_FLEET_PACKAGE (default 2.3.7).
+        vec![("real", real_pkg.as_str())]
+    } else {
+        vec![("8.17.0", "2.3.7"), ("9.2.0", "2.3.7"), ("9.5.0", "3.0.0")]
+    };
+    for (version, pkg) in profiles {
         let env = env("fleet-fresh", version, &[&format!("dga-{pkg}")]).await;
         env.apply("dga", spec(pkg)).await;
         let m = assert_whole_install(&env, "dga", pkg).await;
         let fp = m.status.as_ref().unwrap().fleet_package.clone().unwrap();
         assert!(fp.installed_by_operator, "{version}");
         assert_eq!(fp.source.as_deref(), Some("registry"), "{version}");
+        let job_id = m.status.as_ref().unwrap().objects.jobs[0].clone();
+        if env.standin_only("the request log") {
+            standin_checks(&env, version, pkg, &m).await;
+        }
+        env.delete("dga").await;
+        env.wait_gone("dga").await;
+        assert_eq!(installed(&env).await, None, "{version}");
+        assert_eq!(hooked_router(&env, "dga").await, None, "{version}");
+        assert_eq!(job(&env, &job_id).await, None, "{version}");
+        env.finish().await;
+    }
+}
+
+/// What only the stand-in's request log shows: one install through Kibana's Fleet API, and a
+/// settled resync that writes nothing and reads neither the package, the model nor the job.
+async fn standin_checks(env: &Env, version: &str, pkg: &str, m: &dga_operator::api::DgaModel) {
+    {
         // The install went through Kibana's Fleet API, once.
         let installs: Vec<_> = env
             .standin
@@ -265,22 +347,11 @@ async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_re
             .collect();
         assert_eq!(reads, Vec::<String>::new(), "{version}");
         let again = env.models_api().get("dga").await.unwrap();
-        assert_eq!(again.status, m.status, "{version}: status unchanged");
-
-        env.delete("dga").await;
-        env.wait_gone("dga").await;
         assert_eq!(
-            env.standin.fleet_installed_version("dga"),
-            None,
-            "{version}"
+            again.status.as_ref(),
+            m.status.as_ref(),
+            "{version}: status unchanged"
         );
-        assert_eq!(hooked_router(&env, "dga"), None, "{version}");
-        assert!(
-            !env.standin.jobs().keys().any(|k| k.contains("dga")),
-            "{version}: {:?}",
-            env.standin.jobs().keys()
-        );
-        env.finish().await;
     }
 }
 
@@ -290,6 +361,9 @@ async fn fresh_stacks_get_everything_then_a_resync_writes_nothing_then_delete_re
 #[tokio::test]
 async fn a_version_bump_installs_first_then_moves_the_hook() {
     let env = env("fleet-bump", "9.2.0", &["dga-2.2.0", "dga-2.3.7"]).await;
+    if !env.standin_only("two package versions in the registry and the request log") {
+        return;
+    }
     env.apply("dga", spec("2.2.0")).await;
     assert_whole_install(&env, "dga", "2.2.0").await;
     env.standin.clear_requests();
@@ -320,7 +394,7 @@ async fn a_version_bump_installs_first_then_moves_the_hook() {
         "{log:?}"
     );
     // The old router stays until nothing of ours calls it (Fleet keeps top-level pipelines).
-    assert_fleet_router(&env, "2.2.0-ml_dga_ingest_pipeline");
+    assert_fleet_router(&env, "2.2.0-ml_dga_ingest_pipeline").await;
     env.wait_event("dga", "Upgraded").await;
     env.finish().await;
 }
@@ -330,6 +404,9 @@ async fn a_version_bump_installs_first_then_moves_the_hook() {
 #[tokio::test]
 async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
     let env = env("fleet-person", "8.17.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("the request log") {
+        return;
+    }
     let c = reqwest::Client::new();
     let s = c
         .post(format!(
@@ -382,7 +459,7 @@ async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
         Some("2.3.7"),
         "a package the operator did not install stays"
     );
-    assert_eq!(hooked_router(&env, "dga"), None);
+    assert_eq!(hooked_router(&env, "dga").await, None);
     env.finish().await;
 }
 
@@ -391,6 +468,9 @@ async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
 #[tokio::test]
 async fn an_air_gapped_kibana_gets_the_package_by_upload() {
     let env = env("fleet-upload", "8.17.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("a Kibana without a registry") {
+        return;
+    }
     env.standin.set_fleet_registry_reachable(false);
     let zip = env.standin.fleet_package_zip("2.3.7").unwrap();
     let sha = hex::encode(Sha256::digest(&zip));
@@ -428,6 +508,9 @@ async fn an_air_gapped_kibana_gets_the_package_by_upload() {
 #[tokio::test]
 async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_is_written() {
     let env = env("fleet-unavail", "9.2.0", &["dga-2.3.7", "dga-3.0.0"]).await;
+    if !env.standin_only("a Kibana without a registry") {
+        return;
+    }
     env.standin.set_fleet_registry_reachable(false);
     env.standin.clear_requests();
     env.apply("dga", spec("2.3.7")).await;
@@ -500,6 +583,9 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
 #[tokio::test]
 async fn an_install_whose_status_was_lost_is_still_the_operators() {
     let mut env = env("fleet-crash", "8.17.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("holding a request") {
+        return;
+    }
     // The operator is held in the hook's write, after the install, and stopped there.
     let reached = std::sync::Arc::new(tokio::sync::Notify::new());
     let signal = reached.clone();
@@ -552,6 +638,9 @@ async fn an_install_whose_status_was_lost_is_still_the_operators() {
 #[tokio::test]
 async fn mode_plan_lists_the_package_install_and_writes_nothing() {
     let env = env("fleet-plan", "9.2.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("the request log") {
+        return;
+    }
     env.standin.clear_requests();
     let mut s = spec("2.3.7");
     s["mode"] = json!("Plan");
@@ -579,6 +668,9 @@ async fn mode_plan_lists_the_package_install_and_writes_nothing() {
 #[tokio::test]
 async fn a_release_install_moves_to_the_fleet_package() {
     let env = env("fleet-switch", "8.17.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("the request log") {
+        return;
+    }
     let tag = "ML-DGA-20210126-1";
     let rel = env.publish(tag, dga_standin::bundle::Layout::V2);
     env.apply(
@@ -588,7 +680,7 @@ async fn a_release_install_moves_to_the_fleet_package() {
     .await;
     env.wait_ready("dga").await;
     assert_eq!(
-        hooked_router(&env, "dga").as_deref(),
+        hooked_router(&env, "dga").await.as_deref(),
         Some(rel.router_pipeline.as_str())
     );
     env.standin.clear_requests();
@@ -643,6 +735,9 @@ async fn a_release_install_moves_to_the_fleet_package() {
 #[tokio::test]
 async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
     let env = env("fleet-88", "8.8.0", &["dga-1.1.0"]).await;
+    if !env.standin_only("a Kibana 8.8") {
+        return;
+    }
     let mut s = spec("1.1.0");
     s["deletionPolicy"] = json!("Retain");
     env.apply("dga", s).await;
@@ -652,7 +747,7 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
         Some("1.1.0")
     );
     assert_eq!(
-        hooked_router(&env, "dga").as_deref(),
+        hooked_router(&env, "dga").await.as_deref(),
         Some("1.1.0-ml_dga_ingest_pipeline")
     );
     let rules = env.standin.rules("default");
@@ -688,6 +783,6 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
         env.standin.fleet_installed_version("dga").as_deref(),
         Some("1.1.0")
     );
-    assert!(hooked_router(&env, "dga").is_some());
+    assert!(hooked_router(&env, "dga").await.is_some());
     env.finish().await;
 }

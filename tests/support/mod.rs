@@ -597,6 +597,28 @@ impl Stack<'_> {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any Kibana request, to the stand-in or the real stack's Kibana.
+    pub async fn kibana(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        if self.env.real() {
+            return self.call(method, true, path, body).await;
+        }
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.env.standin.kibana_url()))
+            .header("kbn-xsrf", "true")
+            .basic_auth("elastic", Some("changeme"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("stand-in reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn cluster_uuid(&self) -> String {
         if !self.env.real() {
             return self.env.standin.config().cluster_uuid.clone();
