@@ -786,3 +786,34 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
     assert!(hooked_router(&env, "dga").await.is_some());
     env.finish().await;
 }
+
+/// Drift: a person uninstalls the package the DgaModel installed. The next resync's canary run
+/// fails (the router is gone), the full pass that follows installs it again (a repair), and
+/// the hook calls it again.
+#[tokio::test]
+async fn a_package_uninstalled_by_hand_is_installed_again() {
+    let env = env("fleet-drift", "9.2.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("the request log") {
+        return;
+    }
+    env.apply("dga", spec("2.3.7")).await;
+    assert_whole_install(&env, "dga", "2.3.7").await;
+    let (code, body) = env
+        .stack()
+        .kibana(Method::DELETE, "/api/fleet/epm/packages/dga/2.3.7", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(installed(&env).await, None);
+    env.standin.clear_requests();
+    env.wait_event("dga", "DriftRepaired").await;
+    let m = assert_whole_install(&env, "dga", "2.3.7").await;
+    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    let reinstalls = env
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/fleet/epm/packages/dga/2.3.7")
+        .count();
+    assert_eq!(reinstalls, 1);
+    env.finish().await;
+}
