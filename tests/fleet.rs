@@ -807,7 +807,13 @@ async fn a_package_uninstalled_by_hand_is_installed_again() {
     env.standin.clear_requests();
     env.wait_event("dga", "DriftRepaired").await;
     let m = assert_whole_install(&env, "dga", "2.3.7").await;
-    assert!(m.status.unwrap().fleet_package.unwrap().installed_by_operator);
+    assert!(
+        m.status
+            .unwrap()
+            .fleet_package
+            .unwrap()
+            .installed_by_operator
+    );
     let reinstalls = env
         .standin
         .requests()
@@ -815,5 +821,40 @@ async fn a_package_uninstalled_by_hand_is_installed_again() {
         .filter(|r| r.method == "POST" && r.path == "/api/fleet/epm/packages/dga/2.3.7")
         .count();
     assert_eq!(reinstalls, 1);
+    env.finish().await;
+}
+
+/// Kibana before 8.8.2 installs an uploaded package only with an enterprise or trial licence:
+/// the air-gapped route on such a stack is told as that (not as refused credentials), nothing
+/// installed; with a trial it installs.
+#[tokio::test]
+async fn an_upload_kibana_refuses_for_its_licence_is_told_as_such() {
+    let env = env("fleet-lic", "8.8.1", &["dga-1.1.0"]).await;
+    if !env.standin_only("a Kibana 8.8.1") {
+        return;
+    }
+    env.standin.set_fleet_registry_reachable(false);
+    let url = format!("{}/epr/dga/dga-1.1.0.zip", env.standin.fleet_registry_url());
+    let mut s = spec("1.1.0");
+    s["fleetPackage"]["url"] = json!(url);
+    env.apply("dga", s).await;
+    let m = env
+        .wait_condition(
+            "dga",
+            "PackageInstalled",
+            "False",
+            Some("PackageUnavailable"),
+        )
+        .await;
+    let (_, _, msg) = condition(&m, "PackageInstalled");
+    assert!(msg.contains("enterprise or trial licence"), "{msg}");
+    assert_eq!(condition(&m, "Ready").1, "PackageUnavailable");
+    assert_eq!(env.standin.fleet_installed_version("dga"), None);
+    env.standin.set_license("trial");
+    env.wait_ready("dga").await;
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("1.1.0")
+    );
     env.finish().await;
 }

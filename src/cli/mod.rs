@@ -917,6 +917,8 @@ struct Session {
 struct FleetSession {
     client: crate::kibana::KibanaClient,
     kibana_version: String,
+    /// The stack's licence type (whether Kibana takes an upload depends on it before 8.8.2).
+    license: String,
     want: engine::package::Desired,
 }
 
@@ -966,6 +968,7 @@ async fn start_fleet(
         None => None,
     };
     let (es, info) = connect(out, &conn, true).await?;
+    let license = conn.retry.run(out, false, || es.license()).await?;
     let client =
         crate::kibana::KibanaClient::new(kb.http_client(conn.timeout)?, &kb.url, kb.auth.clone());
     let status = conn.retry.run(out, true, || client.status()).await?;
@@ -998,6 +1001,7 @@ async fn start_fleet(
         fleet: Some(FleetSession {
             client,
             kibana_version: status.version,
+            license,
             want: package::Desired {
                 version: version.to_string(),
                 source: archive.map_or(package::Source::Registry, package::Source::Upload),
@@ -1059,7 +1063,7 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
     let mut desired = s.desired.clone();
     let pkg = match &s.fleet {
         Some(f) => {
-            let o = package::observe(&f.client, &f.want, &f.kibana_version).await?;
+            let o = package::observe(&f.client, &f.want, &f.kibana_version, &f.license).await?;
             out.line(package::describe(&o));
             let p = package::diff(&f.want, &o, &package::Recorded::Cli, s.overwrite)?;
             if let Some(st) = &o.package

@@ -136,7 +136,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         }
         report.settle = Some(settle);
     }
-    let info = connect(&es, &keep_cache.keys[0], ctx, report)
+    let (info, license) = connect(&es, &keep_cache.keys[0], ctx, report)
         .await
         .map_err(|e| target.explain(e))?;
     report.status.cluster_uuid = Some(info.cluster_uuid.clone()).filter(|u| !u.is_empty());
@@ -155,9 +155,19 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     // The Fleet route: the package is planned first (it is installed before anything that
     // calls its pipelines).
     let package = match (route, archive) {
-        (Route::Fleet(p), archive) => {
-            Some(plan_package(obj, ctx, &target, p, archive, &mut desired, report).await?)
-        }
+        (Route::Fleet(p), archive) => Some(
+            plan_package(
+                obj,
+                ctx,
+                &target,
+                p,
+                archive,
+                &license,
+                &mut desired,
+                report,
+            )
+            .await?,
+        ),
         _ => None,
     };
 
@@ -263,6 +273,7 @@ async fn plan_package(
     target: &Target,
     p: &crate::api::FleetPackage,
     archive: Option<engine::package::Archive>,
+    license: &str,
     desired: &mut engine::Desired,
     report: &mut Report,
 ) -> Result<PackageStage, Error> {
@@ -285,7 +296,7 @@ async fn plan_package(
         version: p.version.clone(),
         source: archive.map_or(PackageSource::Registry, PackageSource::Upload),
     };
-    let observed = package::observe(&client, &want, &kstatus.version).await?;
+    let observed = package::observe(&client, &want, &kstatus.version, license).await?;
     let record = obj.status.as_ref().and_then(|s| s.fleet_package.as_ref());
     let recorded = Recorded::Status {
         last: record.and_then(|f| Some((f.version.clone()?, f.installed_by_operator))),
@@ -758,7 +769,7 @@ pub(super) async fn connect(
     key: &str,
     ctx: &Context,
     report: &mut Report,
-) -> Result<ClusterInfo, Error> {
+) -> Result<(ClusterInfo, String), Error> {
     if let Some(CachedInfo::Elasticsearch(info, license)) = ctx.cached(key) {
         report.set(
             ES_REACHABLE,
@@ -772,7 +783,7 @@ pub(super) async fn connect(
             "LicenseSufficient",
             format!("licence {license}"),
         );
-        return Ok(info);
+        return Ok((info, license));
     }
     let info = match es.info().await {
         Ok(i) => i,
@@ -803,7 +814,7 @@ pub(super) async fn connect(
     );
     ctx.remember(
         key.to_string(),
-        CachedInfo::Elasticsearch(info.clone(), license),
+        CachedInfo::Elasticsearch(info.clone(), license.clone()),
     );
-    Ok(info)
+    Ok((info, license))
 }

@@ -146,6 +146,8 @@ pub struct Observed {
     pub wanted: Option<PackageState>,
     /// Kibana's version.
     pub kibana: String,
+    /// The stack's licence type (Elasticsearch's `_license`, which Kibana's is).
+    pub license: String,
 }
 
 impl Observed {
@@ -302,6 +304,12 @@ pub fn diff(
     }
     // An install: from where, and may this stack take it.
     let constraint = match &d.source {
+        Source::Upload(_) if !takes_uploads(&o.kibana, &o.license) => {
+            return Err(Error::PackageUnavailable(format!(
+                "Kibana {} installs an uploaded package only with an enterprise or trial licence (kibana PR #79653, lifted in 8.8.2 by PR #159280); this stack's licence is {}: give Kibana a package registry it can reach (drop spec.fleetPackage.url), or upgrade the stack",
+                o.kibana, o.license
+            )));
+        }
         Source::Upload(a) => a.kibana_constraint.clone(),
         Source::Registry => match &o.wanted {
             Some(w) => w.kibana_constraint.clone(),
@@ -332,9 +340,22 @@ pub fn diff(
     Ok(plan)
 }
 
+/// Whether Kibana `kibana` installs uploaded packages under licence `license`: from 7.10 to
+/// 8.8.1 only with enterprise (or a trial, which has every feature).
+pub fn takes_uploads(kibana: &str, license: &str) -> bool {
+    let before = semver::Version::parse(kibana.split('-').next().unwrap_or(kibana))
+        .is_ok_and(|v| v < semver::Version::new(8, 8, 2));
+    !before || matches!(license, "enterprise" | "trial")
+}
+
 /// One read of the package (and, when it is to be installed from the registry, of the wanted
 /// version's constraint).
-pub async fn observe(client: &KibanaClient, d: &Desired, kibana: &str) -> Result<Observed, Error> {
+pub async fn observe(
+    client: &KibanaClient,
+    d: &Desired,
+    kibana: &str,
+    license: &str,
+) -> Result<Observed, Error> {
     let package = client.fleet_package(PACKAGE, None).await?;
     let needs_install =
         package.as_ref().and_then(|p| p.installed.as_deref()) != Some(d.version.as_str());
@@ -347,6 +368,7 @@ pub async fn observe(client: &KibanaClient, d: &Desired, kibana: &str) -> Result
         package,
         wanted,
         kibana: kibana.to_string(),
+        license: license.to_string(),
     })
 }
 
@@ -362,7 +384,10 @@ pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Option<String>,
             .fleet_install(PACKAGE, &i.version, true)
             .await
             .map_err(|e| not_found_as_unavailable(e, &i.version))?,
-        Some(a) => client.fleet_upload(a.bytes.to_vec()).await?,
+        Some(a) => client
+            .fleet_upload(a.bytes.to_vec())
+            .await
+            .map_err(|e| upload_refused(e, &i.version))?,
     };
     Ok(model_in(items.iter().filter_map(|v| {
         Some((
@@ -397,6 +422,21 @@ fn not_found_as_unavailable(e: Error, version: &str) -> Error {
             ..
         } => Error::PackageUnavailable(format!(
             "Kibana cannot install Fleet package {PACKAGE} {version} from its registry ({detail}); for an air-gapped Kibana set spec.fleetPackage.url to a mirror of the package archive"
+        )),
+        e => e,
+    }
+}
+
+/// Kibana 7.10 to 8.8.1 takes uploads only with an enterprise (or trial) licence: its 403
+/// "Requires Enterprise license" (kibana PRs #79653, #159280) is not about the credentials.
+fn upload_refused(e: Error, version: &str) -> Error {
+    match e {
+        Error::Unauthorized {
+            service: Service::Kibana,
+            status: 403,
+            detail,
+        } if detail.contains("Enterprise license") => Error::PackageUnavailable(format!(
+            "Kibana refused the upload of Fleet package {PACKAGE} {version} ({detail}): before 8.8.2 Kibana installs uploaded packages only with an enterprise or trial licence; give Kibana a package registry it can reach (drop spec.fleetPackage.url), or upgrade the stack"
         )),
         e => e,
     }
@@ -443,6 +483,7 @@ mod tests {
                 ..state(None)
             }),
             kibana: kibana.into(),
+            license: "platinum".into(),
         }
     }
 
@@ -568,6 +609,42 @@ mod tests {
         assert!(
             e.to_string().contains("^9.4.0") && e.to_string().contains("9.2.0"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn uploads_before_8_8_2_need_an_enterprise_licence() {
+        assert!(!takes_uploads("8.8.1", "platinum"));
+        assert!(takes_uploads("8.8.1", "trial"));
+        assert!(takes_uploads("8.8.1", "enterprise"));
+        assert!(takes_uploads("8.8.2", "platinum"));
+        assert!(takes_uploads("9.2.0", "basic"));
+        let a = Archive {
+            bytes: Arc::new(vec![]),
+            sha256: "ab".into(),
+            url: "u".into(),
+            version: "1.1.0".into(),
+            kibana_constraint: Some("^8.0.0".into()),
+        };
+        let d = Desired {
+            version: "1.1.0".into(),
+            source: Source::Upload(a),
+        };
+        let o = observed(None, None, "8.8.1");
+        let e = diff(&d, &o, &none(), false).unwrap_err();
+        assert_eq!(e.reason(), "PackageUnavailable");
+        assert!(e.to_string().contains("enterprise or trial licence"), "{e}");
+        let o = Observed {
+            license: "trial".into(),
+            ..o
+        };
+        assert!(
+            diff(&d, &o, &none(), false)
+                .unwrap()
+                .install
+                .unwrap()
+                .upload
+                .is_some()
         );
     }
 

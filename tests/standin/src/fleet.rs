@@ -76,6 +76,7 @@ fn kerr(status: u16, message: &str) -> Resp {
         404 => "Not Found",
         409 => "Conflict",
         413 => "Request Entity Too Large",
+        403 => "Forbidden",
         415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -465,6 +466,15 @@ fn upload(sh: &Shared, r: &Req) -> Resp {
             413,
             &format!("Payload content length greater than maximum allowed: {MAX_UPLOAD}"),
         );
+    }
+    // 7.10 to 8.8.1: uploads only with an enterprise licence (or a trial, which has every
+    // feature): `licenseService.isEnterprise()` first in `installPackageByUploadHandler` (kibana
+    // PR #79653); removed in 8.8.2 / 8.9.0 (kibana PR #159280).
+    if kibana(sh) < Version::new(8, 8, 2) {
+        let lic = sh.st().license_type.clone();
+        if !matches!(lic.as_str(), "enterprise" | "trial") {
+            return kerr(403, "Requires Enterprise license");
+        }
     }
     if at_least(sh, 8, 15) {
         let mut st = sh.st();

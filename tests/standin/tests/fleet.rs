@@ -484,3 +484,38 @@ async fn uninstall_removes_what_install_created() {
     assert!(t.s.fleet_saved_objects("ml-module").is_empty());
     assert_eq!(t.info().await.1["item"]["status"], "not_installed");
 }
+
+/// Kibana 7.10 to 8.8.1 installs an uploaded package only with an enterprise licence (or a
+/// trial): 403 "Requires Enterprise license" (kibana PR #79653), removed in 8.8.2 (PR #159280).
+#[tokio::test]
+async fn upload_needs_an_enterprise_licence_before_8_8_2() {
+    for (kibana, license, want) in [
+        ("8.8.1", "platinum", 403),
+        ("8.8.1", "trial", 200),
+        ("8.8.1", "enterprise", 200),
+        ("8.8.2", "platinum", 200),
+        ("8.17.0", "basic", 200),
+    ] {
+        let t = T::new(profile(kibana, kibana, &["dga-1.1.0"])).await;
+        t.s.set_license(license);
+        let zip = t.s.fleet_package_zip("1.1.0").unwrap();
+        let kb = t.s.kibana_url();
+        let (st, v) = t
+            .send(
+                &kb,
+                Method::POST,
+                "/api/fleet/epm/packages",
+                "application/zip",
+                Some(zip),
+            )
+            .await;
+        assert_eq!(st, want, "{kibana} {license}: {v}");
+        if want == 403 {
+            assert_eq!(
+                v,
+                json!({"statusCode": 403, "error": "Forbidden", "message": "Requires Enterprise license"})
+            );
+            assert!(t.s.pipelines().is_empty(), "nothing installed");
+        }
+    }
+}
