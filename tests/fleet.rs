@@ -729,8 +729,10 @@ async fn a_release_install_moves_to_the_fleet_package() {
 }
 
 /// 8.8 with package 1.1.0 (Kibana `^8.0.0`; before Elastic's DGA rules were prebuilt rules):
-/// Ready with the package, the hook and the module's job; the rules as custom rules under the
-/// operator's rule_ids (Kibana 8.8 offers no per-rule prebuilt install). `deletionPolicy:
+/// Ready with the package, the hook and the module's job; the package's own rules (read
+/// through Kibana's package file route) as custom rules under the operator's rule_ids (Kibana
+/// 8.8 offers no per-rule prebuilt install), planned again after the install in the same pass,
+/// so that a resync writes nothing. `deletionPolicy:
 /// Retain` then leaves everything, and the event lists the package.
 #[tokio::test]
 async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
@@ -760,6 +762,30 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
             "{r}"
         );
     }
+    // The package's own rules (its `kibana/security_rule/*.json`), not a copy of the
+    // operator's: each package rule's name, description and type are a rule's in Kibana.
+    let zip = env.standin.fleet_package_zip("1.1.0").unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    let mut package_rules = Vec::new();
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        if f.name().contains("/kibana/security_rule/") {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+            let so: Value = serde_json::from_str(&text).unwrap();
+            package_rules.push(so["attributes"].clone());
+        }
+    }
+    assert_eq!(package_rules.len(), 4);
+    for p in &package_rules {
+        let r = rules
+            .iter()
+            .find(|r| r["name"] == p["name"])
+            .unwrap_or_else(|| panic!("no rule named {} in {rules:?}", p["name"]));
+        for k in ["description", "type", "risk_score", "severity"] {
+            assert_eq!(r[k], p[k], "{}: {k}", p["name"]);
+        }
+    }
     let job = &env.standin.jobs()["dga_high_sum_probability"];
     assert_eq!(
         job["custom_settings"]["created_by"], "ml-module-dga",
@@ -769,6 +795,14 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
         condition(&m, "RulesInstalled").2.contains("custom rules"),
         "{:?}",
         condition(&m, "RulesInstalled")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.standin.clear_requests();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        writes(&env),
+        Vec::<String>::new(),
+        "a resync writes nothing"
     );
     env.delete("dga").await;
     env.wait_gone("dga").await;

@@ -1061,6 +1061,7 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
     use engine::package;
     let recorded = Ids::default();
     let mut desired = s.desired.clone();
+    let mut package_rules = Vec::new();
     let pkg = match &s.fleet {
         Some(f) => {
             let o = package::observe(&f.client, &f.want, &f.kibana_version, &f.license).await?;
@@ -1072,6 +1073,13 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
             {
                 desired.set_model_id(&m);
             }
+            // The installed version's own rules (0.x-1.x), as the controller takes them.
+            if let Some(st) = &o.package
+                && st.installed.as_deref() == Some(f.want.version.as_str())
+            {
+                package_rules =
+                    package::package_rules(&f.client, &f.want.version, &st.kibana_assets).await?;
+            }
             Some(p)
         }
         None => None,
@@ -1080,7 +1088,10 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
     desired.adopt_fleet_model(&observed);
     let plan = engine::diff(&desired, &observed, &recorded, s.overwrite);
     let module = s.fleet.as_ref().map(|_| package::MODULE);
-    let source_rules = s.bundle.as_ref().map_or(&[][..], |b| &b.rules[..]);
+    let source_rules = s
+        .bundle
+        .as_ref()
+        .map_or(&package_rules[..], |b| &b.rules[..]);
     let rules = match &s.conn.kibana {
         Some(kb) => Some(
             rules::plan(

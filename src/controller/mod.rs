@@ -135,6 +135,8 @@ enum CachedInfo {
     Elasticsearch(ClusterInfo, String),
     Kibana(crate::kibana::KibanaStatus),
     Prebuilt(crate::kibana::prebuilt::Availability),
+    /// The Fleet package version's own detection rules (none from 2.0).
+    PackageRules(Vec<serde_json::Value>),
 }
 
 impl Context {

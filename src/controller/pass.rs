@@ -62,10 +62,27 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             (None, d, archive)
         }
     };
-    let source = Source {
-        rules: bundle.as_ref().map_or(&[][..], |b| &b.rules[..]),
-        module: desired.fleet.is_some().then_some(engine::package::MODULE),
+    // The Fleet route's rules are the package's own where it has them (0.x-1.x), read once per
+    // version through Kibana and kept with the cluster answers; else Elastic's.
+    let package_rules_key = match (&desired.fleet, &target.kibana) {
+        (Some(v), Some(kb)) => Some(format!(
+            "{} package-rules {v} {}",
+            kb.cache_key(),
+            desired.bundle_sha256
+        )),
+        _ => None,
     };
+    let cached_package_rules = package_rules_key
+        .as_ref()
+        .and_then(|k| match ctx.cached(k) {
+            Some(CachedInfo::PackageRules(r)) => Some(r),
+            _ => None,
+        });
+    let mut source_rules: Vec<serde_json::Value> = match &bundle {
+        Some(b) => b.rules.clone(),
+        None => cached_package_rules.clone().unwrap_or_default(),
+    };
+    let module = desired.fleet.is_some().then_some(engine::package::MODULE);
 
     let slot = ctx.cluster_slot(target.key());
     let _permit = slot
@@ -92,7 +109,10 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         model_config: None,
         echo: None,
     };
-    if applying {
+    // Without the package's rules at hand (a restarted operator), a glance would plan the
+    // rules from the wrong source: a full pass reads them.
+    let glance_ok = desired.fleet.is_none() || cached_package_rules.is_some();
+    if applying && glance_ok {
         // A glance keeps the status it reads: only worth it while that status is the one the
         // settled pass wrote (not one a failed write left behind, nor one edited by hand).
         let status_as_written = |s: &Settled| {
@@ -121,7 +141,18 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
                 desired.adopt_model_config(Some(cfg));
             }
             if glance_pass(
-                obj, ctx, &target, &source, &es, &desired, &known, s.job, report,
+                obj,
+                ctx,
+                &target,
+                &Source {
+                    rules: &source_rules,
+                    module,
+                },
+                &es,
+                &desired,
+                &known,
+                s.job,
+                report,
             )
             .await?
             {
@@ -171,6 +202,15 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         _ => None,
     };
 
+    if let (Some(pk), Some(key)) = (&package, &package_rules_key)
+        && cached_package_rules.is_none()
+        && let Some(state) = pk.installed_wanted()
+    {
+        let v = desired.fleet.clone().unwrap_or_default();
+        let rules = engine::package::package_rules(&pk.client, &v, &state.kibana_assets).await?;
+        ctx.remember(key.clone(), CachedInfo::PackageRules(rules.clone()));
+        source_rules = rules;
+    }
     let mut observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
     desired.adopt_fleet_model(&observed);
     owner.adopted = gone_owners(&ctx.client, &observed, &owner, &known, spec.overwrite).await;
@@ -206,11 +246,14 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     // either side, or a spec the rules cannot follow, holds back both (never half an upgrade).
     // Anything else from Kibana (unreachable, starting, refusing our credentials) holds back
     // only the rules: the enrichment goes on.
-    let detection = prepare(
+    let mut detection = prepare(
         obj,
         ctx,
         &target,
-        &source,
+        &Source {
+            rules: &source_rules,
+            module,
+        },
         &es,
         &owner,
         &desired.marker,
@@ -228,10 +271,33 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     if let Some(pk) = package {
         // The new version's pipelines exist before the hooks move to them; the old version's
         // stay (Fleet keeps top-level pipelines on upgrade), so enrichment never stops.
-        if apply_package(ctx, pk, &mut desired, report).await? {
+        if let Some(rules) = apply_package(ctx, pk, &mut desired, report).await? {
             observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
             desired.adopt_fleet_model(&observed);
             plan = engine::diff(&desired, &observed, &known, spec.overwrite);
+            if let Some(key) = &package_rules_key {
+                ctx.remember(key.clone(), CachedInfo::PackageRules(rules.clone()));
+            }
+            // The version installed now ships rules of its own: the rules are planned again
+            // from them (the plan made before the install knew only Elastic's).
+            if rules != source_rules {
+                source_rules = rules;
+                detection = prepare(
+                    obj,
+                    ctx,
+                    &target,
+                    &Source {
+                        rules: &source_rules,
+                        module,
+                    },
+                    &es,
+                    &owner,
+                    &desired.marker,
+                    false,
+                    report,
+                )
+                .await;
+            }
         }
         if let Some(s) = report.settle.as_mut() {
             s.model_config = desired.model_head.get("inference_config").cloned();
@@ -261,6 +327,16 @@ pub(super) struct PackageStage {
     plan: engine::package::Plan,
     observed: engine::package::Observed,
     upload: bool,
+}
+
+impl PackageStage {
+    /// Kibana's answer for the package when the wanted version is the one installed.
+    fn installed_wanted(&self) -> Option<&crate::kibana::fleet::PackageState> {
+        self.observed
+            .package
+            .as_ref()
+            .filter(|p| p.installed.is_some() && self.plan.install.is_none())
+    }
 }
 
 /// Reads the package in Kibana and plans it; the package's model id (Kibana's asset list) goes
@@ -338,17 +414,18 @@ fn package_held_back(report: &mut Report, pk: &PackageStage, plan_mode: bool) {
     }
 }
 
-/// Installs what the package stage planned and records it; `true` when something was
-/// installed (the cluster must then be read again).
+/// Installs what the package stage planned and records it. When something was installed (the
+/// cluster must then be read again): the installed version's own rules (see
+/// [`engine::package::package_rules`]).
 async fn apply_package(
     ctx: &Context,
     pk: PackageStage,
     desired: &mut engine::Desired,
     report: &mut Report,
-) -> Result<bool, Error> {
+) -> Result<Option<Vec<serde_json::Value>>, Error> {
     use engine::package::PACKAGE as NAME;
     let installed = match &pk.plan.install {
-        None => false,
+        None => None,
         Some(i) => {
             // Recorded before Kibana is asked: a package found installed without this record
             // is someone else's, so an install whose status write a crash lost would otherwise
@@ -364,10 +441,10 @@ async fn apply_package(
                     "could not record the package install before making it: {e}"
                 ))
             })?;
-            let model = engine::package::apply(&pk.client, &pk.plan)
+            let assets = engine::package::apply(&pk.client, &pk.plan)
                 .await
                 .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
-            if let Some(m) = model {
+            if let Some(m) = engine::package::model_in(assets.iter().cloned()) {
                 desired.set_model_id(&m);
             }
             report.applied_something = true;
@@ -385,13 +462,13 @@ async fn apply_package(
                 "applied"
             );
             report.event(false, reason, "Apply", i.to_string());
-            true
+            Some(engine::package::package_rules(&pk.client, &i.version, &assets).await?)
         }
     };
     let Some((version, by_us)) = pk.plan.record.clone() else {
         return Ok(installed);
     };
-    let source = if installed {
+    let source = if installed.is_some() {
         Some(if pk.upload { "upload" } else { "registry" }.to_string())
     } else {
         pk.observed

@@ -372,10 +372,10 @@ pub async fn observe(
     })
 }
 
-/// Carries out the plan's install; the model id the package installed, when Kibana lists it.
-pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Option<String>, Error> {
+/// Carries out the plan's install; the assets Kibana says it installed, `(type, id)`.
+pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Vec<(String, String)>, Error> {
     let Some(i) = &plan.install else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let items = match &i.upload {
         // `force`: the version is pinned, and Fleet refuses one older than the newest
@@ -389,12 +389,52 @@ pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Option<String>,
             .await
             .map_err(|e| upload_refused(e, &i.version))?,
     };
-    Ok(model_in(items.iter().filter_map(|v| {
-        Some((
-            v.get("type")?.as_str()?.to_string(),
-            v.get("id")?.as_str()?.to_string(),
-        ))
-    })))
+    Ok(items
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.get("type")?.as_str()?.to_string(),
+                v.get("id")?.as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// The package's own detection rules (0.x–1.x ship Elastic's DGA rules as `security-rule`
+/// assets, `kibana/security_rule/<id>.json`; 2.0 moved them to Elastic's prebuilt rules), read
+/// through Kibana's file route: the rule bodies, by id. Empty for a package without any.
+pub async fn package_rules(
+    client: &KibanaClient,
+    version: &str,
+    kibana_assets: &[(String, String)],
+) -> Result<Vec<serde_json::Value>, Error> {
+    let mut ids: Vec<&str> = kibana_assets
+        .iter()
+        .filter(|(t, _)| t == "security-rule")
+        .map(|(_, id)| id.as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut out = Vec::new();
+    for id in ids {
+        let path = format!("kibana/security_rule/{id}.json");
+        let Some(bytes) = client.fleet_file(PACKAGE, version, &path).await? else {
+            continue;
+        };
+        let so: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Rejected {
+                service: Service::Kibana,
+                what: format!("GET Fleet package file {PACKAGE} {version} {path}"),
+                status: 200,
+                detail: format!("not JSON: {e}"),
+            })?;
+        // A saved-object file (`{id, type, attributes}`); the rule is its attributes.
+        let rule = so.get("attributes").cloned().unwrap_or(so);
+        if rule.get("rule_id").is_some() {
+            out.push(rule);
+        }
+    }
+    Ok(out)
 }
 
 /// Uninstalls the version the owner installed.
@@ -472,6 +512,7 @@ mod tests {
             kibana_constraint: Some("^8.9.0 || ^9.0.0".into()),
             latest: Some("2.3.7".into()),
             assets: vec![],
+            kibana_assets: vec![],
         }
     }
 

@@ -44,6 +44,9 @@ pub struct PackageState {
     /// The installed version's Elasticsearch assets, `(type, id)` (`ml_model`,
     /// `ingest_pipeline`, ...), from `installed_es`.
     pub assets: Vec<(String, String)>,
+    /// The installed version's Kibana assets, `(type, id)` (`security-rule`, `ml-module`, ...),
+    /// from `installed_kibana`.
+    pub kibana_assets: Vec<(String, String)>,
 }
 
 /// One job or datafeed in a module setup's answer.
@@ -106,6 +109,32 @@ impl KibanaClient {
             .get("item")
             .ok_or_else(|| rejected(what, 200, "the answer has no `item`".into()))?;
         Ok(Some(package_state(item)))
+    }
+
+    /// A file of a package version (`GET /api/fleet/epm/packages/{name}/{version}/{path}`,
+    /// `getFileHandler`): the installed version's from the installation, another's proxied
+    /// from the registry. `None` on 404.
+    pub async fn fleet_file(
+        &self,
+        name: &str,
+        version: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let what = format!("GET Fleet package file {name} {version} {path}");
+        let url = self.url("", &format!("{PACKAGES}/{name}/{version}/{path}"), &[])?;
+        let resp = http::send(Service::Kibana, &what, self.request(Method::GET, url)).await?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(rejected(&what, status, http::summarize(resp).await));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| http::transport_error(Service::Kibana, &what, &e))?;
+        Ok(Some(bytes.to_vec()))
     }
 
     /// Installs `name` at `version` from the registry Kibana is configured with
@@ -205,22 +234,24 @@ fn package_state(item: &Value) -> PackageState {
         s("/installationInfo/install_source")
             .or_else(|| s("/savedObject/attributes/install_source"))
     });
-    let assets = item
-        .pointer("/installationInfo/installed_es")
-        .or_else(|| item.pointer("/savedObject/attributes/installed_es"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|_| installed.is_some())
-        .filter_map(|a| {
-            Some((
-                a.get("type")?.as_str()?.to_string(),
-                a.get("id")?.as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let refs = |key: &str| -> Vec<(String, String)> {
+        item.pointer(&format!("/installationInfo/{key}"))
+            .or_else(|| item.pointer(&format!("/savedObject/attributes/{key}")))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|_| installed.is_some())
+            .filter_map(|a| {
+                Some((
+                    a.get("type")?.as_str()?.to_string(),
+                    a.get("id")?.as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    };
     PackageState {
-        assets,
+        assets: refs("installed_es"),
+        kibana_assets: refs("installed_kibana"),
         installed,
         install_source,
         version: s("/version").unwrap_or_default(),

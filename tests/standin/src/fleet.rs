@@ -51,6 +51,8 @@ pub(crate) struct Installation {
     pub created_at: String,
     pub updated_at: String,
     pub manifest: Value,
+    /// The package's files (relative to `<name>-<version>/`): what the file route serves.
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A Kibana version as semver (`8.17` → 8.17.0; unparsable → 8.17.0).
@@ -155,6 +157,11 @@ pub(crate) fn handle(sh: &Shared, r: &Req, bare: &str) -> Option<Resp> {
             get_info(sh, name, Some(version))
         }
         ("POST", ["api", "fleet", "epm", "packages"]) => upload(sh, r),
+        ("GET", ["api", "fleet", "epm", "packages", name, version, path @ ..])
+            if !path.is_empty() =>
+        {
+            get_file(sh, name, version, &path.join("/"))
+        }
         ("POST", ["api", "fleet", "epm", "packages", key]) => {
             let (name, version) = split_key(sh, key);
             install_from_registry(sh, r, &name, version.as_deref())
@@ -323,6 +330,45 @@ fn saved_object(i: &Installation) -> Value {
             "verification_status": if i.install_source == "upload" { "unknown" } else { "unverified" },
         }
     })
+}
+
+// ---- GET /api/fleet/epm/packages/{name}/{version}/{filePath*}
+
+/// `getFileHandler`: the installed version's file from the installation (404 text "installed
+/// package file not found: {filePath}"), any other version's proxied from the registry
+/// (its status; 404 when the registry has no such file or cannot be reached).
+fn get_file(sh: &Shared, name: &str, version: &str, path: &str) -> Resp {
+    let content_type = if path.ends_with(".json") {
+        "application/json; charset=utf-8"
+    } else if path.ends_with(".yml") || path.ends_with(".yaml") {
+        "text/yaml; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    let raw = |status: u16, bytes: Vec<u8>, ct: &str| {
+        let mut resp = Resp::json(status, &Value::Null);
+        resp.body = crate::server::RespBody::Bytes(bytes.into());
+        resp.headers = vec![("content-type".into(), ct.into())];
+        resp
+    };
+    let serve = |bytes: &[u8]| raw(200, bytes.to_vec(), content_type);
+    let not_found = |body: String| raw(404, body.into_bytes(), "text/plain; charset=utf-8");
+    let installed = sh.st().fleet.installations.get(name).cloned();
+    if let Some(i) = installed.filter(|i| i.version.to_string() == version) {
+        return match i.files.get(path) {
+            Some(b) => serve(b),
+            None => not_found(format!("installed package file not found: {path}")),
+        };
+    }
+    let found = Version::parse(version)
+        .ok()
+        .filter(|_| name == PACKAGE)
+        .and_then(|v| registry_package(sh, &v))
+        .and_then(|p| p.files.get(path).cloned());
+    match found {
+        Some(b) => serve(&b),
+        None => not_found("Not Found".into()),
+    }
 }
 
 // ---- POST /api/fleet/epm/packages/{name}[/{version}]
@@ -590,8 +636,13 @@ fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>
         };
         let so: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
         let id = so["id"].as_str().unwrap_or_default().to_string();
-        let so_type = so["type"].as_str().unwrap_or(kind).to_string();
-        kibana_refs.push(json!({"id": id, "type": kind}));
+        let so_type = so["type"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| kind.replace('_', "-"));
+        // `installed_kibana` names the saved object type (`KibanaSavedObjectType`:
+        // `security-rule`, `ml-module`), not the asset folder (`KibanaAssetType`).
+        kibana_refs.push(json!({"id": id, "type": so_type}));
         sos.push(((so_type, id), so));
     }
     // An update deletes the previous version's pipelines only when the package has no
@@ -652,6 +703,7 @@ fn install(sh: &Shared, r: &Req, p: &Package, source: &str) -> Result<Vec<Value>
                 .unwrap_or(now.clone()),
             updated_at: now,
             manifest: p.manifest.clone(),
+            files: p.files.clone(),
         },
     );
     let mut items = kibana_refs;

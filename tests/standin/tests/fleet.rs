@@ -129,7 +129,7 @@ async fn install_by_version_creates_the_prefixed_pipelines_the_model_and_the_mod
         }
         let got = ids(&res["items"]);
         for want in [
-            "ml_module:dga",
+            "ml-module:dga",
             "ml_model:dga_1611725_2.0",
             "ingest_pipeline:2.3.7-ml_dga_ingest_pipeline",
             "ingest_pipeline:2.3.7-ml_dga_inference_pipeline",
@@ -206,7 +206,7 @@ async fn the_route_shape_follows_the_kibana_version() {
     assert_eq!(
         ids(&res["items"])
             .iter()
-            .filter(|i| i.starts_with("security_rule:"))
+            .filter(|i| i.starts_with("security-rule:"))
             .count(),
         4,
         "0.x-1.x carry the four rules"
@@ -518,4 +518,47 @@ async fn upload_needs_an_enterprise_licence_before_8_8_2() {
             assert!(t.s.pipelines().is_empty(), "nothing installed");
         }
     }
+}
+
+/// `getFileHandler` serves the installed version's files (the 1.x package's rules), and
+/// `installed_kibana` names saved object types.
+#[tokio::test]
+async fn package_files_are_served_and_installed_kibana_names_saved_object_types() {
+    let t = T::new(profile("8.8.0", "8.8.0", &["dga-1.1.0"])).await;
+    let (st, v) = t.install("1.1.0", None).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, info) = t.info().await;
+    let refs = info["item"]["savedObject"]["attributes"]["installed_kibana"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let types: std::collections::BTreeSet<&str> =
+        refs.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["ml-module", "security-rule"].into_iter().collect(),
+        "{refs:?}"
+    );
+    let rule_id = refs.iter().find(|r| r["type"] == "security-rule").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, v) = t
+        .kb(
+            Method::GET,
+            &format!("/api/fleet/epm/packages/dga/1.1.0/kibana/security_rule/{rule_id}.json"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["type"], "security-rule");
+    assert_eq!(v["attributes"]["rule_id"], rule_id.as_str());
+    let (st, _) = t
+        .kb(
+            Method::GET,
+            "/api/fleet/epm/packages/dga/1.1.0/kibana/security_rule/nope.json",
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
 }
