@@ -331,7 +331,7 @@ async fn standin_checks(env: &Env, version: &str, pkg: &str, m: &dga_operator::a
             env.standin.requests().iter().any(|r| r.method == "GET"),
             "{version}: resyncs ran"
         );
-        assert_eq!(writes(&env), Vec::<String>::new(), "{version}");
+        assert_eq!(writes(env), Vec::<String>::new(), "{version}");
         // A settled resync glances: the package, the model and the job are not read again
         // (the canary run through the package's router proves them).
         let reads: Vec<String> = env
