@@ -892,3 +892,30 @@ async fn an_upload_kibana_refuses_for_its_licence_is_told_as_such() {
     );
     env.finish().await;
 }
+
+/// A hook where a person already followed Elastic's recipe (an untagged `pipeline` processor
+/// calling the package's router): the operator adds nothing (every document would be scored
+/// twice) and says so; the hook is left byte for byte.
+#[tokio::test]
+async fn elastics_recipe_done_by_hand_is_left_alone() {
+    let env = env("fleet-recipe", "8.17.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("the stand-in's pipelines") {
+        return;
+    }
+    let by_hand = json!({"processors": [
+        {"set": {"field": "team", "value": "net"}},
+        {"pipeline": {"name": "2.3.7-ml_dga_ingest_pipeline", "ignore_missing_pipeline": true, "ignore_failure": true}}
+    ]});
+    env.standin.put_pipeline(HOOK, by_hand.clone());
+    env.apply("dga", spec("2.3.7")).await;
+    let m = env.wait_ready("dga").await;
+    let (state, reason, msg) = condition(&m, "EnrichmentWired");
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", "FleetEnrichmentPresent"),
+        "{msg}"
+    );
+    assert_eq!(env.standin.pipelines()[HOOK], by_hand);
+    assert_eq!(hooked_router(&env, "dga").await, None);
+    env.finish().await;
+}

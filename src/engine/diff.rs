@@ -549,7 +549,9 @@ pub fn owned_ids(o: &Observed, owner: &super::Owner, known: &Ids) -> Ids {
 /// Whether a pipeline id is ours: the router, one the owner recorded, or one carrying its
 /// marker.
 fn ours_pipeline(d: &Desired, o: &Observed, owned: &Ids, name: &str) -> bool {
-    name == d.router
+    // On the Fleet route the router is Fleet's: a call to it that is not our tagged processor
+    // is Elastic's recipe done by hand, and the hook is enriched already.
+    (d.fleet.is_none() && name == d.router)
         || owned.pipelines.contains(name)
         || o.pipelines.get(name).is_some_and(|p| {
             holder(Marker::from_meta(p.get("_meta")).as_ref(), &d.owner) == Holder::Us
@@ -782,5 +784,99 @@ mod tests {
                 json!({"metadata": {crate::engine::MARKER_KEY: d.marker}}),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use crate::engine::Owner;
+    use crate::engine::build::{Wiring, build_fleet};
+    use serde_json::json;
+
+    const HOOK: &str = "logs-network_traffic.dns@custom";
+
+    fn fleet() -> Desired {
+        let owner = Owner {
+            namespace: "ns".into(),
+            name: "dga".into(),
+            uid: "u".into(),
+            adopted: vec![],
+        };
+        let wiring = Wiring {
+            custom_pipelines: vec![HOOK.into()],
+            indices: vec![],
+        };
+        let mut d = build_fleet(&owner, &wiring, "2.3.7", "dga_1611725_2.0", "registry");
+        d.es_version = Some((9, 2));
+        d
+    }
+
+    fn with_hook(body: serde_json::Value) -> Observed {
+        let mut o = Observed::default();
+        o.pipelines.insert(HOOK.into(), body);
+        o
+    }
+
+    #[test]
+    fn the_package_is_never_written_and_the_hook_calls_its_router() {
+        let d = fleet();
+        let plan = diff(&d, &Observed::default(), &Ids::default(), false);
+        assert_eq!(
+            plan.actions,
+            vec![Action::PutHook {
+                id: HOOK.into(),
+                reason: Reason::Create
+            }]
+        );
+        assert!(plan.conflicts.is_empty());
+        // Fleet's model, seen: neither a conflict nor deleted.
+        let mut o = Observed::default();
+        o.models
+            .insert("dga_1611725_2.0".into(), json!({"metadata": {}}));
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert!(plan.conflicts.is_empty(), "{plan:?}");
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::DeleteModel { .. }))
+        );
+    }
+
+    #[test]
+    fn elastics_recipe_done_by_hand_is_not_doubled() {
+        // A person followed Elastic's recipe: an untagged `pipeline` processor calling the
+        // package's router. The hook is enriched; ours would score every document twice.
+        let d = fleet();
+        let by_hand = json!({"processors": [
+            {"pipeline": {"name": "2.3.7-ml_dga_ingest_pipeline", "ignore_missing_pipeline": true, "ignore_failure": true}}
+        ]});
+        let o = with_hook(by_hand);
+        let plan = diff(&d, &o, &Ids::default(), false);
+        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(
+            fleet_enriched(&d, &o, &Ids::default()),
+            vec![format!(
+                "pipeline hook {HOOK} calls 2.3.7-ml_dga_ingest_pipeline"
+            )]
+        );
+        // Our own processor calling the same router is ours, not Fleet's: current, no repair.
+        let ours = json!({"processors": [d.hook_processor()]});
+        let o = with_hook(ours);
+        assert!(diff(&d, &o, &Ids::default(), false).is_empty());
+        assert!(fleet_enriched(&d, &o, &Ids::default()).is_empty());
+        // After a version bump our processor moves to the new router (an upgrade).
+        let old = json!({"processors": [{"pipeline": {
+            "name": "2.2.0-ml_dga_ingest_pipeline", "ignore_missing_pipeline": true,
+            "ignore_failure": true, "tag": "dga-operator:ns/dga"}}]});
+        let plan = diff(&d, &with_hook(old), &Ids::default(), false);
+        assert_eq!(
+            plan.actions,
+            vec![Action::PutHook {
+                id: HOOK.into(),
+                reason: Reason::Upgrade
+            }]
+        );
     }
 }

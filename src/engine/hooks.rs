@@ -88,9 +88,12 @@ fn split(body: &Value, owner: &Owner, ours_pipeline: &dyn Fn(&str) -> bool) -> S
     s
 }
 
-/// A Fleet DGA router the hook's other processors already call (not ours).
+/// A Fleet DGA router the hook's other processors already call (not ours). A processor an
+/// operator added (tagged) is never Fleet's own call, even where it calls Fleet's router (the
+/// Fleet route).
 fn fleet_call(rest: &[Value], ours_pipeline: &dyn Fn(&str) -> bool) -> Option<String> {
     rest.iter()
+        .filter(|p| tagged_owner(p).is_none())
         .filter_map(called)
         .find(|n| is_fleet_router(n) && !ours_pipeline(n))
         .map(str::to_string)
