@@ -70,6 +70,22 @@ fn writes(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// The writes the stand-in saw, in order (`METHOD path`).
+fn write_log(env: &Env) -> Vec<String> {
+    env.standin
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn position(log: &[String], needle: &str) -> usize {
+    log.iter()
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{needle} not in {log:?}"))
+}
+
 fn condition(m: &dga_operator::api::DgaModel, t: &str) -> (String, String, String) {
     let c = dga_operator::status::get(&m.status.as_ref().unwrap().conditions, t)
         .unwrap_or_else(|| panic!("no condition {t}: {:?}", m.status));
@@ -376,18 +392,8 @@ async fn a_version_bump_installs_first_then_moves_the_hook() {
             .unwrap()
             .installed_by_operator
     );
-    let log: Vec<String> = env
-        .standin
-        .requests()
-        .iter()
-        .filter(|r| r.is_write())
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    let pos = |needle: &str| {
-        log.iter()
-            .position(|w| w == needle)
-            .unwrap_or_else(|| panic!("{needle} not in {log:?}"))
-    };
+    let log = write_log(&env);
+    let pos = |needle: &str| position(&log, needle);
     assert!(
         pos("POST /api/fleet/epm/packages/dga/2.3.7")
             < pos(&format!("PUT /_ingest/pipeline/{HOOK}")),
@@ -709,18 +715,8 @@ async fn a_release_install_moves_to_the_fleet_package() {
         "{:?}",
         pipes.keys()
     );
-    let log: Vec<String> = env
-        .standin
-        .requests()
-        .iter()
-        .filter(|r| r.is_write())
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
-    let pos = |needle: &str| {
-        log.iter()
-            .position(|w| w == needle)
-            .unwrap_or_else(|| panic!("{needle} not in {log:?}"))
-    };
+    let log = write_log(&env);
+    let pos = |needle: &str| position(&log, needle);
     let install = pos("POST /api/fleet/epm/packages/dga/2.3.7");
     let hook = pos(&format!("PUT /_ingest/pipeline/{HOOK}"));
     let gone = pos(&format!("DELETE /_ingest/pipeline/{}", rel.router_pipeline));
@@ -732,8 +728,8 @@ async fn a_release_install_moves_to_the_fleet_package() {
 /// Ready with the package, the hook and the module's job; the package's own rules (read
 /// through Kibana's package file route) as custom rules under the operator's rule_ids (Kibana
 /// 8.8 offers no per-rule prebuilt install), planned again after the install in the same pass,
-/// so that a resync writes nothing. `deletionPolicy:
-/// Retain` then leaves everything, and the event lists the package.
+/// so that a resync writes nothing. `deletionPolicy: Retain` then leaves everything, and the
+/// event lists the package.
 #[tokio::test]
 async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
     let env = env("fleet-88", "8.8.0", &["dga-1.1.0"]).await;

@@ -82,10 +82,21 @@ async fn multi(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let tag = arg(args, "--tag").ok_or("--tag")?;
     let slow: Option<usize> = arg(args, "--slow").map(|s| s.parse()).transpose()?;
     let slow_ms: u64 = arg(args, "--slow-ms").unwrap_or("2000".into()).parse()?;
+    // `--fleet VERSION`: each stack's Kibana has a registry with Fleet's `dga` package at that
+    // version and Elastic's prebuilt DGA rules (the Fleet route).
+    let fleet = arg(args, "--fleet");
     let out = std::env::temp_dir().join(format!("dga-bench-multi-{}", std::process::id()));
     let mut standins = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = Standin::start(StandinConfig::default()).await?;
+        let cfg = match &fleet {
+            Some(v) => StandinConfig {
+                fleet_packages: vec![format!("dga-{v}")],
+                kibana_prebuilt_dga: true,
+                ..StandinConfig::default()
+            },
+            None => StandinConfig::default(),
+        };
+        let s = Standin::start(cfg).await?;
         // A stack running DGA detection has DNS data: its datafeed starts, so the steady state
         // measured is a settled one, not a job waiting for data (which retries `_start` at
         // every resync by design; `BENCH_NO_DNS_DATA=1` measures that instead).

@@ -20,6 +20,9 @@
 #      fault on every request (fairness: time for the other N-1).
 #   d  reaction: tag bump of one DgaModel to a new small release -> Ready, median of R (20) runs.
 #   e  the stand-in's own throughput: GET / (keep-alive, one curl) and the 90 MB model PUT.
+#   f  the Fleet route: N DgaModels with `fleetPackage` (dga 2.3.7 from each Kibana's registry,
+#      Elastic's prebuilt rules, the module's job) from a cold start (time to all Ready, requests
+#      per DgaModel), then one quiet resync window (writes, reads per DgaModel per resync).
 #
 # Needs: cargo, curl, jq, kubectl, /usr/bin/time; Kubernetes from tests/testbed/k8s.sh (cached
 # kube-apiserver) for b/c/d. Knobs: BENCH_BIG_BYTES (250000000), BENCH_PLAIN_BYTES (90000000),
@@ -30,7 +33,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 REPORT=${BENCH_REPORT:-$ROOT/target/bench-report.md}
 BIN=$ROOT/target/release
-PARTS=${BENCH_PARTS:-"a b c d e"}
+PARTS=${BENCH_PARTS:-"a b c d e f"}
 BIG=${BENCH_BIG_BYTES:-250000000}
 PLAIN=${BENCH_PLAIN_BYTES:-90000000}
 N=${BENCH_N:-200}
@@ -68,8 +71,8 @@ if [ "${1:-}" = "--k8s-part" ]; then
     "$BIN/dga-bench" multi --count "$N" --tag "$TAG" --extra-tags "$RUNS" "$@" >"$f" 2>"$f.err" & PIDS+=($!)
     waitkey "$f" ADMIN_URL >/dev/null
   }
-  make_objects() { # $1 = namespace, $2 = multi stdout file
-    local ns=$1 f=$2
+  make_objects() { # $1 = namespace, $2 = multi stdout file, $3 = spec source (default the tag)
+    local ns=$1 f=$2 src=${3:-"releaseTag: $TAG"}
     kubectl create namespace "$ns" >/dev/null
     while read -r _ i es kb; do
       cat <<Y
@@ -82,7 +85,7 @@ stringData: {url: "$es", username: elastic, password: changeme, kibana-url: "$kb
 apiVersion: dgaoperator.io/v1alpha1
 kind: DgaModel
 metadata: {name: dga-$i, namespace: $ns}
-spec: {releaseTag: $TAG, clusterRef: {secretName: es-$i}}
+spec: {$src, clusterRef: {secretName: es-$i}}
 Y
     done < <(grep '^CLUSTER ' "$f") > "$WORK/$ns.yaml"
     kubectl create -f "$WORK/$ns.yaml" >/dev/null
@@ -96,6 +99,47 @@ Y
       --concurrency "$CONC" --per-cluster-concurrency "$PER" 2>"$2" & OP=$!; PIDS+=($OP)
   }
   summary() { curl -sf "$ADMIN/summary"; }
+
+  # --- f: the Fleet route ----------------------------------------------------------------------
+  if has f; then
+    FN=${BENCH_FLEET_N:-$N}
+    N_SAVED=$N; N=$FN
+    start_multi "$WORK/multif" --fleet 2.3.7; ADMIN=$(waitkey "$WORK/multif" ADMIN_URL); GH=$(waitkey "$WORK/multif" GITHUB_URL)
+    MULTIF=${PIDS[-1]}
+    make_objects bench-fleet "$WORK/multif" "fleetPackage: {version: 2.3.7}"
+    log "Fleet route: cold start of $N DgaModels"
+    t0=$(now); start_operator bench-fleet "$WORK/opf.log"
+    while :; do c=$(ready_count bench-fleet); [ "$c" -ge "$N" ] && break
+      if [ "$(calc "$(now) - $t0" 0)" -gt 900 ]; then log "only $c/$N Ready after 900 s"; break; fi; sleep 1; done
+    t_fleet=$(calc "$(now) - $t0" 1); s=$(summary)
+    out ""
+    out "## f. The Fleet route: $N DgaModels with fleetPackage 2.3.7 (one stack each), cold start then steady state"
+    out ""
+    out "| figure | value | target |"
+    out "|---|---|---|"
+    out "| Ready | $c / $N | all |"
+    out "| time to all Ready | ${t_fleet} s | |"
+    out "| ES requests per DgaModel (reads + writes) | $(jq -r "((.totals.es_reads//0)+(.totals.es_writes//0))/$N" <<<"$s" | xargs printf %.1f) ($(jq -r ".totals.es_reads//0" <<<"$s") reads, $(jq -r ".totals.es_writes//0" <<<"$s") writes) | |"
+    out "| Kibana requests per DgaModel | $(jq -r "((.totals.kibana_reads//0)+(.totals.kibana_writes//0))/$N" <<<"$s" | xargs printf %.1f) ($(jq -r ".totals.kibana_reads//0" <<<"$s") reads, $(jq -r ".totals.kibana_writes//0" <<<"$s") writes) | |"
+    out "| off-spec requests | $(jq -r ".totals.off_spec//0" <<<"$s") | 0 |"
+    out "| operator peak RSS (VmHWM) | $(calc "$(hwm_kib "$OP")/1024" 1) MiB | < 100 MiB |"
+    sleep 25
+    curl -sf -X DELETE "$ADMIN/requests" >/dev/null
+    ticks0=$(cpu_ticks "$OP"); ts0=$(now)
+    sleep 45
+    ticks1=$(cpu_ticks "$OP"); ts1=$(now); s=$(summary)
+    hz=$(getconf CLK_TCK); dt=$(calc "$ts1 - $ts0" 1); passes=$(calc "$dt / 20" 2)
+    out "| steady state (${dt} s, ~${passes} resyncs): writes ES / Kibana | $(jq -r ".totals.es_writes//0" <<<"$s") / $(jq -r ".totals.kibana_writes//0" <<<"$s") | 0 / 0 |"
+    out "| ES reads per DgaModel per resync | $(calc "$(jq -r ".totals.es_reads//0" <<<"$s") / $N / $passes" 1) | |"
+    out "| Kibana reads per DgaModel per resync | $(calc "$(jq -r ".totals.kibana_reads//0" <<<"$s") / $N / $passes" 1) | |"
+    out "| operator CPU while idle-resyncing | $(calc "100 * ($ticks1 - $ticks0) / $hz / $dt" 2) % of one core | |"
+    out ""; out "Fleet-route steady-state requests by API (all clusters, whole window):"; out '```'
+    out "$(jq -r '.by_api | to_entries | sort_by(-.value) | .[] | "    \(.value)\t\(.key)"' <<<"$s")"; out '```'
+    kill "$OP" 2>/dev/null || true; wait "$OP" 2>/dev/null || true
+    kill "$MULTIF" 2>/dev/null || true
+    N=$N_SAVED
+    if ! (has b || has c || has d); then exit 0; fi
+  fi
 
   # --- c: cold start ---------------------------------------------------------------------------
   start_multi "$WORK/multi1"; ADMIN=$(waitkey "$WORK/multi1" ADMIN_URL); GH=$(waitkey "$WORK/multi1" GITHUB_URL)
@@ -310,8 +354,8 @@ if has e; then
   kill "$sp" 2>/dev/null || true
 fi
 
-if has b || has c || has d; then
-  log "starting the Kubernetes testbed for parts b/c/d"
+if has b || has c || has d || has f; then
+  log "starting the Kubernetes testbed for parts b/c/d/f"
   BENCH_REPORT="$REPORT" BENCH_PARTS="$PARTS" tests/testbed/k8s.sh run -- "$ROOT/tests/bench/run.sh" --k8s-part
 fi
 log "report written to $REPORT"

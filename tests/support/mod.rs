@@ -583,18 +583,7 @@ impl Stack<'_> {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        if self.env.real() {
-            return self.call(method, false, path, body).await;
-        }
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.env.standin.es_url()))
-            .basic_auth("elastic", Some("changeme"));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.expect("stand-in reachable");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.either(method, false, path, body).await
     }
 
     /// Any Kibana request, to the stand-in or the real stack's Kibana.
@@ -604,13 +593,30 @@ impl Stack<'_> {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        self.either(method, true, path, body).await
+    }
+
+    async fn either(
+        &self,
+        method: reqwest::Method,
+        kibana: bool,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         if self.env.real() {
-            return self.call(method, true, path, body).await;
+            return self.call(method, kibana, path, body).await;
         }
+        let base = if kibana {
+            self.env.standin.kibana_url()
+        } else {
+            self.env.standin.es_url()
+        };
         let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.env.standin.kibana_url()))
-            .header("kbn-xsrf", "true")
+            .request(method, format!("{base}{path}"))
             .basic_auth("elastic", Some("changeme"));
+        if kibana {
+            req = req.header("kbn-xsrf", "true");
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
