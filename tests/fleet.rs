@@ -915,3 +915,40 @@ async fn elastics_recipe_done_by_hand_is_left_alone() {
     assert_eq!(hooked_router(&env, "dga").await, None);
     env.finish().await;
 }
+
+/// Two DgaModels on one stack: the package is the first one's. The second is a Conflict that
+/// names it, even with `overwrite` (another DgaModel's objects are never taken), and writes
+/// nothing; once the first is deleted (and its package with it), the second installs it.
+#[tokio::test]
+async fn a_package_another_dgamodel_installed_is_never_taken() {
+    let env = env("fleet-two", "9.2.0", &["dga-2.3.7"]).await;
+    if !env.standin_only("two DgaModels on one stand-in") {
+        return;
+    }
+    env.apply("first", spec("2.3.7")).await;
+    env.wait_ready("first").await;
+    env.standin.clear_requests();
+    let mut second = spec("2.3.7");
+    second["overwrite"] = json!(true);
+    second["enrichment"] = json!({"customPipelines": ["logs-other.dns@custom"]});
+    env.apply("second", second).await;
+    let m = env
+        .wait_condition("second", "PackageInstalled", "False", Some("Conflict"))
+        .await;
+    let (_, _, msg) = condition(&m, "PackageInstalled");
+    assert!(
+        msg.contains(&format!("managed by DgaModel {}/first", env.ns.name)),
+        "{msg}"
+    );
+    assert_eq!(write_log(&env), Vec::<String>::new());
+    env.delete("first").await;
+    env.wait_gone("first").await;
+    let m = env.wait_ready("second").await;
+    let fp = m.status.unwrap().fleet_package.unwrap();
+    assert!(fp.installed_by_operator, "{fp:?}");
+    assert_eq!(
+        env.standin.fleet_installed_version("dga").as_deref(),
+        Some("2.3.7")
+    );
+    env.finish().await;
+}

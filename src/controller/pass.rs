@@ -378,8 +378,28 @@ async fn plan_package(
         last: record.and_then(|f| Some((f.version.clone()?, f.installed_by_operator))),
         installing: record.and_then(|f| f.installing.clone()),
     };
-    let plan = package::diff(&want, &observed, &recorded, obj.spec.overwrite)
+    let mut plan = package::diff(&want, &observed, &recorded, obj.spec.overwrite)
         .inspect_err(|e| report.set(PACKAGE, false, e.reason(), e.to_string()))?;
+    // A package this DgaModel does not own may be another's: never taken, even with
+    // `overwrite` (as every object of another DgaModel), and named.
+    let taking = plan.conflict.is_some()
+        || plan.record.as_ref().is_some_and(|(_, by_us)| !by_us)
+        || plan
+            .install
+            .as_ref()
+            .is_some_and(|i| i.reason == Reason::Adopt);
+    if let Some(v) = observed.installed().filter(|_| taking)
+        && let Some(other) = package_owner(ctx, obj, report.status.cluster_uuid.as_deref(), v).await
+    {
+        plan = package::Plan {
+            install: None,
+            record: None,
+            conflict: Some(format!(
+                "Fleet package {} {v} is managed by DgaModel {other} (a stack's package is one DgaModel's: change that DgaModel, or delete it first)",
+                package::PACKAGE
+            )),
+        };
+    }
     if let Some(pkg) = observed.package.as_ref()
         && pkg.installed.as_deref() == Some(p.version.as_str())
         && let Some(m) = package::model_in(pkg.assets.iter().cloned())
@@ -392,6 +412,36 @@ async fn plan_package(
         observed,
         upload,
     })
+}
+
+/// Another DgaModel that installed `version` of the package on the same stack (by the
+/// `cluster_uuid` both statuses record), if any: `namespace/name`. One list of the DgaModels
+/// the operator watches, made only when a package this one does not own is found.
+async fn package_owner(
+    ctx: &Context,
+    me: &DgaModel,
+    cluster_uuid: Option<&str>,
+    version: &str,
+) -> Option<String> {
+    let cluster = cluster_uuid?;
+    let api: Api<DgaModel> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let list = api.list(&Default::default()).await.ok()?;
+    list.items
+        .into_iter()
+        .filter(|m| m.uid() != me.uid())
+        .find(|m| {
+            m.status.as_ref().is_some_and(|s| {
+                s.cluster_uuid.as_deref() == Some(cluster)
+                    && s.fleet_package.as_ref().is_some_and(|f| {
+                        (f.installed_by_operator && f.version.as_deref() == Some(version))
+                            || f.installing.as_deref() == Some(version)
+                    })
+            })
+        })
+        .map(|m| format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()))
 }
 
 /// `PackageInstalled` while suspended or in `mode: Plan`.
