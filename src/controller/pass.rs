@@ -112,7 +112,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     // Without the package's rules at hand (a restarted operator), a glance would plan the
     // rules from the wrong source: a full pass reads them.
     let glance_ok = desired.fleet.is_none() || cached_package_rules.is_some();
-    if applying && glance_ok {
+    if applying {
         // A glance keeps the status it reads: only worth it while that status is the one the
         // settled pass wrote (not one a failed write left behind, nor one edited by hand).
         let status_as_written = |s: &Settled| {
@@ -130,6 +130,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             })
         };
         if let Some(s) = ctx.settled(&obj.uid().unwrap_or_default())
+            && glance_ok
             && s.same_inputs(&settle)
             && status_as_written(&s)
         {
