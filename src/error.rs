@@ -67,6 +67,10 @@ pub enum Error {
     #[error("{0}")]
     PackageIncompatible(String),
 
+    /// Kibana does not install uploaded packages on this stack (its version and licence).
+    #[error("{0}")]
+    UploadNotAllowed(String),
+
     /// An object Elasticsearch's file-based settings own (ECK's StackConfigPolicy): no request,
     /// `overwrite` included, may change it. Reported as a Conflict.
     #[error("conflict: {0}")]
@@ -146,6 +150,7 @@ impl Error {
             Error::Conflict(_) | Error::ReservedState(_) => "Conflict",
             Error::PackageUnavailable(_) => "PackageUnavailable",
             Error::PackageIncompatible(_) => "PackageIncompatible",
+            Error::UploadNotAllowed(_) => "UploadNotAllowed",
             Error::Transient { .. } => "TransientError",
             Error::Rejected { .. } => "RequestRejected",
             Error::Kube(_) => "KubernetesError",
@@ -196,7 +201,9 @@ impl Error {
             Error::LicenseInsufficient(_) | Error::Conflict(_) | Error::ReservedState(_) => {
                 Some(Service::Elasticsearch)
             }
-            Error::PackageUnavailable(_) | Error::PackageIncompatible(_) => Some(Service::Kibana),
+            Error::PackageUnavailable(_)
+            | Error::PackageIncompatible(_)
+            | Error::UploadNotAllowed(_) => Some(Service::Kibana),
             _ => None,
         }
     }

@@ -869,16 +869,16 @@ async fn an_upload_kibana_refuses_for_its_licence_is_told_as_such() {
     s["fleetPackage"]["url"] = json!(url);
     env.apply("dga", s).await;
     let m = env
-        .wait_condition(
-            "dga",
-            "PackageInstalled",
-            "False",
-            Some("PackageUnavailable"),
-        )
+        .wait_condition("dga", "PackageInstalled", "False", Some("UploadNotAllowed"))
         .await;
     let (_, _, msg) = condition(&m, "PackageInstalled");
     assert!(msg.contains("enterprise or trial licence"), "{msg}");
-    assert_eq!(condition(&m, "Ready").1, "PackageUnavailable");
+    let ready = condition(&m, "Ready");
+    assert_eq!(ready.1, "UploadNotAllowed");
+    assert!(
+        ready.2.contains("to fix: drop spec.fleetPackage.url"),
+        "{ready:?}"
+    );
     assert_eq!(env.standin.fleet_installed_version("dga"), None);
     env.standin.set_license("trial");
     env.wait_ready("dga").await;

@@ -314,7 +314,7 @@ pub fn exit_code(e: &Error) -> i32 {
         "Conflict" => EXIT_CONFLICT,
         "ReleaseNotFound" | "InvalidRelease" | "InvalidBundle" | "ChecksumMismatch"
         | "PackageUnavailable" => EXIT_RELEASE,
-        "PackageIncompatible" => EXIT_LICENSE,
+        "PackageIncompatible" | "UploadNotAllowed" => EXIT_LICENSE,
         "RequestRejected" if releases => EXIT_RELEASE,
         _ => EXIT_UNEXPECTED,
     }

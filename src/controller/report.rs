@@ -399,6 +399,9 @@ pub(super) fn remedy(e: &Error, cluster: &str, eck_cluster: Option<&str>) -> Opt
             "give Kibana a package registry it can reach (xpack.fleet.registryUrl), or set spec.fleetPackage.url to the package archive"
                 .to_string()
         }
+        Error::UploadNotAllowed(_) => {
+            "drop spec.fleetPackage.url so that Kibana installs from its registry, use an enterprise or trial licence, or upgrade the stack to 8.8.2 or later".to_string()
+        }
         Error::PackageIncompatible(_) => {
             "set spec.fleetPackage.version to a version whose Kibana constraint this stack meets, or upgrade the stack".to_string()
         }

@@ -305,7 +305,7 @@ pub fn diff(
     // An install: from where, and may this stack take it.
     let constraint = match &d.source {
         Source::Upload(_) if !takes_uploads(&o.kibana, &o.license) => {
-            return Err(Error::PackageUnavailable(format!(
+            return Err(Error::UploadNotAllowed(format!(
                 "Kibana {} installs an uploaded package only with an enterprise or trial licence (kibana PR #79653, lifted in 8.8.2 by PR #159280); this stack's licence is {}: give Kibana a package registry it can reach (drop spec.fleetPackage.url), or upgrade the stack",
                 o.kibana, o.license
             )));
@@ -475,7 +475,7 @@ fn upload_refused(e: Error, version: &str) -> Error {
             service: Service::Kibana,
             status: 403,
             detail,
-        } if detail.contains("Enterprise license") => Error::PackageUnavailable(format!(
+        } if detail.contains("Enterprise license") => Error::UploadNotAllowed(format!(
             "Kibana refused the upload of Fleet package {PACKAGE} {version} ({detail}): before 8.8.2 Kibana installs uploaded packages only with an enterprise or trial licence; give Kibana a package registry it can reach (drop spec.fleetPackage.url), or upgrade the stack"
         )),
         e => e,
@@ -673,7 +673,7 @@ mod tests {
         };
         let o = observed(None, None, "8.8.1");
         let e = diff(&d, &o, &none(), false).unwrap_err();
-        assert_eq!(e.reason(), "PackageUnavailable");
+        assert_eq!(e.reason(), "UploadNotAllowed");
         assert!(e.to_string().contains("enterprise or trial licence"), "{e}");
         let o = Observed {
             license: "trial".into(),
