@@ -230,10 +230,12 @@ impl Metrics {
             .status
             .as_ref()
             .is_some_and(|s| status::is_true(&s.conditions, READY));
-        let ever_installed = obj
-            .status
-            .as_ref()
-            .is_some_and(|s| s.installed_tag.is_some());
+        let ever_installed = obj.status.as_ref().is_some_and(|s| {
+            s.installed_tag.is_some()
+                || s.fleet_package
+                    .as_ref()
+                    .is_some_and(|f| f.version.is_some())
+        });
         let first_ready =
             !was_ready && !ever_installed && status::is_true(&after.conditions, READY);
         if let Some(created) = obj

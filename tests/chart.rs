@@ -371,7 +371,13 @@ fn examples_are_valid_dgamodels() {
     for ns in ["default", "security", "elastic-system"] {
         ensure_namespace(ns);
     }
-    for example in ["secret-cluster", "eck-cluster", "mirror-url", "air-gapped"] {
+    for example in [
+        "secret-cluster",
+        "eck-cluster",
+        "mirror-url",
+        "air-gapped",
+        "fleet-package",
+    ] {
         let rel = format!("deploy/examples/{example}.yaml");
         let yaml = read(&rel);
         assert!(
