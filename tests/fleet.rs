@@ -18,24 +18,9 @@ use dga_operator::controller::Settings;
 use dga_standin::{Service, StandinConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::Env;
+use support::{Env, elastic_facts as facts, elastic_rule_ids};
 
 const HOOK: &str = "logs-network_traffic.dns@custom";
-
-fn facts() -> Value {
-    serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap()
-}
-
-fn elastic_rule_ids() -> Vec<String> {
-    let mut ids: Vec<String> = facts()["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids
-}
 
 /// A stack of one version with Elastic's prebuilt DGA rules and a registry holding `packages`.
 async fn env(prefix: &str, version: &str, packages: &[&str]) -> Env {
@@ -55,6 +40,13 @@ async fn env(prefix: &str, version: &str, packages: &[&str]) -> Env {
     let env = Env::start_with(prefix, cfg, settings).await;
     env.secret("es", "changeme").await;
     env
+}
+
+/// [`env`] for a scenario only the stand-in can stage (`why`); `None` against a real stack,
+/// where the test is skipped, saying so.
+async fn standin_env(prefix: &str, version: &str, packages: &[&str], why: &str) -> Option<Env> {
+    let env = env(prefix, version, packages).await;
+    env.standin_only(why).then_some(env)
 }
 
 fn spec(version: &str) -> Value {
@@ -376,10 +368,16 @@ async fn standin_checks(env: &Env, version: &str, pkg: &str, m: &dga_operator::a
 /// hook unenriched.
 #[tokio::test]
 async fn a_version_bump_installs_first_then_moves_the_hook() {
-    let env = env("fleet-bump", "9.2.0", &["dga-2.2.0", "dga-2.3.7"]).await;
-    if !env.standin_only("two package versions in the registry and the request log") {
+    let Some(env) = standin_env(
+        "fleet-bump",
+        "9.2.0",
+        &["dga-2.2.0", "dga-2.3.7"],
+        "two package versions in the registry and the request log",
+    )
+    .await
+    else {
         return;
-    }
+    };
     env.apply("dga", spec("2.2.0")).await;
     assert_whole_install(&env, "dga", "2.2.0").await;
     env.standin.clear_requests();
@@ -409,10 +407,10 @@ async fn a_version_bump_installs_first_then_moves_the_hook() {
 /// it (recorded as not installed by the operator), and never uninstalled on delete.
 #[tokio::test]
 async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
-    let env = env("fleet-person", "8.17.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("the request log") {
+    let Some(env) = standin_env("fleet-person", "8.17.0", &["dga-2.3.7"], "the request log").await
+    else {
         return;
-    }
+    };
     let c = reqwest::Client::new();
     let s = c
         .post(format!(
@@ -473,10 +471,16 @@ async fn a_package_someone_else_installed_is_adopted_only_with_overwrite() {
 /// by upload; a wrong sha256 installs nothing.
 #[tokio::test]
 async fn an_air_gapped_kibana_gets_the_package_by_upload() {
-    let env = env("fleet-upload", "8.17.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("a Kibana without a registry") {
+    let Some(env) = standin_env(
+        "fleet-upload",
+        "8.17.0",
+        &["dga-2.3.7"],
+        "a Kibana without a registry",
+    )
+    .await
+    else {
         return;
-    }
+    };
     env.standin.set_fleet_registry_reachable(false);
     let zip = env.standin.fleet_package_zip("2.3.7").unwrap();
     let sha = hex::encode(Sha256::digest(&zip));
@@ -513,10 +517,16 @@ async fn an_air_gapped_kibana_gets_the_package_by_upload() {
 /// condition, nothing written, no retry storm (not retried on a backoff).
 #[tokio::test]
 async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_is_written() {
-    let env = env("fleet-unavail", "9.2.0", &["dga-2.3.7", "dga-3.0.0"]).await;
-    if !env.standin_only("a Kibana without a registry") {
+    let Some(env) = standin_env(
+        "fleet-unavail",
+        "9.2.0",
+        &["dga-2.3.7", "dga-3.0.0"],
+        "a Kibana without a registry",
+    )
+    .await
+    else {
         return;
-    }
+    };
     env.standin.set_fleet_registry_reachable(false);
     env.standin.clear_requests();
     env.apply("dga", spec("2.3.7")).await;
@@ -588,10 +598,11 @@ async fn an_unreachable_registry_or_an_incompatible_version_is_told_and_nothing_
 /// delete.
 #[tokio::test]
 async fn an_install_whose_status_was_lost_is_still_the_operators() {
-    let mut env = env("fleet-crash", "8.17.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("holding a request") {
+    let Some(mut env) =
+        standin_env("fleet-crash", "8.17.0", &["dga-2.3.7"], "holding a request").await
+    else {
         return;
-    }
+    };
     // The operator is held in the hook's write, after the install, and stopped there.
     let reached = std::sync::Arc::new(tokio::sync::Notify::new());
     let signal = reached.clone();
@@ -643,10 +654,10 @@ async fn an_install_whose_status_was_lost_is_still_the_operators() {
 /// then does it.
 #[tokio::test]
 async fn mode_plan_lists_the_package_install_and_writes_nothing() {
-    let env = env("fleet-plan", "9.2.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("the request log") {
+    let Some(env) = standin_env("fleet-plan", "9.2.0", &["dga-2.3.7"], "the request log").await
+    else {
         return;
-    }
+    };
     env.standin.clear_requests();
     let mut s = spec("2.3.7");
     s["mode"] = json!("Plan");
@@ -673,10 +684,10 @@ async fn mode_plan_lists_the_package_install_and_writes_nothing() {
 /// what it has learned), now marked with the package.
 #[tokio::test]
 async fn a_release_install_moves_to_the_fleet_package() {
-    let env = env("fleet-switch", "8.17.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("the request log") {
+    let Some(env) = standin_env("fleet-switch", "8.17.0", &["dga-2.3.7"], "the request log").await
+    else {
         return;
-    }
+    };
     let tag = "ML-DGA-20210126-1";
     let rel = env.publish(tag, dga_standin::bundle::Layout::V2);
     env.apply(
@@ -732,10 +743,9 @@ async fn a_release_install_moves_to_the_fleet_package() {
 /// event lists the package.
 #[tokio::test]
 async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
-    let env = env("fleet-88", "8.8.0", &["dga-1.1.0"]).await;
-    if !env.standin_only("a Kibana 8.8") {
+    let Some(env) = standin_env("fleet-88", "8.8.0", &["dga-1.1.0"], "a Kibana 8.8").await else {
         return;
-    }
+    };
     let mut s = spec("1.1.0");
     s["deletionPolicy"] = json!("Retain");
     env.apply("dga", s).await;
@@ -822,10 +832,10 @@ async fn kibana_8_8_takes_package_1_1_0_and_retain_leaves_it() {
 /// the hook calls it again.
 #[tokio::test]
 async fn a_package_uninstalled_by_hand_is_installed_again() {
-    let env = env("fleet-drift", "9.2.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("the request log") {
+    let Some(env) = standin_env("fleet-drift", "9.2.0", &["dga-2.3.7"], "the request log").await
+    else {
         return;
-    }
+    };
     env.apply("dga", spec("2.3.7")).await;
     assert_whole_install(&env, "dga", "2.3.7").await;
     let (code, body) = env
@@ -859,10 +869,10 @@ async fn a_package_uninstalled_by_hand_is_installed_again() {
 /// installed; with a trial it installs.
 #[tokio::test]
 async fn an_upload_kibana_refuses_for_its_licence_is_told_as_such() {
-    let env = env("fleet-lic", "8.8.1", &["dga-1.1.0"]).await;
-    if !env.standin_only("a Kibana 8.8.1") {
+    let Some(env) = standin_env("fleet-lic", "8.8.1", &["dga-1.1.0"], "a Kibana 8.8.1").await
+    else {
         return;
-    }
+    };
     env.standin.set_fleet_registry_reachable(false);
     let url = format!("{}/epr/dga/dga-1.1.0.zip", env.standin.fleet_registry_url());
     let mut s = spec("1.1.0");
@@ -894,10 +904,16 @@ async fn an_upload_kibana_refuses_for_its_licence_is_told_as_such() {
 /// twice) and says so; the hook is left byte for byte.
 #[tokio::test]
 async fn elastics_recipe_done_by_hand_is_left_alone() {
-    let env = env("fleet-recipe", "8.17.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("the stand-in's pipelines") {
+    let Some(env) = standin_env(
+        "fleet-recipe",
+        "8.17.0",
+        &["dga-2.3.7"],
+        "the stand-in's pipelines",
+    )
+    .await
+    else {
         return;
-    }
+    };
     let by_hand = json!({"processors": [
         {"set": {"field": "team", "value": "net"}},
         {"pipeline": {"name": "2.3.7-ml_dga_ingest_pipeline", "ignore_missing_pipeline": true, "ignore_failure": true}}
@@ -921,10 +937,16 @@ async fn elastics_recipe_done_by_hand_is_left_alone() {
 /// nothing; once the first is deleted (and its package with it), the second installs it.
 #[tokio::test]
 async fn a_package_another_dgamodel_installed_is_never_taken() {
-    let env = env("fleet-two", "9.2.0", &["dga-2.3.7"]).await;
-    if !env.standin_only("two DgaModels on one stand-in") {
+    let Some(env) = standin_env(
+        "fleet-two",
+        "9.2.0",
+        &["dga-2.3.7"],
+        "two DgaModels on one stand-in",
+    )
+    .await
+    else {
         return;
-    }
+    };
     env.apply("first", spec("2.3.7")).await;
     env.wait_ready("first").await;
     env.standin.clear_requests();

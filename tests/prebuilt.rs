@@ -18,23 +18,7 @@ use dga_operator::controller::Settings;
 use dga_standin::StandinConfig;
 use dga_standin::bundle::Layout;
 use serde_json::{Value, json};
-use support::Env;
-
-fn facts() -> Value {
-    serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap()
-}
-
-fn elastic_ids() -> Vec<String> {
-    let f = facts();
-    let mut ids: Vec<String> = f["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids
-}
+use support::{Env, elastic_facts as facts, elastic_rule_ids as elastic_ids};
 
 fn spec(tag: &str) -> Value {
     json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})

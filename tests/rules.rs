@@ -9,7 +9,7 @@ use dga_operator::controller::Settings;
 use dga_standin::StandinConfig;
 use dga_standin::bundle::Layout;
 use serde_json::{Value, json};
-use support::{Env, wait_for};
+use support::{Env, elastic_facts, wait_for};
 
 /// Elastic's rule_id of the prediction rule (elastic/detection-rules, the fixture): what a user
 /// names in `spec.rules.ruleIds`.
@@ -17,11 +17,6 @@ const ELASTIC_PREDICTION: &str = "f3403393-1fd9-4686-8f6e-596c58bc00b4";
 /// The operator's own rule_ids for Elastic's rules: it never writes under Elastic's.
 const PREDICTION: &str = dga_operator::kibana::rules::RULE_PREDICTION;
 const ML_RULE: &str = dga_operator::kibana::rules::RULE_ML_HIGH_SUM;
-
-/// Elastic's published DGA rule facts (tests/standin/fixtures, with source commits).
-fn elastic_facts() -> Value {
-    serde_json::from_str(include_str!("standin/fixtures/elastic-dga-content.json")).unwrap()
-}
 
 fn spec(tag: &str) -> Value {
     json!({"releaseTag": tag, "clusterRef": {"secretName": "es"}})

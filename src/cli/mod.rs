@@ -706,6 +706,18 @@ fn cache_dir(r: &ReleaseArgs) -> Result<PathBuf, Failure> {
 // ---------------------------------------------------------------------------------------------
 // Steps shared by the commands (the order of `controller::pass`).
 
+/// The HTTP client for downloads (releases, package archives): no total timeout (a large file
+/// on a slow link takes its time), but a host that stops sending, or never answers, fails after
+/// --timeout.
+fn download_client(conn: &Connection) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10).min(conn.timeout))
+        .read_timeout(conn.timeout)
+        .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))
+}
+
 async fn open_release(
     out: &Out,
     r: &ReleaseArgs,
@@ -715,15 +727,7 @@ async fn open_release(
     let cache = cache_dir(r)?;
     match source {
         Source::Tag { tag, source } => {
-            // No total timeout (a large release on a slow link takes its time), but a host that
-            // stops sending, or never answers, fails after --timeout.
-            let http = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10).min(conn.timeout))
-                .read_timeout(conn.timeout)
-                .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))?;
-            let mut fetcher = Fetcher::new(http, &r.github_api, cache);
+            let mut fetcher = Fetcher::new(download_client(conn)?, &r.github_api, cache);
             fetcher.github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
             let (hook, download) = out.download(format!("downloading release {tag}"));
             fetcher.on_download = Some(hook);
@@ -940,13 +944,7 @@ async fn start_fleet(
     };
     let archive = match url {
         Some(url) => {
-            let http = reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10).min(conn.timeout))
-                .read_timeout(conn.timeout)
-                .user_agent(concat!("dga-operator/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| Failure::new(EXIT_UNEXPECTED, e.to_string()))?;
-            let fetcher = Fetcher::new(http, &args.github_api, cache_dir(args)?);
+            let fetcher = Fetcher::new(download_client(&conn)?, &args.github_api, cache_dir(args)?);
             let a = out
                 .step(
                     &format!(
@@ -1067,16 +1065,11 @@ async fn plan_once(out: &Out, s: &Session) -> Result<Planned, Error> {
             let o = package::observe(&f.client, &f.want, &f.kibana_version, &f.license).await?;
             out.line(package::describe(&o));
             let p = package::diff(&f.want, &o, &package::Recorded::Cli, s.overwrite)?;
-            if let Some(st) = &o.package
-                && st.installed.as_deref() == Some(f.want.version.as_str())
-                && let Some(m) = package::model_in(st.assets.iter().cloned())
-            {
-                desired.set_model_id(&m);
-            }
-            // The installed version's own rules (0.x-1.x), as the controller takes them.
-            if let Some(st) = &o.package
-                && st.installed.as_deref() == Some(f.want.version.as_str())
-            {
+            // The installed version's model and own rules (0.x-1.x), as the controller takes them.
+            if let Some(st) = o.installed_at(&f.want.version) {
+                if let Some(m) = package::model_in(st.assets.iter().cloned()) {
+                    desired.set_model_id(&m);
+                }
                 package_rules =
                     package::package_rules(&f.client, &f.want.version, &st.kibana_assets).await?;
             }

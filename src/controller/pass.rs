@@ -72,15 +72,18 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         )),
         _ => None,
     };
-    let cached_package_rules = package_rules_key
-        .as_ref()
-        .and_then(|k| match ctx.cached(k) {
-            Some(CachedInfo::PackageRules(r)) => Some(r),
-            _ => None,
-        });
-    let mut source_rules: Vec<serde_json::Value> = match &bundle {
-        Some(b) => b.rules.clone(),
-        None => cached_package_rules.clone().unwrap_or_default(),
+    let cached_package_rules: Option<Vec<serde_json::Value>> =
+        package_rules_key
+            .as_ref()
+            .and_then(|k| match ctx.cached(k) {
+                Some(CachedInfo::PackageRules(r)) => Some(r),
+                _ => None,
+            });
+    let rules_cached = cached_package_rules.is_some();
+    // Borrowed from the release (no copy on every resync); the package's are read once.
+    let mut source_rules: std::borrow::Cow<[serde_json::Value]> = match &bundle {
+        Some(b) => std::borrow::Cow::Borrowed(&b.rules),
+        None => std::borrow::Cow::Owned(cached_package_rules.unwrap_or_default()),
     };
     let module = desired.fleet.is_some().then_some(engine::package::MODULE);
 
@@ -111,7 +114,7 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     };
     // Without the package's rules at hand (a restarted operator), a glance would plan the
     // rules from the wrong source: a full pass reads them.
-    let glance_ok = desired.fleet.is_none() || cached_package_rules.is_some();
+    let glance_ok = desired.fleet.is_none() || rules_cached;
     if applying {
         // A glance keeps the status it reads: only worth it while that status is the one the
         // settled pass wrote (not one a failed write left behind, nor one edited by hand).
@@ -203,14 +206,13 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
         _ => None,
     };
 
-    if let (Some(pk), Some(key)) = (&package, &package_rules_key)
-        && cached_package_rules.is_none()
-        && let Some(state) = pk.installed_wanted()
+    if let (Some(pk), Some(key), Some(v)) = (&package, &package_rules_key, &desired.fleet)
+        && !rules_cached
+        && let Some(state) = pk.observed.installed_at(v)
     {
-        let v = desired.fleet.clone().unwrap_or_default();
-        let rules = engine::package::package_rules(&pk.client, &v, &state.kibana_assets).await?;
+        let rules = engine::package::package_rules(&pk.client, v, &state.kibana_assets).await?;
         ctx.remember(key.clone(), CachedInfo::PackageRules(rules.clone()));
-        source_rules = rules;
+        source_rules = std::borrow::Cow::Owned(rules);
     }
     let mut observed = engine::observe(&es, &Ids::wanted(&desired, &known)).await?;
     desired.adopt_fleet_model(&observed);
@@ -247,21 +249,15 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
     // either side, or a spec the rules cannot follow, holds back both (never half an upgrade).
     // Anything else from Kibana (unreachable, starting, refusing our credentials) holds back
     // only the rules: the enrichment goes on.
-    let mut detection = prepare(
-        obj,
-        ctx,
-        &target,
-        &Source {
-            rules: &source_rules,
-            module,
-        },
-        &es,
-        &owner,
-        &desired.marker,
-        false,
-        report,
-    )
-    .await;
+    let marker = desired.marker.clone();
+    let plan_detection = async |rules: &[serde_json::Value], report: &mut Report| {
+        let source = Source { rules, module };
+        prepare(
+            obj, ctx, &target, &source, &es, &owner, &marker, false, report,
+        )
+        .await
+    };
+    let mut detection = plan_detection(&source_rules, report).await;
     if held_back {
         keep_cache.armed = detection.is_err();
         return detection.map(|_| ());
@@ -281,23 +277,8 @@ pub(super) async fn pass(obj: &DgaModel, ctx: &Context, report: &mut Report) -> 
             }
             // The version installed now ships rules of its own: the rules are planned again
             // from them (the plan made before the install knew only Elastic's).
-            if rules != source_rules {
-                source_rules = rules;
-                detection = prepare(
-                    obj,
-                    ctx,
-                    &target,
-                    &Source {
-                        rules: &source_rules,
-                        module,
-                    },
-                    &es,
-                    &owner,
-                    &desired.marker,
-                    false,
-                    report,
-                )
-                .await;
+            if rules[..] != source_rules[..] {
+                detection = plan_detection(&rules, report).await;
             }
         }
         if let Some(s) = report.settle.as_mut() {
@@ -328,16 +309,6 @@ pub(super) struct PackageStage {
     plan: engine::package::Plan,
     observed: engine::package::Observed,
     upload: bool,
-}
-
-impl PackageStage {
-    /// Kibana's answer for the package when the wanted version is the one installed.
-    fn installed_wanted(&self) -> Option<&crate::kibana::fleet::PackageState> {
-        self.observed
-            .package
-            .as_ref()
-            .filter(|p| p.installed.is_some() && self.plan.install.is_none())
-    }
 }
 
 /// Reads the package in Kibana and plans it; the package's model id (Kibana's asset list) goes
@@ -401,8 +372,7 @@ async fn plan_package(
             )),
         };
     }
-    if let Some(pkg) = observed.package.as_ref()
-        && pkg.installed.as_deref() == Some(p.version.as_str())
+    if let Some(pkg) = observed.installed_at(&p.version)
         && let Some(m) = package::model_in(pkg.assets.iter().cloned())
     {
         desired.set_model_id(&m);

@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::io::Read;
-use std::sync::Arc;
 
 use super::diff::Reason;
 use crate::error::{Error, Service};
@@ -41,7 +40,8 @@ pub fn inference(version: &str) -> String {
 /// A package archive to install by upload (the air-gapped route).
 #[derive(Clone, PartialEq)]
 pub struct Archive {
-    pub bytes: Arc<Vec<u8>>,
+    /// The archive as read once (cheap to clone, sent as the upload body without a copy).
+    pub bytes: bytes::Bytes,
     pub sha256: String,
     /// Where it came from (credentials removed), for messages.
     pub url: String,
@@ -111,7 +111,7 @@ impl Archive {
         let kibana_constraint = field(&["conditions", "kibana", "version"])
             .or_else(|| field(&["conditions", "kibana.version"]));
         Ok(Archive {
-            bytes: Arc::new(bytes),
+            bytes: bytes.into(),
             sha256,
             url: url.to_string(),
             version,
@@ -153,6 +153,14 @@ pub struct Observed {
 impl Observed {
     pub fn installed(&self) -> Option<&str> {
         self.package.as_ref().and_then(|p| p.installed.as_deref())
+    }
+
+    /// Kibana's answer for the package when `version` is the one installed (its asset lists
+    /// name that version's model and rules).
+    pub fn installed_at(&self, version: &str) -> Option<&PackageState> {
+        self.package
+            .as_ref()
+            .filter(|p| p.installed.as_deref() == Some(version))
     }
 }
 
@@ -359,7 +367,7 @@ pub async fn observe(
     let package = client.fleet_package(PACKAGE, None).await?;
     let needs_install =
         package.as_ref().and_then(|p| p.installed.as_deref()) != Some(d.version.as_str());
-    let wanted = if needs_install && d.source == Source::Registry {
+    let wanted = if needs_install && matches!(d.source, Source::Registry) {
         client.fleet_package(PACKAGE, Some(&d.version)).await?
     } else {
         None
@@ -385,7 +393,7 @@ pub async fn apply(client: &KibanaClient, plan: &Plan) -> Result<Vec<(String, St
             .await
             .map_err(|e| not_found_as_unavailable(e, &i.version))?,
         Some(a) => client
-            .fleet_upload(a.bytes.to_vec())
+            .fleet_upload(a.bytes.clone())
             .await
             .map_err(|e| upload_refused(e, &i.version))?,
     };
@@ -480,16 +488,6 @@ fn upload_refused(e: Error, version: &str) -> Error {
         )),
         e => e,
     }
-}
-
-/// Reads the package's router from Kibana's asset list: present when the version installed
-/// its pipelines.
-pub fn has_router(state: &PackageState, version: &str) -> bool {
-    let r = router(version);
-    state
-        .assets
-        .iter()
-        .any(|(t, id)| t == "ingest_pipeline" && *id == r)
 }
 
 /// The wanted version's answer from Kibana for messages.
@@ -661,7 +659,7 @@ mod tests {
         assert!(takes_uploads("8.8.2", "platinum"));
         assert!(takes_uploads("9.2.0", "basic"));
         let a = Archive {
-            bytes: Arc::new(vec![]),
+            bytes: bytes::Bytes::new(),
             sha256: "ab".into(),
             url: "u".into(),
             version: "1.1.0".into(),

@@ -160,13 +160,16 @@ impl KibanaClient {
 
     /// Installs a package archive (zip) by upload (`POST /api/fleet/epm/packages`): the
     /// air-gapped route, no registry involved.
-    pub async fn fleet_upload(&self, archive: Vec<u8>) -> Result<Vec<Value>, Error> {
+    pub async fn fleet_upload(
+        &self,
+        archive: impl Into<bytes::Bytes>,
+    ) -> Result<Vec<Value>, Error> {
         let what = "upload Fleet package";
         let url = self.url("", PACKAGES, &[])?;
         let req = self
             .request(Method::POST, url)
             .header(reqwest::header::CONTENT_TYPE, "application/zip")
-            .body(archive);
+            .body(archive.into());
         let resp = http::send(Service::Kibana, what, req).await?;
         let v = ok_json(what, resp).await?;
         Ok(items(&v))

@@ -1133,3 +1133,22 @@ impl Env {
         (job, feed)
     }
 }
+
+/// Elastic's published DGA facts (`tests/standin/fixtures/elastic-dga-content.json`: the rules
+/// and the ML jobs, with their source commits): what tests assert against, never the
+/// operator's own constants.
+pub fn elastic_facts() -> Value {
+    serde_json::from_str(include_str!("../standin/fixtures/elastic-dga-content.json")).unwrap()
+}
+
+/// Elastic's DGA rule_ids, sorted.
+pub fn elastic_rule_ids() -> Vec<String> {
+    let mut ids: Vec<String> = elastic_facts()["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
